@@ -1,0 +1,87 @@
+"""The Numba kernels against their NumPy references (the oracle)."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from varshift.kernels import Window, batchnorm, optim, window
+
+
+@st.composite
+def geometries(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2))
+    h_min = max(1, dh * (kh - 1) + 1 - sum(pads[0]))
+    w_min = max(1, dw * (kw - 1) + 1 - sum(pads[1]))
+    h, w = draw(st.integers(h_min, h_min + 6)), draw(st.integers(w_min, w_min + 6))
+    win = Window((kh, kw), (draw(st.integers(1, 3)), draw(st.integers(1, 3))), pads, (dh, dw))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w)
+    return win, shape
+
+
+@given(geometries(), st.sampled_from([np.float32, np.float64]), st.sampled_from([0.0, -np.inf]))
+def test_im2col_numba_matches_numpy(geom, dtype, pad_value):
+    win, shape = geom
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    expected = window.im2col_numpy(x, win, pad_value)
+    got = window.im2col_numba(x, win, pad_value)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+@given(geometries(), st.sampled_from([np.float32, np.float64]))
+def test_col2im_numba_matches_numpy_and_is_the_adjoint(geom, dtype):
+    win, shape = geom
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    cols = rng.standard_normal(window.im2col_numpy(x, win).shape)
+    dx = window.col2im_numba(cols.astype(dtype), shape, win)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dx, window.col2im_numpy(cols.astype(dtype), shape, win), rtol=rtol, atol=rtol)
+    # <im2col(x), cols> == <x, col2im(cols)>: col2im is im2col's transpose
+    lhs = np.sum(window.im2col_numpy(x, win) * cols)
+    rhs = np.sum(x * window.col2im_numpy(cols, shape, win))
+    assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
+
+
+def test_window_output_size_matches_pytorch_formula():
+    win = Window((3, 5), (2, 1), ((1, 1), (0, 2)), (1, 2))
+    assert win.output_size(10, 12) == ((10 + 2 - 2 - 1) // 2 + 1, (12 + 2 - 8 - 1) // 1 + 1)
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 1), (4, 5, 11), (2, 2, 36)])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_batchnorm_kernels_match(shape, batch_stats, rng):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    mean_ref, var_ref = batchnorm.moments_numpy(x)
+    mean, var = batchnorm.moments_numba(x)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-12)
+    np.testing.assert_allclose(mean_ref, x.astype(np.float64).mean(axis=(0, 2)), rtol=1e-12)
+    gamma = rng.uniform(0.5, 2, c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+    args = (x, mean.astype(np.float32), inv_std, gamma, beta)
+    for got, ref in zip(batchnorm.normalize_numba(*args), batchnorm.normalize_numpy(*args)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    xhat = batchnorm.normalize_numpy(*args)[1]
+    got = batchnorm.backward_numba(dout, xhat, gamma, inv_std, batch_stats)
+    ref = batchnorm.backward_numpy(dout, xhat, gamma, inv_std, batch_stats)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_adam_kernel_matches_reference(rng):
+    p = rng.standard_normal(1000)
+    states = [[p.copy(), np.zeros_like(p), np.zeros_like(p)] for _ in range(2)]
+    for step in range(1, 4):
+        g = rng.standard_normal(1000)
+        optim.adam_numpy(*[s for s in states[0][:1]], g, *states[0][1:], 1e-2, 0.9, 0.999, 1e-8, step, 0.01)
+        optim.adam_numba(*[s for s in states[1][:1]], g, *states[1][1:], 1e-2, 0.9, 0.999, 1e-8, step, 0.01)
+    for a, b in zip(*states):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert not np.allclose(states[0][0], p)

@@ -1,0 +1,20 @@
+"""varshift: measure, explain and fix the variance shift between Dropout and
+BatchNorm (Li, Chen, Hu & Yang, CVPR 2019), on a small NumPy/Numba engine.
+
+Modules
+-------
+nn          layers, containers, losses, mode switches
+optim       SGD and Adam
+datasets    MNIST from local IDX files
+kernels     Numba hot loops with NumPy reference implementations
+"""
+
+from . import datasets, nn, optim
+from .gradcheck import gradcheck
+from .io import load, save
+from .training import History, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = ["nn", "optim", "datasets", "fit", "evaluate", "History", "gradcheck", "save",
+           "load", "__version__"]

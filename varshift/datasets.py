@@ -1,0 +1,173 @@
+"""Data sets read from local files: MNIST in its original IDX format."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_mnist", "read_idx", "MNIST_FILES"]
+
+#: File stem -> (SHA-256 of the decompressed file, expected shape).
+MNIST_FILES = {
+    "train-images-idx3-ubyte": (
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
+    "train-labels-idx1-ubyte": (
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
+    "t10k-images-idx3-ubyte": (
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte": (
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
+}
+
+#: Where ``load_mnist(download=True)`` fetches ``<stem>.gz`` from, in order.
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+_IDX_TYPES = {0x08: np.uint8}
+
+
+def read_idx(path, expected_shape=None, sha256=None):
+    """Read one IDX file, raw or gzipped.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    expected_shape : tuple of int, optional
+    sha256 : str, optional
+        Checksum of the decompressed bytes.
+
+    Returns
+    -------
+    ndarray of uint8
+
+    Raises
+    ------
+    ValueError
+        For a corrupt file: bad gzip stream, magic number, size or checksum.
+    """
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"read_idx: {path} is not a valid gzip file ({err})") from err
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError(f"read_idx: {path} is corrupt: its SHA-256 differs from the "
+                         f"published MNIST file; delete it and provide a fresh copy")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"read_idx: {path} is not an IDX file of unsigned bytes "
+                         f"(magic {raw[:4].hex() or 'missing'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + int(np.prod(shape)):
+        raise ValueError(f"read_idx: {path} is truncated or padded: header says {shape} "
+                         f"({header + int(np.prod(shape))} bytes), file has {len(raw)}")
+    if expected_shape is not None and shape != tuple(expected_shape):
+        raise ValueError(f"read_idx: {path} has shape {shape}, expected {tuple(expected_shape)}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find(folder: Path, stem: str):
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "varshift" / "mnist"
+
+
+def _download(folder: Path, mirrors) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, (digest, _) in MNIST_FILES.items():
+        if _find(folder, stem):
+            continue
+        errors = []
+        for mirror in mirrors:
+            target = folder / f"{stem}.gz.part"
+            try:
+                with urllib.request.urlopen(f"{mirror}{stem}.gz", timeout=30) as response, \
+                        open(target, "wb") as out:
+                    shutil.copyfileobj(response, out)
+                if hashlib.sha256(gzip.decompress(target.read_bytes())).hexdigest() != digest:
+                    raise ValueError("checksum mismatch")
+                target.rename(folder / f"{stem}.gz")
+                break
+            except Exception as err:  # noqa: BLE001 - every failure is reported below
+                errors.append(f"{mirror}: {err}")
+                target.unlink(missing_ok=True)
+        else:
+            raise OSError(f"could not download {stem}.gz: " + "; ".join(errors))
+
+
+def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS):
+    """The MNIST digits as float32 images in [0, 1] and int64 labels.
+
+    Looks for the four IDX files (raw or ``.gz``) in, in order: ``root``;
+    ``$VARSHIFT_DATA/mnist``; the user cache ``$XDG_CACHE_HOME/varshift/mnist``
+    (default ``~/.cache/varshift/mnist``), where ``download=True`` fetches them with
+    checksum verification.
+
+    Parameters
+    ----------
+    root : str or os.PathLike, optional
+    download : bool, default False
+    mirrors : sequence of str
+        Base URLs for the download.
+
+    Returns
+    -------
+    x_train : ndarray of float32, shape (60000, 1, 28, 28)
+    y_train : ndarray of int64, shape (60000,)
+    x_test : ndarray of float32, shape (10000, 1, 28, 28)
+    y_test : ndarray of int64, shape (10000,)
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming every place searched and how to provide the files.
+    ValueError
+        If a file is corrupt.
+    """
+    places = []
+    if root is not None:
+        places.append(Path(root))
+    if os.environ.get("VARSHIFT_DATA"):
+        places.append(Path(os.environ["VARSHIFT_DATA"]) / "mnist")
+    places.append(_cache_dir())
+    download_error = None
+    if download and not all(_find(places[-1], s) for s in MNIST_FILES):
+        try:
+            _download(places[-1], mirrors)
+        except OSError as err:
+            download_error = err
+    for folder in places:
+        files = {stem: _find(folder, stem) for stem in MNIST_FILES}
+        if all(files.values()):
+            arrays = [read_idx(files[stem], shape, digest)
+                      for stem, (digest, shape) in MNIST_FILES.items()]
+            images = [(a.astype(np.float32) / 255.0)[:, None] for a in arrays[0::2]]
+            labels = [a.astype(np.int64) for a in arrays[1::2]]
+            return images[0], labels[0], images[1], labels[1]
+    looked = "\n".join(f"  - {p}" for p in places)
+    hint = (f"\nDownloading failed: {download_error}" if download_error
+            else "\nOr call load_mnist(download=True) on a machine with internet access.")
+    raise FileNotFoundError(
+        "MNIST files not found. Looked for train-images-idx3-ubyte[.gz], "
+        "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and "
+        f"t10k-labels-idx1-ubyte[.gz] in:\n{looked}\n"
+        "Put the four files in one of these folders, pass root=FOLDER, or set "
+        "VARSHIFT_DATA to a folder that has an 'mnist' sub-folder with them." + hint
+    )

@@ -1,0 +1,179 @@
+"""Sliding windows: im2col and its adjoint col2im, for convolution and pooling.
+
+A 2-D window geometry (kernel, stride, padding, dilation) turns an input of shape
+(N, C, H, W) into a column matrix of shape (C * KH * KW, N * OH * OW): row
+``(c * KH + i) * KW + j`` holds input channel ``c`` seen through kernel tap ``(i, j)``
+at every output position. A convolution is then one GEMM ``W.reshape(O, -1) @ cols``
+and a pooling a reduction over the rows of a single-channel view. 1-D layers use the
+same kernels with H = 1.
+
+Two implementations are kept: ``*_numpy`` (strided slices, the readable reference and
+test oracle) and ``*_numba`` (parallel loops over the batch, the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["Window", "im2col_numpy", "col2im_numpy", "im2col_numba", "col2im_numba"]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Geometry of a 2-D sliding window.
+
+    Attributes
+    ----------
+    kernel, stride, dilation : tuple of int, shape (2,)
+        ``(h, w)`` pairs.
+    padding : tuple of tuple of int, shape (2, 2)
+        ``((top, bottom), (left, right))``; uneven only for ``padding='same'`` with an
+        even kernel extent.
+    """
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    dilation: tuple[int, int] = (1, 1)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Output height and width for an input of ``height`` x ``width``.
+
+        Notes
+        -----
+        ``out = floor((in + pad_before + pad_after - dil * (k - 1) - 1) / stride) + 1``
+        per axis; a non-positive result means the window does not fit.
+        """
+        return tuple(  # type: ignore[return-value]
+            (n + sum(p) - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(
+                (height, width), self.kernel, self.stride, self.padding, self.dilation
+            )
+        )
+
+    @property
+    def args(self) -> tuple[int, ...]:
+        """The eight ints ``kh, kw, sh, sw, ph, pw, dh, dw`` the kernels take, where
+        ``ph`` and ``pw`` are the top and left padding."""
+        (top, _), (left, _) = self.padding
+        return (*self.kernel, *self.stride, top, left, *self.dilation)
+
+
+def im2col_numpy(x, window: Window, pad_value=0.0):
+    """Column matrix of ``x`` for ``window`` (NumPy reference).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, H, W)
+    window : Window
+    pad_value : float
+        Value of the padding (0 for convolution and average pooling, -inf for max
+        pooling).
+
+    Returns
+    -------
+    cols : ndarray of shape (C * KH * KW, N * OH * OW)
+    """
+    n, c, h, w = x.shape
+    kh, kw, sh, sw, _, _, dh, dw = window.args
+    oh, ow = window.output_size(h, w)
+    xp = np.pad(x, ((0, 0), (0, 0), *window.padding), constant_values=pad_value)
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            cols_ = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            cols[:, i, j] = xp[:, :, rows, cols_].transpose(1, 0, 2, 3)
+    return cols.reshape(c * kh * kw, n * oh * ow)
+
+
+def col2im_numpy(cols, x_shape, window: Window):
+    """Adjoint of :func:`im2col_numpy`: scatter-add columns back to an input.
+
+    Parameters
+    ----------
+    cols : ndarray of shape (C * KH * KW, N * OH * OW)
+    x_shape : tuple of int
+        ``(N, C, H, W)`` of the input that produced ``cols``.
+    window : Window
+
+    Returns
+    -------
+    dx : ndarray of shape (N, C, H, W)
+    """
+    n, c, h, w = x_shape
+    kh, kw, sh, sw, ph, pw, dh, dw = window.args
+    oh, ow = window.output_size(h, w)
+    (_, pb), (_, pr) = window.padding
+    dxp = np.zeros((n, c, h + ph + pb, w + pw + pr), dtype=cols.dtype)
+    cols = cols.reshape(c, kh, kw, n, oh, ow)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            cols_ = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            dxp[:, :, rows, cols_] += cols[:, i, j].transpose(1, 0, 2, 3)
+    return dxp[:, :, ph : ph + h, pw : pw + w].copy()
+
+
+def im2col_numba(x, window: Window, pad_value=0.0):
+    """Column matrix of ``x`` for ``window`` (Numba, parallel over the batch).
+
+    Same contract as :func:`im2col_numpy`.
+    """
+    oh, ow = window.output_size(*x.shape[2:])
+    return _im2col(np.ascontiguousarray(x), *window.args, oh, ow, x.dtype.type(pad_value))
+
+
+def col2im_numba(cols, x_shape, window: Window):
+    """Adjoint of :func:`im2col_numba` (Numba, parallel over the batch).
+
+    Same contract as :func:`col2im_numpy`.
+    """
+    oh, ow = window.output_size(*x_shape[2:])
+    return _col2im(np.ascontiguousarray(cols), *x_shape, *window.args, oh, ow)
+
+
+@njit(parallel=True, cache=True)
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value):
+    n_, c_, h_, w_ = x.shape
+    plane = oh * ow
+    cols = np.empty((c_ * kh * kw, n_ * plane), dtype=x.dtype)
+    for n in prange(n_):
+        for c in range(c_):
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    for p in range(oh):
+                        h = p * sh + i * dh - ph
+                        start = n * plane + p * ow
+                        for q in range(ow):
+                            w = q * sw + j * dw - pw
+                            if 0 <= h < h_ and 0 <= w < w_:
+                                cols[row, start + q] = x[n, c, h, w]
+                            else:
+                                cols[row, start + q] = pad_value
+    return cols
+
+
+@njit(parallel=True, cache=True)
+def _col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    plane = oh * ow
+    dx = np.zeros((n_, c_, h_, w_), dtype=cols.dtype)
+    for n in prange(n_):
+        for c in range(c_):
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    for p in range(oh):
+                        h = p * sh + i * dh - ph
+                        if h < 0 or h >= h_:
+                            continue
+                        start = n * plane + p * ow
+                        for q in range(ow):
+                            w = q * sw + j * dw - pw
+                            if 0 <= w < w_:
+                                dx[n, c, h, w] += cols[row, start + q]
+    return dx

@@ -1,0 +1,64 @@
+"""Fully connected layer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._args import positive_int
+from .layer import Layer
+
+__all__ = ["Dense"]
+
+
+class Dense(Layer):
+    """Affine map ``out = x W^T + b``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+
+    Attributes
+    ----------
+    params : dict
+        ``weight`` of shape (out_features, in_features) and ``bias`` of shape
+        (out_features,), both drawn from U(-1/sqrt(in_features), 1/sqrt(in_features)),
+        PyTorch's default.
+
+    Notes
+    -----
+    Input (N, in_features), output (N, out_features). Backward:
+    ``dW = dout^T x``, ``db = sum_n dout``, ``dx = dout W``.
+    """
+
+    kind = "dense"
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features", "Dense")
+        self.out_features = positive_int(out_features, "out_features", "Dense")
+        self.bias = bool(bias)
+        self.params["weight"] = np.zeros((self.out_features, self.in_features), self.dtype)
+        if self.bias:
+            self.params["bias"] = np.zeros(self.out_features, self.dtype)
+        self._initialize(np.random.default_rng())
+
+    def _initialize(self, rng):
+        bound = 1.0 / np.sqrt(self.in_features)
+        for value in self.params.values():
+            value[...] = rng.uniform(-bound, bound, value.shape)
+
+    def _check_input(self, x):
+        self._expect(x, (2,), self.in_features)
+
+    def _forward(self, x):
+        out = x @ self.params["weight"].T
+        if self.bias:
+            out += self.params["bias"]
+        return out, x
+
+    def _backward(self, dout, x):
+        grads = {"weight": dout.T @ x}
+        if self.bias:
+            grads["bias"] = dout.sum(axis=0)
+        return dout @ self.params["weight"], grads

@@ -1,0 +1,456 @@
+"""The :class:`Layer` base class shared by every layer and container.
+
+A layer owns three dicts of arrays, keyed like PyTorch: ``params`` (trained),
+``grads`` (filled by :meth:`Layer.backward`) and ``buffers`` (state that is not trained,
+such as BatchNorm's running statistics). Subclasses implement the cs231n contract
+
+* ``_forward(x) -> (out, cache)``: the output and whatever backward needs;
+* ``_backward(dout, cache) -> (dx, grads)``: pure, given the cache;
+
+and the base class adds input checks, dtype handling, modes, state dicts, configs for
+saving, and the random streams of stochastic layers. Containers override
+``forward``/``backward`` and expose their sub-layers through :meth:`Layer.children`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["Layer", "modes", "layer_to_config", "layer_from_config"]
+
+_REGISTRY: dict[str, type] = {}
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+class Layer:
+    """Base class of every layer and container.
+
+    Attributes
+    ----------
+    training : bool
+        Train mode (True, the default) or inference mode.
+    params, grads, buffers : dict of str to ndarray
+        Parameters, their gradients after :meth:`backward`, and non-trained state.
+    name : str
+        Path of the layer inside the outermost container ('' for a model root),
+        used in error messages and reports.
+    """
+
+    #: What the layer is, for mode switches and reports: 'dense', 'conv',
+    #: 'batchnorm', 'dropout', 'activation', 'pool', 'reshape' or 'container'.
+    kind = "layer"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
+
+    def __init__(self):
+        self.training = True
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.name = ""
+        self._dtype = np.dtype(np.float32)
+        self._cache = None
+        self._out_shape = None
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, x):
+        """Output of the layer for ``x`` (cast to the layer's dtype).
+
+        Parameters
+        ----------
+        x : array_like of shape (N, ...)
+
+        Returns
+        -------
+        out : ndarray of shape (N, ...)
+        """
+        x = self._prepare_input(x)
+        out, self._cache = self._forward(x)
+        self._out_shape = out.shape
+        return out
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def backward(self, dout):
+        """Input gradient for the output gradient ``dout`` of the last forward.
+
+        Fills (overwrites) ``self.grads``; each forward is followed by at most one
+        backward.
+
+        Parameters
+        ----------
+        dout : array_like, shape of the last output
+
+        Returns
+        -------
+        dx : ndarray, shape of the last input
+        """
+        dout = self._prepare_dout(dout)
+        dx, grads = self._backward(dout, self._cache)
+        for key, grad in grads.items():
+            self.grads[key] = np.asarray(grad, dtype=self.params[key].dtype).reshape(
+                self.params[key].shape
+            )
+        return dx
+
+    def _forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _backward(self, dout, cache):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+    def describe(self) -> str:
+        """The layer's path and repr, as used in error messages."""
+        return f"layer {self.name!r} ({self!r})" if self.name else repr(self)
+
+    def _prepare_input(self, x):
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{self.describe()}: expected a numeric array, got dtype {x.dtype}"
+            )
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        self._check_input(x)
+        return x
+
+    def _prepare_dout(self, dout):
+        if self._out_shape is None:
+            raise RuntimeError(f"{self.describe()}: backward called before forward")
+        dout = np.asarray(dout, dtype=self.dtype)
+        if dout.shape != self._out_shape:
+            raise ValueError(
+                f"{self.describe()}: expected an output gradient of shape "
+                f"{self._out_shape}, got {dout.shape}"
+            )
+        return dout
+
+    def _check_input(self, x):
+        """Raise ValueError when ``x`` has the wrong shape (default: accept all)."""
+
+    def _expect(self, x, ranks, channels=None):
+        """Check that ``x.ndim`` is in ``ranks`` and ``x.shape[1] == channels``."""
+        names = {2: "", 3: ", L", 4: ", H, W"}
+        if x.ndim not in ranks or (channels is not None and x.shape[1] != channels):
+            c = "C" if channels is None else str(channels)
+            expected = " or ".join(f"(N, {c}{names[r]})" for r in ranks)
+            raise ValueError(
+                f"{self.describe()}: expected input of shape {expected}, "
+                f"got {tuple(x.shape)}"
+            )
+
+    # ------------------------------------------------------------------ structure
+    def children(self) -> dict[str, "Layer"]:
+        """Direct sub-layers by name (empty for a leaf layer)."""
+        return {}
+
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, "Layer"]]:
+        """Yield ``(path, layer)`` for this layer and every sub-layer, depth first."""
+        yield prefix, self
+        for name, child in self.children().items():
+            yield from child.walk(_join(prefix, name))
+
+    def leaves(self) -> Iterator[tuple[str, "Layer"]]:
+        """Yield ``(path, layer)`` for every layer that is not a container."""
+        return ((n, layer) for n, layer in self.walk() if not layer.children())
+
+    def _assign_names(self, prefix: str = "") -> None:
+        self.name = prefix
+        for name, child in self.children().items():
+            child._assign_names(_join(prefix, name))
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+        """Yield ``(key, param, grad)`` with PyTorch keys; ``grad`` is None before
+        the first backward."""
+        for path, layer in self.walk():
+            for key, value in layer.params.items():
+                yield _join(path, key), value, layer.grads.get(key)
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero."""
+        for _, layer in self.walk():
+            for key, value in layer.params.items():
+                layer.grads[key] = np.zeros_like(value)
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> "Layer":
+        """Put this layer and every sub-layer in train (or inference) mode.
+
+        Returns
+        -------
+        self
+        """
+        for _, layer in self.walk():
+            layer.training = bool(mode)
+        return self
+
+    def eval(self) -> "Layer":
+        """Put this layer and every sub-layer in inference mode; returns self."""
+        return self.train(False)
+
+    # ------------------------------------------------------------------ dtype
+    @property
+    def dtype(self) -> np.dtype:
+        """Floating dtype the layer computes in (its parameters' dtype)."""
+        return self._dtype
+
+    def astype(self, dtype) -> "Layer":
+        """Convert parameters, gradients and float buffers in place.
+
+        Parameters
+        ----------
+        dtype : {np.float32, np.float64}
+
+        Returns
+        -------
+        self
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"astype: expected float32 or float64, got {dtype}")
+        for _, layer in self.walk():
+            layer._dtype = dtype
+            layer._cache, layer._out_shape = None, None
+            for store in (layer.params, layer.grads, layer.buffers):
+                for key, value in store.items():
+                    if value.dtype.kind == "f":
+                        store[key] = np.ascontiguousarray(value, dtype=dtype)
+        return self
+
+    # ------------------------------------------------------------------ state
+    def _state_slots(self, params=True, buffers=True):
+        """Map every state key to ``(store dict, key in it)``."""
+        slots = {}
+        stores = (("params", params), ("buffers", buffers))
+        for path, layer in self.walk():
+            for store in (getattr(layer, name) for name, wanted in stores if wanted):
+                for key in store:
+                    slots[_join(path, key)] = (store, key)
+        return slots
+
+    def state_dict(self, *, params=True, buffers=True) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed like PyTorch's ``state_dict``.
+
+        Parameters
+        ----------
+        params, buffers : bool, default True
+            Include the parameters, the buffers.
+
+        Returns
+        -------
+        dict of str to ndarray
+            E.g. ``'0.weight'``, ``'1.running_var'``, ``'2.body.0.bias'``.
+        """
+        return {k: np.array(store[key])
+                for k, (store, key) in self._state_slots(params, buffers).items()}
+
+    def load_state_dict(self, state, strict: bool = True) -> "Layer":
+        """Copy parameters and buffers from ``state`` (arrays or PyTorch tensors).
+
+        Everything is checked before anything is written, so a failed load leaves the
+        model unchanged.
+
+        Parameters
+        ----------
+        state : mapping of str to array_like
+        strict : bool
+            Require exactly the model's keys.
+
+        Returns
+        -------
+        self
+        """
+        slots = self._state_slots()
+        missing = sorted(set(slots) - set(state))
+        unexpected = sorted(set(state) - set(slots))
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        staged = {}
+        for key in slots.keys() & state.keys():
+            store, name = slots[key]
+            value = np.asarray(_to_numpy(state[key]))
+            if value.shape != store[name].shape:
+                raise ValueError(
+                    f"load_state_dict: {key!r} expected shape {store[name].shape}, "
+                    f"got {value.shape}"
+                )
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"load_state_dict: {key!r} has non-numeric dtype {value.dtype}")
+            staged[key] = value
+        for key, value in staged.items():
+            store, name = slots[key]
+            np.copyto(store[name], value, casting="unsafe")
+        return self
+
+    # ------------------------------------------------------------------ randomness
+    def initialize(self, seed=None) -> "Layer":
+        """Redraw every parameter and reseed every random stream from ``seed``.
+
+        Each leaf gets its own stream spawned from ``np.random.SeedSequence(seed)``,
+        so a model is reproducible from one integer.
+
+        Returns
+        -------
+        self
+        """
+        leaves = [layer for _, layer in self.leaves()]
+        streams = np.random.SeedSequence(seed).spawn(len(leaves))
+        for layer, stream in zip(leaves, streams):
+            layer._initialize(np.random.default_rng(stream))
+        return self
+
+    def _initialize(self, rng: np.random.Generator) -> None:
+        """Draw parameters (or adopt ``rng`` as the noise stream) from ``rng``."""
+
+    def rng_state(self) -> dict[str, dict]:
+        """Bit-generator states of every stochastic layer, keyed by path."""
+        return {
+            path: layer.rng.bit_generator.state
+            for path, layer in self.walk()
+            if getattr(layer, "rng", None) is not None
+        }
+
+    def set_rng_state(self, states: dict[str, dict]) -> None:
+        """Restore states returned by :meth:`rng_state`."""
+        layers = dict(self.walk())
+        for path, state in states.items():
+            layers[path].rng.bit_generator.state = state
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict:
+        """Constructor arguments, read back from same-named attributes."""
+        config = {}
+        for name, p in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self":
+                config[name] = getattr(self, name)
+        return config
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__).parameters
+        args = []
+        for name, value in self.get_config().items():
+            param = sig[name]
+            if param.default is inspect.Parameter.empty:
+                args.append(repr(value))
+            elif not _is_default(value, param.default):
+                args.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+def _is_default(value, default) -> bool:
+    """True for ``default`` itself or a tuple repeating it, e.g. (1, 1) for 1."""
+    if isinstance(value, tuple) and not isinstance(default, tuple):
+        return all(v == default for v in value)
+    return value == default
+
+
+def _to_numpy(value):
+    """Accept NumPy arrays, scalars and (CPU) PyTorch tensors alike."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+@contextmanager
+def modes(model: Layer, *, batchnorm=None, dropout=None, default=None):
+    """Temporarily set train/eval modes by layer kind; restore them on exit.
+
+    Parameters
+    ----------
+    model : Layer
+    batchnorm, dropout, default : {'train', 'eval', True, False, None}
+        Mode of BatchNorm layers, of Dropout-like layers (Dropout, Uout,
+        GaussianDropout), and of every other layer. None leaves a mode unchanged.
+
+    Yields
+    ------
+    model : Layer
+
+    Examples
+    --------
+    BatchNorm collecting batch statistics while Dropout is off:
+
+    >>> with modes(model, batchnorm="train", dropout="eval"):  # doctest: +SKIP
+    ...     model(x)
+    """
+    wanted = {
+        "batchnorm": _as_training("batchnorm", batchnorm),
+        "dropout": _as_training("dropout", dropout),
+    }
+    fallback = _as_training("default", default)
+    saved = [(layer, layer.training) for _, layer in model.walk()]
+    try:
+        for _, layer in model.walk():
+            mode = wanted.get(layer.kind)
+            mode = fallback if mode is None else mode
+            if mode is not None:
+                layer.training = mode
+        yield model
+    finally:
+        for layer, training in saved:
+            layer.training = training
+
+
+def _as_training(argument: str, mode):
+    if mode is None or isinstance(mode, bool):
+        return mode
+    if mode in ("train", "eval"):
+        return mode == "train"
+    raise ValueError(f"modes: {argument} must be 'train', 'eval', True, False or None, got {mode!r}")
+
+
+def layer_to_config(layer: Layer) -> dict:
+    """JSON-ready description of a layer's architecture (no arrays)."""
+    return {"class": type(layer).__name__,
+            "args": {k: _encode(v) for k, v in layer.get_config().items()}}
+
+
+def layer_from_config(config: dict) -> Layer:
+    """Rebuild a layer from :func:`layer_to_config` output (parameters freshly drawn)."""
+    try:
+        cls = _REGISTRY[config["class"]]
+    except KeyError:
+        raise ValueError(f"unknown layer class {config.get('class')!r}") from None
+    args, positional = {}, []
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or name not in config["args"]:
+            continue
+        value = _decode(config["args"][name])
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            positional = list(value)
+        else:
+            args[name] = value
+    return cls(*positional, **args)
+
+
+def _encode(value):
+    if isinstance(value, Layer):
+        return layer_to_config(value)
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value):
+    if isinstance(value, dict) and "class" in value:
+        return layer_from_config(value)
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value

@@ -1,0 +1,114 @@
+"""Multiplicative noise layers: Dropout, Uout and Gaussian dropout.
+
+Each multiplies its input element-wise by random noise ``m`` with E[m] = 1 in train
+mode and is the identity in inference mode; backward multiplies by the same ``m``.
+They differ only in the distribution of ``m``, which is where Li et al.'s variance
+shift comes from: the train-mode variance of ``x m`` is ``E[m^2] E[x^2] - E[x]^2``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._args import fraction
+from .layer import Layer
+
+__all__ = ["Dropout", "Uout", "GaussianDropout"]
+
+
+class _MultiplicativeNoise(Layer):
+    """Shared train/eval logic; subclasses define ``_noise(shape, dtype)``."""
+
+    kind = "dropout"
+
+    def __init__(self, seed=None):
+        super().__init__()
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def _initialize(self, rng):
+        self.rng = rng
+
+    def _forward(self, x):
+        if not self.training:
+            return x, None
+        noise = self._noise(x.shape, x.dtype)
+        return x * noise, noise
+
+    def _backward(self, dout, noise):
+        return (dout if noise is None else dout * noise), {}
+
+
+class Dropout(_MultiplicativeNoise):
+    """Inverted Bernoulli dropout.
+
+    Parameters
+    ----------
+    rate : float in [0, 1), default 0.5
+        Drop probability; the retain ratio of Li et al. is ``p = 1 - rate``.
+    seed : int, optional
+        Seed of the layer's random stream (a seeded container reseeds it).
+
+    Notes
+    -----
+    ``m = a / p`` with ``a ~ Bernoulli(p)`` per element, so ``E[m] = 1`` and
+    ``E[m^2] = 1 / p``.
+    """
+
+    def __init__(self, rate=0.5, seed=None):
+        self.rate = fraction(rate, "rate", "Dropout")
+        super().__init__(seed)
+
+    def _noise(self, shape, dtype):
+        keep = 1.0 - self.rate
+        return (self.rng.random(shape, dtype=dtype) < keep) * dtype.type(1.0 / keep)
+
+
+class Uout(_MultiplicativeNoise):
+    """Li et al.'s uniform dropout: ``x (1 + r)``, ``r ~ U(-beta, beta)`` per element.
+
+    Parameters
+    ----------
+    beta : float >= 0, default 0.1
+    seed : int, optional
+
+    Notes
+    -----
+    ``E[m] = 1`` and ``E[m^2] = 1 + beta^2 / 3``; for zero-mean input the
+    variance shift is ``3 / (3 + beta^2)`` (Li et al., Eq. 15).
+    """
+
+    def __init__(self, beta=0.1, seed=None):
+        if not isinstance(beta, numbers.Real) or not beta >= 0:
+            raise ValueError(f"Uout: beta must be a float >= 0, got {beta!r}")
+        self.beta = float(beta)
+        super().__init__(seed)
+
+    def _noise(self, shape, dtype):
+        u = self.rng.random(shape, dtype=dtype)
+        return dtype.type(1.0 - self.beta) + dtype.type(2.0 * self.beta) * u
+
+
+class GaussianDropout(_MultiplicativeNoise):
+    """Gaussian dropout: ``x (1 + sigma n)``, ``n ~ N(0, 1)``, ``sigma^2 = rate/(1-rate)``.
+
+    Parameters
+    ----------
+    rate : float in [0, 1), default 0.5
+        The Bernoulli drop rate with the same noise variance.
+    seed : int, optional
+
+    Notes
+    -----
+    ``E[m^2] = 1 / (1 - rate)``, as for :class:`Dropout` with the same rate.
+    """
+
+    def __init__(self, rate=0.5, seed=None):
+        self.rate = fraction(rate, "rate", "GaussianDropout")
+        super().__init__(seed)
+
+    def _noise(self, shape, dtype):
+        sigma = np.sqrt(self.rate / (1.0 - self.rate))
+        return dtype.type(1.0) + dtype.type(sigma) * self.rng.standard_normal(shape, dtype=dtype)
