@@ -70,16 +70,18 @@ def load(path) -> Layer:
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            if _META not in data.files:
-                raise ValueError(f"load: {path!r} is an .npz file but not a varshift model "
-                                 f"(no {_META!r} entry)")
-            meta = json.loads(str(data[_META]))
-            arrays = {k: data[k] for k in data.files if k != _META}
-    except (zipfile.BadZipFile, EOFError, OSError, json.JSONDecodeError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ValueError(f"load: cannot read {path!r} as a varshift model ({err}); "
                          f"the file is truncated or not a varshift .npz file") from err
+    if not isinstance(arrays, dict) or _META not in arrays:
+        raise ValueError(f"load: {path!r} is not a varshift model (no {_META!r} entry)")
+    try:
+        meta = json.loads(str(arrays.pop(_META)))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"load: {path!r} has a corrupt {_META!r} entry ({err})") from err
     if meta.get("format") != _FORMAT or not isinstance(meta.get("version"), int):
         raise ValueError(f"load: {path!r} is not a varshift model file")
     if meta["version"] > _VERSION:

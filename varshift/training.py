@@ -70,12 +70,13 @@ def evaluate(model, data, loss, batch_size=256):
     Returns
     -------
     dict
-        ``{'loss': float}`` plus ``'accuracy'`` for classification. The model's
-        modes are restored afterwards.
+        ``{'loss': float}`` plus ``'accuracy'`` for classification; a diverged model
+        gives a non-finite loss, without warnings. The model's modes are restored
+        afterwards.
     """
     x, y = _check_data(data, "evaluate: data")
     total, correct = 0.0, 0
-    with modes(model, default="eval"):
+    with modes(model, default="eval"), np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             out = model(xb)
@@ -145,8 +146,9 @@ def fit(model, data, loss, optimizer, epochs=1, batch_size=32, seed=0, progress=
             if xb.dtype.kind == "f" and not np.isfinite(xb).all():
                 raise FloatingPointError(f"fit: non-finite input in {where}")
             buffers = model.state_dict(params=False)
-            out = model(xb)
-            value = loss(out, yb)
+            with np.errstate(over="ignore", invalid="ignore"):  # caught just below
+                out = model(xb)
+                value = loss(out, yb)
             if not np.isfinite(value):
                 model.load_state_dict(buffers, strict=False)
                 raise FloatingPointError(

@@ -1,0 +1,159 @@
+"""Parity with PyTorch in float64 (skipped where torch is not installed)."""
+
+import numpy as np
+import pytest
+
+from varshift import nn, optim
+from varshift.models import reference_convnet
+
+torch = pytest.importorskip("torch")
+from torch_equivalent import torch_copy  # noqa: E402
+
+RTOL = 1e-9
+
+
+def close(ours, theirs, what):
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    # floor 1e-5: a structurally zero gradient (a bias before BatchNorm) is ~1e-15
+    # round-off in both engines; it must agree to 1e-14 absolute
+    scale = max(np.abs(theirs).max(initial=0), 1e-5)
+    err = np.abs(np.asarray(ours) - theirs).max(initial=0) / scale
+    assert err < RTOL, f"{what}: relative error {err:.3g}"
+
+
+def compare_step(model, x, mode):
+    """Forward, input gradient and every parameter gradient against torch."""
+    model.astype(np.float64).train(mode == "train")
+    twin = torch_copy(model)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = twin(xt)
+    out = model(x)
+    close(out, out_t, "forward")
+    dout = np.random.default_rng(1).standard_normal(out.shape)
+    out_t.backward(torch.from_numpy(dout))
+    close(model.backward(dout), xt.grad, "input gradient")
+    torch_params = dict(twin.named_parameters())
+    ours = list(model.named_parameters())
+    assert {k for k, _, _ in ours} == set(torch_params)
+    for key, _, grad in ours:
+        close(grad, torch_params[key].grad, f"gradient of {key}")
+    torch_state = twin.state_dict()
+    for key, value in model.state_dict(params=False).items():
+        close(value, torch_state[key], key)
+
+
+LAYERS = {
+    "dense": (lambda: nn.Dense(7, 5), (4, 7)),
+    "dense-nobias": (lambda: nn.Dense(7, 5, bias=False), (4, 7)),
+    "conv1d": (lambda: nn.Conv1D(3, 4, 3, stride=2, padding=1, dilation=2), (2, 3, 11)),
+    "conv1d-same-even": (lambda: nn.Conv1D(2, 3, 4, padding="same"), (2, 2, 9)),
+    "conv2d": (lambda: nn.Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+               (2, 3, 8, 7)),
+    "conv2d-same": (lambda: nn.Conv2D(2, 3, 4, padding="same", dilation=2), (2, 2, 9, 8)),
+    "batchnorm-2d": (lambda: nn.BatchNorm(5), (6, 5)),
+    "batchnorm-3d": (lambda: nn.BatchNorm(3, momentum=None), (4, 3, 5)),
+    "batchnorm-4d": (lambda: nn.BatchNorm(3, eps=1e-3, momentum=0.3), (2, 3, 4, 5)),
+    "batchnorm-no-affine": (lambda: nn.BatchNorm(3, affine=False), (2, 3, 4, 5)),
+    "batchnorm-no-tracking": (lambda: nn.BatchNorm(3, track_running_stats=False), (2, 3, 4)),
+    "maxpool1d": (lambda: nn.MaxPool1D(3, 2, 1), (2, 3, 10)),
+    "maxpool2d": (lambda: nn.MaxPool2D((3, 2), (2, 1), (1, 0)), (2, 3, 7, 6)),
+    "avgpool1d": (lambda: nn.AvgPool1D(2), (2, 3, 9)),
+    "avgpool2d": (lambda: nn.AvgPool2D(3, 2, 1), (2, 3, 7, 6)),
+    "globalavgpool": (lambda: nn.GlobalAvgPool(), (2, 3, 4, 5)),
+    "activations": (lambda: nn.Sequential(nn.Dense(4, 6), nn.ReLU(), nn.Dense(6, 6), nn.LeakyReLU(0.2),
+                                          nn.Dense(6, 6), nn.ELU(0.7), nn.Dense(6, 6), nn.Tanh(),
+                                          nn.Dense(6, 6), nn.Sigmoid(), nn.Identity()), (5, 4)),
+    "residual": (lambda: nn.Residual(
+        nn.Sequential(nn.BatchNorm(3), nn.ReLU(), nn.Conv2D(3, 4, 3, stride=2, padding=1)),
+        nn.Conv2D(3, 4, 1, stride=2)), (2, 3, 6, 6)),
+    "concat": (lambda: nn.Sequential(
+        nn.Concat(nn.Identity(), nn.Sequential(nn.BatchNorm(2), nn.ReLU(), nn.Conv2D(2, 3, 3, padding=1))),
+        nn.AvgPool2D(2), nn.Flatten(), nn.Dense(20, 3)), (3, 2, 4, 4)),
+    "reference-convnet": (lambda: reference_convnet(dropout=0.3), (4, 1, 28, 28)),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_layer_parity(name, mode):
+    make, shape = LAYERS[name]
+    model = make().initialize(0)
+    if name == "reference-convnet" and mode == "train":
+        model[9].rate = 0.0  # dropout masks differ between engines
+    for _, layer in model.walk():
+        if isinstance(layer, nn.BatchNorm) and layer.track_running_stats:
+            layer.buffers["running_mean"][:] = np.linspace(-1, 1, layer.num_features)
+            layer.buffers["running_var"][:] = np.linspace(0.5, 2, layer.num_features)
+    compare_step(model, np.random.default_rng(0).standard_normal(shape), mode)
+
+
+def test_torch_state_dict_loads_directly():
+    model = reference_convnet(seed=0)
+    twin = torch_copy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)
+    model.load_state_dict(twin.state_dict())  # torch tensors, torch key names
+    for key, value in twin.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=1e-7)
+
+
+def _train_both(make_optimizers, steps, dropout_free_model):
+    model = dropout_free_model.astype(np.float64).train()
+    twin = torch_copy(model)
+    ours_opt, torch_opt = make_optimizers(model, twin)
+    loss, torch_loss = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(3)
+    curves = []
+    for _ in range(steps):
+        x = rng.standard_normal((16, 1, 28, 28))
+        y = rng.integers(0, 10, 16)
+        value = loss(model(x), y)
+        ours_opt.zero_grad()
+        model.backward(loss.backward())
+        ours_opt.step()
+        torch_opt.zero_grad()
+        t_value = torch_loss(twin(torch.from_numpy(x)), torch.from_numpy(y))
+        t_value.backward()
+        torch_opt.step()
+        curves.append((value, t_value.item()))
+    return model, twin, np.array(curves)
+
+
+@pytest.mark.parametrize("which", ["sgd", "sgd-nesterov", "adam"])
+def test_training_tracks_torch(which):
+    def make(model, twin):
+        if which == "adam":
+            return (optim.Adam(model, lr=1e-3, weight_decay=1e-4),
+                    torch.optim.Adam(twin.parameters(), lr=1e-3, weight_decay=1e-4))
+        kw = dict(momentum=0.9, nesterov=which == "sgd-nesterov", weight_decay=5e-4)
+        return optim.SGD(model, lr=0.05, **kw), torch.optim.SGD(twin.parameters(), lr=0.05, **kw)
+
+    model, twin, curves = _train_both(make, 8, reference_convnet(dropout=0.0, seed=1))
+    np.testing.assert_allclose(curves[:, 0], curves[:, 1], rtol=RTOL)
+    assert curves[-1, 0] != curves[0, 0]
+    # parameters and running statistics after the steps
+    torch_state = twin.state_dict()
+    for key, value in model.state_dict().items():
+        close(value, torch_state[key], key)
+    assert int(model.state_dict()["1.num_batches_tracked"]) == 8
+
+
+def test_running_stats_after_five_steps_with_cumulative_momentum():
+    model = nn.Sequential(nn.Conv1D(2, 3, 3), nn.BatchNorm(3, momentum=None), nn.ReLU(),
+                          nn.Flatten(), nn.Dense(15, 2), seed=4).astype(np.float64)
+    twin = torch_copy(model)
+    opt, t_opt = optim.SGD(model, lr=0.1), torch.optim.SGD(twin.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = rng.standard_normal((6, 2, 7)) * 3 + 1
+        dout = rng.standard_normal((6, 2))
+        model(x)
+        opt.zero_grad()
+        model.backward(dout)
+        opt.step()
+        t_opt.zero_grad()
+        twin(torch.from_numpy(x)).backward(torch.from_numpy(dout))
+        t_opt.step()
+    for key, value in twin.state_dict().items():
+        close(model.state_dict()[key], value, key)
