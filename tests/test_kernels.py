@@ -85,3 +85,15 @@ def test_adam_kernel_matches_reference(rng):
     for a, b in zip(*states):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     assert not np.allclose(states[0][0], p)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2, -0.5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leaky_relu_kernels_match(slope, dtype, rng):
+    from varshift.kernels import elementwise
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    x[0, 0, :2] = 0.0
+    d = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_array_equal(elementwise.leaky_relu_numba(x, slope), elementwise.leaky_relu_numpy(x, dtype(slope)))
+    np.testing.assert_array_equal(elementwise.leaky_relu_backward_numba(d, x, slope),
+                                  elementwise.leaky_relu_backward_numpy(d, x, dtype(slope)))

@@ -8,7 +8,7 @@ and a pooling a reduction over the rows of a single-channel view. 1-D layers use
 same kernels with H = 1.
 
 Two implementations are kept: ``*_numpy`` (strided slices, the readable reference and
-test oracle) and ``*_numba`` (parallel loops over the batch, the default).
+test oracle) and ``*_numba`` (parallel over channels, the default).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def col2im_numpy(cols, x_shape, window: Window):
 
 
 def im2col_numba(x, window: Window, pad_value=0.0):
-    """Column matrix of ``x`` for ``window`` (Numba, parallel over the batch).
+    """Column matrix of ``x`` for ``window`` (Numba, parallel over channels).
 
     Same contract as :func:`im2col_numpy`.
     """
@@ -128,7 +128,7 @@ def im2col_numba(x, window: Window, pad_value=0.0):
 
 
 def col2im_numba(cols, x_shape, window: Window):
-    """Adjoint of :func:`im2col_numba` (Numba, parallel over the batch).
+    """Adjoint of :func:`im2col_numba` (Numba, parallel over channels).
 
     Same contract as :func:`col2im_numpy`.
     """
@@ -136,25 +136,36 @@ def col2im_numba(cols, x_shape, window: Window):
     return _col2im(np.ascontiguousarray(cols), *x_shape, *window.args, oh, ow)
 
 
+@njit(inline="always")
+def _valid(n_out, stride, offset, size):
+    """Outputs ``lo <= o < hi`` whose tap ``o * stride + offset`` lies in [0, size)."""
+    lo = 0 if offset >= 0 else (stride - 1 - offset) // stride
+    hi = 0 if size - 1 - offset < 0 else min(n_out, (size - 1 - offset) // stride + 1)
+    return min(lo, hi), hi
+
+
 @njit(parallel=True, cache=True)
 def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value):
     n_, c_, h_, w_ = x.shape
     plane = oh * ow
     cols = np.empty((c_ * kh * kw, n_ * plane), dtype=x.dtype)
-    for n in prange(n_):
-        for c in range(c_):
-            for i in range(kh):
-                for j in range(kw):
-                    row = (c * kh + i) * kw + j
-                    for p in range(oh):
-                        h = p * sh + i * dh - ph
-                        start = n * plane + p * ow
-                        for q in range(ow):
-                            w = q * sw + j * dw - pw
-                            if 0 <= h < h_ and 0 <= w < w_:
-                                cols[row, start + q] = x[n, c, h, w]
-                            else:
-                                cols[row, start + q] = pad_value
+    for ci in prange(c_ * kh):  # one (channel, kernel row) per task: rows written contiguously
+        c, i = ci // kh, ci % kh
+        p0, p1 = _valid(oh, sh, i * dh - ph, h_)
+        for j in range(kw):
+            row = ci * kw + j
+            q0, q1 = _valid(ow, sw, j * dw - pw, w_)
+            for n in range(n_):
+                for p in range(oh):
+                    start = n * plane + p * ow
+                    if p < p0 or p >= p1:
+                        cols[row, start:start + ow] = pad_value
+                        continue
+                    h = p * sh + i * dh - ph
+                    cols[row, start:start + q0] = pad_value
+                    for q in range(q0, q1):
+                        cols[row, start + q] = x[n, c, h, q * sw + j * dw - pw]
+                    cols[row, start + q1:start + ow] = pad_value
     return cols
 
 
@@ -162,18 +173,16 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value):
 def _col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     plane = oh * ow
     dx = np.zeros((n_, c_, h_, w_), dtype=cols.dtype)
-    for n in prange(n_):
-        for c in range(c_):
-            for i in range(kh):
-                for j in range(kw):
-                    row = (c * kh + i) * kw + j
-                    for p in range(oh):
+    for c in prange(c_):  # a channel per task: no two tasks write the same dx element
+        for i in range(kh):
+            p0, p1 = _valid(oh, sh, i * dh - ph, h_)
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                q0, q1 = _valid(ow, sw, j * dw - pw, w_)
+                for n in range(n_):
+                    for p in range(p0, p1):
                         h = p * sh + i * dh - ph
-                        if h < 0 or h >= h_:
-                            continue
                         start = n * plane + p * ow
-                        for q in range(ow):
-                            w = q * sw + j * dw - pw
-                            if 0 <= w < w_:
-                                dx[n, c, h, w] += cols[row, start + q]
+                        for q in range(q0, q1):
+                            dx[n, c, h, q * sw + j * dw - pw] += cols[row, start + q]
     return dx

@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from .. import kernels
 from .layer import Layer
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Identity"]
@@ -15,18 +16,8 @@ class _Activation(Layer):
     kind = "activation"
 
 
-class ReLU(_Activation):
-    """``max(x, 0)``; derivative 1 for x > 0, else 0."""
-
-    def _forward(self, x):
-        return np.maximum(x, 0), x > 0
-
-    def _backward(self, dout, positive):
-        return dout * positive, {}
-
-
 class LeakyReLU(_Activation):
-    """``x`` for x > 0, else ``negative_slope * x``.
+    """``x`` for x > 0, else ``negative_slope * x``; derivative 1 or ``negative_slope``.
 
     Parameters
     ----------
@@ -40,11 +31,17 @@ class LeakyReLU(_Activation):
         self.negative_slope = float(negative_slope)
 
     def _forward(self, x):
-        positive = x > 0
-        return np.where(positive, x, x * self.dtype.type(self.negative_slope)), positive
+        return kernels.leaky_relu(x, self.negative_slope), x
 
-    def _backward(self, dout, positive):
-        return np.where(positive, dout, dout * self.dtype.type(self.negative_slope)), {}
+    def _backward(self, dout, x):
+        return kernels.leaky_relu_backward(dout, x, self.negative_slope), {}
+
+
+class ReLU(LeakyReLU):
+    """``max(x, 0)``: a :class:`LeakyReLU` with slope 0."""
+
+    def __init__(self):
+        super().__init__(0.0)
 
 
 class ELU(_Activation):

@@ -1,7 +1,7 @@
 """Pooling and reshaping layers: max and average pooling, global average pooling,
 flatten.
 
-Max and average pooling view (N, C, *S) as N * C single-channel images, build their
+Max and average pooling view (N, C, *S) as one image with N * C channels, build its
 window columns with the same im2col as convolution, and reduce over the window.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import kernels
 from ._args import int_tuple, spatial_window
-from .conv import _as_4d
+from .conv import _as_4d, _as_4d_shape
 from .layer import Layer
 
 __all__ = ["MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "GlobalAvgPool", "Flatten"]
@@ -58,37 +58,42 @@ class _Pool(Layer):
     def _forward(self, x):
         n, c = x.shape[:2]
         x4 = _as_4d(x)
-        planes = x4.reshape(n * c, 1, *x4.shape[2:])
-        cols = kernels.im2col(planes, self.window, self.pad_value)
-        out, cache = self._reduce(cols)
-        out_size = self.window.output_size(*x4.shape[2:])[2 - self.dims:]
-        return out.reshape(n, c, *out_size), (x.shape, planes.shape, cols.shape, cache)
+        image = x4.reshape(1, n * c, *x4.shape[2:])
+        out_size = self.window.output_size(*x4.shape[2:])
+        # rows of cols are (plane, tap); as (N * C, taps, positions) the window is axis 1
+        cols = kernels.im2col(image, self.window, self.pad_value)
+        windows = cols.reshape(n * c, -1, out_size[0] * out_size[1])
+        out, cache = self._reduce(windows)
+        return out.reshape(n, c, *out_size[2 - self.dims:]), (x.shape, windows.shape, cache)
 
     def _backward(self, dout, cache):
-        x_shape, planes_shape, cols_shape, reduce_cache = cache
-        dcols = self._expand(dout.reshape(-1), cols_shape, reduce_cache)
-        return kernels.col2im(dcols, planes_shape, self.window).reshape(x_shape), {}
+        x_shape, windows_shape, reduce_cache = cache
+        n, c = x_shape[:2]
+        dwindows = self._expand(dout.reshape(n * c, 1, -1), windows_shape, reduce_cache)
+        image_shape = (1, n * c, *_as_4d_shape(x_shape)[2:])
+        dx = kernels.col2im(dwindows.reshape(-1, windows_shape[2]), image_shape, self.window)
+        return dx.reshape(x_shape), {}
 
 
 class _MaxPool(_Pool):
     pad_value = -np.inf
 
-    def _reduce(self, cols):
-        argmax = cols.argmax(axis=0)
-        return np.take_along_axis(cols, argmax[None], axis=0)[0], argmax
+    def _reduce(self, windows):
+        argmax = windows.argmax(axis=1)[:, None]
+        return np.take_along_axis(windows, argmax, axis=1), argmax
 
-    def _expand(self, dout, cols_shape, argmax):
-        dcols = np.zeros(cols_shape, dtype=dout.dtype)
-        np.put_along_axis(dcols, argmax[None], dout[None], axis=0)
-        return dcols
+    def _expand(self, dout, windows_shape, argmax):
+        dwindows = np.zeros(windows_shape, dtype=dout.dtype)
+        np.put_along_axis(dwindows, argmax, dout, axis=1)
+        return dwindows
 
 
 class _AvgPool(_Pool):
-    def _reduce(self, cols):
-        return cols.mean(axis=0), None
+    def _reduce(self, windows):
+        return windows.mean(axis=1), None
 
-    def _expand(self, dout, cols_shape, _):
-        return np.broadcast_to(dout / cols_shape[0], cols_shape)
+    def _expand(self, dout, windows_shape, _):
+        return np.broadcast_to(dout / windows_shape[1], windows_shape)
 
 
 class MaxPool1D(_MaxPool):

@@ -1,0 +1,30 @@
+"""Helpers shared by the benchmark scripts: thread pinning and robust timing."""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def run_worker(script, args, threads, extra_env=None):
+    """Run ``script --worker ...`` in a fresh interpreter with ``threads`` threads;
+    return the last line of its stdout (JSON)."""
+    env = dict(os.environ, **{v: str(threads) for v in THREAD_VARS}, **(extra_env or {}))
+    out = subprocess.run([sys.executable, script, "--worker", *args, "--threads", str(threads)],
+                         env=env, check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def median_ms(fn, steps, warmup=5):
+    """Median wall time of ``fn()`` in milliseconds after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)

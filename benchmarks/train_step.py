@@ -1,0 +1,136 @@
+"""One training step (forward, backward, Adam) of the reference convnet, batch 200:
+varshift against PyTorch CPU, same threads, each engine in its own fresh process.
+
+    python benchmarks/train_step.py            # 2 and 1 threads, 3 rounds
+    python benchmarks/train_step.py --rounds 1 --threads 2
+
+Prints per-round medians, the ratio varshift / PyTorch (median over rounds), the first
+call's cost with a cold and a warm Numba cache, and the ``import varshift`` time.
+Requirement (issue #2): ratio <= 1.5 with 2 threads; goal <= 1.0.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import THREAD_VARS, median_ms, run_worker  # noqa: E402
+
+BATCH = 200
+
+
+def worker(engine, threads, steps, numpy_first):
+    if numpy_first:
+        import numpy  # noqa: F401  (OpenBLAS initialised before varshift can tune it)
+    if engine == "varshift":
+        from varshift import nn, optim  # first, unless --numpy-first
+        from varshift.models import reference_convnet
+
+        import numpy as np
+
+        model = reference_convnet(dropout=0.3, seed=0)
+        opt = optim.Adam(model, lr=1e-3)
+        loss = nn.CrossEntropyLoss()
+        rng = np.random.default_rng(0)
+        x = rng.random((BATCH, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, BATCH)
+
+        def step():
+            loss(model(x), y)
+            opt.zero_grad()
+            model.backward(loss.backward())
+            opt.step()
+    else:
+        import torch
+        from torch import nn as tnn
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = tnn.Sequential(
+            tnn.Conv2d(1, 32, 5, 2, 2), tnn.BatchNorm2d(32), tnn.LeakyReLU(0.2),
+            tnn.Conv2d(32, 64, 5, 2, 2), tnn.BatchNorm2d(64), tnn.LeakyReLU(0.2), tnn.Flatten(),
+            tnn.Linear(3136, 500), tnn.Tanh(), tnn.Dropout(0.3), tnn.Linear(500, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss = tnn.CrossEntropyLoss()
+        x = torch.rand(BATCH, 1, 28, 28)
+        y = torch.randint(0, 10, (BATCH,))
+
+        def step():
+            opt.zero_grad()
+            loss(model(x), y).backward()
+            opt.step()
+
+    print(json.dumps({"ms": median_ms(step, steps)}))
+
+
+def first_call(cache_dir):
+    """Seconds for import + the first training step, with NUMBA_CACHE_DIR=cache_dir."""
+    code = ("import time; t = time.perf_counter(); import numpy as np; "
+            "from varshift import nn, optim; from varshift.models import reference_convnet; "
+            "m = reference_convnet(seed=0); o = optim.Adam(m); l = nn.CrossEntropyLoss(); "
+            "x = np.zeros((200, 1, 28, 28), np.float32); y = np.zeros(200, np.int64); "
+            "l(m(x), y); m.backward(l.backward()); o.step(); m.eval()(x); "
+            "print(time.perf_counter() - t)")
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def import_time():
+    code = "import time; t = time.perf_counter(); import varshift; print(time.perf_counter() - t)"
+    times = [float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                  text=True).stdout.strip()) for _ in range(5)]
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=["varshift", "torch"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--numpy-first", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.threads[0], args.steps, args.numpy_first)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit("PyTorch is the benchmark peer: pip install torch==2.13.0")
+    me = os.path.abspath(__file__)
+    print(f"reference convnet, batch {BATCH}, {args.steps} timed steps per round, "
+          f"median ms per step; each engine in a fresh process ({', '.join(THREAD_VARS)} set)")
+    for threads in args.threads:
+        results = {"varshift": [], "varshift (numpy imported first)": [], "torch": []}
+        for _ in range(args.rounds):
+            common = ["--steps", str(args.steps)]
+            results["varshift"].append(json.loads(run_worker(me, ["varshift", *common], threads))["ms"])
+            results["varshift (numpy imported first)"].append(json.loads(
+                run_worker(me, ["varshift", *common, "--numpy-first"], threads))["ms"])
+            results["torch"].append(json.loads(run_worker(me, ["torch", *common], threads))["ms"])
+        med = {k: statistics.median(v) for k, v in results.items()}
+        print(f"\n{threads} thread(s):")
+        for name, values in results.items():
+            rounds = " ".join(f"{v:6.1f}" for v in values)
+            print(f"  {name:32s} {med[name]:6.1f} ms   (rounds: {rounds})")
+        for name in ("varshift", "varshift (numpy imported first)"):
+            print(f"  ratio {name} / PyTorch: {med[name] / med['torch']:.2f}")
+    with tempfile.TemporaryDirectory() as cache:
+        cold = first_call(cache)
+        warm = first_call(cache)
+    print(f"\nimport + first training step + first eval forward: cold Numba cache {cold:.1f} s, "
+          f"warm cache {warm:.2f} s")
+    print(f"import varshift (warm cache): {import_time():.2f} s  (requirement: < 2 s)")
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    if not any(a == "--worker" for a in sys.argv):
+        print(f"(benchmark took {time.perf_counter() - t0:.0f} s)")
