@@ -66,13 +66,21 @@ def test_batchnorm_kernels_match(shape, batch_stats, rng):
     beta = rng.standard_normal(c).astype(np.float32)
     inv_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
     args = (x, mean.astype(np.float32), inv_std, gamma, beta)
-    for got, ref in zip(batchnorm.normalize_numba(*args), batchnorm.normalize_numpy(*args)):
-        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    xhat = batchnorm.normalize_numpy(*args)[1]
-    got = batchnorm.backward_numba(dout, xhat, gamma, inv_std, batch_stats)
-    ref = batchnorm.backward_numpy(dout, xhat, gamma, inv_std, batch_stats)
+    np.testing.assert_allclose(batchnorm.normalize_numba(*args), batchnorm.normalize_numpy(*args),
+                               rtol=1e-5, atol=1e-5)
+    grad_args = (dout, x, mean.astype(np.float32), inv_std, gamma, batch_stats)
+    got = batchnorm.backward_numba(*grad_args)
+    ref = batchnorm.backward_numpy(*grad_args)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_one_pass_moments_stay_accurate_far_from_zero(rng):
+    x = (1e4 + rng.standard_normal((50, 2, 40))).astype(np.float32)
+    mean, var = batchnorm.moments_numba(x)
+    ref_mean, ref_var = batchnorm.moments_numpy(x)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
+    np.testing.assert_allclose(var, ref_var, rtol=1e-9)
 
 
 def test_adam_kernel_matches_reference(rng):
@@ -97,3 +105,21 @@ def test_leaky_relu_kernels_match(slope, dtype, rng):
     np.testing.assert_array_equal(elementwise.leaky_relu_numba(x, slope), elementwise.leaky_relu_numpy(x, dtype(slope)))
     np.testing.assert_array_equal(elementwise.leaky_relu_backward_numba(d, x, slope),
                                   elementwise.leaky_relu_backward_numpy(d, x, dtype(slope)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["cc", "fc", "cf", "ff", "strided"])
+def test_blas_matmul_matches_numpy(dtype, layout, rng):
+    from varshift.kernels import gemm
+    a = rng.standard_normal((7, 5)).astype(dtype)
+    b = rng.standard_normal((5, 9)).astype(dtype)
+    if layout[0] == "f":
+        a = np.asfortranarray(a)
+    if layout[1:] == "f":
+        b = np.asfortranarray(b)
+    if layout == "strided":
+        a = rng.standard_normal((7, 10)).astype(dtype)[:, ::2]
+    c = gemm.matmul_blas(a, b)
+    assert c.dtype == dtype and c.flags.c_contiguous
+    np.testing.assert_allclose(c, gemm.matmul_numpy(a, b), rtol=1e-5 if dtype == np.float32 else 1e-13)
+    assert gemm.matmul_blas(a[:0], b).shape == (0, 9)

@@ -14,11 +14,14 @@ import os
 # Set before Numba loads its OpenMP pool (at the first parallel call); a user's own
 # setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Likewise OpenBLAS workers spin ~0.1 s after every product; read by SciPy's OpenBLAS,
+# which varshift's layers use and which loads later (see gemm.py).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import batchnorm, elementwise, optim, window  # noqa: E402
+from . import batchnorm, elementwise, gemm, optim, window  # noqa: E402
 from .window import Window
 
-__all__ = ["Window", "BACKEND", "im2col", "col2im", "bn_moments", "bn_normalize",
+__all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
            "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward"]
 
 BACKEND = os.environ.get("VARSHIFT_KERNELS", "numba").strip().lower()
@@ -32,6 +35,7 @@ def _pick(module, name):
     return getattr(module, f"{name}_{BACKEND}")
 
 
+matmul = gemm.matmul_numpy if BACKEND == "numpy" else gemm.matmul_blas
 im2col = _pick(window, "im2col")
 col2im = _pick(window, "col2im")
 bn_moments = _pick(batchnorm, "moments")

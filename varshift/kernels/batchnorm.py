@@ -4,9 +4,10 @@ Every BatchNorm input -- (N, C), (N, C, L) or (N, C, H, W) -- is viewed as (N, C
 with L = 1, L or H * W, and statistics run over the M = N * L values of a channel.
 
 * ``moments``: per-channel mean and biased variance, accumulated in float64.
-* ``normalize``: ``xhat = (x - mean) * inv_std`` and ``out = gamma * xhat + beta``.
+* ``normalize``: ``out = gamma * xhat + beta`` with ``xhat = (x - mean) * inv_std``.
 * ``backward``: gradients of ``normalize`` for batch statistics (``batch_stats=True``,
-  mean and variance depend on x) or fixed running statistics.
+  mean and variance depend on x) or fixed running statistics; ``xhat`` is recomputed
+  from ``x`` rather than stored.
 
 ``*_numpy`` functions are the reference; ``*_numba`` are parallel over channels.
 """
@@ -53,19 +54,19 @@ def normalize_numpy(x, mean, inv_std, gamma, beta):
 
     Returns
     -------
-    out, xhat : ndarray of shape (N, C, L)
+    out : ndarray of shape (N, C, L)
     """
     xhat = (x - mean[:, None]) * inv_std[:, None]
-    return xhat * gamma[:, None] + beta[:, None], xhat
+    return xhat * gamma[:, None] + beta[:, None]
 
 
-def backward_numpy(dout, xhat, gamma, inv_std, batch_stats):
+def backward_numpy(dout, x, mean, inv_std, gamma, batch_stats):
     """Gradients of :func:`normalize_numpy`.
 
     Parameters
     ----------
-    dout, xhat : ndarray of shape (N, C, L)
-    gamma, inv_std : ndarray of shape (C,)
+    dout, x : ndarray of shape (N, C, L)
+    mean, inv_std, gamma : ndarray of shape (C,), same dtype as ``x``
     batch_stats : bool
         Whether mean and variance were the batch's own (then they depend on x).
 
@@ -80,6 +81,7 @@ def backward_numpy(dout, xhat, gamma, inv_std, batch_stats):
     ``dx = g * (dout - mean(dout) - xhat * mean(dout * xhat))`` for batch statistics
     and ``dx = g * dout`` for fixed ones.
     """
+    xhat = (x - mean[:, None]) * inv_std[:, None]
     dbeta = dout.sum(axis=(0, 2), dtype=np.float64)
     dgamma = (dout * xhat).sum(axis=(0, 2), dtype=np.float64)
     g = (gamma * inv_std)[:, None]
@@ -93,24 +95,27 @@ def backward_numpy(dout, xhat, gamma, inv_std, batch_stats):
 
 @njit(parallel=True, cache=True)
 def moments_numba(x):
-    """Numba version of :func:`moments_numpy` (two passes per channel)."""
+    """Numba version of :func:`moments_numpy`, in one pass per channel.
+
+    Sums of ``x - x[0, c, 0]`` and of its square are accumulated in float64; the
+    shift keeps ``E[d^2] - E[d]^2`` free of cancellation for data far from zero.
+    """
     n_, c_, l_ = x.shape
     m = n_ * l_
     mean = np.empty(c_, np.float64)
     var = np.empty(c_, np.float64)
     for c in prange(c_):
-        s = 0.0
+        shift = np.float64(x[0, c, 0])
+        s1 = 0.0
+        s2 = 0.0
         for n in range(n_):
             for i in range(l_):
-                s += x[n, c, i]
-        mu = s / m
-        ss = 0.0
-        for n in range(n_):
-            for i in range(l_):
-                d = x[n, c, i] - mu
-                ss += d * d
-        mean[c] = mu
-        var[c] = ss / m
+                d = x[n, c, i] - shift
+                s1 += d
+                s2 += d * d
+        mu = s1 / m
+        mean[c] = shift + mu
+        var[c] = max(s2 / m - mu * mu, 0.0)
     return mean, var
 
 
@@ -119,19 +124,17 @@ def normalize_numba(x, mean, inv_std, gamma, beta):
     """Numba version of :func:`normalize_numpy`."""
     n_, c_, l_ = x.shape
     out = np.empty_like(x)
-    xhat = np.empty_like(x)
     for c in prange(c_):
-        mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+        scale = inv_std[c] * gamma[c]
+        offset = beta[c] - mean[c] * scale
         for n in range(n_):
             for i in range(l_):
-                xh = (x[n, c, i] - mu) * s
-                xhat[n, c, i] = xh
-                out[n, c, i] = xh * g + b
-    return out, xhat
+                out[n, c, i] = x[n, c, i] * scale + offset
+    return out
 
 
 @njit(parallel=True, cache=True)
-def backward_numba(dout, xhat, gamma, inv_std, batch_stats):
+def backward_numba(dout, x, mean, inv_std, gamma, batch_stats):
     """Numba version of :func:`backward_numpy`."""
     n_, c_, l_ = dout.shape
     m = n_ * l_
@@ -139,19 +142,20 @@ def backward_numba(dout, xhat, gamma, inv_std, batch_stats):
     dgamma = np.empty(c_, np.float64)
     dbeta = np.empty(c_, np.float64)
     for c in prange(c_):
+        mu, s = mean[c], inv_std[c]
         sb = 0.0
         sg = 0.0
         for n in range(n_):
             for i in range(l_):
                 d = dout[n, c, i]
                 sb += d
-                sg += d * xhat[n, c, i]
+                sg += d * ((x[n, c, i] - mu) * s)
         dbeta[c] = sb
         dgamma[c] = sg
-        g = gamma[c] * inv_std[c]
+        g = gamma[c] * s
         mb = sb / m if batch_stats else 0.0
         mg = sg / m if batch_stats else 0.0
         for n in range(n_):
             for i in range(l_):
-                dx[n, c, i] = g * (dout[n, c, i] - mb - xhat[n, c, i] * mg)
+                dx[n, c, i] = g * (dout[n, c, i] - mb - (x[n, c, i] - mu) * s * mg)
     return dx, dgamma, dbeta

@@ -70,7 +70,7 @@ class _Conv(Layer):
         n = x.shape[0]
         out_size = self.window.output_size(*x4.shape[2:])
         cols = kernels.im2col(x4, self.window)
-        res = self.params["weight"].reshape(self.out_channels, -1) @ cols
+        res = kernels.matmul(self.params["weight"].reshape(self.out_channels, -1), cols)
         res = res.reshape(self.out_channels, n, -1).transpose(1, 0, 2)
         out = np.empty(res.shape, dtype=res.dtype)
         if self.bias:
@@ -85,10 +85,10 @@ class _Conv(Layer):
         n = dout.shape[0]
         dout2 = dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2).reshape(
             self.out_channels, -1)
-        grads = {"weight": dout2 @ cols.T}
+        grads = {"weight": kernels.matmul(dout2, cols.T)}
         if self.bias:
             grads["bias"] = dout2.sum(axis=1)
-        dcols = weight.reshape(self.out_channels, -1).T @ dout2
+        dcols = kernels.matmul(weight.reshape(self.out_channels, -1).T, dout2)
         dx = kernels.col2im(dcols, _as_4d_shape(x_shape), self.window)
         return dx.reshape(x_shape), grads
 

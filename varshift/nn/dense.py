@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ._args import positive_int
 from .layer import Layer
 
@@ -52,13 +53,13 @@ class Dense(Layer):
         self._expect(x, (2,), self.in_features)
 
     def _forward(self, x):
-        out = x @ self.params["weight"].T
+        out = kernels.matmul(x, self.params["weight"].T)
         if self.bias:
             out += self.params["bias"]
         return out, x
 
     def _backward(self, dout, x):
-        grads = {"weight": dout.T @ x}
+        grads = {"weight": kernels.matmul(dout.T, x)}
         if self.bias:
             grads["bias"] = dout.sum(axis=0)
-        return dout @ self.params["weight"], grads
+        return kernels.matmul(dout, self.params["weight"]), grads

@@ -183,7 +183,11 @@ class Layer:
         """Set every gradient to zero."""
         for _, layer in self.walk():
             for key, value in layer.params.items():
-                layer.grads[key] = np.zeros_like(value)
+                grad = layer.grads.get(key)
+                if grad is not None and grad.shape == value.shape and grad.dtype == value.dtype:
+                    grad.fill(0)
+                else:
+                    layer.grads[key] = np.zeros_like(value)
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> "Layer":

@@ -123,16 +123,17 @@ class BatchNorm(Layer):
         else:
             mean = self.buffers["running_mean"].astype(np.float64)
             var = self.buffers["running_var"].astype(np.float64)
+        mean = mean.astype(self.dtype)
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(self.dtype)
         gamma, beta = self._affine()
-        out, xhat = kernels.bn_normalize(x3, mean.astype(self.dtype), inv_std, gamma, beta)
-        return out.reshape(x.shape), (xhat, inv_std, self._uses_batch_stats)
+        out = kernels.bn_normalize(x3, mean, inv_std, gamma, beta)
+        return out.reshape(x.shape), (x3, mean, inv_std, self._uses_batch_stats)
 
     def _backward(self, dout, cache):
-        xhat, inv_std, batch_stats = cache
+        x3, mean, inv_std, batch_stats = cache
         gamma, _ = self._affine()
         dx, dgamma, dbeta = kernels.bn_backward(
-            dout.reshape(xhat.shape), xhat, gamma, inv_std, batch_stats)
+            dout.reshape(x3.shape), x3, mean, inv_std, gamma, batch_stats)
         grads = {"weight": dgamma, "bias": dbeta} if self.affine else {}
         return dx.reshape(dout.shape), grads
 

@@ -1,0 +1,49 @@
+"""Matrix products for the layers: ``matmul_numpy`` (``a @ b``, the reference) and
+``matmul_blas``, which calls SciPy's BLAS ``sgemm``/``dgemm`` directly.
+
+Why not NumPy's ``@``: NumPy's OpenBLAS starts its threads when NumPy is imported,
+usually before varshift, and they then spin for ~0.1 s after every product, taking a
+core from the Numba kernel that follows (a training step was 1.35x slower). SciPy's
+OpenBLAS is a separate instance that is loaded only at the first product, after
+:mod:`varshift.kernels` has asked for a short spin (``OPENBLAS_THREAD_TIMEOUT``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["matmul_numpy", "matmul_blas"]
+
+_GEMM = {}
+
+
+def matmul_numpy(a, b):
+    """``a @ b`` for 2-D arrays (reference)."""
+    return a @ b
+
+
+def _fortran_operand(x):
+    """``(array, transpose flag)`` such that BLAS sees ``x^T`` without a copy."""
+    if x.flags.c_contiguous:
+        return x.T, 0  # x^T of a C array is a Fortran array
+    if x.flags.f_contiguous:
+        return x, 1
+    return np.ascontiguousarray(x).T, 0
+
+
+def matmul_blas(a, b):
+    """``a @ b`` for 2-D float32/float64 arrays of one dtype, C-contiguous result.
+
+    Computes ``c^T = b^T a^T`` in Fortran order, so that C- or F-contiguous operands
+    (e.g. ``w.T`` views) are passed to BLAS without copies.
+    """
+    if a.dtype != b.dtype or a.dtype.char not in "fd" or 0 in a.shape or 0 in b.shape:
+        return a @ b
+    if not _GEMM:
+        from scipy.linalg import blas  # first load of SciPy's OpenBLAS: see module doc
+
+        _GEMM.update(f=blas.sgemm, d=blas.dgemm)
+    first, trans_first = _fortran_operand(b)
+    second, trans_second = _fortran_operand(a)
+    return _GEMM[a.dtype.char](1.0, first, second, trans_a=trans_first,
+                               trans_b=trans_second).T
