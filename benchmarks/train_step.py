@@ -28,10 +28,10 @@ def worker(engine, threads, steps, numpy_first):
     if numpy_first:
         import numpy  # noqa: F401  (OpenBLAS initialised before varshift can tune it)
     if engine == "varshift":
+        import numpy as np
+
         from varshift import nn, optim  # first, unless --numpy-first
         from varshift.models import reference_convnet
-
-        import numpy as np
 
         model = reference_convnet(dropout=0.3, seed=0)
         opt = optim.Adam(model, lr=1e-3)

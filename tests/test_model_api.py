@@ -57,7 +57,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert repr(loaded) == repr(model) and loaded.dtype == np.float64
     for key, value in model.state_dict().items():
         assert np.array_equal(loaded.state_dict()[key], value) and loaded.state_dict()[key].dtype == value.dtype
-    assert [l.training for _, l in loaded.walk()] == [l.training for _, l in model.walk()]
+    assert [layer.training for _, layer in loaded.walk()] == [layer.training for _, layer in model.walk()]
     x = np.random.default_rng(1).standard_normal((4, 1, 5, 5))
     np.testing.assert_array_equal(loaded(x), model(x))  # same dropout masks too
 
@@ -86,7 +86,7 @@ def test_modes_context_manager_restores_previous_modes():
         kinds = {layer.kind: layer.training for _, layer in model.leaves()}
         assert kinds["batchnorm"] is True and kinds["dropout"] is False
         assert model[0].training is False  # others unchanged
-    assert [l.training for _, l in model.leaves()] == [False] * 10 + [True]
+    assert [layer.training for _, layer in model.leaves()] == [False] * 10 + [True]
     with pytest.raises(ValueError, match="batchnorm must be 'train', 'eval'"):
         with nn.modes(model, batchnorm="training"):
             pass
@@ -97,7 +97,7 @@ def test_modes_restored_after_an_exception():
     with pytest.raises(RuntimeError):
         with nn.modes(model, default="eval"):
             raise RuntimeError
-    assert all(l.training for _, l in model.walk())
+    assert all(layer.training for _, layer in model.walk())
 
 
 def test_seed_makes_models_reproducible():

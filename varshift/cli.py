@@ -37,8 +37,8 @@ def _demo(args) -> int:
     seconds = time.perf_counter() - start
     test = evaluate(model, (x_test, y_test), loss)
     print(f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}")
-    for epoch, (l, a) in enumerate(zip(history["loss"], history["accuracy"]), 1):
-        print(f"{epoch:>5}  {l:>10.4f}  {a:>9.2%}")
+    for epoch, (value, acc) in enumerate(zip(history["loss"], history["accuracy"]), 1):
+        print(f"{epoch:>5}  {value:>10.4f}  {acc:>9.2%}")
     print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.2%} "
           f"({history.steps} steps in {seconds:.1f} s, "
           f"{1000 * seconds / history.steps:.0f} ms/step)")

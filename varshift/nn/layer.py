@@ -339,7 +339,7 @@ class Layer:
     def get_config(self) -> dict:
         """Constructor arguments, read back from same-named attributes."""
         config = {}
-        for name, p in inspect.signature(type(self).__init__).parameters.items():
+        for name in inspect.signature(type(self).__init__).parameters:
             if name != "self":
                 config[name] = getattr(self, name)
         return config
