@@ -46,7 +46,7 @@ LAYERS = {
     "dense": (lambda: nn.Dense(7, 5), (4, 7)),
     "dense-nobias": (lambda: nn.Dense(7, 5, bias=False), (4, 7)),
     "conv1d": (lambda: nn.Conv1D(3, 4, 3, stride=2, padding=1, dilation=2), (2, 3, 11)),
-    "conv1d-same-even": (lambda: nn.Conv1D(2, 3, 4, padding="same"), (2, 2, 9)),
+    "conv1d-same-even": (lambda: nn.Conv1D(2, 3, 4, padding="same"), (2, 2, 9)),  # torch warns: copy
     "conv2d": (lambda: nn.Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
                (2, 3, 8, 7)),
     "conv2d-same": (lambda: nn.Conv2D(2, 3, 4, padding="same", dilation=2), (2, 2, 9, 8)),
