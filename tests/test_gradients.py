@@ -168,3 +168,22 @@ def test_gradcheck_leaves_the_model_untouched():
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert model.rng_state() == rng_before and model.dtype == np.float32
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Conv2D(3, 4, 3, stride=2, padding=1), (7, 3, 6, 5)),
+    (lambda: nn.Conv1D(2, 3, 3, padding="same", dilation=2), (5, 2, 9)),
+])
+@pytest.mark.parametrize("chunk_bytes", [1, 300])
+def test_conv_batch_chunks_change_nothing(make, shape, chunk_bytes):
+    whole = make().initialize(0).astype(np.float64)
+    chunked = make().initialize(0).astype(np.float64)
+    chunked.chunk_bytes = chunk_bytes  # 1 sample per chunk, or a few
+    assert len(chunked._chunks((shape[0], shape[1], 1, shape[-1]) if len(shape) == 3 else shape, 8)) > 1
+    x = normal(4, shape)
+    np.testing.assert_allclose(chunked(x), whole(x), rtol=1e-13)
+    dout = normal(5, whole(x).shape)
+    np.testing.assert_allclose(chunked.backward(dout), whole.backward(dout), rtol=1e-12)
+    for key in whole.grads:
+        np.testing.assert_allclose(chunked.grads[key], whole.grads[key], rtol=1e-12)
+    check(chunked, x)

