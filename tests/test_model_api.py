@@ -76,6 +76,9 @@ def test_load_rejects_truncated_and_foreign_files(tmp_path):
         varshift.load(tmp_path / "text.npz")
     with pytest.raises(FileNotFoundError):
         varshift.load(tmp_path / "missing.npz")
+    np.save(tmp_path / "array.npy", np.ones(3))
+    with pytest.raises(ValueError, match=r"cannot read .* single array \(.npy\)"):
+        varshift.load(tmp_path / "array.npy")
 
 
 def test_modes_context_manager_restores_previous_modes():

@@ -12,9 +12,12 @@ kernels     Numba hot loops with NumPy reference implementations
 from . import datasets, nn, optim
 from .gradcheck import gradcheck
 from .io import load, save
+from .measure import Report, measure
+from .diagnose import Finding, diagnose
+from .recalibrate import Recalibration, recalibrate
 from .training import History, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = ["nn", "optim", "datasets", "fit", "evaluate", "History", "gradcheck", "save",
-           "load", "__version__"]
+           "load", "measure", "Report", "recalibrate", "Recalibration", "diagnose", "Finding", "__version__"]

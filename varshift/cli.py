@@ -9,11 +9,107 @@ import time
 from . import __version__
 
 EPILOG = """examples:
-  varshift demo                     train the reference convnet on MNIST for 1 epoch
-  varshift demo --epochs 3 --data-dir ../shared/data/mnist
+  varshift demo --epochs 2 -o model.npz     train the reference convnet on MNIST, measure it
+  varshift measure model.npz mnist          per-layer report on the MNIST training images
+  varshift measure model.npz mnist --split test --limit 2000 --plot shift.png
+  varshift diagnose model.npz x.npy --train-batch-size 32 --json
+  varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test
 
-MNIST is read from --data-dir, else $VARSHIFT_DATA/mnist, else ~/.cache/varshift/mnist.
-exit codes: 0 success, 1 failure while running, 2 bad usage or missing data."""
+DATA is 'mnist' (read from --data-dir, else $VARSHIFT_DATA/mnist, else
+~/.cache/varshift/mnist), 'mnist1d' (generated; needs the mnist1d package), or an .npy
+file of inputs, or an .npz file with an array 'x' (or 'x_train').
+exit codes: 0 success; 1 failure while running; 2 bad usage, data or model file;
+3 (diagnose) problems of severity warning or error were found."""
+
+
+def _load_data(spec, args, split=None):
+    """Inputs named by DATA on the command line, as an array."""
+    import numpy as np
+
+    split = split or args.split
+    if spec in ("mnist", "mnist1d"):
+        from .datasets import load_mnist, load_mnist1d
+
+        x_train, _, x_test, _ = load_mnist(args.data_dir) if spec == "mnist" else load_mnist1d()
+        x = x_train if split == "train" else x_test
+    elif spec.endswith(".npy"):
+        x = np.load(spec, allow_pickle=False)
+    elif spec.endswith(".npz"):
+        with np.load(spec, allow_pickle=False) as data:
+            key = next((k for k in ("x", "x_train", "inputs") if k in data.files), None)
+            if key is None:
+                raise ValueError(f"{spec}: expected an array named 'x' or 'x_train', "
+                                 f"found {data.files}")
+            x = data[key]
+    else:
+        raise ValueError(f"DATA must be 'mnist', 'mnist1d', an .npy or an .npz file, got {spec!r}")
+    if args.limit:
+        x = x[:args.limit]
+    if args.flatten:
+        x = x.reshape(len(x), -1)
+    return x
+
+
+def _progress(args) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _save_plot(plot, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = plot()
+    ax.figure.savefig(path, dpi=150)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _measure(args) -> int:
+    from . import load, measure
+
+    model = load(args.model)
+    report = measure(model, _load_data(args.data, args), batch_size=args.batch_size,
+                     seed=args.seed, progress=_progress(args))
+    print(report.to_json(indent=1) if args.json else report)
+    if args.plot:
+        _save_plot(lambda: report.plot(kind=args.plot_kind), args.plot)
+    return 0
+
+
+def _diagnose(args) -> int:
+    import json
+
+    from . import diagnose, load
+
+    model = load(args.model)
+    findings = diagnose(model, _load_data(args.data, args), batch_size=args.batch_size,
+                        train_batch_size=args.train_batch_size, seed=args.seed,
+                        progress=_progress(args))
+    if args.json:
+        print(json.dumps([f.to_dict() for f in findings], indent=1))
+    elif findings:
+        print("\n\n".join(str(f) for f in findings))
+    else:
+        print("No problems found.")
+    return 3 if any(f.severity in ("warning", "error") for f in findings) else 0
+
+
+def _recalibrate(args) -> int:
+    from . import load, recalibrate, save
+
+    model = load(args.model)
+    holdout = _load_data(args.data, args, split=args.holdout_split) if args.holdout_split else None
+    result = recalibrate(model, _load_data(args.data, args), batch_size=args.batch_size,
+                         dropout=args.dropout, holdout=holdout, seed=args.seed,
+                         progress=_progress(args))
+    save(model, args.output)
+    if args.json:
+        print('{"before": %s, "after": %s}' % (result.before.to_json(), result.after.to_json()))
+    else:
+        print(result)
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.plot:
+        _save_plot(result.plot, args.plot)
+    return 0
 
 
 def _demo(args) -> int:
@@ -26,7 +122,7 @@ def _demo(args) -> int:
     x_train, y_train, x_test, y_test = load_mnist(args.data_dir)
     if args.train_size:
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
-    model = reference_convnet(dropout=0.3, seed=args.seed)
+    model = reference_convnet(dropout=args.dropout, seed=args.seed)
     loss = nn.CrossEntropyLoss()
     print(f"Training the reference convnet on {len(x_train)} MNIST images "
           f"for {args.epochs} epoch(s), batch 200, Adam lr 1e-3 ...", file=sys.stderr)
@@ -42,6 +138,22 @@ def _demo(args) -> int:
     print(f"test loss {test['loss']:.4f}, test accuracy {test['accuracy']:.2%} "
           f"({history.steps} steps in {seconds:.1f} s, "
           f"{1000 * seconds / history.steps:.0f} ms/step)")
+    if args.output:
+        from . import save
+
+        save(model, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.measure:
+        from . import diagnose, measure
+
+        sample = x_train[:args.measure]
+        print(f"\nMeasuring the trained model on {len(sample)} training images "
+              f"(train mode, inference mode, Dropout off) ...", file=sys.stderr)
+        report = measure(model, sample, progress=True)
+        print(report)
+        findings = diagnose(model, sample, train_batch_size=200, report=report)
+        print("\nDiagnosis: " + ("no problems found." if not findings else
+                                 "\n\n".join(str(f) for f in findings)))
     return 0 if np.isfinite(test["loss"]) else 1
 
 
@@ -51,14 +163,53 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"varshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train the reference convnet on MNIST",
-                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = dict(epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    demo = sub.add_parser("demo", help="train the reference convnet on MNIST", **fmt)
     demo.add_argument("--epochs", type=int, default=1)
     demo.add_argument("--train-size", type=int, default=0,
                       help="use only the first N training images (default: all)")
+    demo.add_argument("--dropout", type=float, default=0.3, help="drop rate (default 0.3)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    demo.add_argument("-o", "--output", help="save the trained model to this .npz file")
+    demo.add_argument("--measure", type=int, default=10000, metavar="N",
+                      help="then measure and diagnose on N training images (0: skip)")
     demo.set_defaults(run=_demo)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("model", help="model file written by varshift.save (.npz)")
+    common.add_argument("data", help="'mnist', 'mnist1d', or an .npy/.npz file of inputs")
+    common.add_argument("--split", choices=["train", "test"], default="train",
+                        help="split of mnist/mnist1d (default: train)")
+    common.add_argument("--limit", type=int, default=0, help="use only the first N samples")
+    common.add_argument("--flatten", action="store_true", help="reshape inputs to (N, -1)")
+    common.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    common.add_argument("--batch-size", type=int, default=256)
+    common.add_argument("--seed", type=int, default=0, help="seed of the Dropout masks")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    m = sub.add_parser("measure", parents=[common], **fmt,
+                       help="per-layer train/inference statistics and variance shift")
+    m.add_argument("--plot", metavar="FILE.png", help="also draw the report")
+    m.add_argument("--plot-kind", choices=["shift", "channels", "layers"], default="shift")
+    m.set_defaults(run=_measure)
+
+    d = sub.add_parser("diagnose", parents=[common], **fmt,
+                       help="name BatchNorm/Dropout problems, with evidence and fixes")
+    d.add_argument("--train-batch-size", type=int, default=None,
+                   help="batch size used in training (for SMALL_BATCH_STATS)")
+    d.set_defaults(run=_diagnose)
+
+    r = sub.add_parser("recalibrate", parents=[common], **fmt,
+                       help="re-estimate BatchNorm statistics with Dropout off")
+    r.add_argument("-o", "--output", required=True, help="where to save the fixed model")
+    r.add_argument("--dropout", choices=["off", "on"], default="off")
+    r.add_argument("--holdout-split", choices=["train", "test"], default=None,
+                   help="measure before/after on this split of mnist/mnist1d")
+    r.add_argument("--plot", metavar="FILE.png", help="draw the shift before and after")
+    r.set_defaults(run=_recalibrate)
     return parser
 
 
@@ -67,10 +218,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ImportError) as err:
         print(f"varshift: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FloatingPointError) as err:
+    except (ValueError, TypeError) as err:
+        print(f"varshift: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
         print(f"varshift: error: {err}", file=sys.stderr)
         return 1
 

@@ -1,4 +1,5 @@
-"""Data sets read from local files: MNIST in its original IDX format."""
+"""Data sets that work offline: MNIST from its original IDX files, and MNIST-1D from
+the ``mnist1d`` package's generator."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_mnist", "read_idx", "MNIST_FILES"]
+__all__ = ["load_mnist", "load_mnist1d", "read_idx", "MNIST_FILES"]
 
 #: File stem -> (SHA-256 of the decompressed file, expected shape).
 MNIST_FILES = {
@@ -171,3 +172,43 @@ def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS):
         "Put the four files in one of these folders, pass root=FOLDER, or set "
         "VARSHIFT_DATA to a folder that has an 'mnist' sub-folder with them." + hint
     )
+
+
+def load_mnist1d(num_samples=5000, seed=42, train_split=0.8):
+    """MNIST-1D (Greydanus 2020), generated on the spot by the ``mnist1d`` package.
+
+    Parameters
+    ----------
+    num_samples : int, default 5000
+        Total number of sequences (train and test), a multiple of 10.
+    seed : int, default 42
+        The generator's seed (42 gives the published data set).
+    train_split : float, default 0.8
+
+    Returns
+    -------
+    x_train : ndarray of float32, shape (N_train, 1, 40)
+    y_train : ndarray of int64, shape (N_train,)
+    x_test : ndarray of float32, shape (N_test, 1, 40)
+    y_test : ndarray of int64, shape (N_test,)
+
+    Notes
+    -----
+    Needs the optional ``mnist1d`` package (``pip install varshift[mnist1d]``); no
+    download. NumPy's global random state, which the package reseeds, is restored.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:
+        raise ImportError("load_mnist1d needs the mnist1d package: "
+                          "pip install 'varshift[mnist1d]' (or pip install mnist1d)") from err
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
+    state = np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(state)
+    as_x = lambda a: np.asarray(a, np.float32)[:, None, :]  # noqa: E731
+    return (as_x(data["x"]), np.asarray(data["y"], np.int64),
+            as_x(data["x_test"]), np.asarray(data["y_test"], np.int64))

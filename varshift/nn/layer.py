@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["Layer", "modes", "layer_to_config", "layer_from_config"]
+__all__ = ["Layer", "HookHandle", "modes", "layer_to_config", "layer_from_config"]
 
 _REGISTRY: dict[str, type] = {}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -62,6 +62,7 @@ class Layer:
         self._dtype = np.dtype(np.float32)
         self._cache = None
         self._out_shape = None
+        self._hooks: list = []
 
     # ------------------------------------------------------------------ compute
     def forward(self, x):
@@ -81,7 +82,24 @@ class Layer:
         return out
 
     def __call__(self, x):
-        return self.forward(x)
+        out = self.forward(x)
+        for hook in self._hooks:
+            hook(self, x, out)
+        return out
+
+    def add_hook(self, hook) -> "HookHandle":
+        """Call ``hook(layer, x, out)`` after every call of this layer.
+
+        Hooks observe; they must not modify ``x`` or ``out``. Containers call their
+        children, so hooks on sub-layers fire during a model's forward pass.
+
+        Returns
+        -------
+        HookHandle
+            ``handle.remove()`` takes the hook off again.
+        """
+        self._hooks.append(hook)
+        return HookHandle(self._hooks, hook)
 
     def backward(self, dout):
         """Input gradient for the output gradient ``dout`` of the last forward.
@@ -354,6 +372,17 @@ class Layer:
             elif not _is_default(value, param.default):
                 args.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(args)})"
+
+
+class HookHandle:
+    """Removes a hook added with :meth:`Layer.add_hook`."""
+
+    def __init__(self, hooks: list, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self) -> None:
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
 
 
 def _is_default(value, default) -> bool:

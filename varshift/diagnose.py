@@ -1,0 +1,329 @@
+"""``varshift.diagnose``: name what is wrong with a model's BatchNorm statistics.
+
+Each check is structural (the architecture, the layers' settings), measured (a
+:class:`~varshift.measure.Report`), or both, and produces a :class:`Finding` with the
+evidence numbers, an explanation and a suggested fix. The thresholds are the module
+constants below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._data import Batches
+from .measure import Report, measure, preserved
+from .nn import BatchNorm, Concat, Residual, Sequential
+from .nn.layer import modes
+
+__all__ = ["diagnose", "Finding", "dropout_upstream_of_batchnorm"]
+
+#: Dropout-attributed shift max(r, 1/r) that is reported (warning) or serious (error).
+DROPOUT_SHIFT = (1.05, 1.2)
+#: Shift of the running statistics against the train-mode ones, and mean drift in
+#: standard deviations, that make them stale (warning, error).
+STALE_SHIFT = (1.2, 1.5)
+STALE_MEAN = (0.2, 0.5)
+#: Values per channel in one batch below which batch statistics are noisy (warning, error).
+SMALL_BATCH = (32, 8)
+#: Relative change of inference-mode outputs with the batch composition.
+BATCH_DEPENDENCE = 1e-4
+#: A momentum at least this large looks like Keras' convention used as PyTorch's.
+KERAS_LIKE_MOMENTUM = 0.5
+
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass
+class Finding:
+    """One diagnosed problem.
+
+    Attributes
+    ----------
+    code : str
+        ``DROPOUT_BEFORE_BN``, ``STALE_RUNNING_STATS``, ``STATS_AT_INIT``,
+        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT`` or ``SUSPICIOUS_MOMENTUM``.
+    layer : str
+        Path of the layer concerned ('' for the whole model).
+    severity : {'error', 'warning', 'info'}
+    evidence : dict
+        The numbers behind the finding.
+    explanation, fix : str
+    """
+
+    code: str
+    layer: str
+    severity: str
+    evidence: dict = field(default_factory=dict)
+    explanation: str = ""
+    fix: str = ""
+
+    def __str__(self):
+        numbers = ", ".join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
+        where = f"layer {self.layer!r}" if self.layer else "model"
+        return (f"[{self.severity}] {self.code} at {where}\n  evidence: {numbers}\n"
+                f"  {self.explanation}\n  fix: {self.fix}")
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "layer": self.layer, "severity": self.severity,
+                "evidence": {k: _plain(v) for k, v in self.evidence.items()},
+                "explanation": self.explanation, "fix": self.fix}
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _grade(value, thresholds):
+    """'error', 'warning' or None for ``value`` against (warning, error) thresholds."""
+    warning, error = thresholds
+    if warning > error:  # smaller is worse
+        return "error" if value < error else "warning" if value < warning else None
+    return "error" if value >= error else "warning" if value >= warning else None
+
+
+def dropout_upstream_of_batchnorm(model) -> dict:
+    """For every BatchNorm, the Dropout-like layers that feed it with no BatchNorm
+    in between, following Sequential, Residual and Concat data paths.
+
+    Returns
+    -------
+    dict of str to list of str
+        BatchNorm path -> paths of the noise layers upstream (only non-empty lists).
+    """
+    found: dict[str, list[str]] = {}
+
+    def flow(layer, path, incoming):
+        if isinstance(layer, Sequential):
+            for name, child in layer.children().items():
+                incoming = flow(child, _join(path, name), incoming)
+            return incoming
+        if isinstance(layer, Residual):
+            body = flow(layer.body, _join(path, "body"), incoming)
+            skip = incoming if layer.shortcut is None else flow(
+                layer.shortcut, _join(path, "shortcut"), incoming)
+            return body | skip
+        if isinstance(layer, Concat):
+            out = set()
+            for name, branch in layer.children().items():
+                out |= flow(branch, _join(path, name), incoming)
+            return out
+        if isinstance(layer, BatchNorm):
+            if incoming:
+                found[path] = sorted(incoming)
+            return set()
+        if layer.kind == "dropout":
+            return incoming | {path}
+        return incoming
+
+    flow(model, "", set())
+    return found
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
+
+
+def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, report=None,
+             progress=False) -> list:
+    """Check a model's BatchNorm layers for the problems users run into.
+
+    Parameters
+    ----------
+    model : varshift.nn.Layer
+        Not changed.
+    data : ndarray, (x, y) pair, or iterable of batches
+        Inputs to measure on, typically (a sample of) the training data.
+    batch_size : int, default 256
+        Batch size of the measurement.
+    train_batch_size : int, optional
+        The batch size the model is trained with, for ``SMALL_BATCH_STATS``
+        (default: ``batch_size``).
+    seed : int, default 0
+    report : Report, optional
+        A measurement of ``model`` on ``data`` to reuse.
+    progress : bool, default False
+
+    Returns
+    -------
+    list of Finding
+        Most severe first; empty for a healthy model.
+
+    Notes
+    -----
+    Codes: ``DROPOUT_BEFORE_BN`` (a Dropout-like layer feeds a BatchNorm and the
+    measured Dropout-attributed shift confirms it), ``STALE_RUNNING_STATS`` (running
+    statistics far from the train-mode statistics of the current weights),
+    ``STATS_AT_INIT`` (running mean 0 and variance 1 untouched), ``SMALL_BATCH_STATS``
+    (too few values per channel per batch), ``EVAL_BATCH_DEPENDENT`` (inference-mode
+    outputs change with batch composition), ``SUSPICIOUS_MOMENTUM`` (a momentum that
+    looks like the other framework's convention, or 0).
+    """
+    if report is None:
+        report = measure(model, data, batch_size=batch_size, seed=seed, progress=progress)
+    if not isinstance(report, Report):
+        raise TypeError(f"diagnose: report must be a varshift Report, got {type(report).__name__}")
+    layers = dict(model.walk())
+    shapes = {r.name: r.shape for r in report.layers}
+    upstream = dropout_upstream_of_batchnorm(model)
+    findings = []
+    for b in report.bn:
+        layer = layers[b.name]
+        findings += _momentum(b)
+        at_init = _at_init(b)
+        findings += at_init
+        findings += _dropout(b, upstream.get(b.name, []), layers)
+        if not at_init:
+            findings += _stale(b)
+        findings += _small_batch(b, shapes.get(b.name), train_batch_size or batch_size, layer)
+    findings += _batch_dependence(model, data, batch_size, seed)
+    order = {name: i for i, name in enumerate(layers)}
+    findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], order.get(f.layer, -1)))
+    return findings
+
+
+def _momentum(b):
+    if b.momentum is None or b.moving_var is None:
+        return []
+    if b.momentum >= KERAS_LIKE_MOMENTUM:
+        return [Finding(
+            "SUSPICIOUS_MOMENTUM", b.name, "warning",
+            {"momentum": b.momentum, "weight_of_old_statistics": 1 - b.momentum},
+            f"momentum={b.momentum:g} gives the new batch weight {b.momentum:g} (PyTorch's "
+            f"convention, used here), so the running statistics follow only the last few "
+            f"batches. It looks like Keras' momentum (the weight of the old value), where "
+            f"{b.momentum:g} would mean {1 - b.momentum:.3g} here.",
+            f"Use momentum={1 - b.momentum:.3g} (or BatchNorm.keras(...) for Keras' "
+            f"conventions), or recalibrate after training.")]
+    if b.momentum == 0:
+        return [Finding(
+            "SUSPICIOUS_MOMENTUM", b.name, "warning", {"momentum": 0.0},
+            "momentum=0 never updates the running statistics (in Keras' convention 0 "
+            "would mean: keep only the last batch).",
+            "Use PyTorch's default momentum=0.1, or momentum=None for a cumulative average.")]
+    return []
+
+
+def _at_init(b):
+    if b.moving_var is None or np.any(b.moving_mean != 0) or np.any(b.moving_var != 1):
+        return []
+    drift = float(np.mean(np.abs(b.train_mean)))
+    var_shift = float(max(np.mean(b.train_var), 1 / np.mean(b.train_var)))
+    if drift < 0.05 and var_shift < 1.1:
+        return []  # the data really are standardised: nothing to see
+    return [Finding(
+        "STATS_AT_INIT", b.name, "error",
+        {"num_batches_tracked": b.num_batches_tracked, "train_mean_abs": drift,
+         "train_var": float(np.mean(b.train_var)), "shift": b.shift},
+        "The running mean is exactly 0 and the running variance exactly 1, the values "
+        "BatchNorm starts with: the update never ran (the layer was in inference mode "
+        "or frozen during training, TensorFlow 1's UPDATE_OPS were not run, or the "
+        "model was never trained), so inference normalises with statistics that do not "
+        "describe the data.",
+        "Keep BatchNorm in train mode while training (and run its update ops), or "
+        "varshift.recalibrate(model, training_data) to compute the statistics now.")]
+
+
+def _dropout(b, noise_paths, layers):
+    if not noise_paths:
+        return []
+    ratio = b.attribution["dropout"]
+    shift = float(max(ratio, 1 / ratio)) if np.isfinite(ratio) and ratio > 0 else float("nan")
+    severity = _grade(shift, DROPOUT_SHIFT) or "info"
+    rates = {p: getattr(layers[p], "rate", getattr(layers[p], "beta", None)) for p in noise_paths}
+    return [Finding(
+        "DROPOUT_BEFORE_BN", b.name, severity,
+        {"dropout_layers": ", ".join(f"{p} ({type(layers[p]).__name__} "
+                                     f"{rates[p]})" for p in noise_paths),
+         "dropout_shift": shift, "nodrop_over_train_var": ratio, "layer_shift": b.shift},
+        f"Dropout-like noise ({', '.join(noise_paths)}) reaches this BatchNorm with no "
+        f"BatchNorm in between. In training the noise inflates the input variance that "
+        f"BatchNorm records; at inference it is gone, so the layer divides by a variance "
+        f"{shift:.3g}x too large (Li et al.'s variance shift; measured with Dropout "
+        f"switched off: {ratio:.3g} of the train-mode variance).",
+        "Move Dropout after the last BatchNorm (e.g. just before the classifier), use "
+        "Uout (small uniform noise), or varshift.recalibrate(model, training_data) "
+        "to re-estimate the statistics with Dropout off.")]
+
+
+def _stale(b):
+    if b.moving_var is None:
+        return []
+    ratio = b.attribution["running_stats"]
+    shift = float(max(ratio, 1 / ratio))
+    drift = float(np.mean(np.abs(b.train_mean - b.moving_mean) / np.sqrt(b.moving_var)))
+    grades = [g for g in (_grade(shift, STALE_SHIFT), _grade(drift, STALE_MEAN)) if g]
+    if not grades:
+        return []
+    severity = "error" if "error" in grades else "warning"
+    evidence = {"train_over_moving_var": ratio, "var_shift": shift, "mean_drift_std": drift,
+                "momentum": b.momentum, "num_batches_tracked": b.num_batches_tracked}
+    if b.momentum and b.num_batches_tracked is not None:
+        evidence["initial_value_weight_left"] = float((1 - b.momentum) ** b.num_batches_tracked)
+    return [Finding(
+        "STALE_RUNNING_STATS", b.name, severity, evidence,
+        "The running statistics are far from the statistics the current weights produce "
+        "in train mode (Dropout as in training): the exponential average is stale. "
+        "Usual causes: a momentum too slow for the number of updates (part of the "
+        "initial 0/1 values is still in it), statistics recorded under earlier weights "
+        "(averaged or fine-tuned weights, a frozen BatchNorm), or a change of data.",
+        "varshift.recalibrate(model, training_data) (exact statistics for the current "
+        "weights); when training, a larger momentum (PyTorch's convention) or more steps.")]
+
+
+def _small_batch(b, shape, batch, layer):
+    if shape is None:
+        return []
+    values = int(batch * np.prod(shape[1:], dtype=int))
+    severity = _grade(values, SMALL_BATCH)
+    if severity is None:
+        return []
+    return [Finding(
+        "SMALL_BATCH_STATS", b.name, severity,
+        {"batch_size": batch, "values_per_channel": values,
+         "rel_std_of_batch_var": float(np.sqrt(2 / max(values - 1, 1))),
+         "std_of_batch_mean_in_stds": float(1 / np.sqrt(values))},
+        f"Each batch gives this layer only {values} values per channel, so the batch "
+        f"mean and variance it normalises with in training are noisy (the variance "
+        f"estimate has a relative spread of about {np.sqrt(2 / max(values - 1, 1)):.0%}), "
+        f"and training-mode outputs differ from inference-mode ones.",
+        "Use larger batches, a batch-independent normalisation (GroupNorm, LayerNorm), "
+        "or Batch Renormalization; varshift.recalibrate helps the inference side.")]
+
+
+def _batch_dependence(model, data, batch_size, seed):
+    x = next(iter(Batches(data, max(batch_size, 2), "diagnose")))[:64]
+    if len(x) < 4:
+        return []
+    half = len(x) // 2
+    with preserved(model, seed), modes(model, default="eval"), np.errstate(all="ignore"):
+        whole = np.asarray(model(x), dtype=np.float64)
+        parts = np.concatenate([model(x[:half]), model(x[half:])]).astype(np.float64)
+    scale = max(float(np.max(np.abs(whole))), 1e-12)
+    change = float(np.max(np.abs(whole - parts)) / scale)
+    if not change > BATCH_DEPENDENCE:
+        return []
+    culprits = [path for path, layer in model.walk()
+                if isinstance(layer, BatchNorm) and not layer.track_running_stats]
+    return [Finding(
+        "EVAL_BATCH_DEPENDENT", "", "error",
+        {"relative_output_change": change, "batch_stat_layers_at_inference": ", ".join(culprits)
+         or "none found"},
+        "In inference mode the model's outputs for the same samples change when they are "
+        "evaluated in a different batch, so predictions depend on what else is in the "
+        "batch (and on the test batch size). "
+        + ("BatchNorm layers without running statistics normalise with batch statistics "
+           "even at inference." if culprits else ""),
+        "Give BatchNorm running statistics (track_running_stats=True) and recalibrate, "
+        "or evaluate with a fixed, large batch.")]

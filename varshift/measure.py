@@ -1,0 +1,473 @@
+"""``varshift.measure``: per-layer statistics in train and inference mode, BatchNorm's
+running statistics against the real ones, and Li et al.'s variance shift.
+
+For every batch the model runs three times:
+
+* ``train``: Dropout active, BatchNorm normalising with batch statistics -- what
+  training saw;
+* ``eval``: inference mode -- what the user gets. The statistics of each BatchNorm
+  input here are Li et al.'s *real* statistics (their protocol, section 4), to be
+  compared with the layer's *moving* (running) ones;
+* ``nodrop``: Dropout off, BatchNorm with batch statistics -- the counterfactual that
+  attributes the shift.
+
+Per BatchNorm layer the variance ratio then factorises exactly (variances averaged over
+channels)::
+
+    real / moving = (real / nodrop) * (nodrop / train) * (train / moving)
+                     upstream BN        Dropout           stale or noisy
+                     running stats                        running stats
+
+Nothing of the model changes: buffers, random streams, modes and forward caches are
+restored, and Dropout masks come from streams seeded by ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._data import Batches
+from ._progress import progress_bar
+from .nn import BatchNorm, Sequential
+from .nn.layer import modes
+from .stats import RunningMoments
+
+__all__ = ["measure", "Report", "LayerStats", "BatchNormStats", "preserved"]
+
+PASSES = {
+    "eval": {"default": "eval"},
+    "train": {"default": "train"},
+    "nodrop": {"batchnorm": "train", "dropout": "eval", "default": "eval"},
+}
+
+
+def _ratio_shift(ratio):
+    """Li et al.'s symmetric metric max(r, 1/r) for a ratio r (nan stays nan)."""
+    ratio = np.asarray(ratio, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.maximum(ratio, 1.0 / ratio)
+
+
+@dataclass
+class LayerStats:
+    """Output statistics of one layer in train and in inference mode.
+
+    Attributes
+    ----------
+    name : str
+        Path in the model (``'3'``, ``'2.body.0'``).
+    kind : str
+        ``'conv'``, ``'batchnorm'``, ``'dropout'``, ...
+    layer : str
+        The layer's repr.
+    shape : tuple of int
+        Output shape of one sample.
+    train, eval : RunningMoments
+        Per-channel (axis 1) moments of the output.
+    """
+
+    name: str
+    kind: str
+    layer: str
+    shape: tuple
+    train: RunningMoments
+    eval: RunningMoments
+
+    @property
+    def train_var(self) -> float:
+        """Output variance in train mode, averaged over channels."""
+        return float(np.mean(self.train.var(1)))
+
+    @property
+    def eval_var(self) -> float:
+        """Output variance in inference mode, averaged over channels."""
+        return float(np.mean(self.eval.var(1)))
+
+    @property
+    def var_ratio(self) -> float:
+        """``eval_var / train_var`` (Li et al.'s Delta for this layer's output)."""
+        return self.eval_var / self.train_var if self.train_var > 0 else float("nan")
+
+
+@dataclass
+class BatchNormStats:
+    """One BatchNorm layer: its running statistics and those of its input.
+
+    Attributes
+    ----------
+    name : str
+    index : int
+        Position among the model's BatchNorm layers (Li et al.'s x-axis).
+    num_features, momentum, eps, num_batches_tracked
+        The layer's settings and counter (``momentum`` None: cumulative).
+    moving_mean, moving_var : ndarray of shape (C,) or None
+        The running statistics (None without ``track_running_stats``).
+    real, train, nodrop : RunningMoments
+        Input moments in the ``eval``, ``train`` and ``nodrop`` passes.
+    """
+
+    name: str
+    index: int
+    num_features: int
+    momentum: float | None
+    eps: float
+    num_batches_tracked: int | None
+    moving_mean: np.ndarray | None
+    moving_var: np.ndarray | None
+    real: RunningMoments
+    train: RunningMoments
+    nodrop: RunningMoments
+
+    # per-channel statistics of the input (unbiased variances, as BatchNorm stores)
+    @property
+    def real_mean(self):
+        return self.real.mean
+
+    @property
+    def real_var(self):
+        return self.real.var(1)
+
+    @property
+    def train_mean(self):
+        return self.train.mean
+
+    @property
+    def train_var(self):
+        return self.train.var(1)
+
+    @property
+    def nodrop_mean(self):
+        return self.nodrop.mean
+
+    @property
+    def nodrop_var(self):
+        return self.nodrop.var(1)
+
+    def _avg_ratio(self, a, b):
+        if a is None or b is None:
+            return float("nan")
+        return float(np.mean(a) / np.mean(b))
+
+    @property
+    def var_ratio(self) -> float:
+        """``mean(real_var) / mean(moving_var)``: Li et al.'s 1/Delta estimate."""
+        return self._avg_ratio(self.real_var, self.moving_var)
+
+    @property
+    def shift(self) -> float:
+        """Li et al.'s metric ``max(r, 1/r)``, r = var_ratio (1 means no shift)."""
+        return float(_ratio_shift(self.var_ratio))
+
+    @property
+    def channel_shift(self):
+        """The same metric per channel, shape (C,)."""
+        if self.moving_var is None:
+            return np.full(self.num_features, np.nan)
+        return _ratio_shift(self.real_var / self.moving_var)
+
+    @property
+    def mean_shift(self):
+        """``|real_mean - moving_mean| / sqrt(moving_var)`` per channel, shape (C,)."""
+        if self.moving_var is None:
+            return np.full(self.num_features, np.nan)
+        return np.abs(self.real_mean - self.moving_mean) / np.sqrt(self.moving_var)
+
+    @property
+    def attribution(self) -> dict:
+        """Factors of :attr:`var_ratio`: ``{'upstream': real/nodrop, 'dropout':
+        nodrop/train, 'running_stats': train/moving}`` (their product is var_ratio).
+
+        A factor below 1 means the later quantity is smaller: ``dropout < 1`` is
+        Dropout inflating the train-mode variance.
+        """
+        return {"upstream": self._avg_ratio(self.real_var, self.nodrop_var),
+                "dropout": self._avg_ratio(self.nodrop_var, self.train_var),
+                "running_stats": self._avg_ratio(self.train_var, self.moving_var)}
+
+
+class Report:
+    """Result of :func:`measure`; compute once, print, save and plot many times.
+
+    Attributes
+    ----------
+    layers : list of LayerStats
+        Every layer except plain Sequential containers, in network order.
+    bn : list of BatchNormStats
+        The BatchNorm layers, in network order (empty if the model has none).
+    num_samples, batch_size, seed : int
+    """
+
+    def __init__(self, layers, bn, num_samples, batch_size, seed):
+        self.layers = list(layers)
+        self.bn = list(bn)
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.seed = seed
+
+    # ------------------------------------------------------------------ combine
+    def merge(self, other: "Report") -> "Report":
+        """Statistics over the data of both reports (e.g. two shards of a data set).
+
+        Both must come from the same model (same layers and running statistics).
+        """
+        if [(r.name, r.kind) for r in self.layers] != [(r.name, r.kind) for r in other.layers] \
+                or [b.name for b in self.bn] != [b.name for b in other.bn]:
+            raise ValueError("Report.merge: the reports come from different architectures")
+        for a, b in zip(self.bn, other.bn):
+            if not (_same(a.moving_mean, b.moving_mean) and _same(a.moving_var, b.moving_var)):
+                raise ValueError(f"Report.merge: BatchNorm {a.name!r} has different running "
+                                 f"statistics in the two reports (different models)")
+        layers = [LayerStats(a.name, a.kind, a.layer, a.shape, a.train.merge(b.train),
+                             a.eval.merge(b.eval)) for a, b in zip(self.layers, other.layers)]
+        bn = [BatchNormStats(**{**a.__dict__, "real": a.real.merge(b.real),
+                                "train": a.train.merge(b.train),
+                                "nodrop": a.nodrop.merge(b.nodrop)})
+              for a, b in zip(self.bn, other.bn)]
+        return Report(layers, bn, self.num_samples + other.num_samples, self.batch_size, self.seed)
+
+    # ------------------------------------------------------------------ export
+    def to_dict(self) -> dict:
+        """Everything, as JSON-ready built-ins: raw accumulators plus derived numbers."""
+        def arr(a):
+            return None if a is None else np.asarray(a, float).tolist()
+
+        return {
+            "num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
+            "layers": [{"name": r.name, "kind": r.kind, "layer": r.layer, "shape": list(r.shape),
+                        "train": r.train.to_dict(), "eval": r.eval.to_dict(),
+                        "train_var": r.train_var, "eval_var": r.eval_var,
+                        "var_ratio": r.var_ratio} for r in self.layers],
+            "bn": [{"name": b.name, "index": b.index, "num_features": b.num_features,
+                    "momentum": b.momentum, "eps": b.eps,
+                    "num_batches_tracked": b.num_batches_tracked,
+                    "moving_mean": arr(b.moving_mean), "moving_var": arr(b.moving_var),
+                    "real": b.real.to_dict(), "train": b.train.to_dict(),
+                    "nodrop": b.nodrop.to_dict(), "shift": b.shift, "var_ratio": b.var_ratio,
+                    "channel_shift": arr(b.channel_shift), "mean_shift": arr(b.mean_shift),
+                    "attribution": b.attribution} for b in self.bn],
+        }
+
+    def to_json(self, path=None, **kwargs) -> str:
+        """JSON text of :meth:`to_dict`; also written to ``path`` if given."""
+        text = json.dumps(_nan_to_none(self.to_dict()), **kwargs)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        layers = [LayerStats(r["name"], r["kind"], r["layer"], tuple(r["shape"]),
+                             RunningMoments.from_dict(r["train"]),
+                             RunningMoments.from_dict(r["eval"])) for r in d["layers"]]
+        bn = [BatchNormStats(
+            b["name"], b["index"], b["num_features"], b["momentum"], b["eps"],
+            b["num_batches_tracked"],
+            None if b["moving_mean"] is None else np.asarray(b["moving_mean"]),
+            None if b["moving_var"] is None else np.asarray(b["moving_var"]),
+            *(RunningMoments.from_dict(b[k]) for k in ("real", "train", "nodrop")))
+            for b in d["bn"]]
+        return cls(layers, bn, d["num_samples"], d["batch_size"], d["seed"])
+
+    @classmethod
+    def from_json(cls, text_or_path) -> "Report":
+        """Inverse of :meth:`to_json` (JSON text or a path to a file holding it)."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            with open(text) as f:
+                text = f.read()
+        return cls.from_dict(json.loads(text))
+
+    # ------------------------------------------------------------------ display
+    def __str__(self) -> str:
+        lines = [f"varshift report: {self.num_samples} samples, batch {self.batch_size}, "
+                 f"seed {self.seed}"]
+        if not self.bn:
+            lines.append("The model has no BatchNorm layer: no running statistics to compare, "
+                         "no variance shift in Li et al.'s sense.")
+        else:
+            lines += ["", "BatchNorm inputs (variances averaged over channels; shift = "
+                          "max(real/moving, moving/real), 1 = none)",
+                      f"{'#':>3} {'layer':<12} {'C':>5} {'moving_var':>11} {'real_var':>11} "
+                      f"{'train_var':>11} {'shift':>7} {'mean_shift':>10}   attribution of "
+                      f"real/moving: upstream x dropout x running_stats"]
+            for b in self.bn:
+                a = b.attribution
+                moving = float(np.mean(b.moving_var)) if b.moving_var is not None else float("nan")
+                lines.append(
+                    f"{b.index:>3} {b.name:<12} {b.num_features:>5} {moving:>11.4g} "
+                    f"{np.mean(b.real_var):>11.4g} {np.mean(b.train_var):>11.4g} "
+                    f"{b.shift:>7.4f} {np.mean(b.mean_shift):>10.4f}   "
+                    f"{a['upstream']:.4f} x {a['dropout']:.4f} x {a['running_stats']:.4f}")
+        lines += ["", "Layer outputs (variance averaged over channels)",
+                  f"{'layer':<12} {'kind':<11} {'shape':<16} {'train_var':>11} {'eval_var':>11} "
+                  f"{'eval/train':>10}"]
+        for r in self.layers:
+            lines.append(f"{r.name or '(model)':<12} {r.kind:<11} {str(r.shape):<16} "
+                         f"{r.train_var:>11.4g} {r.eval_var:>11.4g} {r.var_ratio:>10.4f}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    def plot(self, ax=None, kind="shift", layer=None):
+        """Draw the report; returns the Axes.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+        kind : {'shift', 'channels', 'layers'}
+            ``'shift'``: the shift per BatchNorm layer index (Li et al.'s Fig. 1);
+            ``'channels'``: moving against real variance per channel of one BatchNorm
+            layer; ``'layers'``: train against inference output variance per layer.
+        layer : str or int, optional
+            For ``'channels'``: a BatchNorm name or index (default: largest shift).
+        """
+        from . import plots
+
+        if kind == "shift":
+            return plots.plot_bn_shift(self, ax=ax)
+        if kind == "channels":
+            return plots.plot_bn_channels(self, layer=layer, ax=ax)
+        if kind == "layers":
+            return plots.plot_layer_variance(self, ax=ax)
+        raise ValueError(f"Report.plot: kind must be 'shift', 'channels' or 'layers', got {kind!r}")
+
+
+def _same(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+@contextmanager
+def preserved(model, seed=0, buffers=True):
+    """Run code on ``model`` and restore its modes, random streams, forward caches and
+    (if ``buffers``) buffers afterwards.
+
+    Inside, every stochastic layer draws from a fresh stream spawned from ``seed``,
+    so results are reproducible and the model's own streams are not advanced.
+    """
+    layers = [layer for _, layer in model.walk()]
+    saved_buffers = model.state_dict(params=False) if buffers else None
+    saved = [(layer, layer.training, layer._cache, layer._out_shape, getattr(layer, "rng", None))
+             for layer in layers]
+    noisy = [layer for layer in layers if getattr(layer, "rng", None) is not None]
+    for layer, stream in zip(noisy, np.random.SeedSequence(seed).spawn(len(noisy))):
+        layer.rng = np.random.default_rng(stream)
+    try:
+        yield saved_buffers
+    finally:
+        for layer, training, cache, out_shape, rng in saved:
+            layer.training, layer._cache, layer._out_shape = training, cache, out_shape
+            if rng is not None:
+                layer.rng = rng
+        if buffers:
+            model.load_state_dict(saved_buffers, strict=False)
+
+
+def recorded_layers(model):
+    """``(path, layer)`` of the layers a report describes: all but Sequential containers."""
+    return [(path, layer) for path, layer in model.walk() if not isinstance(layer, Sequential)]
+
+
+def batchnorm_layers(model):
+    """``(path, layer)`` of the model's BatchNorm layers, in network order."""
+    return [(path, layer) for path, layer in model.walk() if isinstance(layer, BatchNorm)]
+
+
+def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
+    """Measure train-mode and inference-mode statistics of every layer, and the
+    variance shift of every BatchNorm layer.
+
+    Parameters
+    ----------
+    model : varshift.nn.Layer
+    data : ndarray of shape (N, ...), (x, y) pair, or iterable of batches
+        Inputs (labels are ignored). An iterable is consumed once.
+    batch_size : int, default 256
+        Batch size for array data (BatchNorm normalises with statistics of this many
+        samples in the train-mode passes).
+    seed : int, default 0
+        Seed of the Dropout masks in the train-mode pass.
+    progress : bool, default False
+        Progress bar on stderr.
+
+    Returns
+    -------
+    Report
+
+    Notes
+    -----
+    Statistics accumulate in float64 with Chan's mergeable update: memory is
+    O(batch + channels), independent of the data size. Variances of BatchNorm inputs
+    are unbiased, like the running variance. See the module docstring for the three
+    passes and the attribution of the shift.
+    """
+    batches = Batches(data, batch_size, "measure")
+    records = recorded_layers(model)
+    bns = batchnorm_layers(model)
+    outputs = {name: {} for name in PASSES}
+    inputs = {name: {} for name in PASSES}
+    current = {}
+
+    def hook(path):
+        def record(layer, x, out):
+            store = outputs[current["pass"]]
+            if path not in store:
+                store[path] = (RunningMoments(out.shape[1] if out.ndim > 1 else 1), out.shape[1:])
+            store[path][0].update(out if out.ndim > 1 else out[:, None])
+            if isinstance(layer, BatchNorm):
+                store_in = inputs[current["pass"]]
+                store_in.setdefault(path, RunningMoments(layer.num_features)).update(x)
+        return record
+
+    handles = [layer.add_hook(hook(path)) for path, layer in records]
+    num_samples = 0
+    try:
+        with preserved(model, seed) as pristine:
+            for x in progress_bar(batches, progress, batches.num_batches, "measure"):
+                for name, mode in PASSES.items():
+                    current["pass"] = name
+                    with modes(model, **mode), np.errstate(over="ignore", invalid="ignore"):
+                        model(x)
+                    model.load_state_dict(pristine, strict=False)  # undo running-stat updates
+                num_samples += len(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    layers = [LayerStats(path, layer.kind, repr(layer) if not layer.children() else type(layer).__name__,
+                         tuple(outputs["train"][path][1]), outputs["train"][path][0],
+                         outputs["eval"][path][0]) for path, layer in records]
+    bn = [BatchNormStats(
+        path, i, layer.num_features, layer.momentum, layer.eps,
+        int(layer.buffers["num_batches_tracked"]) if layer.track_running_stats else None,
+        layer.buffers["running_mean"].astype(float) if layer.track_running_stats else None,
+        layer.buffers["running_var"].astype(float) if layer.track_running_stats else None,
+        inputs["eval"][path], inputs["train"][path], inputs["nodrop"][path])
+        for i, (path, layer) in enumerate(bns)]
+    for record in layers:
+        _check_finite(record)
+    return Report(layers, bn, num_samples, batch_size, seed)
+
+
+def _check_finite(record: LayerStats):
+    for name in ("train", "eval"):
+        moments = getattr(record, name)
+        if not (np.all(np.isfinite(moments.mean)) and np.all(np.isfinite(moments.m2))):
+            raise FloatingPointError(
+                f"measure: layer {record.name!r} ({record.layer}) produced non-finite outputs "
+                f"in {name} mode; the model's weights or inputs are out of range")

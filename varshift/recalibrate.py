@@ -1,0 +1,142 @@
+"""``varshift.recalibrate``: re-estimate BatchNorm running statistics with Dropout off.
+
+This is Li et al.'s "Adjust" (their Table 3) and Hendrycks & Gimpel's re-estimation:
+after training, the running mean and variance of every BatchNorm layer are replaced by
+the exact population statistics of its input in inference mode, layer by layer in
+network order, so that each layer sees the already recalibrated layers upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._data import Batches
+from ._progress import progress_bar
+from .measure import Report, batchnorm_layers, measure, preserved
+from .nn.layer import modes
+from .stats import RunningMoments
+
+__all__ = ["recalibrate", "Recalibration"]
+
+
+class _Stop(Exception):
+    """Raised by the collecting hook: nothing after the layer is needed."""
+
+
+@dataclass
+class Recalibration:
+    """Result of :func:`recalibrate`.
+
+    Attributes
+    ----------
+    before, after : Report
+        Measured on ``holdout`` if given, else on the recalibration data (where the
+        after-shift is 1 by construction; on held-out data it is the number to read).
+    layers : list of str
+        The BatchNorm layers recalibrated, in order.
+    """
+
+    before: Report
+    after: Report
+    layers: list
+
+    def __str__(self):
+        lines = ["BatchNorm recalibration (shift = max(real/moving, moving/real))",
+                 f"{'#':>3} {'layer':<14} {'shift before':>12} {'shift after':>12}"]
+        for b, a in zip(self.before.bn, self.after.bn):
+            lines.append(f"{b.index:>3} {b.name:<14} {b.shift:>12.4f} {a.shift:>12.4f}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def plot(self, ax=None):
+        """Shift per BatchNorm layer before and after; returns the Axes."""
+        from .plots import plot_bn_shift
+
+        ax = plot_bn_shift(self.before, ax=ax, label="before")
+        plot_bn_shift(self.after, ax=ax, label="after recalibration")
+        ax.set_title("Variance shift before and after recalibration")
+        return ax
+
+
+def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, seed=0,
+                progress=False) -> Recalibration:
+    """Replace every BatchNorm's running statistics by exact population statistics.
+
+    Parameters
+    ----------
+    model : varshift.nn.Layer
+        Changed in place: only ``running_mean``, ``running_var`` and
+        ``num_batches_tracked`` of BatchNorm layers that track running statistics.
+    data : ndarray, (x, y) pair, or re-iterable of batches (e.g. a list)
+        Usually the training inputs. Read once per BatchNorm layer (each pass stops
+        at that layer) plus twice for the reports.
+    batch_size : int, default 256
+    dropout : {'off', 'on'}, default 'off'
+        'off' (Dropout in inference mode) removes Li et al.'s shift; 'on' reproduces
+        PyTorch's ``update_bn``, whose statistics keep Dropout's variance, for
+        comparison.
+    holdout : data, optional
+        Data for the before/after reports (default: ``data``).
+    seed : int, default 0
+        Seed of the Dropout masks (reports, and ``dropout='on'``).
+    progress : bool, default False
+
+    Returns
+    -------
+    Recalibration
+
+    Notes
+    -----
+    For BatchNorm layer k, with layers 0..k-1 already recalibrated and the whole
+    model in inference mode, the input's per-channel mean and unbiased variance over
+    all of ``data`` become the running statistics (a cumulative average over every
+    value, not an exponential one), and ``num_batches_tracked`` the number of batches.
+    On failure the model's statistics are restored.
+    """
+    if dropout not in ("off", "on"):
+        raise ValueError(f"recalibrate: dropout must be 'off' or 'on', got {dropout!r}")
+    batches = Batches(data, batch_size, "recalibrate")
+    if not batches.reiterable:
+        raise TypeError("recalibrate: data is read several times; pass an array, an (x, y) "
+                        "pair or a list of batches, not a one-shot iterator")
+    report_data = data if holdout is None else holdout
+    before = measure(model, report_data, batch_size=batch_size, seed=seed, progress=progress)
+    targets = [(path, layer) for path, layer in batchnorm_layers(model) if layer.track_running_stats]
+    original = model.state_dict(params=False)
+    try:
+        with preserved(model, seed, buffers=False):
+            for path, layer in targets:
+                _recalibrate_layer(model, layer, batches, dropout, progress, path)
+    except BaseException:
+        model.load_state_dict(original, strict=False)
+        raise
+    after = measure(model, report_data, batch_size=batch_size, seed=seed, progress=progress)
+    return Recalibration(before, after, [path for path, _ in targets])
+
+
+def _recalibrate_layer(model, layer, batches, dropout, progress, path):
+    moments = RunningMoments(layer.num_features)
+
+    def collect(_, x, __):
+        moments.update(x)
+        raise _Stop
+
+    handle = layer.add_hook(collect)
+    count = 0
+    try:
+        with modes(model, default="eval", dropout="train" if dropout == "on" else "eval"):
+            for x in progress_bar(batches, progress, batches.num_batches, f"recalibrate {path}"):
+                try:
+                    model(x)
+                except _Stop:
+                    count += 1
+    finally:
+        handle.remove()
+    if count == 0 or not np.all(np.isfinite(moments.m2)):
+        raise ValueError(f"recalibrate: no finite statistics reached BatchNorm {path!r}")
+    layer.buffers["running_mean"][...] = moments.mean
+    layer.buffers["running_var"][...] = moments.var(ddof=1)
+    layer.buffers["num_batches_tracked"][...] = count
