@@ -36,7 +36,6 @@ def test_demo_without_data_explains_where_it_looked(tmp_path, capsys, monkeypatc
 
 def _model_and_data(tmp_path):
     import numpy as np
-
     from helpers import blobs, dropout_before_bn, trained
 
     import varshift

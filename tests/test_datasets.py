@@ -105,3 +105,16 @@ def test_failed_download_is_reported(tmp_path, monkeypatch):
     monkeypatch.delenv("VARSHIFT_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match="Downloading failed: could not download"):
         load_mnist(download=True, mirrors=[f"file://{tmp_path}/nowhere/"])
+
+
+def test_mnist1d_is_generated_offline_and_leaves_numpy_global_state_alone():
+    pytest.importorskip("mnist1d")
+    state = np.random.get_state()  # noqa: NPY002
+    x_train, y_train, x_test, y_test = datasets.load_mnist1d(num_samples=500)
+    after = np.random.get_state()  # noqa: NPY002
+    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
+    assert x_train.shape == (400, 1, 40) and x_test.shape == (100, 1, 40)
+    assert x_train.dtype == np.float32 and y_train.dtype == np.int64
+    assert set(np.unique(y_train)) == set(range(10))
+    again = datasets.load_mnist1d(num_samples=500)
+    assert np.array_equal(again[0], x_train)  # deterministic given the seed

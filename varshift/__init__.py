@@ -10,10 +10,10 @@ kernels     Numba hot loops with NumPy reference implementations
 """
 
 from . import datasets, nn, optim
+from .diagnose import Finding, diagnose
 from .gradcheck import gradcheck
 from .io import load, save
 from .measure import Report, measure
-from .diagnose import Finding, diagnose
 from .recalibrate import Recalibration, recalibrate
 from .training import History, evaluate, fit
 

@@ -204,11 +204,11 @@ def load_mnist1d(num_samples=5000, seed=42, train_split=0.8):
                           "pip install 'varshift[mnist1d]' (or pip install mnist1d)") from err
     args = get_dataset_args()
     args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
-    state = np.random.get_state()
+    state = np.random.get_state()  # noqa: NPY002 - the package uses the legacy global state
     try:
         data = make_dataset(args)
     finally:
-        np.random.set_state(state)
+        np.random.set_state(state)  # noqa: NPY002
     as_x = lambda a: np.asarray(a, np.float32)[:, None, :]  # noqa: E731
     return (as_x(data["x"]), np.asarray(data["y"], np.int64),
             as_x(data["x_test"]), np.asarray(data["y_test"], np.int64))
