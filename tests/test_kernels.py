@@ -123,3 +123,13 @@ def test_blas_matmul_matches_numpy(dtype, layout, rng):
     assert c.dtype == dtype and c.flags.c_contiguous
     np.testing.assert_allclose(c, gemm.matmul_numpy(a, b), rtol=1e-5 if dtype == np.float32 else 1e-13)
     assert gemm.matmul_blas(a[:0], b).shape == (0, 9)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 1), (6, 3, 5)])
+def test_reassociated_reductions_still_propagate_non_finite_values(shape):
+    x = np.ones(shape, np.float32)
+    x[2, 1, 0] = np.nan
+    x[3, 2, 0] = np.inf
+    mean, var = batchnorm.moments_numba(x)
+    assert np.isfinite(mean[0]) and np.isnan(mean[1]) and not np.isfinite(mean[2])
+    assert np.isnan(var[1]) and not np.isfinite(var[2])

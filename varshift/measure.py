@@ -1,7 +1,7 @@
 """``varshift.measure``: per-layer statistics in train and inference mode, BatchNorm's
 running statistics against the real ones, and Li et al.'s variance shift.
 
-For every batch the model runs three times:
+For every batch the model runs in three passes:
 
 * ``train``: Dropout active, BatchNorm normalising with batch statistics -- what
   training saw;
@@ -19,7 +19,9 @@ channels)::
                      running stats                        running stats
 
 Nothing of the model changes: buffers, random streams, modes and forward caches are
-restored, and Dropout masks come from streams seeded by ``seed``.
+restored, and Dropout masks come from streams seeded by ``seed``. Where passes agree (the
+same input, and the same behaviour of a layer in both modes, as before the first
+Dropout), a layer of a Sequential model is computed once for all of them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import numpy as np
 from ._data import Batches
 from ._progress import progress_bar
 from .nn import BatchNorm, Sequential
-from .nn.layer import modes
 from .stats import RunningMoments
 
 __all__ = ["measure", "Report", "LayerStats", "BatchNormStats", "preserved"]
@@ -423,35 +424,37 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
     inputs = {name: {} for name in PASSES}
     current = {}
 
+    def add(store, path, x, channels):
+        batch = RunningMoments(channels).update(x)
+        for name in current["passes"]:
+            old = store[name].get(path)
+            store[name][path] = batch if old is None else old.merge(batch)
+
     def hook(path):
         def record(layer, x, out):
-            store = outputs[current["pass"]]
-            if path not in store:
-                store[path] = (RunningMoments(out.shape[1] if out.ndim > 1 else 1), out.shape[1:])
-            store[path][0].update(out if out.ndim > 1 else out[:, None])
+            out2 = out if out.ndim > 1 else out[:, None]
+            add(outputs, path, out2, out2.shape[1])
+            shapes[path] = out.shape[1:]
             if isinstance(layer, BatchNorm):
-                store_in = inputs[current["pass"]]
-                store_in.setdefault(path, RunningMoments(layer.num_features)).update(x)
+                add(inputs, path, x, layer.num_features)
         return record
 
+    shapes = {}
+    stages = model.layers if isinstance(model, Sequential) else [model]
     handles = [layer.add_hook(hook(path)) for path, layer in records]
     num_samples = 0
     try:
-        with preserved(model, seed) as pristine:
+        with preserved(model, seed) as pristine, np.errstate(over="ignore", invalid="ignore"):
             for x in progress_bar(batches, progress, batches.num_batches, "measure"):
-                for name, mode in PASSES.items():
-                    current["pass"] = name
-                    with modes(model, **mode), np.errstate(over="ignore", invalid="ignore"):
-                        model(x)
-                    model.load_state_dict(pristine, strict=False)  # undo running-stat updates
+                _run_passes(model, stages, x, current, pristine)
                 num_samples += len(x)
     finally:
         for handle in handles:
             handle.remove()
 
     layers = [LayerStats(path, layer.kind, repr(layer) if not layer.children() else type(layer).__name__,
-                         tuple(outputs["train"][path][1]), outputs["train"][path][0],
-                         outputs["eval"][path][0]) for path, layer in records]
+                         tuple(shapes[path]), outputs["train"][path], outputs["eval"][path])
+              for path, layer in records]
     bn = [BatchNormStats(
         path, i, layer.num_features, layer.momentum, layer.eps,
         int(layer.buffers["num_batches_tracked"]) if layer.track_running_stats else None,
@@ -462,6 +465,52 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
     for record in layers:
         _check_finite(record)
     return Report(layers, bn, num_samples, batch_size, seed)
+
+
+def _behaviour(layer, pass_name):
+    """What ``layer``'s subtree computes in a pass: equal tuples mean equal outputs for
+    equal inputs; None when the pass makes it random (active noise)."""
+    signature = []
+    for _, sub in layer.walk():
+        training = _pass_mode(sub, pass_name)
+        if isinstance(sub, BatchNorm):
+            signature.append(training or not sub.track_running_stats)
+        elif sub.kind == "dropout":
+            if training:
+                return None
+            signature.append(False)
+    return tuple(signature)
+
+
+def _pass_mode(layer, pass_name):
+    mode = PASSES[pass_name]
+    wanted = mode.get(layer.kind, mode["default"])
+    return wanted == "train"
+
+
+def _run_passes(model, stages, x, current, pristine):
+    """Run every pass on batch ``x`` stage by stage (the root's layers), computing each
+    stage once for all passes that give it the same input and behave alike in it."""
+    values = {name: x for name in PASSES}
+    for stage in stages:
+        groups = {}
+        for name in PASSES:
+            behaviour = _behaviour(stage, name)
+            key = (id(values[name]), behaviour) if behaviour is not None else (name,)
+            groups.setdefault(key, []).append(name)
+        new_values = {}
+        for group in groups.values():
+            updates_stats = False
+            for _, sub in stage.walk():
+                sub.training = _pass_mode(sub, group[0])
+                updates_stats |= isinstance(sub, BatchNorm) and sub.training and sub.track_running_stats
+            current["passes"] = group
+            out = stage(values[group[0]])
+            if updates_stats:
+                model.load_state_dict(pristine, strict=False)  # undo running-stat updates
+            for name in group:
+                new_values[name] = out
+        values = new_values
 
 
 def _check_finite(record: LayerStats):

@@ -93,13 +93,39 @@ def backward_numpy(dout, x, mean, inv_std, gamma, batch_stats):
     return g * (dout - mb - xhat * mg), dgamma, dbeta
 
 
-@njit(parallel=True, cache=True)
+# Reductions may be reassociated (vectorised float64 sums); NaN and inf still propagate.
+_REASSOC = {"reassoc", "contract"}
+
+
 def moments_numba(x):
-    """Numba version of :func:`moments_numpy`, in one pass per channel.
+    """Numba version of :func:`moments_numpy`, in one pass.
 
     Sums of ``x - x[0, c, 0]`` and of its square are accumulated in float64; the
     shift keeps ``E[d^2] - E[d]^2`` free of cancellation for data far from zero.
+    (N, C, 1) input is read row by row, other shapes channel by channel.
     """
+    if x.shape[2] == 1:
+        return _moments_rows(x.reshape(x.shape[0], x.shape[1]))
+    return _moments_channels(x)
+
+
+@njit(cache=True)
+def _moments_rows(x):
+    n_, c_ = x.shape
+    shift = x[0].astype(np.float64)
+    s1 = np.zeros(c_)
+    s2 = np.zeros(c_)
+    for n in range(n_):
+        for c in range(c_):
+            d = x[n, c] - shift[c]
+            s1[c] += d
+            s2[c] += d * d
+    mean = s1 / n_
+    return shift + mean, np.maximum(s2 / n_ - mean * mean, 0.0)
+
+
+@njit(parallel=True, cache=True, fastmath=_REASSOC)
+def _moments_channels(x):
     n_, c_, l_ = x.shape
     m = n_ * l_
     mean = np.empty(c_, np.float64)
@@ -133,7 +159,7 @@ def normalize_numba(x, mean, inv_std, gamma, beta):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_REASSOC)
 def backward_numba(dout, x, mean, inv_std, gamma, batch_stats):
     """Numba version of :func:`backward_numpy`."""
     n_, c_, l_ = dout.shape

@@ -1,0 +1,158 @@
+"""``varshift.measure`` of the reference convnet over the 10,000 MNIST test images,
+against a PyTorch forward-hook implementation of the same statistics (train pass +
+eval pass), each engine in a fresh process with the same thread count; and the peak
+memory of ``measure`` on 6,000 and on 60,000 training images.
+
+    python benchmarks/measure.py [--threads 2] [--rounds 3]
+
+Needs the MNIST files ($VARSHIFT_DATA/mnist or --data-dir) and, for the peer, torch.
+Requirement (issue #3): ratio <= 1.5 (goal <= 1.0); memory on 60,000 images exceeds
+that on 6,000 by less than 50 MB. varshift does three passes (the third attributes the
+shift to Dropout); the peer does the two the requirement names.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import run_worker  # noqa: E402
+
+BATCH = 256
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def varshift_worker(data_dir, n, split, memory):
+    import gc
+
+    import varshift
+    from varshift.datasets import load_mnist
+    from varshift.models import reference_convnet
+
+    import numpy as np
+
+    x_train, _, x_test, _ = load_mnist(data_dir)
+    x = np.array((x_train if split == "train" else x_test)[:n])
+    del x_train, x_test
+    gc.collect()
+    model = reference_convnet(seed=0)
+    varshift.measure(model, x[:512], batch_size=BATCH)  # compile / warm up
+    peak = [_rss_mb()]
+    base = peak[0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if memory:
+        sampler.start()
+    start = time.perf_counter()
+    varshift.measure(model, x, batch_size=BATCH)
+    seconds = time.perf_counter() - start
+    done.set()
+    print(json.dumps({"seconds": seconds, "peak_over_baseline_mb": peak[0] - base}))
+
+
+def torch_worker(data_dir, n, split, threads):
+    import torch
+    from torch import nn
+
+    from varshift.datasets import load_mnist
+
+    torch.set_num_threads(threads)
+    x_train, _, x_test, _ = load_mnist(data_dir)
+    x = torch.from_numpy((x_train if split == "train" else x_test)[:n].copy())
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 5, 2, 2), nn.BatchNorm2d(32), nn.LeakyReLU(0.2),
+        nn.Conv2d(32, 64, 5, 2, 2), nn.BatchNorm2d(64), nn.LeakyReLU(0.2), nn.Flatten(),
+        nn.Linear(3136, 500), nn.Tanh(), nn.Dropout(0.3), nn.Linear(500, 10))
+
+    def run():
+        """Per-layer per-channel float64 sums of outputs and of BN inputs, two passes."""
+        stats = {}
+
+        def hook(name):
+            def record(module, inputs, output):
+                for key, t in ((name, output), (name + ".in", inputs[0])):
+                    if key.endswith(".in") and not isinstance(module, nn.BatchNorm2d):
+                        continue
+                    t = t.detach().double()
+                    dims = [0] + list(range(2, t.dim()))
+                    s = stats.setdefault((mode, key), [0, 0.0, 0.0])
+                    s[0] += t.numel() // t.shape[1]
+                    s[1] = s[1] + t.sum(dims)
+                    s[2] = s[2] + (t * t).sum(dims)
+            return record
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in model.named_children()]
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            for mode in ("train", "eval"):
+                model.train(mode == "train")
+                for start in range(0, len(x), BATCH):
+                    model(x[start:start + BATCH])
+                model.load_state_dict(saved)  # measuring must not change the model
+        for h in handles:
+            h.remove()
+        return stats
+
+    run()  # warm up
+    start = time.perf_counter()
+    run()
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=["varshift", "torch"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[2])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    if args.worker == "varshift":
+        return varshift_worker(args.data_dir, args.n, args.split, args.memory)
+    if args.worker == "torch":
+        return torch_worker(args.data_dir, args.n, args.split, args.threads[0])
+    me = os.path.abspath(__file__)
+    extra = ["--data-dir", args.data_dir] if args.data_dir else []
+    threads = args.threads[0]
+    print(f"measure: reference convnet, {args.n} MNIST test images, batch {BATCH}, "
+          f"{threads} thread(s), each engine in a fresh process")
+    times = {"varshift (3 passes)": [], "PyTorch hooks (2 passes)": []}
+    for _ in range(args.rounds):
+        times["varshift (3 passes)"].append(json.loads(run_worker(
+            me, ["varshift", "--n", str(args.n), *extra], threads))["seconds"])
+        times["PyTorch hooks (2 passes)"].append(json.loads(run_worker(
+            me, ["torch", "--n", str(args.n), *extra], threads))["seconds"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for name, values in times.items():
+        print(f"  {name:26s} {med[name]:6.2f} s  (rounds: {' '.join(f'{v:.2f}' for v in values)})")
+    ours, peer = med["varshift (3 passes)"], med["PyTorch hooks (2 passes)"]
+    print(f"  ratio varshift / PyTorch: {ours / peer:.2f}   "
+          f"(per pass: {ours / 3 / (peer / 2):.2f})")
+    peaks = {}
+    for n in (6000, 60000):
+        peaks[n] = json.loads(run_worker(me, ["varshift", "--n", str(n), "--split", "train",
+                                              "--memory", *extra], threads))["peak_over_baseline_mb"]
+    print(f"peak memory of measure above the loaded data: 6,000 images {peaks[6000]:.1f} MB, "
+          f"60,000 images {peaks[60000]:.1f} MB; difference {peaks[60000] - peaks[6000]:.1f} MB "
+          f"(requirement: < 50 MB)")
+
+
+if __name__ == "__main__":
+    main()
