@@ -33,11 +33,11 @@ def _rss_mb():
 def varshift_worker(data_dir, n, split, memory):
     import gc
 
+    import numpy as np
+
     import varshift
     from varshift.datasets import load_mnist
     from varshift.models import reference_convnet
-
-    import numpy as np
 
     x_train, _, x_test, _ = load_mnist(data_dir)
     x = np.array((x_train if split == "train" else x_test)[:n])
