@@ -206,7 +206,7 @@ def test_data_forms_agree_and_large_batches_work():
     as_array = measure(model, x, batch_size=100)
     as_pair = measure(model, (x, y), batch_size=100)
     as_list = measure(model, [(x[:100], y[:100]), x[100:200], x[200:]])
-    as_generator = measure(model, (x[i:i + 100] for i in range(0, 300, 100) if True), batch_size=7)
+    as_generator = measure(model, (x[i:i + 100] for i in range(0, 300, 100)), batch_size=7)
     assert as_array.to_json() == as_pair.to_json()
     assert as_array.num_samples == 301 and as_list.num_samples == 301  # the 1-sample tail folded in
     assert as_generator.num_samples == 300

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 __all__ = ["Batches"]
@@ -54,10 +52,14 @@ class Batches:
 
     @property
     def num_batches(self):
-        if self._array is None:
-            return None
-        return max(1, len(self._array) // self.batch_size if len(self._array) % self.batch_size == 1
-                   else math.ceil(len(self._array) / self.batch_size))
+        """Number of batches for array data, else None."""
+        return None if self._array is None else len(self._starts())
+
+    def _starts(self):
+        starts = list(range(0, len(self._array), self.batch_size))
+        if len(starts) > 1 and len(self._array) - starts[-1] == 1:
+            starts.pop()  # fold a final single sample into the previous batch
+        return starts
 
     @property
     def reiterable(self) -> bool:
@@ -65,9 +67,7 @@ class Batches:
 
     def __iter__(self):
         if self._array is not None:
-            starts = list(range(0, len(self._array), self.batch_size))
-            if len(starts) > 1 and len(self._array) - starts[-1] == 1:
-                starts.pop()  # fold a final single sample into the previous batch
+            starts = self._starts()
             for i, start in enumerate(starts):
                 stop = starts[i + 1] if i + 1 < len(starts) else len(self._array)
                 yield self._array[start:stop]

@@ -79,7 +79,7 @@ def load(path) -> Layer:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ValueError(f"load: cannot read {path!r} as a varshift model ({err}); "
                          f"the file is truncated or not a varshift .npz file") from err
-    if not isinstance(arrays, dict) or _META not in arrays:
+    if _META not in arrays:
         raise ValueError(f"load: {path!r} is not a varshift model (no {_META!r} entry)")
     try:
         meta = json.loads(str(arrays.pop(_META)))

@@ -94,6 +94,15 @@ class LayerStats:
         return self.eval_var / self.train_var if self.train_var > 0 else float("nan")
 
 
+def _moment(source, statistic):
+    """Property: per-channel mean, or unbiased variance, of the input in one pass."""
+    def get(self):
+        moments = getattr(self, source)
+        return moments.mean if statistic == "mean" else moments.var(1)
+    get.__doc__ = f"Per-channel {statistic} of the input in the {source!r} pass, shape (C,)."
+    return property(get)
+
+
 @dataclass
 class BatchNormStats:
     """One BatchNorm layer: its running statistics and those of its input.
@@ -124,29 +133,12 @@ class BatchNormStats:
     nodrop: RunningMoments
 
     # per-channel statistics of the input (unbiased variances, as BatchNorm stores)
-    @property
-    def real_mean(self):
-        return self.real.mean
-
-    @property
-    def real_var(self):
-        return self.real.var(1)
-
-    @property
-    def train_mean(self):
-        return self.train.mean
-
-    @property
-    def train_var(self):
-        return self.train.var(1)
-
-    @property
-    def nodrop_mean(self):
-        return self.nodrop.mean
-
-    @property
-    def nodrop_var(self):
-        return self.nodrop.var(1)
+    real_mean = _moment("real", "mean")
+    real_var = _moment("real", "var")
+    train_mean = _moment("train", "mean")
+    train_var = _moment("train", "var")
+    nodrop_mean = _moment("nodrop", "mean")
+    nodrop_var = _moment("nodrop", "var")
 
     def _avg_ratio(self, a, b):
         if a is None or b is None:
