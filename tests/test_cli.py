@@ -90,3 +90,18 @@ def test_measure_on_mnist_subset(tmp_path, mnist_dir):
               "--split", "test", "--limit", "500", "-q")
     assert out.returncode == 0, out.stderr
     assert "(32, 14, 14)" in out.stdout
+
+
+def test_measure_on_mnist1d(tmp_path):
+    import pytest
+
+    pytest.importorskip("mnist1d")
+    import varshift
+    from varshift import nn
+
+    model = nn.Sequential(nn.Conv1D(1, 4, 5, padding="same"), nn.BatchNorm(4), nn.ReLU(),
+                          nn.GlobalAvgPool(), nn.Dense(4, 10), seed=0)
+    varshift.save(model, tmp_path / "m1d.npz")
+    out = run("measure", str(tmp_path / "m1d.npz"), "mnist1d", "--limit", "300", "-q", "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"num_samples": 300' in out.stdout

@@ -99,3 +99,14 @@ def test_findings_serialise(data):
     d = findings[0].to_dict()
     assert d["code"] == "DROPOUT_BEFORE_BN" and isinstance(d["evidence"]["dropout_shift"], float)
     assert str(findings[0]).startswith("[error] DROPOUT_BEFORE_BN at layer '4'")
+
+
+def test_stale_because_momentum_is_too_slow_for_the_training_length(data):
+    x = data[0] * 2 + 1
+    model = nn.Sequential(nn.Dense(20, 16), nn.BatchNorm(16, momentum=0.005), nn.ReLU(),
+                          nn.Dense(16, 2), seed=0)
+    trained(model, (x, data[1]), epochs=1)  # 32 updates: 0.995^32 = 85% of the initial 0/1 left
+    findings = diagnose(model, x)
+    assert codes(findings) == [("STALE_RUNNING_STATS", "1", "warning")]  # 1.3x, 0.37 std
+    assert findings[0].evidence["initial_value_weight_left"] == pytest.approx(0.995 ** 32)
+    assert findings[0].evidence["var_shift"] > 1.2
