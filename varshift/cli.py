@@ -14,6 +14,7 @@ EPILOG = """examples:
   varshift measure model.npz mnist --split test --limit 2000 --plot shift.png
   varshift diagnose model.npz x.npy --train-batch-size 32 --json
   varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test
+  varshift reproduce --quick --out figures  Li et al.'s figures, analytic and empirical
 
 DATA is 'mnist' (read from --data-dir, else $VARSHIFT_DATA/mnist, else
 ~/.cache/varshift/mnist), 'mnist1d' (generated; needs the mnist1d package), or an .npy
@@ -157,6 +158,21 @@ def _demo(args) -> int:
     return 0 if np.isfinite(test["loss"]) else 1
 
 
+def _reproduce(args) -> int:
+    from .reproduce import run
+
+    start = time.perf_counter()
+    results, skipped = run(args.out, quick=args.quick, only=args.only, seeds=args.seeds,
+                           data_dir=args.data_dir, seed=args.seed, progress=not args.quiet)
+    claims = [c for r in results for c in r.claims]
+    held = sum(c.holds is True for c in claims)
+    print(f"{len(results)} figure(s) in {args.out}/ ({time.perf_counter() - start:.0f} s); "
+          f"{held} of {len(claims)} claims hold here; report: {args.out}/REPORT.md")
+    for name, why in skipped:
+        print(f"skipped {name}: {why}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="varshift", description="Measure and fix the Dropout/BatchNorm variance shift.",
@@ -210,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure before/after on this split of mnist/mnist1d")
     r.add_argument("--plot", metavar="FILE.png", help="draw the shift before and after")
     r.set_defaults(run=_recalibrate)
+
+    rp = sub.add_parser("reproduce", **fmt,
+                        help="reproduce Li et al.'s figures at small scale, with REPORT.md")
+    rp.add_argument("--quick", action="store_true", help="minutes instead of an hour")
+    rp.add_argument("--only", nargs="+", metavar="NAME", help="figures to make (default: all)")
+    rp.add_argument("--out", default="figures", help="output folder (default: figures)")
+    rp.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    rp.add_argument("--seeds", type=int, default=None, help="seeds per setting (2 quick, 3 full)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    rp.set_defaults(run=_reproduce)
     return parser
 
 

@@ -87,3 +87,119 @@ def plot_layer_variance(report, ax=None):
     ax.set_title("Train vs inference variance per layer")
     ax.legend()
     return ax
+
+
+# ---------------------------------------------------------------- analytic figures
+def _mc_points(ax, points, color):
+    """Monte Carlo points with 2-standard-error bars: dicts with x, estimate, stderr."""
+    if points:
+        ax.errorbar([q["x"] for q in points], [q["estimate"] for q in points],
+                    yerr=[2 * q["stderr"] for q in points], fmt="o", ms=4, color=color,
+                    capsize=2, lw=1)
+
+
+def plot_shift_vs_p(ax=None, c_over_sqrt_v=(0.0, 0.5, 1.0, 2.0), mc=None, inverse=False):
+    """Case (a): Delta against the retain ratio p, one curve per c / sqrt(v) (Eq. 8).
+
+    Parameters
+    ----------
+    ax : matplotlib Axes, optional
+    c_over_sqrt_v : sequence of float
+    mc : dict of float to list of dict, optional
+        Monte Carlo points per c / sqrt(v): ``{'x': p, 'estimate', 'stderr'}``.
+    inverse : bool, default False
+        Plot 1 / Delta, what the measured moving/real ratio estimates.
+    """
+    from .theory import shift_dropout_bn
+
+    ax = _axes(ax)
+    p = np.linspace(0.05, 1.0, 200)
+    for i, ratio in enumerate(c_over_sqrt_v):
+        delta = shift_dropout_bn(p, c=ratio, v=1.0)
+        line, = ax.plot(p, 1 / delta if inverse else delta, label=f"c/sqrt(v) = {ratio:g}")
+        points = (mc or {}).get(ratio, [])
+        if inverse:
+            points = [dict(q, estimate=1 / q["estimate"], stderr=q["stderr"] / q["estimate"] ** 2)
+                      for q in points]
+        _mc_points(ax, points, line.get_color())
+    ax.set_xlabel("retain ratio p (drop rate 1 - p)")
+    ax.set_ylabel("1 / Delta = moving / real variance" if inverse else "Delta = Var_test / Var_train")
+    if inverse:
+        ax.set_yscale("log")
+    ax.set_title("Case (a): Dropout -> BN" + (" (inverse)" if inverse else ""))
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_shift_vs_width(ax=None, retain=(0.9, 0.7, 0.5, 0.3), rho=0.3, cos2=0.02, c=0.0, mc=None):
+    """Case (b): Delta against the fan-in d (Eq. 12), with the two flat controls.
+
+    Solid: trained-like weights with fixed cos^2(theta); dashed: zero-mean random
+    weights (cos^2 = 1/d); dotted: uncorrelated inputs (rho = 0).
+    """
+    from .theory import shift_dropout_weight_bn
+
+    ax = _axes(ax)
+    d = np.logspace(0, np.log10(8192), 200)
+    for p in retain:
+        line, = ax.semilogx(d, shift_dropout_weight_bn(p, d, cos2, rho, c=c), label=f"p = {p:g}")
+        color = line.get_color()
+        ax.semilogx(d, shift_dropout_weight_bn(p, d, 1 / d, rho, c=c), ls="--", color=color, lw=1)
+        ax.semilogx(d, shift_dropout_weight_bn(p, d, cos2, 0.0, c=c), ls=":", color=color, lw=1)
+        _mc_points(ax, (mc or {}).get(p, []), color)
+    ax.plot([], [], "k--", lw=1, label="random weights: cos^2 = 1/d")
+    ax.plot([], [], "k:", lw=1, label="uncorrelated inputs: rho = 0")
+    ax.set_xlabel("fan-in d of the weight layer")
+    ax.set_ylabel("Delta = Var_test / Var_train")
+    ax.set_title(f"Case (b): rho = {rho:g}, cos^2 = {cos2:g}")
+    ax.legend(fontsize="x-small", ncol=2, loc="lower right")
+    return ax
+
+
+def plot_shift_heatmap(ax=None, rho=0.3, c=0.0):
+    """Delta over (p, d cos^2(theta)) for case (b), with contour lines."""
+    from .theory import shift_dropout_weight_bn
+
+    ax = _axes(ax)
+    p = np.linspace(0.05, 1.0, 120)
+    dc = np.logspace(0, 3, 120)
+    grid = shift_dropout_weight_bn(p[:, None], rho=rho, c=c, d_cos2=dc[None])
+    mesh = ax.pcolormesh(dc, p, grid, shading="auto", cmap="viridis", vmin=0, vmax=1)
+    contours = ax.contour(dc, p, grid, levels=[0.5, 0.7, 0.9, 0.95, 0.99], colors="w", linewidths=0.8)
+    ax.clabel(contours, fontsize="x-small")
+    ax.set_xscale("log")
+    ax.set_xlabel("d cos^2(theta)")
+    ax.set_ylabel("retain ratio p")
+    ax.set_title(f"Delta for case (b), rho = {rho:g}")
+    ax.figure.colorbar(mesh, ax=ax, label="Delta")
+    return ax
+
+
+def plot_noise_types(ax=None, c=0.0, mc=None):
+    """Bernoulli dropout, Uout and Gaussian dropout at equal noise variance.
+
+    Delta depends on the noise only through E[m^2] = 1 + s^2, so at equal multiplier
+    variance s^2 the three coincide; what differs is the range each covers: Uout's
+    s^2 = beta^2 / 3 is at most 1/3 for beta <= 1, Bernoulli's (1 - p) / p is 1 at a
+    drop rate of 0.5. Markers show common settings.
+    """
+    from .theory import shift_dropout_bn, shift_gaussian, shift_uout
+
+    ax = _axes(ax)
+    s2 = np.linspace(0, 1.5, 200)
+    ax.plot(s2, shift_gaussian(s2, c=c), color="0.3", lw=2, label="any noise, E[m^2] = 1 + s^2")
+    for name, xs, ys, marker in [
+        ("Dropout, drop 0.1/0.3/0.5", [0.1 / 0.9, 0.3 / 0.7, 1.0],
+         shift_dropout_bn(np.array([0.9, 0.7, 0.5]), c=c), "o"),
+        ("Uout, beta 0.1/0.3/0.5/1", np.array([0.1, 0.3, 0.5, 1.0]) ** 2 / 3,
+         shift_uout(np.array([0.1, 0.3, 0.5, 1.0]), c=c), "s"),
+        ("Gaussian, sigma^2 0.2/0.6/1.2", [0.2, 0.6, 1.2], shift_gaussian(np.array([0.2, 0.6, 1.2]), c=c), "^"),
+    ]:
+        ax.plot(xs, ys, marker, ms=7, label=name)
+    for key, points in (mc or {}).items():
+        _mc_points(ax, points, "k")
+    ax.set_xlabel("noise variance s^2 = Var(m)")
+    ax.set_ylabel("Delta = Var_test / Var_train")
+    ax.set_title(f"Noise types before BN (c/sqrt(v) = {c:g})")
+    ax.legend(fontsize="small")
+    return ax

@@ -1,0 +1,111 @@
+"""Small PreResNet, Wide ResNet and DenseNet-style 1-D networks with Li et al.'s
+Dropout placements, for MNIST-1D (input (N, 1, 40)).
+
+Placements (Li et al., section 4):
+
+* ``'a'``: Dropout right before the *last BatchNorm* of every block;
+* ``'b'``: Dropout right before the *last convolution* of every block (as in WRN);
+* ``'head'``: one Dropout after all BatchNorm layers, before the classifier (Table 4).
+
+``noise='uout'`` puts Uout(beta) instead of Dropout(rate) at the same positions (Table 6).
+"""
+
+from __future__ import annotations
+
+from .. import nn
+
+__all__ = ["preresnet", "wide_resnet", "densenet", "mlp", "ARCHITECTURES"]
+
+
+def _noise(noise, amount):
+    return nn.Uout(amount) if noise == "uout" else nn.Dropout(amount)
+
+
+def _check(placement):
+    if placement not in ("a", "b", "head"):
+        raise ValueError(f"placement must be 'a', 'b' or 'head', got {placement!r}")
+
+
+def _block(width, placement, noise, amount):
+    """Pre-activation block BN-ReLU-Conv-BN-ReLU-Conv with the noise placed."""
+    first = [nn.BatchNorm(width), nn.ReLU(), nn.Conv1D(width, width, 3, padding="same")]
+    noise_a = [_noise(noise, amount)] if placement == "a" else []
+    noise_b = [_noise(noise, amount)] if placement == "b" else []
+    second = [*noise_a, nn.BatchNorm(width), nn.ReLU(), *noise_b,
+              nn.Conv1D(width, width, 3, padding="same")]
+    return nn.Residual(nn.Sequential(*first, *second))
+
+
+def _head(width, placement, noise, amount, classes):
+    tail = [_noise(noise, amount)] if placement == "head" else []
+    return [nn.BatchNorm(width), nn.ReLU(), nn.GlobalAvgPool(), *tail, nn.Dense(width, classes)]
+
+
+def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, noise="dropout", classes=10, seed=None):
+    """PreResNet-style 1-D network: stem, ``blocks`` pre-activation residual blocks
+    (a stride-2 downsampling in the middle), BN-ReLU, global pooling, Dense.
+
+    Parameters
+    ----------
+    placement : {'a', 'b', 'head'}
+    rate : float
+        Drop rate (or Uout's beta with ``noise='uout'``); 0 keeps the layers as identities.
+    width, blocks : int
+    noise : {'dropout', 'uout'}
+    classes : int
+    seed : int, optional
+    """
+    _check(placement)
+    layers = [nn.Conv1D(1, width, 5, padding="same")]
+    for i in range(blocks):
+        layers.append(_block(width, placement, noise, rate))
+        if i == blocks // 2 - 1 or (blocks == 1 and i == 0):
+            layers.append(nn.MaxPool1D(2))
+    return nn.Sequential(*layers, *_head(width, placement, noise, rate, classes), seed=seed)
+
+
+def wide_resnet(placement="b", rate=0.0, *, width=16, widen=4, blocks=2, noise="dropout",
+                classes=10, seed=None):
+    """A Wide ResNet: :func:`preresnet` with ``widen`` times the channels, fewer blocks."""
+    return preresnet(placement, rate, width=width * widen, blocks=blocks, noise=noise,
+                     classes=classes, seed=seed)
+
+
+def densenet(placement="a", rate=0.0, *, growth=8, layers=4, noise="dropout", classes=10, seed=None):
+    """DenseNet-style 1-D network: each layer concatenates its input with
+    BN-ReLU-Conv1x1-BN-ReLU-Conv3 (a bottleneck) of ``growth`` new channels.
+
+    Placement 'a' puts the noise before the bottleneck's second BatchNorm, 'b' before
+    its last convolution.
+    """
+    _check(placement)
+    channels = 2 * growth
+    body = [nn.Conv1D(1, channels, 5, padding="same")]
+    for _ in range(layers):
+        noise_a = [_noise(noise, rate)] if placement == "a" else []
+        noise_b = [_noise(noise, rate)] if placement == "b" else []
+        branch = nn.Sequential(nn.BatchNorm(channels), nn.ReLU(), nn.Conv1D(channels, 4 * growth, 1),
+                               *noise_a, nn.BatchNorm(4 * growth), nn.ReLU(), *noise_b,
+                               nn.Conv1D(4 * growth, growth, 3, padding="same"))
+        body.append(nn.Concat(nn.Identity(), branch))
+        channels += growth
+    return nn.Sequential(*body, *_head(channels, placement, noise, rate, classes), seed=seed)
+
+
+def mlp(width, rate=0.0, *, placement="b", depth=2, inputs=784, classes=10, seed=None):
+    """MLP with BatchNorm: ``depth`` hidden layers [noise-]Dense-BN-ReLU of ``width``.
+
+    Placement 'b' puts the noise before every Dense after the first (Dropout -> Dense
+    -> BN, case (b)); 'a' right before every BatchNorm (case (a)).
+    """
+    _check(placement)
+    layers, fan_in = [], inputs
+    for i in range(depth):
+        pre = [nn.Dropout(rate)] if (placement == "b" and i > 0) else []
+        mid = [nn.Dropout(rate)] if placement == "a" else []
+        layers += [*pre, nn.Dense(fan_in, width), *mid, nn.BatchNorm(width), nn.ReLU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Dense(fan_in, classes), seed=seed)
+
+
+ARCHITECTURES = {"PreResNet": preresnet, "WRN": wide_resnet, "DenseNet": densenet}
