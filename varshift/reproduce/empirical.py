@@ -42,7 +42,7 @@ class Context:
 
     @property
     def epochs(self):
-        return 6 if self.quick else 20
+        return 6 if self.quick else 15
 
     @property
     def architectures(self):

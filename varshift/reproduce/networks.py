@@ -64,7 +64,7 @@ def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, noise="dropout", c
     return nn.Sequential(*layers, *_head(width, placement, noise, rate, classes), seed=seed)
 
 
-def wide_resnet(placement="b", rate=0.0, *, width=16, widen=4, blocks=2, noise="dropout",
+def wide_resnet(placement="b", rate=0.0, *, width=16, widen=3, blocks=2, noise="dropout",
                 classes=10, seed=None):
     """A Wide ResNet: :func:`preresnet` with ``widen`` times the channels, fewer blocks."""
     return preresnet(placement, rate, width=width * widen, blocks=blocks, noise=noise,
