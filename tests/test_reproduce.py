@@ -72,7 +72,9 @@ def test_reproduce_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_reproduction_runs_in_under_five_minutes(tmp_path, mnist_dir):
+def test_quick_reproduction_makes_every_figure(tmp_path, mnist_dir):
+    # its speed (< 5 minutes on 2 cores) is reported, not asserted: timings belong in
+    # benchmarks, not in tests
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "varshift", "reproduce", "--quick", "--out",
                           str(tmp_path), "--data-dir", str(mnist_dir), "-q"],
@@ -82,4 +84,13 @@ def test_quick_reproduction_runs_in_under_five_minutes(tmp_path, mnist_dir):
     assert out.returncode == 0, out.stderr
     print(out.stdout, f"({seconds:.0f} s)")
     assert "11 figure(s)" in out.stdout and "skipped" not in out.stdout
-    assert seconds < 300
+    assert (tmp_path / "REPORT.md").read_text().count("![") == 11
+
+
+def test_a_partial_run_keeps_the_other_figures_in_the_report(tmp_path):
+    reproduce.run(tmp_path, quick=True, only=["shift-heatmap", "noise-types"])
+    reproduce.run(tmp_path, quick=True, only=["noise-types"])
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "| fig3_shift_heatmap |" in report and "| fig4_noise_types |" in report
+    assert report.count("![") == 2
+    assert (tmp_path / "fig3_shift_heatmap.svg").stat().st_size < 500_000  # rasterised mesh

@@ -114,7 +114,7 @@ def plot_shift_vs_p(ax=None, c_over_sqrt_v=(0.0, 0.5, 1.0, 2.0), mc=None, invers
 
     ax = _axes(ax)
     p = np.linspace(0.05, 1.0, 200)
-    for i, ratio in enumerate(c_over_sqrt_v):
+    for ratio in c_over_sqrt_v:
         delta = shift_dropout_bn(p, c=ratio, v=1.0)
         line, = ax.plot(p, 1 / delta if inverse else delta, label=f"c/sqrt(v) = {ratio:g}")
         points = (mc or {}).get(ratio, [])
@@ -164,7 +164,8 @@ def plot_shift_heatmap(ax=None, rho=0.3, c=0.0):
     p = np.linspace(0.05, 1.0, 120)
     dc = np.logspace(0, 3, 120)
     grid = shift_dropout_weight_bn(p[:, None], rho=rho, c=c, d_cos2=dc[None])
-    mesh = ax.pcolormesh(dc, p, grid, shading="auto", cmap="viridis", vmin=0, vmax=1)
+    mesh = ax.pcolormesh(dc, p, grid, shading="auto", cmap="viridis", vmin=0, vmax=1,
+                         rasterized=True)  # keeps the SVG small
     contours = ax.contour(dc, p, grid, levels=[0.5, 0.7, 0.9, 0.95, 0.99], colors="w", linewidths=0.8)
     ax.clabel(contours, fontsize="x-small")
     ax.set_xscale("log")
@@ -196,7 +197,7 @@ def plot_noise_types(ax=None, c=0.0, mc=None):
         ("Gaussian, sigma^2 0.2/0.6/1.2", [0.2, 0.6, 1.2], shift_gaussian(np.array([0.2, 0.6, 1.2]), c=c), "^"),
     ]:
         ax.plot(xs, ys, marker, ms=7, label=name)
-    for key, points in (mc or {}).items():
+    for points in (mc or {}).values():
         _mc_points(ax, points, "k")
     ax.set_xlabel("noise variance s^2 = Var(m)")
     ax.set_ylabel("Delta = Var_test / Var_train")

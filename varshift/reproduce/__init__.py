@@ -54,10 +54,10 @@ def run(out="figures", *, quick=False, only=None, seeds=None, data_dir=None, see
     ctx = Context(quick=quick, seeds=seeds or (2 if quick else 3), seed=seed, data_dir=data_dir,
                   progress=progress)
     out = Path(out)
-    results, skipped, timings = [], [], {}
-    for name in names:
+    results, skipped = [], []
+    for i, name in enumerate(names, 1):
         if progress:
-            print(f"[{len(timings) + 1}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+            print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
             made = FIGURES[name](ctx)
@@ -65,11 +65,12 @@ def run(out="figures", *, quick=False, only=None, seeds=None, data_dir=None, see
             skipped.append((name, str(err)))
             continue
         made = made if isinstance(made, list) else [made]
-        for result in made:
-            write_figure(result, out)
+        seconds = time.perf_counter() - start
+        for result in made:  # figures made together share the time
+            write_figure(result, out, seconds / len(made))
         results += made
-        timings[name] = time.perf_counter() - start
     settings = (f"{'quick' if quick else 'full'} mode, {ctx.seeds} seeds, {ctx.epochs} epochs "
                 f"for the sweep, seed {seed}")
-    write_report(results, skipped, out, settings, timings)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, skipped, settings)
     return results, skipped

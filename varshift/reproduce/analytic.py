@@ -22,6 +22,12 @@ def _z(mc, exact):
     return abs(mc.estimate - exact) / mc.stderr
 
 
+def _agrees_with_mc(equation, paper, worst, points, n):
+    """The claim that a closed form matches its simulation within 4 standard errors."""
+    return Claim(f"{equation} agrees with Monte Carlo", paper,
+                 f"worst deviation {worst:.2f} s.e. over {points} points (n={n})", worst < 4)
+
+
 def _mc_point(x, mc):
     return {"x": x, "estimate": mc.estimate, "stderr": mc.stderr}
 
@@ -47,8 +53,7 @@ def shift_vs_p(ctx):
               "Eq. 8: v / ((c^2+v)/p - c^2)",
               f"p=0.5: Delta {float(T.shift_dropout_bn(0.5, 1.0)):.3f} at c/sqrt(v)=1",
               bool(T.shift_dropout_bn(0.5, 1.0) < 0.5)),
-        Claim("Eq. 8 agrees with Monte Carlo", "digest: MC 0.49998/0.33316/0.88904",
-              f"worst deviation {worst:.2f} s.e. over 16 points (n={n})", worst < 4),
+        _agrees_with_mc("Eq. 8", "digest: MC 0.49998/0.33316/0.88904", worst, 16, n),
     ]
     numbers = {"monte_carlo": {str(k): v for k, v in mc.items()}, "worst_z": worst}
     return FigureResult("fig1_shift_vs_p", "Case (a): variance shift against the retain ratio",
@@ -81,8 +86,7 @@ def shift_vs_width(ctx):
         Claim("Zero-mean random weights (cos^2 = 1/d) give no width benefit",
               "digest remark: d cos^2 ~ 1", f"p=0.5, d=8192: Delta {random_w:.3f} (= p)",
               bool(np.isclose(random_w, 0.5))),
-        Claim("Eq. 12 agrees with Monte Carlo", "digest: MC 0.366/0.381/0.435/0.603",
-              f"worst deviation {worst:.2f} s.e. over 6 points (n={n})", worst < 4),
+        _agrees_with_mc("Eq. 12", "digest: MC 0.366/0.381/0.435/0.603", worst, 6, n),
     ]
     return FigureResult("fig2_shift_vs_width", "Case (b): variance shift against the fan-in",
                         fig, "Eq. 12 for Dropout before a weight layer with d inputs, rho = 0.3 "
@@ -133,8 +137,7 @@ def noise_types(ctx):
               f"drop 0.1 vs Gaussian s^2=1/9: {float(exact['dropout p=0.9']):.4f} vs "
               f"{float(exact['gaussian s2=1/9']):.4f}",
               bool(np.isclose(exact["dropout p=0.9"], exact["gaussian s2=1/9"]))),
-        Claim("Eq. 15 and the Gaussian form agree with Monte Carlo", "digest: MC 0.99679 / 0.92237",
-              f"worst deviation {worst:.2f} s.e. (n={n})", worst < 4),
+        _agrees_with_mc("Eq. 15 and the Gaussian form", "digest: MC 0.99679 / 0.92237", worst, 4, n),
     ]
     return FigureResult("fig4_noise_types", "Dropout, Uout and Gaussian dropout before BatchNorm",
                         fig, "Delta against the variance s^2 of the multiplicative noise m (left: "

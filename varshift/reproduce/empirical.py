@@ -292,7 +292,7 @@ def recalibration(ctx):
             after.append(_error(model, x_test, y_test))
             shift_after.append(max(b.shift for b in result.after.bn))
         numbers[placement] = {"before": before, "after": after, "max_shift_after": shift_after}
-        for j, (label, values) in enumerate((("0.5", before), ("0.5-Adjust", after))):
+        for j, values in enumerate((before, after)):
             m, s = mean_sd(values)
             ax.bar(2 * i + j, m, yerr=s, capsize=3, color=f"C{j}")
         claims.append(Claim(f"Re-estimating BN statistics lowers the test error, ({placement}) 0.5",
@@ -447,6 +447,9 @@ def width(ctx):
     axes[0, 1].errorbar(widths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=3)
     axes[0, 1].set(xscale="log", xlabel="hidden width", ylabel="shift at the BN after Dropout -> Dense",
                    title="Measured shift against width, Dropout 0.5 (b)")
+    for ax in axes[0]:  # label the widths themselves, not log-scale minor ticks
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.minorticks_off()
     shift_means = [m for m, _ in means]
     claims = [
         Claim("cos^2(theta) of trained filters is small", "Table 1: 0.014-0.035 on average",

@@ -71,9 +71,9 @@ def _plain(value):
     return value
 
 
-def write_figure(result: FigureResult, out: Path) -> list:
-    """Write ``NAME.png``, ``NAME.svg``, ``NAME.json`` (numbers and claims) and
-    ``NAME.caption.md``; returns the paths."""
+def write_figure(result: FigureResult, out: Path, seconds: float = float("nan")) -> list:
+    """Write ``NAME.png``, ``NAME.svg``, ``NAME.json`` (numbers, claims, seconds taken)
+    and ``NAME.caption.md``; returns the paths."""
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
@@ -82,31 +82,40 @@ def write_figure(result: FigureResult, out: Path) -> list:
     result.figure.savefig(paths[1])
     plt.close(result.figure)
     paths[2].write_text(json.dumps(_plain({
-        "name": result.name, "title": result.title, "numbers": result.numbers,
+        "name": result.name, "title": result.title, "caption": result.caption,
+        "seconds": seconds, "numbers": result.numbers,
         "claims": [c.__dict__ for c in result.claims]}), indent=1))
     paths[3].write_text(f"**{result.title}.** {result.caption}\n")
     return paths
 
 
-def write_report(results, skipped, out: Path, settings: str, timings: dict) -> Path:
-    """``REPORT.md``: one row per claim (paper, ours, holds), the figures, what was
-    skipped and why, and how long each figure took."""
+def _figure_number(path):
+    digits = "".join(ch for ch in path.stem.split("_")[0] if ch.isdigit())
+    return (int(digits) if digits else 0, path.stem)
+
+
+def write_report(out: Path, skipped, settings: str) -> Path:
+    """``REPORT.md`` from every figure JSON in ``out`` (so a run with ``--only``
+    updates its figures and keeps the others): one row per claim (paper, ours, holds),
+    the figures with captions, what this run skipped and why, and time per figure."""
     mark = {True: "yes", False: "**no**", None: "n/a"}
+    figures = [json.loads(p.read_text()) for p in sorted(out.glob("fig*.json"), key=_figure_number)]
     lines = ["# varshift reproduction of Li et al. (CVPR 2019) at small scale", "",
-             f"Settings: {settings}. Each figure below has a PNG, an SVG, the numbers behind "
-             "it (`.json`) and its caption (`.caption.md`). A claim that does not hold here "
-             "is reported as such.", "",
+             f"Settings of the last run: {settings}. Each figure below has a PNG, an SVG, "
+             "the numbers behind it (`.json`) and its caption (`.caption.md`). A claim that "
+             "does not hold here is reported as such.", "",
              "| figure | claim | paper | ours | holds here |", "|---|---|---|---|---|"]
-    for r in results:
-        for c in r.claims:
-            lines.append(f"| {r.name} | {c.text} | {c.paper} | {c.ours} | {mark[c.holds]} |")
+    for f in figures:
+        for c in f["claims"]:
+            lines.append(f"| {f['name']} | {c['text']} | {c['paper']} | {c['ours']} | {mark[c['holds']]} |")
     lines += ["", "## Figures", ""]
-    for r in results:
-        lines += [f"### {r.title}", "", f"![{r.name}]({r.name}.png)", "", r.caption, ""]
+    for f in figures:
+        lines += [f"### {f['title']}", "", f"![{f['name']}]({f['name']}.png)", "", f["caption"], ""]
     if skipped:
-        lines += ["## Skipped", ""] + [f"- `{name}`: {why}" for name, why in skipped] + [""]
+        lines += ["## Skipped in the last run", ""] + [f"- `{name}`: {why}" for name, why in skipped] + [""]
     lines += ["## Time per figure", "", "| figure | seconds |", "|---|---|"]
-    lines += [f"| {name} | {sec:.1f} |" for name, sec in timings.items()]
+    lines += [f"| {f['name']} | {f['seconds']:.1f} |" if f.get("seconds") is not None
+              else f"| {f['name']} | n/a |" for f in figures]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
