@@ -6,16 +6,9 @@ import numpy as np
 
 from .. import plots
 from .. import theory as T
-from .results import Claim, FigureResult
+from .results import Claim, FigureResult, new_figure
 
 __all__ = ["FIGURES"]
-
-
-def _figure(ncols=1, width=6.0):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 4.2), constrained_layout=True)
-    return fig, np.atleast_1d(axes)
 
 
 def _z(mc, exact):
@@ -43,7 +36,7 @@ def shift_vs_p(ctx):
             sim = T.monte_carlo("dropout", p=p, c=r, v=1.0, n=n, seed=ctx.seed)
             mc[r].append(_mc_point(p, sim))
             worst = max(worst, _z(sim, T.shift_dropout_bn(p, r)))
-    fig, (a, b) = _figure(2)
+    fig, ((a, b),) = new_figure(1, 2, width=6.0, height=4.2)
     plots.plot_shift_vs_p(a, ratios, mc)
     plots.plot_shift_vs_p(b, ratios, mc, inverse=True)
     claims = [
@@ -74,7 +67,7 @@ def shift_vs_width(ctx):
             sim = T.monte_carlo("dropout_weight", p=p, d=d, cos2=cos2, rho=rho, n=n, seed=ctx.seed)
             mc[p].append(_mc_point(d, sim))
             worst = max(worst, _z(sim, T.shift_dropout_weight_bn(p, d, cos2, rho)))
-    fig, (ax,) = _figure(1, 7)
+    fig, ((ax,),) = new_figure(1, 1, width=7, height=4.2)
     plots.plot_shift_vs_width(ax, rho=rho, cos2=cos2, mc=mc)
     wide = float(T.shift_dropout_weight_bn(0.5, 8192, cos2, rho))
     thin = float(T.shift_dropout_weight_bn(0.5, 64, cos2, rho))
@@ -98,7 +91,7 @@ def shift_vs_width(ctx):
 
 def shift_heatmap(ctx):
     """Delta over (p, d cos^2) for case (b)."""
-    fig, (ax,) = _figure(1, 6.5)
+    fig, ((ax,),) = new_figure(1, 1, width=6.5, height=4.2)
     plots.plot_shift_heatmap(ax, rho=0.3)
     p, dc = np.array([0.5, 0.5, 0.9]), np.array([1.0, 100.0, 100.0])
     values = T.shift_dropout_weight_bn(p, rho=0.3, d_cos2=dc)
@@ -124,7 +117,7 @@ def noise_types(ctx):
     mc = {"all": [_mc_point(s2, sims[k]) for k, s2 in
                   (("uout beta=0.1", 0.01 / 3), ("uout beta=1", 1 / 3), ("dropout p=0.9", 1 / 9),
                    ("gaussian s2=1/9", 1 / 9))]}
-    fig, (a, b) = _figure(2)
+    fig, ((a, b),) = new_figure(1, 2, width=6.0, height=4.2)
     plots.plot_noise_types(a, c=0.0, mc=mc)
     plots.plot_noise_types(b, c=1.0)
     claims = [

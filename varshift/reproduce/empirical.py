@@ -18,7 +18,7 @@ from ..measure import preserved
 from ..nn.layer import modes
 from ..theory import weight_cos2
 from .networks import ARCHITECTURES, mlp, preresnet
-from .results import Claim, FigureResult, mean_sd
+from .results import Claim, FigureResult, mean_sd, new_figure
 
 __all__ = ["FIGURES", "Context", "DataMissing"]
 
@@ -140,20 +140,12 @@ def _fmt(values, digits=2):
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def _figure(rows, cols, width=5.2, height=3.6):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows),
-                             constrained_layout=True, squeeze=False)
-    return fig, axes
-
-
 # ------------------------------------------------------------------ figure (5)
 def shift_per_layer(ctx):
     runs = sweep(ctx)
     results = []
     for arch in ctx.architectures:
-        fig, axes = _figure(2, 2)
+        fig, axes = new_figure(2, 2)
         numbers, claims = {}, []
         for row, placement in enumerate(("a", "b")):
             ax, bar = axes[row]
@@ -213,7 +205,7 @@ def shift_per_layer(ctx):
 def train_eval_accuracy(ctx):
     runs = sweep(ctx)
     arch = ctx.architectures[0]
-    fig, axes = _figure(1, 1, width=6.5)
+    fig, axes = new_figure(1, 1, width=6.5)
     ax = axes[0, 0]
     numbers, gaps = {}, {}
     for rate, color in ((0.0, "C0"), (0.5, "C3")):
@@ -254,7 +246,7 @@ def flipped_logits(ctx):
             eval_logits = np.concatenate([model(x_train[i:i + 256]) for i in range(0, len(x_train), 256)])
     flips = np.flatnonzero((train_logits.argmax(1) == y_train) & (eval_logits.argmax(1) != y_train))
     shown = flips[:4]
-    fig, axes = _figure(1, max(1, len(shown)), width=3.4)
+    fig, axes = new_figure(1, max(1, len(shown)), width=3.4)
     for ax, i in zip(axes[0], shown):
         k = np.arange(10)
         ax.bar(k - 0.2, train_logits[i], 0.4, label="train mode")
@@ -281,7 +273,7 @@ def recalibration(ctx):
     arch = ctx.architectures[0]
     x_train, _, x_test, y_test = ctx.mnist1d()
     numbers, claims = {}, []
-    fig, axes = _figure(1, 1, width=6)
+    fig, axes = new_figure(1, 1, width=6)
     ax = axes[0, 0]
     for i, placement in enumerate(("a", "b")):
         before, after, shift_after = [], [], []
@@ -320,7 +312,7 @@ def after_bn_and_uout(ctx):
     x_train, y_train, x_test, y_test = ctx.mnist1d()
     amounts = (0.0, 0.1, 0.2, 0.3, 0.5)
     numbers = {}
-    fig, axes = _figure(1, 2)
+    fig, axes = new_figure(1, 2)
     for ax, (key, placement, noise, title) in zip(axes[0], (
             ("head", "head", "dropout", "one Dropout after all BN (Table 4)"),
             ("uout", "b", "uout", "Uout at the (b) positions (Table 6)"))):
@@ -387,7 +379,7 @@ def batch_size_and_momentum(ctx):
             numbers[f"{bs}/{m}"] = {"batch_size": bs, "momentum": m, "steps": epochs * len(x_train) // bs,
                                     "shift": float(np.mean([b.shift for b in report.bn])),
                                     "error_ema": ema_error, "error_recalibrated": _error(model, x_test, y_test)}
-    fig, axes = _figure(1, 2)
+    fig, axes = new_figure(1, 2)
     for m in momenta:
         rows = [numbers[f"{bs}/{m}"] for bs in batch_sizes]
         axes[0, 0].plot(batch_sizes, [r["shift"] for r in rows], marker="o", label=f"momentum {m:g}")
@@ -435,7 +427,7 @@ def width(ctx):
             shifts.append(measure(dropped, x_train).bn[1].shift)  # the BN after Dropout -> Dense
             errors.append(_error(dropped, x_test, y_test))
         numbers[w] = {"angles": angles, "shift": shifts, "test_error": errors}
-    fig, axes = _figure(1, 2)
+    fig, axes = new_figure(1, 2)
     hidden = [np.mean([a[1][2] for a in numbers[w]["angles"]]) for w in widths]  # the w -> w layer
     cos2 = [np.mean([a[1][1] for a in numbers[w]["angles"]]) for w in widths]
     axes[0, 0].plot(widths, hidden, marker="o", label="trained, no Dropout")

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Claim", "FigureResult", "mean_sd", "write_figure", "write_report"]
+__all__ = ["Claim", "FigureResult", "mean_sd", "new_figure", "write_figure", "write_report"]
+
+
+def new_figure(rows, cols, width=5.2, height=3.6):
+    """A figure of ``rows`` x ``cols`` panels, each ``width`` x ``height`` inches;
+    returns ``(figure, axes)`` with axes always 2-D."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(rows, cols, figsize=(width * cols, height * rows),
+                        constrained_layout=True, squeeze=False)
 
 
 def mean_sd(values):
