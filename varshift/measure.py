@@ -27,7 +27,6 @@ Dropout), a layer of a Sequential model is computed once for all of them.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +34,7 @@ import numpy as np
 from ._data import Batches
 from ._progress import progress_bar
 from .nn import BatchNorm, Sequential
+from .nn.layer import preserved
 from .stats import RunningMoments
 
 __all__ = ["measure", "Report", "LayerStats", "BatchNormStats", "preserved"]
@@ -343,32 +343,6 @@ def _nan_to_none(value):
     if isinstance(value, list):
         return [_nan_to_none(v) for v in value]
     return value
-
-
-@contextmanager
-def preserved(model, seed=0, buffers=True):
-    """Run code on ``model`` and restore its modes, random streams, forward caches and
-    (if ``buffers``) buffers afterwards.
-
-    Inside, every stochastic layer draws from a fresh stream spawned from ``seed``,
-    so results are reproducible and the model's own streams are not advanced.
-    """
-    layers = [layer for _, layer in model.walk()]
-    saved_buffers = model.state_dict(params=False) if buffers else None
-    saved = [(layer, layer.training, layer._cache, layer._out_shape, getattr(layer, "rng", None))
-             for layer in layers]
-    noisy = [layer for layer in layers if getattr(layer, "rng", None) is not None]
-    for layer, stream in zip(noisy, np.random.SeedSequence(seed).spawn(len(noisy))):
-        layer.rng = np.random.default_rng(stream)
-    try:
-        yield saved_buffers
-    finally:
-        for layer, training, cache, out_shape, rng in saved:
-            layer.training, layer._cache, layer._out_shape = training, cache, out_shape
-            if rng is not None:
-                layer.rng = rng
-        if buffers:
-            model.load_state_dict(saved_buffers, strict=False)
 
 
 def recorded_layers(model):

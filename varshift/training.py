@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._progress import progress_bar
-from .nn.layer import modes
+from .nn.layer import modes, preserved
 
 __all__ = ["fit", "evaluate", "History"]
 
@@ -57,8 +57,8 @@ def _check_data(data, name):
     return x, y
 
 
-def evaluate(model, data, loss, batch_size=256):
-    """Loss (and accuracy for a classification loss) in inference mode.
+def evaluate(model, data, loss, batch_size=256, *, batchnorm="eval", dropout="eval", seed=0):
+    """Loss (and accuracy for a classification loss), by default in inference mode.
 
     Parameters
     ----------
@@ -66,17 +66,25 @@ def evaluate(model, data, loss, batch_size=256):
     data : tuple of (ndarray of shape (N, ...), ndarray of shape (N, ...))
     loss : varshift.nn losses
     batch_size : int, default 256
+        Also the number of samples BatchNorm normalises over when ``batchnorm='train'``.
+    batchnorm, dropout : {'eval', 'train'}, default 'eval'
+        Mode of the BatchNorm and of the Dropout-like layers: ``batchnorm='train'``
+        normalises every batch with its own statistics (TensorFlow's
+        ``is_training=True`` at test time).
+    seed : int, default 0
+        Seed of the Dropout masks when ``dropout='train'``.
 
     Returns
     -------
     dict
         ``{'loss': float}`` plus ``'accuracy'`` for classification; a diverged model
-        gives a non-finite loss, without warnings. The model's modes are restored
-        afterwards.
+        gives a non-finite loss, without warnings. The model is unchanged afterwards
+        (modes, running statistics, random streams).
     """
     x, y = _check_data(data, "evaluate: data")
     total, correct = 0.0, 0
-    with modes(model, default="eval"), np.errstate(over="ignore", invalid="ignore"):
+    with preserved(model, seed), modes(model, default="eval", batchnorm=batchnorm, dropout=dropout), \
+            np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             out = model(xb)

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["Layer", "HookHandle", "modes", "layer_to_config", "layer_from_config"]
+__all__ = ["Layer", "HookHandle", "modes", "preserved", "layer_to_config", "layer_from_config"]
 
 _REGISTRY: dict[str, type] = {}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -437,6 +437,32 @@ def modes(model: Layer, *, batchnorm=None, dropout=None, default=None):
     finally:
         for layer, training in saved:
             layer.training = training
+
+
+@contextmanager
+def preserved(model, seed=0, buffers=True):
+    """Run code on ``model`` and restore its modes, random streams, forward caches and
+    (if ``buffers``) buffers afterwards.
+
+    Inside, every stochastic layer draws from a fresh stream spawned from ``seed``,
+    so results are reproducible and the model's own streams are not advanced.
+    """
+    layers = [layer for _, layer in model.walk()]
+    saved_buffers = model.state_dict(params=False) if buffers else None
+    saved = [(layer, layer.training, layer._cache, layer._out_shape, getattr(layer, "rng", None))
+             for layer in layers]
+    noisy = [layer for layer in layers if getattr(layer, "rng", None) is not None]
+    for layer, stream in zip(noisy, np.random.SeedSequence(seed).spawn(len(noisy))):
+        layer.rng = np.random.default_rng(stream)
+    try:
+        yield saved_buffers
+    finally:
+        for layer, training, cache, out_shape, rng in saved:
+            layer.training, layer._cache, layer._out_shape = training, cache, out_shape
+            if rng is not None:
+                layer.rng = rng
+        if buffers:
+            model.load_state_dict(saved_buffers, strict=False)
 
 
 def _as_training(argument: str, mode):
