@@ -15,6 +15,7 @@ EPILOG = """examples:
   varshift diagnose model.npz x.npy --train-batch-size 32 --json
   varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test
   varshift reproduce --quick --out figures  Li et al.'s figures, analytic and empirical
+  varshift case stale-running-stats --plot stale.png   a posted question, measured
 
 DATA is 'mnist' (read from --data-dir, else $VARSHIFT_DATA/mnist, else
 ~/.cache/varshift/mnist), 'mnist1d' (generated; needs the mnist1d package), or an .npy
@@ -164,12 +165,30 @@ def _reproduce(args) -> int:
     start = time.perf_counter()
     results, skipped = run(args.out, quick=args.quick, only=args.only, seeds=args.seeds,
                            data_dir=args.data_dir, seed=args.seed, progress=not args.quiet)
-    claims = [c for r in results for c in r.claims]
-    held = sum(c.holds is True for c in claims)
-    print(f"{len(results)} figure(s) in {args.out}/ ({time.perf_counter() - start:.0f} s); "
-          f"{held} of {len(claims)} claims hold here; report: {args.out}/REPORT.md")
+    from .cases import CaseResult
+
+    figures = [r for r in results if not isinstance(r, CaseResult)]
+    cases = [r for r in results if isinstance(r, CaseResult)]
+    claims = [c for r in figures for c in r.claims]
+    statements = [c for r in cases for c in r.claims]
+    held = lambda items: sum(c.holds is True for c in items)  # noqa: E731
+    print(f"{len(figures)} figure(s) and {len(cases)} case stud{'y' if len(cases) == 1 else 'ies'} "
+          f"in {args.out}/ ({time.perf_counter() - start:.0f} s); {held(claims)} of {len(claims)} "
+          f"paper claims and {held(statements)} of {len(statements)} posted statements hold "
+          f"here; report: {args.out}/REPORT.md")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
+    return 0
+
+
+def _case(args) -> int:
+    from .cases import run
+
+    result = run(args.name, quick=not args.full, seeds=args.seeds, data_dir=args.data_dir,
+                 seed=args.seed, progress=not args.quiet)
+    print(result.to_json() if args.json else result.summary(markdown=args.markdown))
+    if args.plot:
+        _save_plot(result.plot, args.plot)
     return 0
 
 
@@ -230,13 +249,31 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", **fmt,
                         help="reproduce Li et al.'s figures at small scale, with REPORT.md")
     rp.add_argument("--quick", action="store_true", help="minutes instead of an hour")
-    rp.add_argument("--only", nargs="+", metavar="NAME", help="figures to make (default: all)")
+    rp.add_argument("--only", nargs="+", metavar="NAME",
+                    help="figures and case studies to make (default: all)")
     rp.add_argument("--out", default="figures", help="output folder (default: figures)")
     rp.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
     rp.add_argument("--seeds", type=int, default=None, help="seeds per setting (2 quick, 3 full)")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     rp.set_defaults(run=_reproduce)
+
+    from .cases import CASES
+
+    c = sub.add_parser("case", **fmt, help="a case study: a posted question answered with "
+                                          "measurements over several seeds")
+    c.add_argument("name", choices=sorted(CASES), metavar="NAME",
+                   help="one of: " + ", ".join(sorted(CASES)))
+    c.add_argument("--full", action="store_true",
+                   help="the posted training length (slow: up to hours); default quick")
+    c.add_argument("--seeds", type=int, default=None, help="seeds per setting")
+    c.add_argument("--seed", type=int, default=0, help="first seed")
+    c.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    c.add_argument("--json", action="store_true", help="every number, as JSON")
+    c.add_argument("--markdown", action="store_true", help="summary as Markdown")
+    c.add_argument("--plot", metavar="FILE.png", help="also draw the case's figure")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    c.set_defaults(run=_case)
     return parser
 
 

@@ -31,8 +31,8 @@ class Recalibration:
 
     Attributes
     ----------
-    before, after : Report
-        Measured on ``holdout`` if given, else on the recalibration data (where the
+    before, after : Report or None
+        None when called with ``reports=False``; otherwise measured on ``holdout`` if given, else on the recalibration data (where the
         after-shift is 1 by construction; on held-out data it is the number to read).
     layers : list of str
         The BatchNorm layers recalibrated, in order.
@@ -43,6 +43,8 @@ class Recalibration:
     layers: list
 
     def __str__(self):
+        if self.before is None:
+            return f"BatchNorm recalibration of {', '.join(self.layers)} (no reports)"
         lines = ["BatchNorm recalibration (shift = max(real/moving, moving/real))",
                  f"{'#':>3} {'layer':<14} {'shift before':>12} {'shift after':>12}"]
         for b, a in zip(self.before.bn, self.after.bn):
@@ -53,6 +55,8 @@ class Recalibration:
 
     def plot(self, ax=None):
         """Shift per BatchNorm layer before and after; returns the Axes."""
+        if self.before is None:
+            raise ValueError("Recalibration.plot: no reports; call recalibrate(..., reports=True)")
         from .plots import plot_bn_shift
 
         ax = plot_bn_shift(self.before, ax=ax, label="before")
@@ -62,7 +66,7 @@ class Recalibration:
 
 
 def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, seed=0,
-                progress=False) -> Recalibration:
+                progress=False, reports=True) -> Recalibration:
     """Replace every BatchNorm's running statistics by exact population statistics.
 
     Parameters
@@ -83,6 +87,9 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     seed : int, default 0
         Seed of the Dropout masks (reports, and ``dropout='on'``).
     progress : bool, default False
+    reports : bool, default True
+        Measure the model before and after (two :func:`~varshift.measure` passes over
+        ``holdout``); False skips them, leaving ``before`` and ``after`` None.
 
     Returns
     -------
@@ -103,7 +110,9 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         raise TypeError("recalibrate: data is read several times; pass an array, an (x, y) "
                         "pair or a list of batches, not a one-shot iterator")
     report_data = data if holdout is None else holdout
-    before = measure(model, report_data, batch_size=batch_size, seed=seed, progress=progress)
+    report = lambda: (measure(model, report_data, batch_size=batch_size, seed=seed,  # noqa: E731
+                              progress=progress) if reports else None)
+    before = report()
     targets = [(path, layer) for path, layer in batchnorm_layers(model) if layer.track_running_stats]
     original = model.state_dict(params=False)
     try:
@@ -113,7 +122,7 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     except BaseException:
         model.load_state_dict(original, strict=False)
         raise
-    after = measure(model, report_data, batch_size=batch_size, seed=seed, progress=progress)
+    after = report()
     return Recalibration(before, after, [path for path, _ in targets])
 
 

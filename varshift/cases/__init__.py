@@ -8,12 +8,12 @@ lists them. The command line runs them as ``varshift case NAME``.
 
 from __future__ import annotations
 
-from . import autoencoder, convnet, stale_stats
+from . import autoencoder, convnet, orderings, stale_stats
 from ._common import CaseResult
 
 __all__ = ["CASES", "run", "CaseResult"]
 
-CASES = {m.NAME: m for m in (convnet, stale_stats, autoencoder)}
+CASES = {m.NAME: m for m in (convnet, orderings, stale_stats, autoencoder)}
 
 
 def run(name, quick=True, **options) -> CaseResult:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import evaluate, fit, nn, optim
+from .. import evaluate, fit, nn, optim, recalibrate
 from ..reproduce.results import Claim, _plain
 
 __all__ = ["CaseResult", "Claim", "spread", "welch_p", "paired_p", "holm", "mnist_subset", "train",
-           "accuracy", "fmt", "verdict"]
+           "accuracy", "recalibrated", "fmt", "verdict"]
 
 
 @dataclass
@@ -112,6 +113,14 @@ class CaseResult:
         return text
 
 
+def log(progress, message):
+    """Progress message on stderr, when asked for."""
+    if progress:
+        import sys
+
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+
 def _axes(ax):
     if ax is None:
         import matplotlib.pyplot as plt
@@ -191,6 +200,13 @@ def train(model, data, *, epochs, batch_size, lr, seed, validation_data=None):
     return fit(model, data, nn.CrossEntropyLoss(), optim.Adam(model, lr=lr), epochs=epochs,
                batch_size=batch_size, seed=seed, eval_train=False,
                validation_data=validation_data)
+
+
+def recalibrated(model, data, *, batch_size, seed):
+    """A copy of ``model`` with exact population statistics in every BatchNorm."""
+    fixed = copy.deepcopy(model)
+    recalibrate(fixed, data, batch_size=batch_size, seed=seed, reports=False)
+    return fixed
 
 
 def accuracy(model, x, y, *, batchnorm="eval", batch_size=256) -> float:

@@ -3,13 +3,12 @@ autoencoder raised the validation loss from 0.775 to 1.123 - why?"""
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
 
-from .. import evaluate, fit, measure, nn, optim, recalibrate
-from ._common import CaseResult, Claim, _axes, fmt, paired_p, verdict
+from .. import evaluate, fit, measure, nn, optim
+from ._common import CaseResult, Claim, _axes, fmt, log, paired_p, recalibrated, verdict
 
 NAME = "linear-autoencoder"
 TITLE = "BatchNorm in a linear autoencoder trained for 60 steps"
@@ -92,8 +91,7 @@ def _one_run(batch, seed):
     init_weight = float(np.mean(twin.layers[1].buffers["running_mean"]
                                 - model.layers[1].buffers["running_mean"]))
     bn = measure(model, x, batch_size=batch, seed=seed).bn[0]
-    fixed = copy.deepcopy(model)
-    recalibrate(fixed, x, batch_size=batch, seed=seed)
+    fixed = recalibrated(model, x, batch_size=batch, seed=seed)
     return {"plain": val(plain), "bn": val(model), "recalibrated": val(fixed),
             "bn_train_mode": val(model, batchnorm="train", batch_size=len(x_val)),
             "steps": steps, "init_weight": init_weight,
@@ -127,8 +125,7 @@ def run(quick=True, *, seeds=None, batch_sizes=(32, 10), seed=0, progress=False,
     seeds = seeds or (20 if quick else 100)
     runs = {}
     for batch in batch_sizes:
-        if progress:
-            print(f"  {NAME}: batch {batch}, {seeds} seeds", flush=True)
+        log(progress, f"{NAME}: batch {batch}, {seeds} seeds")
         runs[batch] = [_one_run(batch, s) for s in range(seed, seed + seeds)]
     settings = dict(seeds=seeds, samples=SAMPLES, epochs=EPOCHS, lr=LR, batch_sizes=list(batch_sizes),
                     batchnorm=f"Keras-style, momentum {MOMENTUM}")

@@ -3,14 +3,25 @@ reaches 97% and another 60%" — is it Dropout's variance shift?"""
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
 
-from .. import measure, recalibrate
+from .. import measure
 from ..models import reference_convnet
-from ._common import CaseResult, Claim, _axes, accuracy, fmt, mnist_subset, spread, train, welch_p
+from ._common import (
+    CaseResult,
+    Claim,
+    _axes,
+    accuracy,
+    fmt,
+    log,
+    mnist_subset,
+    recalibrated,
+    spread,
+    train,
+    welch_p,
+)
 
 NAME = "bn-dropout-mnist-convnet"
 TITLE = "BatchNorm and Dropout in an MNIST convnet"
@@ -79,8 +90,7 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, data_dir=None, see
     for name, (batchnorm, rate) in CONFIGS.items():
         runs[name] = []
         for s in range(seed, seed + seeds):
-            if progress:
-                print(f"  {NAME}: {name}, seed {s}", flush=True)
+            log(progress, f"{NAME}: {name}, seed {s}")
             model = reference_convnet(rate, seed=s, batchnorm=batchnorm)
             history = train(model, (x, y), epochs=epochs, batch_size=BATCH, lr=LR, seed=s,
                             validation_data=(x_test, y_test))
@@ -88,8 +98,7 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, data_dir=None, see
                       "eval": accuracy(model, x_test, y_test)}
             if batchnorm:
                 report = measure(model, x_stats, batch_size=BATCH, seed=s)
-                fixed = copy.deepcopy(model)
-                recalibrate(fixed, x_stats, batch_size=BATCH, seed=s)
+                fixed = recalibrated(model, x_stats, batch_size=BATCH, seed=s)
                 record.update(
                     batch_stats=accuracy(model, x_test, y_test, batchnorm="train", batch_size=BATCH),
                     recalibrated=accuracy(fixed, x_test, y_test),

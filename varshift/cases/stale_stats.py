@@ -3,16 +3,27 @@ statistics at test batch 100, less at batch 1."""
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import Counter
 
 import numpy as np
 
-from .. import diagnose, measure, nn, recalibrate
+from .. import diagnose, measure, nn
 from ..models import reference_convnet
 from ..nn import BatchNorm
-from ._common import CaseResult, Claim, _axes, accuracy, fmt, mnist_subset, spread, train, verdict
+from ._common import (
+    CaseResult,
+    Claim,
+    _axes,
+    accuracy,
+    fmt,
+    log,
+    mnist_subset,
+    recalibrated,
+    spread,
+    train,
+    verdict,
+)
 
 NAME = "stale-running-stats"
 TITLE = "Running statistics that were never updated, or updated too slowly"
@@ -121,15 +132,13 @@ def run(quick=True, *, seeds=None, steps=None, data_dir=None, seed=0,
             key = f"{network}, {variant}"
             runs[key] = []
             for s in range(seed, seed + seeds):
-                if progress:
-                    print(f"  {NAME}: {key}, seed {s}", flush=True)
+                log(progress, f"{NAME}: {key}, seed {s}")
                 model = _set_momentum(build(s), momentum)
                 train(model, (x, y), epochs=1, batch_size=BATCH, lr=LR, seed=s)
                 report = measure(model, x_stats, batch_size=BATCH, seed=s)
                 findings = diagnose(model, x_stats, batch_size=BATCH, train_batch_size=BATCH,
                                     seed=s, report=report)
-                fixed = copy.deepcopy(model)
-                recalibrate(fixed, x_stats, batch_size=BATCH, seed=s)
+                fixed = recalibrated(model, x_stats, batch_size=BATCH, seed=s)
                 runs[key].append({
                     "eval": accuracy(model, x_test, y_test),
                     "batch100": _batch_stats_accuracy(model, (x_test, y_test), 100),

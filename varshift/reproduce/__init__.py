@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import analytic, empirical
 from .empirical import Context, DataMissing
-from .results import Claim, FigureResult, write_figure, write_report
+from .results import Claim, FigureResult, write_case, write_figure, write_report
 
 __all__ = ["run", "FIGURES", "Claim", "FigureResult", "Context"]
 
@@ -30,7 +30,7 @@ def run(out="figures", *, quick=False, only=None, seeds=None, data_dir=None, see
     quick : bool, default False
         Fewer epochs, seeds, widths and Monte Carlo samples (minutes instead of an hour).
     only : list of str, optional
-        Names from :data:`FIGURES`.
+        Names from :data:`FIGURES` and :data:`varshift.cases.CASES` (default: all).
     seeds : int, optional
         Seeds per setting (default 2 quick, 3 full).
     data_dir : str, optional
@@ -40,14 +40,22 @@ def run(out="figures", *, quick=False, only=None, seeds=None, data_dir=None, see
 
     Returns
     -------
-    results : list of FigureResult
+    results : list of FigureResult and CaseResult
     skipped : list of (str, str)
-        Figures not made, with the reason (e.g. missing MNIST files).
+        Figures and cases not made, with the reason (e.g. missing MNIST files).
+
+    Notes
+    -----
+    The case studies always run in their quick mode (their full modes take hours; run
+    them with ``varshift case NAME --full``).
     """
-    names = list(FIGURES) if not only else list(only)
-    unknown = [n for n in names if n not in FIGURES]
+    from ..cases import CASES
+
+    names = list(FIGURES) + list(CASES) if not only else list(only)
+    unknown = [n for n in names if n not in FIGURES and n not in CASES]
     if unknown:
-        raise ValueError(f"unknown figure(s) {unknown}; choose from {list(FIGURES)}")
+        raise ValueError(f"unknown figure(s) or case(s) {unknown}; choose from "
+                         f"{list(FIGURES) + list(CASES)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,6 +67,16 @@ def run(out="figures", *, quick=False, only=None, seeds=None, data_dir=None, see
         if progress:
             print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
+        if name in CASES:
+            try:
+                case = CASES[name].run(quick=True, data_dir=data_dir, seed=seed, progress=progress)
+            except FileNotFoundError as err:
+                skipped.append((name, str(err).splitlines()[0] + " Provide them with "
+                                "--data-dir or VARSHIFT_DATA (see the README)."))
+                continue
+            write_case(case, out)
+            results.append(case)
+            continue
         try:
             made = FIGURES[name](ctx)
         except DataMissing as err:

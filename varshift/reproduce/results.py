@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Claim", "FigureResult", "mean_sd", "new_figure", "write_figure", "write_report"]
+__all__ = ["Claim", "FigureResult", "mean_sd", "new_figure", "write_figure", "write_case",
+           "write_report"]
 
 
 def new_figure(rows, cols, width=5.2, height=3.6):
@@ -98,6 +99,22 @@ def write_figure(result: FigureResult, out: Path, seconds: float = float("nan"))
     return paths
 
 
+def write_case(result, out: Path) -> list:
+    """Write a case study's ``case-NAME.png``, ``.svg``, ``.json`` (every number) and
+    ``.md`` (its summary); returns the paths."""
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"case-{result.name}.{ext}" for ext in ("png", "svg", "json", "md")]
+    ax = result.plot()
+    ax.figure.savefig(paths[0], dpi=120)
+    ax.figure.savefig(paths[1])
+    plt.close(ax.figure)
+    result.to_json(paths[2])
+    paths[3].write_text(result.summary(markdown=True) + "\n")
+    return paths
+
+
 def _figure_number(path):
     digits = "".join(ch for ch in path.stem.split("_")[0] if ch.isdigit())
     return (int(digits) if digits else 0, path.stem)
@@ -120,11 +137,28 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     lines += ["", "## Figures", ""]
     for f in figures:
         lines += [f"### {f['title']}", "", f"![{f['name']}]({f['name']}.png)", "", f["caption"], ""]
+    cases = [json.loads(p.read_text()) for p in sorted(out.glob("case-*.json"))]
+    if cases:
+        lines += ["## Case studies", "",
+                  "Questions people posted, rebuilt and measured over several seeds "
+                  "(`varshift case NAME`; quick settings here). Full summaries: "
+                  "`case-NAME.md`.", "",
+                  "| case | statement | posted | measured here | holds here |",
+                  "|---|---|---|---|---|"]
+        for c in cases:
+            lines += [f"| {c['name']} | {k['text']} | {k['paper']} | {k['ours']} | {mark[k['holds']]} |"
+                      for k in c["claims"]]
+        lines.append("")
+        for c in cases:
+            settings = ", ".join(f"{k} {v}" for k, v in c["settings"].items())
+            lines += [f"### {c['title']} (`{c['name']}`)", "", f"*Question.* {c['question']}", "",
+                      f"*Settings:* {settings}.", "", f"![{c['name']}](case-{c['name']}.png)", "",
+                      f"**Conclusion.** {c['conclusion']}", ""]
     if skipped:
         lines += ["## Skipped in the last run", ""] + [f"- `{name}`: {why}" for name, why in skipped] + [""]
     lines += ["## Time per figure", "", "| figure | seconds |", "|---|---|"]
     lines += [f"| {f['name']} | {f['seconds']:.1f} |" if f.get("seconds") is not None
-              else f"| {f['name']} | n/a |" for f in figures]
+              else f"| {f['name']} | n/a |" for f in figures + cases]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
