@@ -158,3 +158,18 @@ def test_repr_and_describe():
     assert repr(model[0]) == "Conv2D(1, 32, (5, 5), stride=(2, 2), padding=(2, 2))"
     assert "(9): Dropout(rate=0.3)" in repr(model)
     assert model[4].describe() == "layer '4' (BatchNorm(64))"
+
+
+def test_reference_convnet_batchnorm_conventions():
+    torch_style = reference_convnet(seed=0)
+    keras_style = reference_convnet(seed=0, batchnorm="keras")
+    plain = reference_convnet(seed=0, batchnorm=None)
+    bns = [[layer for layer in m.layers if isinstance(layer, nn.BatchNorm)]
+           for m in (torch_style, keras_style, plain)]
+    assert [(b.momentum, b.eps, b.unbiased) for b in bns[0]] == [(0.1, 1e-5, True)] * 2
+    assert [(b.momentum, b.eps, b.unbiased) for b in bns[1]] == [(pytest.approx(0.01), 1e-3, False)] * 2
+    assert bns[2] == [] and len(plain.layers) == len(torch_style.layers) - 2
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    assert plain(x).shape == keras_style(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="batchnorm must be 'pytorch', 'keras' or None, got 'tf'"):
+        reference_convnet(batchnorm="tf")

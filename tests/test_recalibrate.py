@@ -101,3 +101,17 @@ def test_measure_after_recalibration_on_a_convnet():
     assert measure(model, x).bn[0].shift > 1.2
     result = recalibrate(model, x, batch_size=64)
     assert all(b.shift == pytest.approx(1.0, abs=1e-5) for b in result.after.bn)
+
+
+def test_without_reports_the_statistics_are_the_same():
+    x, y = blobs(600)
+    model = trained(dropout_before_bn(), (x, y), epochs=1)
+    twin = copy.deepcopy(model)
+    quiet = recalibrate(model, x, batch_size=100, reports=False)
+    recalibrate(twin, x, batch_size=100)
+    assert quiet.before is None and quiet.after is None and quiet.layers == ["4", "7"]
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, twin.state_dict()[key])
+    assert "no reports" in str(quiet)
+    with pytest.raises(ValueError, match="no reports"):
+        quiet.plot()

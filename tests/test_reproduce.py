@@ -68,23 +68,25 @@ def test_reproduce_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "varshift", "reproduce", "--only", "noise-types",
                           "--out", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "1 figure(s)" in out.stdout and "3 of 3 claims hold here" in out.stdout
+    assert "1 figure(s) and 0 case studies" in out.stdout
+    assert "3 of 3 paper claims and 0 of 0 posted statements hold here" in out.stdout
 
 
 @pytest.mark.slow
-def test_quick_reproduction_makes_every_figure(tmp_path, mnist_dir):
-    # its speed (< 5 minutes on 2 cores) is reported, not asserted: timings belong in
+def test_quick_reproduction_makes_every_figure_and_case(tmp_path, mnist_dir):
+    # its speed (about 15 minutes on 2 cores) is reported, not asserted: timings belong in
     # benchmarks, not in tests
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "varshift", "reproduce", "--quick", "--out",
                           str(tmp_path), "--data-dir", str(mnist_dir), "-q"],
-                         capture_output=True, text=True, timeout=900,
+                         capture_output=True, text=True, timeout=2400,
                          env={**os.environ, "VARSHIFT_DATA": str(mnist_dir.parent)})
     seconds = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     print(out.stdout, f"({seconds:.0f} s)")
-    assert "11 figure(s)" in out.stdout and "skipped" not in out.stdout
-    assert (tmp_path / "REPORT.md").read_text().count("![") == 11
+    assert "11 figure(s) and 4 case studies" in out.stdout and "skipped" not in out.stdout
+    report = (tmp_path / "REPORT.md").read_text()
+    assert report.count("![") == 15 and report.count("**Conclusion.**") == 4
 
 
 def test_a_partial_run_keeps_the_other_figures_in_the_report(tmp_path):

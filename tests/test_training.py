@@ -71,6 +71,30 @@ def test_evaluate_restores_modes_and_matches_manual_computation():
     assert result["loss"] == pytest.approx(nn.CrossEntropyLoss()(logits, y), rel=1e-5)
 
 
+def test_evaluate_with_batch_statistics_leaves_the_model_unchanged():
+    x, y = blobs(120)
+    model = nn.Sequential(nn.Dense(x.shape[1], 16), nn.BatchNorm(16), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Dense(16, 3), seed=0)
+    fit(model, (x, y), nn.CrossEntropyLoss(), optim.Adam(model, lr=1e-2), epochs=1,
+        batch_size=30)
+    model.eval()
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    rng = model.rng_state()
+    loss = nn.CrossEntropyLoss()
+    batch = evaluate(model, (x, y), loss, batch_size=40, batchnorm="train")
+    with nn.modes(model, batchnorm="train"):  # the same by hand, on a copy of the stats
+        manual = np.mean([loss(model(x[i:i + 40]), y[i:i + 40]) for i in range(0, 120, 40)])
+    model.load_state_dict(state)
+    assert batch["loss"] == pytest.approx(manual, rel=1e-5)
+    assert batch["loss"] != pytest.approx(evaluate(model, (x, y), loss)["loss"], rel=1e-6)
+    noisy = [evaluate(model, (x, y), loss, dropout="train", seed=s)["loss"] for s in (1, 1, 2)]
+    assert noisy[0] == noisy[1] != noisy[2]  # Dropout masks from the seed
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert model.rng_state() == rng and not any(layer.training for _, layer in model.walk())
+    with pytest.raises(ValueError, match="batchnorm"):
+        evaluate(model, (x, y), loss, batchnorm="sometimes")
+
+
 def test_hand_composed_training_step():
     x, y = blobs(64)
     model = mlp()

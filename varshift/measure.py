@@ -307,7 +307,7 @@ class Report:
     def __repr__(self) -> str:
         return self.__str__()
 
-    def plot(self, ax=None, kind="shift", layer=None):
+    def plot(self, ax=None, kind="shift", layer=None, label=None):
         """Draw the report; returns the Axes.
 
         Parameters
@@ -319,11 +319,13 @@ class Report:
             layer; ``'layers'``: train against inference output variance per layer.
         layer : str or int, optional
             For ``'channels'``: a BatchNorm name or index (default: largest shift).
+        label : str, optional
+            For ``'shift'``: legend label of the curve (to compare reports on one Axes).
         """
         from . import plots
 
         if kind == "shift":
-            return plots.plot_bn_shift(self, ax=ax)
+            return plots.plot_bn_shift(self, ax=ax, label=label)
         if kind == "channels":
             return plots.plot_bn_channels(self, layer=layer, ax=ax)
         if kind == "layers":

@@ -104,6 +104,14 @@ class CaseResult:
                        "conclusion": self.conclusion, "numbers": self.numbers,
                        "seconds": self.seconds})
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "CaseResult":
+        """Inverse of :meth:`to_dict` (numbers keep their JSON types)."""
+        fields = dict(data)
+        fields["claims"] = [Claim(**c) for c in data["claims"]]
+        fields["columns"] = [tuple(c) for c in data["columns"]]
+        return cls(**fields)
+
     def to_json(self, path=None):
         """JSON text of :meth:`to_dict`; written to ``path`` if given."""
         text = json.dumps(self.to_dict(), indent=1)

@@ -41,23 +41,52 @@ LR, BATCH = 2e-4, 200
 
 
 class ConvnetResult(CaseResult):
-    def plot(self, ax=None):
-        """Test accuracy (eval mode) after every epoch, one line per seed, a colour per
-        configuration; returns the Axes."""
+    def plot(self, ax=None, kind="accuracy"):
+        """Draw the runs; returns the Axes.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+        kind : {'accuracy', 'curves'}, default 'accuracy'
+            ``'accuracy'``: final test accuracy of every seed per configuration, in eval
+            mode and (with BatchNorm) after recalibration; ``'curves'``: eval-mode test
+            accuracy after every epoch, one line per seed.
+        """
+        if kind not in ("accuracy", "curves"):
+            raise ValueError(f"ConvnetResult.plot: kind must be 'accuracy' or 'curves', got {kind!r}")
         ax = _axes(ax)
-        for i, (name, runs) in enumerate(self.numbers["runs"].items()):
-            for j, run in enumerate(runs):
-                epochs = np.arange(1, len(run["curve"]) + 1)
-                ax.plot(epochs, 100 * np.asarray(run["curve"]), "o-", color=f"C{i}", alpha=0.6,
-                        label=name if j == 0 else None)
-        ax.set(xlabel="epoch", ylabel="test accuracy, eval mode (%)",
-               title="Every seed's test accuracy during training")
-        ax.legend()
+        runs = self.numbers["runs"]
+        if kind == "curves":
+            for i, (name, records) in enumerate(runs.items()):
+                for j, record in enumerate(records):
+                    epochs = np.arange(1, len(record["curve"]) + 1)
+                    ax.plot(epochs, 100 * np.asarray(record["curve"]), "o-", color=f"C{i}",
+                            alpha=0.6, label=name if j == 0 else None)
+            ax.set(xlabel="epoch", ylabel="test accuracy, eval mode (%)",
+                   title="Every seed's test accuracy during training")
+            ax.legend()
+            return ax
+        for i, records in enumerate(runs.values()):
+            for key, offset, marker, label in (("eval", -0.12, "o", "eval mode"),
+                                               ("recalibrated", 0.12, "^", "recalibrated")):
+                if key not in records[0]:
+                    continue
+                values = 100 * np.array([r[key] for r in records])
+                ax.plot(np.full(len(values), i + offset), values, marker, color=f"C{i}",
+                        alpha=0.7, label=label if i == 0 else None)
+                ax.errorbar(i + offset, values.mean(), values.std(ddof=1) if len(values) > 1 else 0,
+                            fmt="_", color="k", capsize=4, ms=14)
+        ax.set_xticks(range(len(runs)), list(runs))
+        ax.set(ylabel="test accuracy (%)", title="Final test accuracy of every seed (bars: mean ± sd)")
+        ax.legend(fontsize="small")
         return ax
 
 
-def run(quick=True, *, seeds=None, epochs=None, n_train=None, data_dir=None, seed=0,
-        progress=False) -> ConvnetResult:
+RESULT = ConvnetResult
+
+
+def run(quick=True, *, seeds=None, epochs=None, n_train=None, n_test=None, data_dir=None,
+        seed=0, progress=False) -> ConvnetResult:
     """Train the four configurations over several seeds and measure them.
 
     Parameters
@@ -69,6 +98,8 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, data_dir=None, see
         Seeds per configuration (default 5).
     epochs, n_train : int, optional
         Override the mode's values.
+    n_test : int, optional
+        Test images to evaluate on (default: the mode's).
     data_dir : str, optional
         Folder with the MNIST IDX files (see :func:`varshift.datasets.load_mnist`).
     seed : int, default 0
@@ -84,7 +115,7 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, data_dir=None, see
     seeds = seeds or 5
     epochs = epochs or (2 if quick else 3)
     n_train = n_train or (6000 if quick else 60000)
-    x, y, x_test, y_test = mnist_subset(data_dir, n_train, 1000 if quick else 10000)
+    x, y, x_test, y_test = mnist_subset(data_dir, n_train, n_test or (1000 if quick else 10000))
     x_stats = x[:2000 if quick else 10000]
     runs = {}
     for name, (batchnorm, rate) in CONFIGS.items():
@@ -155,7 +186,7 @@ def _result(runs, settings, seconds):
         f"The shift between the running and the real statistics is {min(shifts):.2f}-"
         f"{max(shifts):.2f}; the running averages' own lag (Keras momentum 0.99 over "
         f"{_steps(settings)} updates keeps 0.99^{_steps(settings)} = "
-        f"{0.99 ** _steps(settings):.2f} of their initial values) accounts for a factor up to "
+        f"{0.99 ** _steps(settings):.2g} of their initial values) accounts for a factor up to "
         f"{running_part:.2f}. "
         f"BatchNorm {'helped' if gain > 0 and p_gain < 0.05 else 'did not clearly help'}: "
         f"{100 * gain:+.2f} points with Dropout (p = {p_gain:.2g}); Dropout changed the BN "

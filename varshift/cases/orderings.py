@@ -95,8 +95,11 @@ class OrderingsResult(CaseResult):
         return ax
 
 
-def run(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, data_dir=None,
-        seed=0, progress=False) -> OrderingsResult:
+RESULT = OrderingsResult
+
+
+def run(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, n_test=None,
+        data_dir=None, seed=0, progress=False) -> OrderingsResult:
     """Train every ordering over several seeds; test loss and accuracy, measured shift.
 
     Parameters
@@ -110,6 +113,8 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, data_
         Override the mode's values.
     orders : list of str, optional
         A subset of the ten orderings.
+    n_test : int, optional
+        Test images to evaluate on (default: the mode's).
     data_dir : str, optional
         Folder with the MNIST IDX files.
     seed : int, default 0
@@ -128,7 +133,7 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, data_
     unknown = [o for o in orders if o not in POSTED]
     if unknown:
         raise ValueError(f"unknown ordering(s) {unknown}; choose from {list(POSTED)}")
-    x, y, x_test, y_test = mnist_subset(data_dir, n_train, 1000 if quick else 10000)
+    x, y, x_test, y_test = mnist_subset(data_dir, n_train, n_test or (1000 if quick else 10000))
     x_stats = x[:1000 if quick else 10000]
     loss = nn.CrossEntropyLoss()
     runs = {}

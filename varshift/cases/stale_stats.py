@@ -67,6 +67,8 @@ class StaleStatsResult(CaseResult):
                 ax.bar(xpos, np.mean(values), width, color=f"C{j}",
                        label=LABELS[mode] if i == 0 else None)
                 ax.plot(np.full(len(values), xpos), values, "k.", ms=4)
+                if np.isnan(values).all():
+                    ax.text(xpos, 2, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(runs)), [k.replace(", ", "\n") for k in runs], fontsize="small")
         ax.set(ylabel="test accuracy (%)", ylim=(0, 100),
                title=f"Keras-style BatchNorm after {self.settings['steps']} training steps")
@@ -90,7 +92,10 @@ def _batch_stats_accuracy(model, test, batch_size):
         return None
 
 
-def run(quick=True, *, seeds=None, steps=None, data_dir=None, seed=0,
+RESULT = StaleStatsResult
+
+
+def run(quick=True, *, seeds=None, steps=None, n_test=None, data_dir=None, seed=0,
         progress=False) -> StaleStatsResult:
     """Train two networks with Keras-style BatchNorm and each momentum; evaluate them
     four ways, diagnose them, recalibrate them.
@@ -104,6 +109,8 @@ def run(quick=True, *, seeds=None, steps=None, data_dir=None, seed=0,
     steps : int, optional
         Training steps of batch 100 (default 100: "short training", after which Keras'
         0.99 leaves 0.99^100 = 0.37 of the initial values in the running averages).
+    n_test : int, optional
+        Test images to evaluate on (default: the mode's).
     data_dir : str, optional
         Folder with the MNIST IDX files.
     seed : int, default 0
@@ -124,7 +131,7 @@ def run(quick=True, *, seeds=None, steps=None, data_dir=None, seed=0,
     start = time.perf_counter()
     seeds = seeds or (3 if quick else 5)
     steps = steps or 100
-    x, y, x_test, y_test = mnist_subset(data_dir, steps * BATCH, 1000 if quick else 10000)
+    x, y, x_test, y_test = mnist_subset(data_dir, steps * BATCH, n_test or (1000 if quick else 10000))
     x_stats = x[:2000 if quick else 10000]
     runs = {}
     for network, build in NETWORKS.items():
@@ -234,7 +241,7 @@ def _result(runs, settings, seconds):
         f"positions ({_pct(conv['never updated']['batch1'])}), while a BatchNorm after a Dense "
         f"layer has one value per channel and cannot (varshift raises, as PyTorch does; "
         f"TensorFlow outputs beta for every image). Keras' 0.99 over {steps} steps keeps "
-        f"0.99^{steps} = {0.99 ** steps:.2f} of the initial values: inference mode gives "
+        f"0.99^{steps} = {0.99 ** steps:.2g} of the initial values: inference mode gives "
         f"{_pct(conv['momentum 0.99']['eval'])} / {_pct(mlp['momentum 0.99']['eval'])}, "
         f"momentum 0.9 (0.9^{steps} = {0.9 ** steps:.0e} left) "
         f"{_pct(conv['momentum 0.9']['eval'])} / {_pct(mlp['momentum 0.9']['eval'])}. "
