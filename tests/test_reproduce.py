@@ -74,7 +74,7 @@ def test_reproduce_command(tmp_path):
 
 @pytest.mark.slow
 def test_quick_reproduction_makes_every_figure_and_case(tmp_path, mnist_dir):
-    # its speed (about 15 minutes on 2 cores) is reported, not asserted: timings belong in
+    # its speed (about 12 minutes on 2 cores) is reported, not asserted: timings belong in
     # benchmarks, not in tests
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "varshift", "reproduce", "--quick", "--out",

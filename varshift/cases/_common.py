@@ -16,7 +16,7 @@ __all__ = ["CaseResult", "Claim", "spread", "welch_p", "paired_p", "holm", "mnis
            "accuracy", "recalibrated", "fmt", "verdict"]
 
 
-@dataclass
+@dataclass(repr=False)
 class CaseResult:
     """The outcome of a case study: the question, what was measured, and the answer.
 
@@ -88,6 +88,11 @@ class CaseResult:
 
     def __str__(self):
         return self.summary()
+
+    def __repr__(self):
+        held = sum(c.holds is True for c in self.claims)
+        return (f"<{type(self).__name__} {self.name!r}: {held} of {len(self.claims)} statements "
+                f"hold; {self.settings}>")
 
     def _repr_markdown_(self):
         return self.summary(markdown=True)
