@@ -100,7 +100,7 @@ def test_stale_case_networks_and_momentum():
 # ------------------------------------------------------------------ conclusions follow the numbers
 def _convnet_runs(bn_accuracy, plain_accuracy, rng):
     runs = {}
-    for name, (batchnorm, _) in convnet.CONFIGS.items():
+    for name, (batchnorm, _, _) in convnet.CONFIGS.items():
         base = bn_accuracy if batchnorm else plain_accuracy
         runs[name] = []
         for _ in range(5):
@@ -172,12 +172,13 @@ def test_convnet_case_runs_and_dropout_after_bn_adds_no_shift(mnist_dir):
     result = convnet.run(seeds=2, epochs=1, n_train=400, n_test=200, data_dir=mnist_dir)
     runs = result.numbers["runs"]
     assert set(runs) == set(convnet.CONFIGS) and all(len(v) == 2 for v in runs.values())
+    assert runs[convnet.FAST][0]["eval"] != runs["BN + Dropout"][0]["eval"]  # lr 2e-3
     for name in ("BN + Dropout", "BN"):
         for record in runs[name]:
             assert len(record["shift"]) == 2
             assert np.allclose(record["dropout_factor"], 1.0, atol=1e-9)
     assert "batch_stats" not in runs["Dropout"][0]
-    assert len(result.rows) == 4 and len(result.claims) == 3
+    assert len(result.rows) == 5 and len(result.claims) == 3
 
 
 def test_orderings_case_measures_dropout_before_bn(mnist_dir):

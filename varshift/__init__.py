@@ -7,6 +7,13 @@ nn          layers, containers, losses, mode switches
 optim       SGD and Adam
 datasets    MNIST from local IDX files
 kernels     Numba hot loops with NumPy reference implementations
+theory      Li et al.'s closed forms and a Monte Carlo check
+plots       paper-style plots (each takes ax=None and returns the Axes)
+reproduce   ``varshift reproduce``: the paper's figures and claims at small scale
+cases       posted questions answered with measurements (``varshift case NAME``)
+
+(import these four explicitly, e.g. ``from varshift import cases``: they are not
+loaded by ``import varshift``.)
 """
 
 from . import datasets, nn, optim

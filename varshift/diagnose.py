@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._data import Batches
+from ._json import json_ready
 from .measure import Report, measure, preserved
 from .nn import BatchNorm, Concat, Residual, Sequential
 from .nn.layer import modes
@@ -67,7 +68,7 @@ class Finding:
 
     def to_dict(self) -> dict:
         return {"code": self.code, "layer": self.layer, "severity": self.severity,
-                "evidence": {k: _plain(v) for k, v in self.evidence.items()},
+                "evidence": {k: json_ready(v) for k, v in self.evidence.items()},
                 "explanation": self.explanation, "fix": self.fix}
 
 
@@ -75,14 +76,6 @@ def _fmt(value):
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _grade(value, thresholds):

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import evaluate, fit, nn, optim, recalibrate
-from ..reproduce.results import Claim, _plain
+from .._json import json_ready
+from ..reproduce.results import Claim
 
 __all__ = ["CaseResult", "Claim", "spread", "welch_p", "paired_p", "holm", "mnist_subset", "train",
            "accuracy", "recalibrated", "fmt", "verdict"]
@@ -103,7 +104,7 @@ class CaseResult:
 
     def to_dict(self) -> dict:
         """Everything but the plot, as plain JSON types."""
-        return _plain({"name": self.name, "title": self.title, "question": self.question,
+        return json_ready({"name": self.name, "title": self.title, "question": self.question,
                        "settings": self.settings, "columns": self.columns, "rows": self.rows,
                        "claims": [c.__dict__ for c in self.claims],
                        "conclusion": self.conclusion, "numbers": self.numbers,

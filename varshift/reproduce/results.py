@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._json import json_ready
+
 __all__ = ["Claim", "FigureResult", "mean_sd", "new_figure", "write_figure", "write_case",
            "write_report"]
 
@@ -65,22 +67,6 @@ class FigureResult:
     claims: list = field(default_factory=list)
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def write_figure(result: FigureResult, out: Path, seconds: float = float("nan")) -> list:
     """Write ``NAME.png``, ``NAME.svg``, ``NAME.json`` (numbers, claims, seconds taken)
     and ``NAME.caption.md``; returns the paths."""
@@ -91,7 +77,7 @@ def write_figure(result: FigureResult, out: Path, seconds: float = float("nan"))
     result.figure.savefig(paths[0], dpi=120)
     result.figure.savefig(paths[1])
     plt.close(result.figure)
-    paths[2].write_text(json.dumps(_plain({
+    paths[2].write_text(json.dumps(json_ready({
         "name": result.name, "title": result.title, "caption": result.caption,
         "seconds": seconds, "numbers": result.numbers,
         "claims": [c.__dict__ for c in result.claims]}), indent=1))
