@@ -8,17 +8,57 @@ Placements (Li et al., section 4):
 * ``'head'``: one Dropout after all BatchNorm layers, before the classifier (Table 4).
 
 ``noise='uout'`` puts Uout(beta) instead of Dropout(rate) at the same positions (Table 6).
+
+Networks with rate 0 have no noise layers, and :func:`seeded` draws the weights
+independently of the noise layers, so for one seed every placement, rate and noise
+starts from the same weights: the arms of a comparison are paired.
 """
 
 from __future__ import annotations
 
 from .. import nn
 
-__all__ = ["preresnet", "wide_resnet", "densenet", "mlp", "ARCHITECTURES"]
+__all__ = ["preresnet", "wide_resnet", "densenet", "mlp", "seeded", "ARCHITECTURES"]
+
+NOISES = ("dropout", "uout")
 
 
 def _noise(noise, amount):
-    return nn.Uout(amount) if noise == "uout" else nn.Dropout(amount)
+    """The noise layer as a list: empty for amount 0 (no layer at all)."""
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    if amount == 0:
+        return []
+    return [nn.Uout(amount) if noise == "uout" else nn.Dropout(amount)]
+
+
+def seeded(model, seed):
+    """Draw ``model``'s weights from ``seed`` independently of its noise layers.
+
+    Layers with parameters get streams spawned from one child of ``seed``, noise layers
+    from another, so adding or moving noise layers leaves the initial weights unchanged.
+
+    Parameters
+    ----------
+    model : varshift.nn.Layer
+    seed : int or None
+        None leaves the model as it is.
+
+    Returns
+    -------
+    model
+    """
+    if seed is None:
+        return model
+    import numpy as np
+
+    leaves = [layer for _, layer in model.leaves()]
+    weights, noises = np.random.SeedSequence(seed).spawn(2)
+    for group, parent in (([l for l in leaves if l.kind != "dropout"], weights),
+                          ([l for l in leaves if l.kind == "dropout"], noises)):
+        for layer, stream in zip(group, parent.spawn(len(group))):
+            layer._initialize(np.random.default_rng(stream))
+    return model
 
 
 def _check(placement):
@@ -29,15 +69,15 @@ def _check(placement):
 def _block(width, placement, noise, amount):
     """Pre-activation block BN-ReLU-Conv-BN-ReLU-Conv with the noise placed."""
     first = [nn.BatchNorm(width), nn.ReLU(), nn.Conv1D(width, width, 3, padding="same")]
-    noise_a = [_noise(noise, amount)] if placement == "a" else []
-    noise_b = [_noise(noise, amount)] if placement == "b" else []
+    noise_a = _noise(noise, amount) if placement == "a" else []
+    noise_b = _noise(noise, amount) if placement == "b" else []
     second = [*noise_a, nn.BatchNorm(width), nn.ReLU(), *noise_b,
               nn.Conv1D(width, width, 3, padding="same")]
     return nn.Residual(nn.Sequential(*first, *second))
 
 
 def _head(width, placement, noise, amount, classes):
-    tail = [_noise(noise, amount)] if placement == "head" else []
+    tail = _noise(noise, amount) if placement == "head" else []
     return [nn.BatchNorm(width), nn.ReLU(), nn.GlobalAvgPool(), *tail, nn.Dense(width, classes)]
 
 
@@ -49,7 +89,7 @@ def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, noise="dropout", c
     ----------
     placement : {'a', 'b', 'head'}
     rate : float
-        Drop rate (or Uout's beta with ``noise='uout'``); 0 keeps the layers as identities.
+        Drop rate (or Uout's beta with ``noise='uout'``); 0 adds no noise layer.
     width, blocks : int
     noise : {'dropout', 'uout'}
     classes : int
@@ -61,7 +101,7 @@ def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, noise="dropout", c
         layers.append(_block(width, placement, noise, rate))
         if i == blocks // 2 - 1 or (blocks == 1 and i == 0):
             layers.append(nn.MaxPool1D(2))
-    return nn.Sequential(*layers, *_head(width, placement, noise, rate, classes), seed=seed)
+    return seeded(nn.Sequential(*layers, *_head(width, placement, noise, rate, classes)), seed)
 
 
 def wide_resnet(placement="b", rate=0.0, *, width=16, widen=3, blocks=2, noise="dropout",
@@ -82,14 +122,14 @@ def densenet(placement="a", rate=0.0, *, growth=8, layers=4, noise="dropout", cl
     channels = 2 * growth
     body = [nn.Conv1D(1, channels, 5, padding="same")]
     for _ in range(layers):
-        noise_a = [_noise(noise, rate)] if placement == "a" else []
-        noise_b = [_noise(noise, rate)] if placement == "b" else []
+        noise_a = _noise(noise, rate) if placement == "a" else []
+        noise_b = _noise(noise, rate) if placement == "b" else []
         branch = nn.Sequential(nn.BatchNorm(channels), nn.ReLU(), nn.Conv1D(channels, 4 * growth, 1),
                                *noise_a, nn.BatchNorm(4 * growth), nn.ReLU(), *noise_b,
                                nn.Conv1D(4 * growth, growth, 3, padding="same"))
         body.append(nn.Concat(nn.Identity(), branch))
         channels += growth
-    return nn.Sequential(*body, *_head(channels, placement, noise, rate, classes), seed=seed)
+    return seeded(nn.Sequential(*body, *_head(channels, placement, noise, rate, classes)), seed)
 
 
 def mlp(width, rate=0.0, *, placement="b", depth=2, inputs=784, classes=10, seed=None):
@@ -101,11 +141,11 @@ def mlp(width, rate=0.0, *, placement="b", depth=2, inputs=784, classes=10, seed
     _check(placement)
     layers, fan_in = [], inputs
     for i in range(depth):
-        pre = [nn.Dropout(rate)] if (placement == "b" and i > 0) else []
-        mid = [nn.Dropout(rate)] if placement == "a" else []
+        pre = _noise("dropout", rate) if (placement == "b" and i > 0) else []
+        mid = _noise("dropout", rate) if placement == "a" else []
         layers += [*pre, nn.Dense(fan_in, width), *mid, nn.BatchNorm(width), nn.ReLU()]
         fan_in = width
-    return nn.Sequential(*layers, nn.Dense(fan_in, classes), seed=seed)
+    return seeded(nn.Sequential(*layers, nn.Dense(fan_in, classes)), seed)
 
 
 ARCHITECTURES = {"PreResNet": preresnet, "WRN": wide_resnet, "DenseNet": densenet}

@@ -1,0 +1,126 @@
+"""What the empirical reproduction trains: its settings and one task per training run.
+
+Every independent run (architecture, placement, noise, rate, seed) is a
+:class:`varshift.tasks.Task` with a deterministic key, so a sweep is cached, resumable
+and runs in parallel; the figures only read the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..tasks import Task
+
+__all__ = ["Settings", "SWEEP_RATES", "HEAD_RATES", "UOUT_BETAS", "EQUAL_VARIANCE",
+           "network_task", "network_tasks", "width_tasks", "stale_tasks"]
+
+SWEEP_RATES = (0.1, 0.3, 0.5, 0.7)
+"""Drop rates of the placement sweep (Li et al.'s Fig. 4; 0.0 is the baseline)."""
+HEAD_RATES = (0.1, 0.2, 0.3, 0.5)
+"""Drop rates of one Dropout after every BatchNorm (Table 4)."""
+UOUT_BETAS = (0.1, 0.2, 0.3, 0.5, 1.0)
+"""Uout's beta at the (b) positions (Table 6, plus beta 1)."""
+EQUAL_VARIANCE = (("uout", 1.0), ("dropout", 0.25))
+"""Uout(beta=1) and Dropout(0.25) have the same noise variance, 1/3, at (a) and (b)."""
+TRACKED = {(0.0, "a"), (0.5, "a"), (0.5, "b")}
+"""(rate, placement) of the Dropout runs whose accuracy is tracked every epoch."""
+
+_EXPERIMENTS = "varshift.reproduce.experiments"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one reproduction run.
+
+    Parameters
+    ----------
+    quick : bool
+        Minutes (PreResNet only, 3 seeds, 10 epochs on 5,000 sequences) instead of
+        hours (three architectures, 5 seeds, 30 epochs on 10,000 sequences).
+    seeds : int, optional
+        Seeds per setting (default 3 quick, 5 full).
+    seed : int, default 0
+        First seed.
+    """
+
+    quick: bool = True
+    seeds: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
+                                       or self.seeds < 2):
+            raise ValueError(f"seeds must be an integer >= 2 (intervals need two), got {self.seeds!r}")
+
+    @property
+    def n_seeds(self) -> int:
+        return self.seeds or (3 if self.quick else 5)
+
+    @property
+    def seed_list(self):
+        return list(range(self.seed, self.seed + self.n_seeds))
+
+    @property
+    def epochs(self) -> int:
+        return 10 if self.quick else 30
+
+    @property
+    def num_samples(self) -> int:
+        return 5000 if self.quick else 10_000
+
+    @property
+    def architectures(self):
+        return ["PreResNet"] if self.quick else ["PreResNet", "WRN", "DenseNet"]
+
+    def describe(self) -> str:
+        return (f"{'quick' if self.quick else 'full'} mode: {', '.join(self.architectures)}; "
+                f"{self.n_seeds} seeds ({self.seed}-{self.seed + self.n_seeds - 1}); "
+                f"{self.epochs} epochs of Adam (lr 3e-3, cosine decay to 0, batch 100) on "
+                f"{self.num_samples * 4 // 5:,} MNIST-1D training sequences, "
+                f"{self.num_samples // 5:,} test sequences")
+
+
+def network_task(settings, arch, placement, rate, seed, noise="dropout"):
+    """The task training one 1-D network (rate 0: the no-noise baseline)."""
+    if rate == 0:
+        placement, noise = "a", "dropout"  # one baseline network serves every arm
+    label = f"network/{arch}/{'base' if rate == 0 else f'{noise}-{placement}-{rate:g}'}/seed{seed}"
+    return Task(label, f"{_EXPERIMENTS}:train_network", {
+        "arch": arch, "placement": placement, "rate": rate, "noise": noise, "seed": seed,
+        "epochs": settings.epochs, "num_samples": settings.num_samples,
+        "track": (rate, placement) in TRACKED and noise == "dropout"})
+
+
+def network_tasks(settings):
+    """Every 1-D network run: baseline, the (a)/(b) sweep, head Dropout, Uout, and the
+    equal-variance pair, for each architecture and seed."""
+    arms = [("a", 0.0, "dropout")]
+    arms += [(pl, r, "dropout") for pl in "ab" for r in SWEEP_RATES]
+    arms += [("head", r, "dropout") for r in HEAD_RATES]
+    arms += [("b", b, "uout") for b in UOUT_BETAS]
+    arms += [(pl, amount, noise) for noise, amount in EQUAL_VARIANCE for pl in "ab"]
+    tasks = [network_task(settings, arch, pl, r, s, noise)  # seed-major: a stopped run
+             for s in settings.seed_list for arch in settings.architectures  # has whole seeds
+             for pl, r, noise in arms]
+    return list({t.key: t for t in tasks}.values())
+
+
+def width_tasks(settings, data_dir=None):
+    """MLPs on MNIST over widths, without Dropout and with Dropout 0.5 at (b)."""
+    widths = (32, 128, 512) if settings.quick else (32, 128, 512, 2048)
+    n_train, epochs = (10_000, 2) if settings.quick else (20_000, 5)
+    return [Task(f"mlp/w{w}/rate{rate:g}/seed{s}", f"{_EXPERIMENTS}:train_mlp",
+                 {"width": w, "rate": rate, "seed": s, "epochs": epochs, "n_train": n_train},
+                 options={"data_dir": data_dir})
+            for w in widths for rate in (0.0, 0.5) for s in settings.seed_list]
+
+
+def stale_tasks(settings):
+    """PreResNet without noise over batch sizes and BatchNorm momenta."""
+    batch_sizes = (16, 128) if settings.quick else (16, 64, 256)
+    momenta = (0.01, 0.1) if settings.quick else (0.01, 0.1, 0.5)
+    epochs = 3 if settings.quick else 10
+    return [Task(f"stale/bs{bs}/m{m:g}/seed{s}", f"{_EXPERIMENTS}:train_stale",
+                 {"batch_size": bs, "momentum": m, "seed": s, "epochs": epochs,
+                  "num_samples": settings.num_samples})
+            for bs in batch_sizes for m in momenta for s in settings.seed_list]

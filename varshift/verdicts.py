@@ -1,0 +1,234 @@
+"""The statistical protocol behind every empirical verdict varshift reports.
+
+A claim is declared before its numbers exist: the quantity, the paper's direction
+(``arm`` larger or smaller than ``reference``, or both within a margin) and a minimum
+effect where the paper implies one. The two arms are *paired*: the same seed gives the
+same initial weights, data order and test set in both, so the per-seed differences
+``d_s = arm_s - reference_s`` carry the comparison. The verdict comes from the 95 %
+Student-t confidence interval of their mean:
+
+============  ============================================================  ==============
+direction     holds                                                         contradicted
+============  ============================================================  ==============
+``+1``        lower bound > ``min_effect``                                  upper < 0
+``-1``        upper bound < ``-min_effect``                                 lower > 0
+``0``         interval inside (-``margin``, ``margin``)                     interval outside
+============  ============================================================  ==============
+
+and **undecided** otherwise (also with fewer than two seeds). Undecided is never
+counted as holding. A statement that was measured away from the regime it was made in
+(e.g. posted at 97-99 % accuracy, tested at 85 %) is reported as *not tested at the
+posted regime*, whatever its interval. Checks that are true by construction (a shift of
+1 right after recalibrating on the same data) are :meth:`Claim.sanity` rows, never
+claims.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Claim", "VERDICTS", "interval", "judge", "count", "tally"]
+
+HOLDS, CONTRADICTED, UNDECIDED, NOT_TESTED = (
+    "holds", "contradicted", "undecided", "not tested at the posted regime")
+PASSES, FAILS = "passes", "fails"
+VERDICTS = (HOLDS, CONTRADICTED, UNDECIDED, NOT_TESTED)
+"""Verdicts of a claim; sanity checks are ``'passes'`` or ``'fails'``."""
+
+
+def interval(values, confidence=0.95):
+    """Mean of ``values`` and its two-sided Student-t confidence interval.
+
+    Parameters
+    ----------
+    values : array_like of float, shape (n,)
+        Per-seed values (e.g. paired differences).
+    confidence : float, default 0.95
+
+    Returns
+    -------
+    mean, low, high : float
+        ``low, high = mean -/+ t_{n-1} * sd / sqrt(n)``; infinite for ``n < 2``.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` is empty or holds a NaN or an infinity.
+    """
+    from scipy import stats
+
+    v = np.asarray(values, float).ravel()
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise ValueError(f"values must be a non-empty list of finite numbers, got {v.tolist()}")
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, -np.inf, np.inf
+    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return mean, mean - half, mean + half
+
+
+def judge(low, high, direction, min_effect=0.0) -> str:
+    """The verdict for an interval ``[low, high]`` of ``arm - reference``.
+
+    Parameters
+    ----------
+    low, high : float
+    direction : {1, -1, 0}
+        The paper's direction: ``arm`` larger (1), smaller (-1), or equal within
+        ``min_effect`` (0, an equivalence claim; ``min_effect`` is then the margin > 0).
+    min_effect : float, default 0.0
+
+    Returns
+    -------
+    str
+        ``'holds'``, ``'contradicted'`` or ``'undecided'``.
+    """
+    if direction not in (1, -1, 0):
+        raise ValueError(f"direction must be 1, -1 or 0, got {direction!r}")
+    if min_effect < 0 or (direction == 0 and min_effect <= 0):
+        raise ValueError(f"min_effect must be >= 0 (> 0, the margin, for direction 0), got {min_effect}")
+    if direction == 0:
+        if -min_effect < low and high < min_effect:
+            return HOLDS
+        return CONTRADICTED if (low > min_effect or high < -min_effect) else UNDECIDED
+    low, high = (low, high) if direction == 1 else (-high, -low)
+    if low > min_effect:
+        return HOLDS
+    return CONTRADICTED if high < 0 else UNDECIDED
+
+
+def _fmt(x, digits):
+    return f"{x:+.{digits}f}" if np.isfinite(x) else ("+inf" if x > 0 else "-inf")
+
+
+@dataclass
+class Claim:
+    """One statement checked against measurements, with its verdict.
+
+    Attributes
+    ----------
+    text : str
+        The statement, e.g. ``"(b) hurts less than (a) at drop 0.5"``.
+    paper : str
+        What the paper (or the post) says, with its number.
+    ours : str
+        Our numbers, formatted.
+    verdict : str
+        One of :data:`VERDICTS` for a claim; ``'passes'`` or ``'fails'`` for a sanity
+        check.
+    estimate : float or None
+        Mean paired difference ``arm - reference`` (None where there is none).
+    low, high : float or None
+        Its 95 % confidence interval.
+    n : int or None
+        Number of seeds (pairs).
+    kind : {'claim', 'sanity'}
+        Sanity checks are true by construction and never counted as claims.
+    rule : str
+        The pre-declared rule, e.g. ``"paired t 95 %, paper: arm < reference"``.
+    """
+
+    text: str
+    paper: str
+    ours: str
+    verdict: str
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+    kind: str = "claim"
+    rule: str = ""
+
+    def __post_init__(self):
+        allowed = VERDICTS if self.kind == "claim" else (PASSES, FAILS)
+        if self.kind not in ("claim", "sanity"):
+            raise ValueError(f"kind must be 'claim' or 'sanity', got {self.kind!r}")
+        if self.verdict not in allowed:
+            raise ValueError(f"verdict of a {self.kind} must be one of {allowed}, got {self.verdict!r}")
+
+    @property
+    def holds(self) -> bool | None:
+        """True if the claim holds (or the sanity check passes), False if contradicted
+        (or failed), None if undecided or not tested."""
+        return {HOLDS: True, PASSES: True, CONTRADICTED: False, FAILS: False}.get(self.verdict)
+
+    @classmethod
+    def paired(cls, text, paper, arm, reference, *, direction, min_effect=0.0, unit="",
+               digits=2, names=("arm", "reference"), posted_regime=True, confidence=0.95):
+        """A claim judged from per-seed values of two paired arms.
+
+        Parameters
+        ----------
+        text, paper : str
+        arm, reference : array_like of float, shape (n_seeds,)
+            Values of the two arms, index ``s`` from seed ``s`` in both. ``reference``
+            may be a scalar (a one-sample claim against a fixed value).
+        direction : {1, -1, 0}
+            The paper's direction of ``arm - reference`` (see :func:`judge`).
+        min_effect : float, default 0.0
+            Smallest effect the paper implies (the margin for ``direction=0``).
+        unit : str
+            Appended to the numbers, e.g. ``' %'``.
+        digits : int, default 2
+        names : (str, str)
+            How the two arms are called in :attr:`ours`.
+        posted_regime : bool, default True
+            False marks the claim *not tested at the posted regime* (the interval is
+            still shown).
+        confidence : float, default 0.95
+
+        Returns
+        -------
+        Claim
+        """
+        arm = np.asarray(arm, float).ravel()
+        reference = np.broadcast_to(np.asarray(reference, float), arm.shape)
+        mean, low, high = interval(arm - reference, confidence)
+        verdict = judge(low, high, direction, min_effect) if posted_regime else NOT_TESTED
+        sd = lambda v: float(v.std(ddof=1)) if v.size > 1 else 0.0  # noqa: E731
+        ours = (f"{names[0]} {arm.mean():.{digits}f} ± {sd(arm):.{digits}f}{unit} vs {names[1]} "
+                f"{reference.mean():.{digits}f} ± {sd(reference):.{digits}f}{unit}; difference "
+                f"{_fmt(mean, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}], n={arm.size}")
+        sign = {1: ">", -1: "<"}.get(direction)
+        rule = (f"paired t {confidence:.0%}: {names[0]} {sign} {names[1]}"
+                + (f" by > {min_effect:g}" if min_effect else "") if sign else
+                f"paired t {confidence:.0%}: |{names[0]} - {names[1]}| < {min_effect:g}")
+        return cls(text, paper, ours, verdict, mean, low, high, int(arm.size), "claim", rule)
+
+    @classmethod
+    def all_of(cls, text, paper, claims):
+        """A claim made of several paired comparisons (e.g. every consecutive rate):
+        holds if all hold, contradicted if any is contradicted, else undecided."""
+        verdicts = {c.verdict for c in claims}
+        if NOT_TESTED in verdicts:
+            verdict = NOT_TESTED
+        elif CONTRADICTED in verdicts:
+            verdict = CONTRADICTED
+        else:
+            verdict = HOLDS if verdicts == {HOLDS} else UNDECIDED
+        ours = "; ".join(f"{c.text}: {c.estimate:+.3g} [{c.low:+.3g}, {c.high:+.3g}]" for c in claims)
+        return cls(text, paper, ours, verdict, None, None, None, claims[0].n, "claim",
+                   "every part: " + claims[0].rule)
+
+    @classmethod
+    def sanity(cls, text, expected, ours, ok):
+        """A check that is true by construction when the code is right."""
+        return cls(text, expected, ours, PASSES if ok else FAILS, kind="sanity",
+                   rule="by construction")
+
+
+def count(claims) -> Counter:
+    """How many claims (sanity checks excluded) have each verdict."""
+    return Counter(c.verdict for c in claims if c.kind == "claim")
+
+
+def tally(claims) -> str:
+    """``'H hold, C contradicted, U undecided (, N not tested at the posted regime)'``."""
+    n = count(claims)
+    parts = [f"{n[HOLDS]} hold", f"{n[CONTRADICTED]} contradicted", f"{n[UNDECIDED]} undecided"]
+    if n[NOT_TESTED]:
+        parts.append(f"{n[NOT_TESTED]} not tested at the posted regime")
+    return ", ".join(parts)
