@@ -14,7 +14,7 @@ EPILOG = """examples:
   varshift measure model.npz mnist --split test --limit 2000 --plot shift.png
   varshift diagnose model.npz x.npy --train-batch-size 32 --json
   varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test
-  varshift reproduce --quick --out figures  Li et al.'s figures, analytic and empirical
+  varshift reproduce --quick --jobs 2       Li et al.'s figures, analytic and empirical
   varshift case stale-running-stats --plot stale.png   a posted question, measured
 
 DATA is 'mnist' (read from --data-dir, else $VARSHIFT_DATA/mnist, else
@@ -159,23 +159,41 @@ def _demo(args) -> int:
     return 0 if np.isfinite(test["loss"]) else 1
 
 
-def _reproduce(args) -> int:
-    from .reproduce import run
+def _dask_client(address):
+    """A Dask client for ``--scheduler ADDRESS`` (dask is an optional extra)."""
+    if address is None:
+        return None
+    try:
+        from dask.distributed import Client
+    except ImportError as err:
+        raise SystemExit("varshift: --scheduler needs dask.distributed: "
+                         "pip install 'varshift[dask]'") from err
+    return Client(address)
 
+
+def _reproduce(args) -> int:
+    from .reproduce import default_out, run
+    from .verdicts import tally
+
+    out = args.out or default_out(args.quick)
     start = time.perf_counter()
-    results, skipped = run(args.out, quick=args.quick, only=args.only, seeds=args.seeds,
-                           data_dir=args.data_dir, seed=args.seed, progress=not args.quiet)
+    client = _dask_client(args.scheduler)
+    try:
+        results, skipped = run(out, quick=args.quick, only=args.only, seeds=args.seeds,
+                               data_dir=args.data_dir, seed=args.seed, jobs=args.jobs,
+                               client=client, cache=args.cache, progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
     from .cases import CaseResult
 
     figures = [r for r in results if not isinstance(r, CaseResult)]
     cases = [r for r in results if isinstance(r, CaseResult)]
     claims = [c for r in figures for c in r.claims]
     statements = [c for r in cases for c in r.claims]
-    held = lambda items: sum(c.holds is True for c in items)  # noqa: E731
     print(f"{len(figures)} figure(s) and {len(cases)} case stud{'y' if len(cases) == 1 else 'ies'} "
-          f"in {args.out}/ ({time.perf_counter() - start:.0f} s); {held(claims)} of {len(claims)} "
-          f"paper claims and {held(statements)} of {len(statements)} posted statements hold "
-          f"here; report: {args.out}/REPORT.md")
+          f"in {out}/ ({time.perf_counter() - start:.0f} s). Paper claims: {tally(claims)}; "
+          f"posted statements: {tally(statements)}. Report: {out}/REPORT.md")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
     return 0
@@ -248,13 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", **fmt,
                         help="reproduce Li et al.'s figures at small scale, with REPORT.md")
-    rp.add_argument("--quick", action="store_true", help="minutes instead of an hour")
+    rp.add_argument("--quick", action="store_true",
+                    help="PreResNet only, 3 seeds, 10 epochs: minutes instead of hours")
     rp.add_argument("--only", nargs="+", metavar="NAME",
                     help="figures and case studies to make (default: all)")
-    rp.add_argument("--out", default="figures", help="output folder (default: figures)")
+    rp.add_argument("--out", default=None,
+                    help="output folder (default: figures/quick with --quick, else figures)")
     rp.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
-    rp.add_argument("--seeds", type=int, default=None, help="seeds per setting (2 quick, 3 full)")
-    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--seeds", type=int, default=None,
+                    help="seeds per setting (default 3 with --quick, else 5)")
+    rp.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    rp.add_argument("--jobs", type=int, default=1,
+                    help="training runs in N local processes, one thread each (default 1)")
+    rp.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                    help="run the training runs on this Dask scheduler (needs varshift[dask])")
+    rp.add_argument("--cache", default=None,
+                    help="folder of cached per-run results (default OUT/tasks); a stopped "
+                         "run resumes from it")
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     rp.set_defaults(run=_reproduce)
 

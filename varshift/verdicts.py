@@ -185,13 +185,16 @@ class Claim:
         Claim
         """
         arm = np.asarray(arm, float).ravel()
+        fixed = np.ndim(reference) == 0  # a one-sample claim against a fixed value
         reference = np.broadcast_to(np.asarray(reference, float), arm.shape)
         mean, low, high = interval(arm - reference, confidence)
         verdict = judge(low, high, direction, min_effect) if posted_regime else NOT_TESTED
         sd = lambda v: float(v.std(ddof=1)) if v.size > 1 else 0.0  # noqa: E731
-        ours = (f"{names[0]} {arm.mean():.{digits}f} ± {sd(arm):.{digits}f}{unit} vs {names[1]} "
-                f"{reference.mean():.{digits}f} ± {sd(reference):.{digits}f}{unit}; difference "
-                f"{_fmt(mean, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}], n={arm.size}")
+        ref = (f"{reference[0]:g}" if fixed else
+               f"{names[1]} {reference.mean():.{digits}f} ± {sd(reference):.{digits}f}{unit}")
+        ours = (f"{names[0]} {arm.mean():.{digits}f} ± {sd(arm):.{digits}f}{unit} vs {ref}; "
+                f"difference {_fmt(mean, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}], "
+                f"n={arm.size}")
         sign = {1: ">", -1: "<"}.get(direction)
         rule = (f"paired t {confidence:.0%}: {names[0]} {sign} {names[1]}"
                 + (f" by > {min_effect:g}" if min_effect else "") if sign else

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import evaluate, fit, nn, optim, recalibrate
 from .._json import json_ready
-from ..reproduce.results import Claim
+from ..verdicts import Claim
 
 __all__ = ["CaseResult", "Claim", "spread", "welch_p", "paired_p", "holm", "mnist_subset", "train",
            "accuracy", "recalibrated", "fmt", "verdict"]

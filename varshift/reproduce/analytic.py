@@ -6,7 +6,8 @@ import numpy as np
 
 from .. import plots
 from .. import theory as T
-from .results import Claim, FigureResult, new_figure
+from ..verdicts import Claim
+from .results import FigureResult, new_figure
 
 __all__ = ["FIGURES"]
 
@@ -16,9 +17,9 @@ def _z(mc, exact):
 
 
 def _agrees_with_mc(equation, paper, worst, points, n):
-    """The claim that a closed form matches its simulation within 4 standard errors."""
-    return Claim(f"{equation} agrees with Monte Carlo", paper,
-                 f"worst deviation {worst:.2f} s.e. over {points} points (n={n})", worst < 4)
+    """The check that a closed form matches its simulation within 4 standard errors."""
+    return Claim.sanity(f"{equation} agrees with Monte Carlo", paper,
+                        f"worst deviation {worst:.2f} s.e. over {points} points (n={n})", worst < 4)
 
 
 def _mc_point(x, mc):
@@ -40,9 +41,9 @@ def shift_vs_p(ctx):
     plots.plot_shift_vs_p(a, ratios, mc)
     plots.plot_shift_vs_p(b, ratios, mc, inverse=True)
     claims = [
-        Claim("Case (a): Delta = p for zero-mean input (drop 0.1 gives 0.9)", "0.9",
+        Claim.sanity("Case (a): Delta = p for zero-mean input (drop 0.1 gives 0.9)", "0.9",
               f"{float(T.shift_dropout_bn(0.9)):.4f}", bool(np.isclose(T.shift_dropout_bn(0.9), 0.9))),
-        Claim("Case (a): a non-zero mean makes the shift larger (Delta < p)",
+        Claim.sanity("Case (a): a non-zero mean makes the shift larger (Delta < p)",
               "Eq. 8: v / ((c^2+v)/p - c^2)",
               f"p=0.5: Delta {float(T.shift_dropout_bn(0.5, 1.0)):.3f} at c/sqrt(v)=1",
               bool(T.shift_dropout_bn(0.5, 1.0) < 0.5)),
@@ -73,10 +74,10 @@ def shift_vs_width(ctx):
     thin = float(T.shift_dropout_weight_bn(0.5, 64, cos2, rho))
     random_w = float(T.shift_dropout_weight_bn(0.5, 8192, 1 / 8192, rho))
     claims = [
-        Claim("Case (b): the shift vanishes as d cos^2 grows (the Wide ResNet effect)",
+        Claim.sanity("Case (b): the shift vanishes as d cos^2 grows (the Wide ResNet effect)",
               "Delta -> 1 as d -> inf", f"p=0.5: Delta {thin:.3f} at d=64, {wide:.3f} at d=8192",
               wide > 0.95 and wide > thin),
-        Claim("Zero-mean random weights (cos^2 = 1/d) give no width benefit",
+        Claim.sanity("Zero-mean random weights (cos^2 = 1/d) give no width benefit",
               "digest remark: d cos^2 ~ 1", f"p=0.5, d=8192: Delta {random_w:.3f} (= p)",
               bool(np.isclose(random_w, 0.5))),
         _agrees_with_mc("Eq. 12", "digest: MC 0.366/0.381/0.435/0.603", worst, 6, n),
@@ -95,7 +96,7 @@ def shift_heatmap(ctx):
     plots.plot_shift_heatmap(ax, rho=0.3)
     p, dc = np.array([0.5, 0.5, 0.9]), np.array([1.0, 100.0, 100.0])
     values = T.shift_dropout_weight_bn(p, rho=0.3, d_cos2=dc)
-    claims = [Claim("Delta -> 1 when p -> 1 or d cos^2 -> inf", "Eq. 14 limits",
+    claims = [Claim.sanity("Delta -> 1 when p -> 1 or d cos^2 -> inf", "Eq. 14 limits",
                     f"Delta(0.5, 1) = {values[0]:.3f}, Delta(0.5, 100) = {values[1]:.3f}, "
                     f"Delta(0.9, 100) = {values[2]:.3f}", bool(values[0] < values[1] < values[2]))]
     return FigureResult("fig3_shift_heatmap", "Variance shift over retain ratio and d cos^2",
@@ -121,11 +122,11 @@ def noise_types(ctx):
     plots.plot_noise_types(a, c=0.0, mc=mc)
     plots.plot_noise_types(b, c=1.0)
     claims = [
-        Claim("Uout shifts far less than Dropout (beta 0.1 vs drop 0.1)", "300/301 = 0.9967 vs 0.9",
+        Claim.sanity("Uout shifts far less than Dropout (beta 0.1 vs drop 0.1)", "300/301 = 0.9967 vs 0.9",
               f"{float(exact['uout beta=0.1']):.4f} vs {float(exact['dropout p=0.9']):.4f} "
               f"(MC {sims['uout beta=0.1'].estimate:.4f} vs {sims['dropout p=0.9'].estimate:.4f})",
               bool(exact["uout beta=0.1"] > exact["dropout p=0.9"])),
-        Claim("At equal noise variance all three noises shift equally (only E[m^2] matters)",
+        Claim.sanity("At equal noise variance all three noises shift equally (only E[m^2] matters)",
               "not stated (Gaussian analog in the digest)",
               f"drop 0.1 vs Gaussian s^2=1/9: {float(exact['dropout p=0.9']):.4f} vs "
               f"{float(exact['gaussian s2=1/9']):.4f}",

@@ -1,28 +1,30 @@
-"""Figures (5)-(11): small networks trained on real data (MNIST-1D generated offline,
+"""Empirical figures: small networks trained on real data (MNIST-1D generated offline,
 MNIST from its IDX files), measured with :func:`varshift.measure`.
 
-One sweep of training runs (architecture x placement x drop rate x seed) is shared by
-the figures that need it; every number is measured in this run, with error bars over
-seeds.
+Every training run is a task of :mod:`varshift.reproduce.plan`, computed once (cached,
+in parallel if asked) and read by the figures that need it. Every claim is a paired
+comparison over seeds judged by :mod:`varshift.verdicts`; bands and error bars are
+95 % t-intervals over seeds.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
+from matplotlib.ticker import NullLocator
 
-from .. import evaluate, fit, measure, nn, optim, recalibrate
-from ..measure import preserved
-from ..nn.layer import modes
-from ..theory import weight_cos2
-from .networks import ARCHITECTURES, mlp, preresnet
-from .results import Claim, FigureResult, mean_sd, new_figure
+from .. import tasks as _tasks
+from ..verdicts import Claim, interval
+from . import plan
+from .plan import EQUAL_VARIANCE, HEAD_RATES, SWEEP_RATES, UOUT_BETAS
+from .results import FigureResult, new_figure
 
 __all__ = ["FIGURES", "Context", "DataMissing"]
 
-RATES = (0.0, 0.1, 0.3, 0.5, 0.7)
+RATES = (0.0, *SWEEP_RATES)
+CLOSE = 0.5
+"""Equivalence margin (test-error points) of the paper's "close to the baseline"."""
 
 
 class DataMissing(Exception):
@@ -31,437 +33,679 @@ class DataMissing(Exception):
 
 @dataclass
 class Context:
-    """Settings and shared state of one reproduction run."""
+    """Settings of one reproduction run and how its tasks are run.
 
-    quick: bool = True
-    seeds: int = 2
-    seed: int = 0
+    Parameters
+    ----------
+    settings : plan.Settings
+    cache : str or Path, optional
+        Folder of per-task results (resumable runs).
+    jobs : int, default 1
+    client : dask.distributed.Client, optional
+    data_dir : str, optional
+        Folder with the MNIST IDX files.
+    progress : bool, default False
+    """
+
+    settings: plan.Settings = field(default_factory=plan.Settings)
+    cache: object = None
+    jobs: int = 1
+    client: object = None
     data_dir: object = None
     progress: bool = False
-    cache: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
 
     @property
-    def epochs(self):
-        return 6 if self.quick else 15
+    def quick(self):
+        return self.settings.quick
 
     @property
-    def architectures(self):
-        return ["PreResNet"] if self.quick else list(ARCHITECTURES)
+    def seed(self):
+        return self.settings.seed
 
-    def log(self, message):
-        if self.progress:
-            import sys
+    def run(self, task_list):
+        """Results of ``task_list`` in its order (computed or read from the cache)."""
+        results, seconds = _tasks.run(task_list, self.cache, jobs=self.jobs, client=self.client,
+                                      progress=self.progress)
+        self.seconds.update(seconds)
+        return [results[t.key] for t in task_list]
 
-            print(f"  {message}", file=sys.stderr, flush=True)
+    def prefetch(self, names):
+        """Compute every task the named figures need in one batch (full parallelism)."""
+        wanted = []
+        if any(n in NETWORK_FIGURES for n in names):
+            wanted += plan.network_tasks(self.settings)
+        if "batch-size-momentum" in names:
+            wanted += plan.stale_tasks(self.settings)
+        if "width" in names:
+            self._check_mnist()
+            wanted += plan.width_tasks(self.settings, self.data_dir)
+        if wanted:
+            self.run(sorted(wanted, key=lambda t: t.params["seed"]))
 
-    def mnist1d(self):
-        if "mnist1d" not in self.cache:
-            try:
-                from ..datasets import load_mnist1d
+    def network(self, arch, placement, rate, noise="dropout"):
+        """Per-seed results of one network setting."""
+        return self.run([plan.network_task(self.settings, arch, placement, rate, s, noise)
+                         for s in self.settings.seed_list])
 
-                self.cache["mnist1d"] = load_mnist1d()
-            except ImportError as err:
-                raise DataMissing(f"{err}") from err
-        return self.cache["mnist1d"]
+    def _check_mnist(self):
+        from ..datasets import load_mnist
 
-    def mnist(self):
-        if "mnist" not in self.cache:
-            from ..datasets import load_mnist
-
-            try:
-                x_train, y_train, x_test, y_test = load_mnist(self.data_dir)
-            except FileNotFoundError as err:
-                raise DataMissing(str(err).splitlines()[0] + " Provide them with --data-dir "
-                                  "or VARSHIFT_DATA (see the README).") from err
-            n = 10_000 if self.quick else 60_000
-            flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
-            self.cache["mnist"] = (flat(x_train[:n]), y_train[:n], flat(x_test), y_test)
-        return self.cache["mnist"]
-
-
-# ------------------------------------------------------------------ training
-def _accuracy(model, x, y, mode, seed=0):
-    """Accuracy on (x, y) with every layer in 'train' or 'eval' mode, model unchanged."""
-    return evaluate(model, (x, y), nn.CrossEntropyLoss(), batchnorm=mode, dropout=mode,
-                    seed=seed)["accuracy"]
+        try:
+            load_mnist(self.data_dir)
+        except FileNotFoundError as err:
+            raise DataMissing(str(err).splitlines()[0] + " Provide them with --data-dir or "
+                              "VARSHIFT_DATA (see the README).") from err
 
 
-def train(model, data, epochs, *, lr=3e-3, batch_size=100, seed=0, track_modes=False):
-    """Adam training; with ``track_modes`` the training-set accuracy in train and in
-    eval mode after every epoch (Li et al.'s Fig. 5)."""
-    x, y = data
-    opt = optim.Adam(model, lr=lr)
-    history = {"train_mode": [], "eval_mode": []}
-    for epoch in range(epochs):
-        fit(model, (x, y), nn.CrossEntropyLoss(), opt, epochs=1, batch_size=batch_size,
-            seed=seed * 1000 + epoch, eval_train=False)
-        if track_modes:
-            history["train_mode"].append(_accuracy(model, x, y, "train", seed))
-            history["eval_mode"].append(_accuracy(model, x, y, "eval", seed))
-    return history
+# ------------------------------------------------------------------ helpers
+def _get(runs, key):
+    return np.array([r[key] for r in runs], float)
 
 
-def _error(model, x, y):
-    return 100 * (1 - evaluate(model, (x, y), nn.CrossEntropyLoss())["accuracy"])
+def _mean_shift(runs, only=None):
+    """Per seed: the mean shift over the BatchNorm layers (``only``: a row filter)."""
+    return np.array([np.mean([b["shift"] for b in r["bn"] if only is None or only(b)])
+                     for r in runs])
 
 
-def sweep(ctx):
-    """Train every (architecture, placement, rate, seed) of the drop-rate sweep once."""
-    if "sweep" in ctx.cache:
-        return ctx.cache["sweep"]
-    x_train, y_train, x_test, y_test = ctx.mnist1d()
-    runs = {}
-    for arch in ctx.architectures:
-        for placement in ("a", "b"):
-            for rate in RATES:
-                if placement == "b" and rate == 0.0:
-                    runs[(arch, "b", 0.0)] = runs[(arch, "a", 0.0)]  # the same network
-                    continue
-                runs[(arch, placement, rate)] = []
-                for s in range(ctx.seeds):
-                    ctx.log(f"sweep: {arch} ({placement}) rate {rate} seed {s}")
-                    model = ARCHITECTURES[arch](placement, rate, seed=ctx.seed + s)
-                    track = placement == "a" and rate in (0.0, 0.5)
-                    history = train(model, (x_train, y_train), ctx.epochs, seed=ctx.seed + s,
-                                    track_modes=track)
-                    runs[(arch, placement, rate)].append({
-                        "model": model, "history": history,
-                        "error": _error(model, x_test, y_test),
-                        "shifts": [b.shift for b in measure(model, x_train, seed=ctx.seed + s).bn]})
-    ctx.cache["sweep"] = runs
-    return runs
+def _ci(values):
+    mean, low, high = interval(values)
+    return mean, mean - low if np.isfinite(low) else 0.0
 
 
-def _fmt(values, digits=2):
-    mean, sd = mean_sd(values)
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+def _band(ax, x, rows, label, color=None, **kw):
+    """Mean of ``rows`` (seeds x points) with its 95 % interval as a band."""
+    rows = np.asarray(rows, float)
+    stats = [interval(col) for col in rows.T]
+    mean = np.array([s[0] for s in stats])
+    low, high = (np.array([s[i] for s in stats]) for i in (1, 2))
+    line, = ax.plot(x, mean, label=label, color=color, **kw)
+    if rows.shape[0] > 1:
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, lw=0)
+    return line
 
 
-# ------------------------------------------------------------------ figure (5)
+def _bars(ax, labels, groups, colors, width=0.8):
+    """Grouped bars: ``groups`` is a list (one per series) of lists (one per label) of
+    per-seed values; error bars are 95 % intervals."""
+    k = len(groups)
+    x = np.arange(len(labels))
+    for i, (series, color) in enumerate(zip(groups, colors)):
+        name, values = series
+        stats = [_ci(v) for v in values]
+        ax.bar(x + (i - (k - 1) / 2) * width / k, [m for m, _ in stats], width / k,
+               yerr=[h for _, h in stats], capsize=2, color=color, label=name)
+    ax.set_xticks(x, labels)
+    ax.set_ylim(bottom=0)
+
+
+def _error_claim(text, paper, arm, reference, direction, names, **kw):
+    return Claim.paired(text, paper, _get(arm, "test_error"), _get(reference, "test_error"),
+                        direction=direction, unit=" %", names=names, **kw)
+
+
+def _seeds(ctx):
+    return f"{ctx.settings.n_seeds} seeds"
+
+
+# ------------------------------------------------------------------ figure 5: the sweep
 def shift_per_layer(ctx):
-    runs = sweep(ctx)
+    """Per architecture: shift per BatchNorm layer by drop rate at (a) and (b), and the
+    test error of both placements (Li et al.'s Fig. 1 / Fig. 4)."""
     results = []
-    for arch in ctx.architectures:
-        fig, axes = new_figure(2, 2)
-        numbers, claims = {}, []
-        for row, placement in enumerate(("a", "b")):
-            ax, bar = axes[row]
-            errors = []
-            for rate in RATES:
-                shifts = np.array([r["shifts"] for r in runs[(arch, placement, rate)]])
-                ax.plot(shifts.mean(0), marker="o", ms=3, label=f"drop {rate:g}")
-                errors.append([r["error"] for r in runs[(arch, placement, rate)]])
-                numbers[f"{placement}/{rate}"] = {"shift_per_layer": shifts.mean(0),
-                                                  "mean_shift": [float(s.mean()) for s in shifts],
-                                                  "test_error": errors[-1]}
+    for arch in ctx.settings.architectures:
+        base = ctx.network(arch, "a", 0.0)
+        runs = {(pl, r): base if r == 0 else ctx.network(arch, pl, r) for pl in "ab" for r in RATES}
+        fig, axes = new_figure(1, 3, width=4.6, height=3.6)
+        numbers = {}
+        for ax, pl in zip(axes[0, :2], "ab"):
+            for i, r in enumerate(RATES):
+                shifts = [[b["shift"] for b in run["bn"]] for run in runs[(pl, r)]]
+                _band(ax, np.arange(len(shifts[0])), shifts, f"drop {r:g}", color=f"C{i}",
+                      marker="o", ms=3)
+                numbers[f"{pl}/{r:g}"] = {"shift_per_layer": shifts,
+                                          "test_error": _get(runs[(pl, r)], "test_error"),
+                                          "train_error": _get(runs[(pl, r)], "train_error")}
             ax.axhline(1, color="0.5", lw=0.8, ls="--")
-            ax.set(xlabel="BatchNorm layer index", ylabel="max(real/moving, moving/real)",
-                   title=f"{arch}, Dropout-({placement})")
+            ax.set(xlabel="BatchNorm layer index", ylabel=r"shift $\max(r, 1/r)$",
+                   title=f"{arch}, Dropout-({pl}): shift per layer")
             ax.legend(fontsize="x-small", ncol=2)
-            means = [mean_sd(e) for e in errors]
-            bar.bar([str(r) for r in RATES], [m for m, _ in means], yerr=[s for _, s in means],
-                    color="C1" if placement == "a" else "C2", capsize=3)
-            bar.set(xlabel="drop rate", ylabel="test error (%)",
-                    title=f"{arch}, Dropout-({placement}): test error ({ctx.seeds} seeds)")
-        mean_shift = {(pl, r): np.mean(numbers[f"{pl}/{r}"]["mean_shift"]) for pl in "ab" for r in RATES}
-        a_curve = [mean_shift[("a", r)] for r in RATES]
-        claims += [
-            Claim(f"{arch}: the shift grows with the drop ratio, placement (a)",
-                  "Fig. 4: curves rise with drop 0.1 -> 0.7",
-                  " < ".join(f"{v:.3f}" for v in a_curve), bool(np.all(np.diff(a_curve) > 0))),
-            Claim(f"{arch}: (a) shifts more than (b) at drop 0.5",
-                  "Fig. 4: (a) y-range 1-3, (b) 1-1.2",
-                  f"mean shift (a) {mean_shift[('a', 0.5)]:.3f} vs (b) {mean_shift[('b', 0.5)]:.3f}",
-                  bool(mean_shift[("a", 0.5)] > mean_shift[("b", 0.5)])),
+        err = axes[0, 2]
+        _bars(err, [f"{r:g}" for r in SWEEP_RATES],
+              [(f"({pl})", [_get(runs[(pl, r)], "test_error") for r in SWEEP_RATES]) for pl in "ab"],
+              ["C3", "C2"])
+        base_err, _ = _ci(_get(base, "test_error"))
+        err.axhline(base_err, color="k", lw=1, ls="--", label=f"no Dropout ({base_err:.2f} %)")
+        err.set(xlabel="drop rate", ylabel="test error (%)", title=f"{arch}: test error, 95 % CI")
+        err.legend(fontsize="x-small")
+        mean_shift = {k: _mean_shift(v) for k, v in runs.items()}
+        claims = [
+            Claim.all_of(f"{arch}: the shift grows with the drop rate at (a)",
+                         "Fig. 4: (a) curves rise with drop 0.1 -> 0.7",
+                         [Claim.paired(f"{r1:g} vs {r0:g}", "", mean_shift[("a", r1)],
+                                       mean_shift[("a", r0)], direction=1)
+                          for r0, r1 in zip(RATES, RATES[1:])]),
+            Claim.paired(f"{arch}: (a) shifts more than (b) at drop 0.5", "Fig. 4: (a) 1-3, (b) 1-1.2",
+                         mean_shift[("a", 0.5)], mean_shift[("b", 0.5)], direction=1, digits=3,
+                         names=("(a)", "(b)")),
+            _error_claim(f"{arch}: drop 0.5 at (a) raises the test error",
+                         "Table 3/4: 8.42 vs 5.02 % (C10 PreResNet)", runs[("a", 0.5)], base, 1,
+                         ("(a) 0.5", "no Dropout")),
+            _error_claim(f"{arch}: drop 0.1 at (a) stays within {CLOSE} points of the baseline",
+                         "Fig. 4: drop 0.1 close to the baseline", runs[("a", 0.1)], base, 0,
+                         ("(a) 0.1", "no Dropout"), min_effect=CLOSE),
         ]
-        base = numbers["a/0.0"]["test_error"]
-        low = numbers["a/0.1"]["test_error"]
-        high = numbers["a/0.5"]["test_error"]
-        spread = max(mean_sd(base)[1], mean_sd(low)[1], 0.5)
-        claims += [
-            Claim(f"{arch}: drop 0.1 at (a) stays close to the baseline error",
-                  "Fig. 4: drop 0.1 errors close to baseline",
-                  f"{_fmt(low)} vs {_fmt(base)} %",
-                  bool(abs(np.mean(low) - np.mean(base)) <= 2 * spread)),
-            Claim(f"{arch}: drop 0.5 at (a) hurts the test error", "Table 3/4: 8.42 vs 5.02 % (C10 PreResNet)",
-                  f"{_fmt(high)} vs {_fmt(base)} %", bool(np.mean(high) > np.mean(base))),
-        ]
+        claims += [_error_claim(f"{arch}: (b) hurts less than (a) at drop {r:g}",
+                                "Table 3 (0.5): 8.42 (a) vs 5.85 (b) % (C10 PreResNet)",
+                                runs[("a", r)], runs[("b", r)], 1, ("(a)", "(b)"))
+                   for r in SWEEP_RATES]
+        numbers["mean_shift"] = {f"{pl}/{r:g}": mean_shift[(pl, r)] for pl, r in runs}
         results.append(FigureResult(
             f"fig5_shift_per_layer_{arch.lower()}",
             f"{arch} on MNIST-1D: shift per BatchNorm layer and test error by drop rate",
-            fig, f"Li et al.'s Fig. 1/Fig. 4 analog: {arch} trained on MNIST-1D for "
-            f"{ctx.epochs} epochs with Dropout before the last BatchNorm of each block (a) or "
-            f"before its last convolution (b), drop rates {RATES}; shift measured on the "
-            f"training data in inference mode against the running statistics (Li et al.'s "
-            f"protocol), averaged over {ctx.seeds} seeds; bars: test error, mean ± sd.",
-            numbers, claims))
+            fig, f"Li et al.'s Fig. 1/Fig. 4 analog. {arch} with Dropout right before the last "
+            f"BatchNorm of every block (a) or before its last convolution (b), drop rates "
+            f"{', '.join(f'{r:g}' for r in RATES)} (0: no Dropout, the same network in both "
+            f"panels). Shift: Li et al.'s max(real/moving, moving/real) on the training data "
+            f"in inference mode; lines are means over {_seeds(ctx)}, bands and error bars 95 % "
+            f"t-intervals; dashed line: the no-Dropout test error.", numbers, claims))
     return results
 
 
-# ------------------------------------------------------------------ figure (7)
+# ------------------------------------------------------------------ propagation
+def propagation(ctx):
+    """The shift and the mean shift at BatchNorm layers with no Dropout right before
+    them (Li et al.'s "chain reaction")."""
+    archs = ctx.settings.architectures
+    fig, axes = new_figure(2, len(archs), width=4.6, height=3.2)
+    numbers, claims = {}, []
+    for col, arch in enumerate(archs):
+        base, dropped = ctx.network(arch, "a", 0.0), ctx.network(arch, "a", 0.5)
+        flags = [b["after_noise"] for b in dropped[0]["bn"]]
+        first = flags.index(True)
+        downstream = [i for i, f in enumerate(flags) if i > first and not f]
+        for row, key in enumerate(("shift", "mean_shift")):
+            ax = axes[row, col]
+            for runs, label, color in ((base, "no Dropout", "C0"), (dropped, "(a) drop 0.5", "C3")):
+                _band(ax, np.arange(len(flags)), [[b[key] for b in r["bn"]] for r in runs], label,
+                      color=color, marker="o", ms=3)
+            for i in np.flatnonzero(flags):
+                ax.axvspan(i - 0.4, i + 0.4, color="0.85", lw=0, zorder=0)
+            ax.set(xlabel="BatchNorm layer index (grey: Dropout right before)",
+                   ylabel=r"shift $\max(r, 1/r)$" if key == "shift" else
+                   r"mean shift $|\mu_{real}-\mu_{moving}|/\sigma_{moving}$",
+                   title=f"{arch}: {'variance' if key == 'shift' else 'mean'} shift")
+            if key == "shift":
+                ax.axhline(1, color="0.5", lw=0.8, ls="--")
+            ax.legend(fontsize="x-small")
+        per = {key: {name: np.array([np.mean([r["bn"][i][key] for i in downstream]) for r in runs])
+                     for name, runs in (("base", base), ("a", dropped))}
+               for key in ("shift", "mean_shift")}
+        numbers[arch] = {"downstream_layers": downstream, **per}
+        claims += [Claim.paired(f"{arch}: the {what} reaches BatchNorm layers with no Dropout "
+                                f"right before them ((a) 0.5)",
+                                "Sec. 3: the shift accumulates layer by layer (chain reaction)",
+                                per[key]["a"], per[key]["base"], direction=1, digits=3,
+                                names=("(a) 0.5", "no Dropout"))
+                   for key, what in (("shift", "variance shift"), ("mean_shift", "mean shift"))]
+    return FigureResult("fig12_propagation", "The shift propagates to later BatchNorm layers",
+                        fig, f"Variance shift (top) and mean shift (bottom, in units of the "
+                        f"moving standard deviation) per BatchNorm layer, without Dropout and with "
+                        f"Dropout 0.5 at (a); grey: layers right after a Dropout. The claims "
+                        f"average the layers after the first Dropout that have no Dropout right "
+                        f"before them. Mean and 95 % band over {_seeds(ctx)}.", numbers, claims)
+
+
+# ------------------------------------------------------------------ figure 7
 def train_eval_accuracy(ctx):
-    runs = sweep(ctx)
-    arch = ctx.architectures[0]
-    fig, axes = new_figure(1, 1, width=6.5)
-    ax = axes[0, 0]
-    numbers, gaps = {}, {}
-    for rate, color in ((0.0, "C0"), (0.5, "C3")):
-        histories = [r["history"] for r in runs[(arch, "a", rate)]]
-        for mode, style in (("train_mode", "-"), ("eval_mode", "--")):
-            curve = 100 * np.mean([h[mode] for h in histories], axis=0)
-            ax.plot(np.arange(1, len(curve) + 1), curve, style, color=color,
-                    label=f"drop {rate:g}, {mode.replace('_', ' ')}")
-            numbers[f"{rate}/{mode}"] = curve
-        gaps[rate] = [100 * (h["train_mode"][-1] - h["eval_mode"][-1]) for h in histories]
-    ax.set(xlabel="epoch", ylabel="training-set accuracy (%)",
-           title=f"{arch} Dropout-(a) on MNIST-1D: train vs eval mode")
-    ax.legend(fontsize="small")
-    claims = [
-        Claim("With Dropout 0.5 (a), eval-mode training accuracy falls below train mode",
-              "Fig. 5: PreResNet C100 95 % vs 83 %, DenseNet C100 95 % vs 77 %",
-              f"gap (train - eval mode) {_fmt(gaps[0.5])} points", bool(np.mean(gaps[0.5]) > 0)),
-        Claim("Without Dropout, train and eval mode agree", "Fig. 5: both ≈ 100 %",
-              f"gap {_fmt(gaps[0.0])} points", bool(abs(np.mean(gaps[0.0])) < max(1.0, abs(np.mean(gaps[0.5]))))),
-    ]
-    return FigureResult("fig7_train_eval_accuracy", "Training accuracy in train and eval mode",
-                        fig, f"Li et al.'s Fig. 5 analog: training-set accuracy after each epoch, "
-                        f"evaluated in train mode (Dropout on, batch statistics; solid) and in "
-                        f"inference mode (dashed), for no Dropout and Dropout 0.5 at placement "
-                        f"(a); mean over {ctx.seeds} seeds.", {**numbers, "final_gap": gaps}, claims)
+    archs = ctx.settings.architectures
+    fig, axes = new_figure(1, len(archs), width=4.8, height=3.6)
+    numbers, claims = {}, []
+    for ax, arch in zip(axes[0], archs):
+        for rate, color in ((0.0, "C0"), (0.5, "C3")):
+            runs = ctx.network(arch, "a", rate)
+            for mode, style in (("train_mode", "-"), ("eval_mode", "--")):
+                curves = [r["history"][mode] for r in runs]
+                _band(ax, np.arange(1, len(curves[0]) + 1), curves,
+                      f"drop {rate:g}, {mode.replace('_', ' ')}", color=color, ls=style)
+                numbers[f"{arch}/{rate:g}/{mode}"] = curves
+            final = {m: np.array([r["history"][m][-1] for r in runs]) for m in ("train_mode", "eval_mode")}
+            if rate == 0.5:
+                claims.append(Claim.paired(
+                    f"{arch}: with Dropout 0.5 (a), inference-mode training accuracy falls below "
+                    f"train mode", "Fig. 5: PreResNet C100 95 vs 83 %, DenseNet C100 95 vs 77 %",
+                    final["train_mode"], final["eval_mode"], direction=1, unit=" %",
+                    names=("train mode", "inference mode")))
+            else:
+                claims.append(Claim.paired(
+                    f"{arch}: without Dropout, train and inference mode agree within {CLOSE} points",
+                    "Fig. 5: both ~100 %", final["train_mode"], final["eval_mode"], direction=0,
+                    min_effect=CLOSE, unit=" %", names=("train mode", "inference mode")))
+        ax.set(xlabel="epoch", ylabel="training accuracy (%)", title=f"{arch}, Dropout-(a)")
+        shown = np.concatenate([np.ravel(c) for k, c in numbers.items() if k.startswith(f"{arch}/")])
+        ax.set_ylim(np.percentile(shown, 5) - 2, 100.5)
+        ax.legend(fontsize="x-small", loc="lower right")
+    return FigureResult("fig7_train_eval_accuracy", "Training accuracy in train and inference mode",
+                        fig, f"Li et al.'s Fig. 5 analog: accuracy on 2,000 training sequences after "
+                        f"each epoch, in train mode (Dropout on, batch statistics; solid) and in "
+                        f"inference mode (dashed), without Dropout and with Dropout 0.5 at (a). "
+                        f"Mean and 95 % band over {_seeds(ctx)}; the y axis starts at the 5th "
+                        f"percentile of the plotted values (the first epochs are lower).",
+                        numbers, claims)
 
 
-# ------------------------------------------------------------------ figure (8)
+# ------------------------------------------------------------------ figure 8
 def flipped_logits(ctx):
-    runs = sweep(ctx)
-    arch = ctx.architectures[0]
-    x_train, y_train, _, _ = ctx.mnist1d()
-    model = runs[(arch, "a", 0.5)][0]["model"]
-    with preserved(model, ctx.seed), np.errstate(all="ignore"):
-        with modes(model, default="train"):
-            train_logits = np.concatenate([model(x_train[i:i + 256]) for i in range(0, len(x_train), 256)])
-        with modes(model, default="eval"):
-            eval_logits = np.concatenate([model(x_train[i:i + 256]) for i in range(0, len(x_train), 256)])
-    flips = np.flatnonzero((train_logits.argmax(1) == y_train) & (eval_logits.argmax(1) != y_train))
-    shown = flips[:4]
-    fig, axes = new_figure(1, max(1, len(shown)), width=3.4)
-    for ax, i in zip(axes[0], shown):
+    archs = ctx.settings.architectures
+    runs = {arch: ctx.network(arch, "a", 0.5) for arch in archs}
+    examples = runs[archs[0]][0]["flips"]["examples"]
+    fig, axes = new_figure(1, len(examples) + 1, width=3.2, height=3.2)
+    for ax, ex in zip(axes[0], examples):
         k = np.arange(10)
-        ax.bar(k - 0.2, train_logits[i], 0.4, label="train mode")
-        ax.bar(k + 0.2, eval_logits[i], 0.4, label="eval mode")
-        ax.set(xticks=k, xlabel="class", title=f"sample {i}, label {y_train[i]}")
+        ax.bar(k - 0.2, ex["train_logits"], 0.4, label="train mode")
+        ax.bar(k + 0.2, ex["eval_logits"], 0.4, label="inference mode")
+        ax.set(xticks=k, xlabel="class", title=f"sample {ex['index']}, label {ex['label']}")
         ax.legend(fontsize="x-small")
     axes[0, 0].set_ylabel("pre-softmax output")
-    if not len(shown):
-        axes[0, 0].text(0.5, 0.5, "no flipped sample", ha="center", transform=axes[0, 0].transAxes)
-    claims = [Claim("Some training samples are right in train mode and wrong in eval mode",
-                    "Fig. 6: 8 CIFAR-10 examples shown", f"{len(flips)} of {len(y_train)} flip",
-                    bool(len(flips) > 0))]
-    return FigureResult("fig8_flipped_logits", "Logits of training samples that flip at inference",
-                        fig, f"Li et al.'s Fig. 6 analog: pre-softmax outputs of MNIST-1D training "
-                        f"samples that {arch} with Dropout 0.5 at (a) classifies correctly in train "
-                        f"mode and wrongly in inference mode.",
-                        {"flips": int(len(flips)), "shown": shown.tolist(),
-                         "train_logits": train_logits[shown], "eval_logits": eval_logits[shown]}, claims)
+    counts = {a: {d: _get([r["flips"] for r in runs[a]], d) for d in ("right_to_wrong", "wrong_to_right")}
+              for a in archs}
+    _bars(axes[0, -1], archs, [(label, [counts[a][d] for a in archs])
+                               for d, label in (("right_to_wrong", "right -> wrong"),
+                                                ("wrong_to_right", "wrong -> right"))], ["C3", "C0"])
+    axes[0, -1].set(ylabel="training samples", title="Flips at inference, (a) 0.5")
+    axes[0, -1].legend(fontsize="x-small")
+    claims = [Claim.paired(f"{a}: more training samples flip right -> wrong than wrong -> right "
+                           f"at inference ((a) 0.5)", "Fig. 6: 8 CIFAR-10 examples shown",
+                           counts[a]["right_to_wrong"], counts[a]["wrong_to_right"], direction=1,
+                           digits=1, names=("right -> wrong", "wrong -> right")) for a in archs]
+    return FigureResult("fig8_flipped_logits", "Training samples that flip at inference", fig,
+                        f"Li et al.'s Fig. 6 analog: pre-softmax outputs in train mode and in "
+                        f"inference mode of training sequences that {archs[0]} with Dropout 0.5 "
+                        f"at (a) (seed {ctx.settings.seed}) classifies rightly in train mode and "
+                        f"wrongly at inference; right: how many of the training sequences flip "
+                        f"each way (mean and 95 % CI over {_seeds(ctx)}). Train mode keeps "
+                        f"Dropout's noise, so flips go both ways.",
+                        {"examples": examples, "counts": counts}, claims)
 
 
-# ------------------------------------------------------------------ figure (9)
+# ------------------------------------------------------------------ figure 9
+def _recovered(fraction):
+    return ("(a) lost nothing to recover" if fraction is None else
+            f"re-estimation recovered {fraction:.0%} of (a)'s extra error")
+
+
 def recalibration(ctx):
-    runs = sweep(ctx)
-    arch = ctx.architectures[0]
-    x_train, _, x_test, y_test = ctx.mnist1d()
-    numbers, claims = {}, []
-    fig, axes = new_figure(1, 1, width=6)
+    archs = ctx.settings.architectures
+    fig, axes = new_figure(1, 1, width=1.8 + 2.2 * len(archs), height=3.8)
     ax = axes[0, 0]
-    for i, placement in enumerate(("a", "b")):
-        before, after, shift_after = [], [], []
-        for r in runs[(arch, placement, 0.5)]:
-            model = copy.deepcopy(r["model"])
-            result = recalibrate(model, x_train, seed=ctx.seed)
-            before.append(r["error"])
-            after.append(_error(model, x_test, y_test))
-            shift_after.append(max(b.shift for b in result.after.bn))
-        numbers[placement] = {"before": before, "after": after, "max_shift_after": shift_after}
-        for j, values in enumerate((before, after)):
-            m, s = mean_sd(values)
-            ax.bar(2 * i + j, m, yerr=s, capsize=3, color=f"C{j}")
-        claims.append(Claim(f"Re-estimating BN statistics lowers the test error, ({placement}) 0.5",
-                            "Table 3 C10 PreResNet: " + ("8.42 -> 6.42" if placement == "a" else "5.85 -> 5.77"),
-                            f"{_fmt(before)} -> {_fmt(after)} %", bool(np.mean(after) < np.mean(before))))
-    ax.set_xticks(range(4), ["(a) 0.5", "(a) Adjust", "(b) 0.5", "(b) Adjust"])
-    ax.set(ylabel="test error (%)", title=f"{arch} on MNIST-1D: before and after recalibration")
-    gain = {p: np.mean(numbers[p]["before"]) - np.mean(numbers[p]["after"]) for p in "ab"}
-    claims += [
-        Claim("Re-estimation helps (a) more than (b)", "Table 3: gains 2.00 vs 0.08 points (C10 PreResNet)",
-              f"gains {gain['a']:.2f} vs {gain['b']:.2f} points", bool(gain["a"] > gain["b"])),
-        Claim("After recalibration the shift is ~1 on the recalibration data", "by construction",
-              f"largest shift after: {max(numbers['a']['max_shift_after'] + numbers['b']['max_shift_after']):.5f}",
-              bool(max(numbers["a"]["max_shift_after"] + numbers["b"]["max_shift_after"]) < 1.001)),
-    ]
+    numbers, claims = {}, []
+    series = {"no Dropout": [], "(a) 0.5": [], "(a) 0.5 Adjust": [], "(b) 0.5": [], "(b) 0.5 Adjust": []}
+    for arch in archs:
+        base = ctx.network(arch, "a", 0.0)
+        runs = {pl: ctx.network(arch, pl, 0.5) for pl in "ab"}
+        before = {pl: _get(runs[pl], "test_error") for pl in "ab"}
+        after = {pl: np.array([r["recalibrated"]["test_error"] for r in runs[pl]]) for pl in "ab"}
+        base_err = _get(base, "test_error")
+        for name, values in zip(series, (base_err, before["a"], after["a"], before["b"], after["b"])):
+            series[name].append(values)
+        lost = before["a"].mean() - base_err.mean()
+        recovered = before["a"].mean() - after["a"].mean()
+        numbers[arch] = {"baseline": base_err, "before": before, "after": after,
+                         "recovered_fraction": recovered / lost if lost > 0 else None,
+                         "max_shift_after": max(r["recalibrated"]["max_shift"]
+                                                for pl in "ab" for r in runs[pl])}
+        claims += [Claim.paired(f"{arch}: re-estimating the statistics lowers the test error at "
+                                f"({pl}) 0.5", "Table 3 C10 PreResNet: " +
+                                ("8.42 -> 6.42" if pl == "a" else "5.85 -> 5.77"), after[pl],
+                                before[pl], direction=-1, unit=" %", names=("Adjust", "before"))
+                   for pl in "ab"]
+        claims += [
+            Claim.paired(f"{arch}: re-estimation helps (a) more than (b)",
+                         "Table 3: gains 2.00 vs 0.08 points (C10 PreResNet)",
+                         before["a"] - after["a"], before["b"] - after["b"], direction=1,
+                         unit=" pts", names=("gain (a)", "gain (b)")),
+            Claim.paired(f"{arch}: after re-estimation (a) 0.5 still trails the no-Dropout "
+                         f"network ({_recovered(numbers[arch]['recovered_fraction'])})", "Tables 3-4: 6.42 vs 5.02 % (2.00 of 3.40 points recovered)",
+                         after["a"], base_err, direction=1, unit=" %",
+                         names=("(a) Adjust", "no Dropout")),
+        ]
+    colors = ["0.4", "C3", "#f4a582", "C2", "#a6dba0"]
+    _bars(ax, archs, list(series.items()), colors)
+    ax.set(ylabel="test error (%)", title="Before and after re-estimating BatchNorm statistics")
+    ax.legend(fontsize="x-small", ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1))
+    worst = max(numbers[a]["max_shift_after"] for a in archs)
+    claims.append(Claim.sanity("After recalibration the shift on the recalibration data is 1",
+                               "1 (exact population statistics)", f"largest shift {worst:.6f}",
+                               worst < 1.001))
     return FigureResult("fig9_recalibration", "Test error before and after recalibration (Table 3)",
-                        fig, f"Li et al.'s Table 3 analog: {arch} with Dropout 0.5 at (a) or (b), "
-                        f"test error with the trained running statistics and after "
-                        f"varshift.recalibrate on the training data (Dropout off, exact "
-                        f"statistics, layer by layer); mean ± sd over {ctx.seeds} seeds.", numbers, claims)
+                        fig, f"Li et al.'s Table 3 analog: Dropout 0.5 at (a) or (b), test error "
+                        f"with the trained running statistics and after varshift.recalibrate on "
+                        f"the training data (Dropout off, exact statistics, layer by layer; "
+                        f"'Adjust'), beside the network without Dropout; mean and 95 % CI over "
+                        f"{_seeds(ctx)}.", numbers, claims)
 
 
-# ------------------------------------------------------------------ figure (10)
+# ------------------------------------------------------------------ figure 10
 def after_bn_and_uout(ctx):
-    x_train, y_train, x_test, y_test = ctx.mnist1d()
-    amounts = (0.0, 0.1, 0.2, 0.3, 0.5)
-    numbers = {}
-    fig, axes = new_figure(1, 2)
-    for ax, (key, placement, noise, title) in zip(axes[0], (
-            ("head", "head", "dropout", "one Dropout after all BN (Table 4)"),
-            ("uout", "b", "uout", "Uout at the (b) positions (Table 6)"))):
-        errors, shifts, dropout_shifts = [], [], []
-        for amount in amounts:
-            e, s, ds = [], [], []
-            for seed in range(ctx.seeds):
-                ctx.log(f"{key}: {amount} seed {seed}")
-                model = preresnet(placement, amount, noise=noise, seed=ctx.seed + seed)
-                train(model, (x_train, y_train), ctx.epochs, seed=ctx.seed + seed)
-                e.append(_error(model, x_test, y_test))
-                bn = measure(model, x_train).bn
-                s.append(np.mean([b.shift for b in bn]))
-                ds.append(max(max(f, 1 / f) for f in (b.attribution["dropout"] for b in bn)))
-            errors.append(e)
-            shifts.append(s)
-            dropout_shifts.append(ds)
-        numbers[key] = {"amounts": amounts, "test_error": errors, "mean_shift": shifts,
-                        "max_dropout_attributed_shift": dropout_shifts}
-        means = [mean_sd(e) for e in errors]
-        ax.bar([str(a) for a in amounts], [m for m, _ in means], yerr=[s for _, s in means], capsize=3)
-        ax.set(xlabel="drop rate" if key == "head" else "beta", ylabel="test error (%)",
-               title=f"PreResNet on MNIST-1D: {title}")
-    head_dropout = max(max(d) for d in numbers["head"]["max_dropout_attributed_shift"])
-    head_total = max(np.mean(s) for s in numbers["head"]["mean_shift"])
-    base = numbers["head"]["test_error"][0]
-    best_head = min(np.mean(e) for e in numbers["head"]["test_error"][1:])
-    best_uout = min(np.mean(e) for e in numbers["uout"]["test_error"][1:])
-    sd = max(mean_sd(base)[1], 0.5)
-    claims = [
-        Claim("Dropout after all BN causes no variance shift", "Table 4 setting (no shift by design)",
-              f"Dropout-attributed shift at most {head_dropout:.6f} (total shift, stale "
-              f"running statistics included: up to {head_total:.3f})", head_dropout < 1.001),
-        Claim("One Dropout after all BN does not hurt (small gains)",
-              "Table 4: best rate beats 0.0 in 8 of 8 nets (e.g. 5.02 -> 4.94)",
-              f"best {best_head:.2f} vs {_fmt(base)} %", bool(best_head <= np.mean(base) + 2 * sd)),
-        Claim("Uout at (b) does not hurt (small gains)", "Table 6: ~0.2-0.3 point gains (e.g. 5.02 -> 4.85)",
-              f"best {best_uout:.2f} vs {_fmt(base)} %", bool(best_uout <= np.mean(base) + 2 * sd)),
-    ]
-    return FigureResult("fig10_after_bn_and_uout", "Dropout after all BatchNorm, and Uout (Tables 4 and 6)",
-                        fig, f"Li et al.'s Table 4 and Table 6 analogs on MNIST-1D: PreResNet with one "
-                        f"Dropout before the classifier (left) and with Uout(beta) at the (b) "
-                        f"positions (right); test error, mean ± sd over {ctx.seeds} seeds.", numbers, claims)
-
-
-# ------------------------------------------------------------------ figure (11)
-def batch_size_and_momentum(ctx):
-    x_train, y_train, x_test, y_test = ctx.mnist1d()
-    batch_sizes = (16, 128) if ctx.quick else (8, 32, 128)
-    momenta = (0.01, 0.1) if ctx.quick else (0.01, 0.1, 0.5)
-    epochs = max(3, ctx.epochs // 2)
-    numbers = {}
-    for bs in batch_sizes:
-        for m in momenta:
-            ctx.log(f"batch {bs}, momentum {m}")
-            model = preresnet("a", 0.0, seed=ctx.seed)
-            for _, layer in model.walk():
-                if isinstance(layer, nn.BatchNorm):
-                    layer.momentum = m
-            train(model, (x_train, y_train), epochs, batch_size=bs, seed=ctx.seed)
-            report = measure(model, x_train, batch_size=bs)
-            ema_error = _error(model, x_test, y_test)
-            recalibrate(model, x_train)
-            numbers[f"{bs}/{m}"] = {"batch_size": bs, "momentum": m, "steps": epochs * len(x_train) // bs,
-                                    "shift": float(np.mean([b.shift for b in report.bn])),
-                                    "error_ema": ema_error, "error_recalibrated": _error(model, x_test, y_test)}
-    fig, axes = new_figure(1, 2)
-    for m in momenta:
-        rows = [numbers[f"{bs}/{m}"] for bs in batch_sizes]
-        axes[0, 0].plot(batch_sizes, [r["shift"] for r in rows], marker="o", label=f"momentum {m:g}")
-        axes[0, 1].plot(batch_sizes, [r["error_ema"] for r in rows], marker="o", label=f"EMA, momentum {m:g}")
-        axes[0, 1].plot(batch_sizes, [r["error_recalibrated"] for r in rows], marker="s", ls="--",
-                        label=f"recalibrated, momentum {m:g}")
-    axes[0, 0].set(xscale="log", xlabel="batch size", ylabel="mean shift (no Dropout)",
-                   title="Shift of EMA running statistics")
-    axes[0, 1].set(xscale="log", xlabel="batch size", ylabel="test error (%)", title="Test error")
-    for ax in axes[0]:
+    archs = ctx.settings.architectures
+    fig, axes = new_figure(1, 2, width=5.6, height=3.8)
+    numbers, claims = {}, []
+    for arch in archs:
+        base = ctx.network(arch, "a", 0.0)
+        head = {r: ctx.network(arch, "head", r) for r in HEAD_RATES}
+        uout = {b: ctx.network(arch, "b", b, "uout") for b in UOUT_BETAS}
+        numbers[arch] = {"baseline": _get(base, "test_error"),
+                         "head": {f"{r:g}": _get(v, "test_error") for r, v in head.items()},
+                         "uout": {f"{b:g}": _get(v, "test_error") for b, v in uout.items()},
+                         "head_dropout_factor": [[b["dropout"] for b in r["bn"]]
+                                                 for v in head.values() for r in v]}
+        claims += [
+            _error_claim(f"{arch}: one Dropout 0.2 after all BatchNorm lowers the test error",
+                         "Tables 4-5: small gains (ImageNet 0.2: 21.70 -> 21.48 top-1)", head[0.2],
+                         base, -1, ("head 0.2", "no Dropout")),
+            _error_claim(f"{arch}: Uout (beta 0.2) at the (b) positions lowers the test error",
+                         "Table 6: 5.02 -> 4.85 % (C10 PreResNet, beta 0.2)", uout[0.2], base, -1,
+                         ("Uout 0.2", "no noise")),
+        ]
+    for ax, key, amounts, xlabel, title in (
+            (axes[0, 0], "head", HEAD_RATES, "drop rate", "One Dropout after all BatchNorm (Table 4)"),
+            (axes[0, 1], "uout", UOUT_BETAS, r"Uout $\beta$", r"Uout at the (b) positions (Table 6)")):
+        labels = ["0", *(f"{a:g}" for a in amounts)]
+        _bars(ax, labels, [(arch, [numbers[arch]["baseline"], *numbers[arch][key].values()])
+                           for arch in archs], [f"C{i}" for i in range(len(archs))])
+        ax.set(xlabel=xlabel, ylabel="test error (%)", title=title)
         ax.legend(fontsize="x-small")
-    slow = numbers[f"{batch_sizes[-1]}/{momenta[0]}"]
-    fast = numbers[f"{batch_sizes[-1]}/{momenta[-1]}"]
-    claims = [
-        Claim("A momentum too slow for the number of updates leaves stale statistics",
-              "Wu & Johnson 2021; Keras 0.99 threads (peers digest)",
-              f"batch {batch_sizes[-1]}: shift {slow['shift']:.3f} (momentum {momenta[0]}) vs "
-              f"{fast['shift']:.3f} ({momenta[-1]})", slow["shift"] > fast["shift"]),
-        Claim("Recalibration removes the error due to stale statistics", "precise BN",
-              f"momentum {momenta[0]}: {slow['error_ema']:.2f} -> {slow['error_recalibrated']:.2f} %",
-              slow["error_recalibrated"] <= slow["error_ema"]),
-    ]
-    return FigureResult("fig11_batch_size_momentum", "Batch size and BatchNorm momentum (stale statistics)",
-                        fig, f"PreResNet without Dropout on MNIST-1D, trained {epochs} epochs with "
-                        f"several batch sizes and BatchNorm momenta (PyTorch convention); left: "
-                        f"mean shift of the running statistics, right: test error with the EMA "
-                        f"statistics and after recalibration (one seed).", numbers, claims)
+    factors = [f for a in archs for seed in numbers[a]["head_dropout_factor"] for f in seed]
+    claims.append(Claim.sanity("Dropout after every BatchNorm: no Dropout-attributed shift",
+                               "1 (no BatchNorm downstream of the Dropout)",
+                               f"factors {min(factors):.6f} to {max(factors):.6f}",
+                               max(abs(f - 1) for f in factors) < 1e-6))
+    return FigureResult("fig10_after_bn_and_uout", "Dropout after all BatchNorm, and Uout (Tables 4, 6)",
+                        fig, f"Li et al.'s Table 4 and Table 6 analogs: one Dropout before the "
+                        f"classifier (left) and Uout(beta) at the (b) positions (right); 0 is the "
+                        f"network without noise. Test error, mean and 95 % CI over {_seeds(ctx)}. "
+                        f"The claims test the rate and beta fixed in advance (0.2), not the best "
+                        f"of the sweep.", numbers, claims)
 
 
-# ------------------------------------------------------------------ figure (6)
+# ------------------------------------------------------------------ equal noise variance
+def equal_variance(ctx):
+    """Uout against Dropout at the same positions, at the same nominal amount and at
+    equal noise variance."""
+    archs = ctx.settings.architectures
+    (uout_name, beta), (_, rate) = EQUAL_VARIANCE
+    fig, axes = new_figure(1, 2, width=5.4, height=3.8)
+    numbers, claims = {}, []
+    for arch in archs:
+        runs = {(noise, pl): ctx.network(arch, pl, amount, noise)
+                for noise, amount in EQUAL_VARIANCE for pl in "ab"}
+        for pl in "ab":
+            u, d = runs[("uout", pl)], runs[("dropout", pl)]
+            claims.append(_error_claim(
+                f"{arch}: at equal noise variance (1/3) Uout hurts less than Dropout at ({pl})",
+                "Sec. 5: Uout is less hurt by the shift (compared at beta 0.1 vs drop 0.1)", u, d,
+                -1, (f"Uout {beta:g}", f"Dropout {rate:g}")))
+        same = {pl: (_mean_shift(runs[("uout", pl)]), _mean_shift(runs[("dropout", pl)])) for pl in "ab"}
+        claims.append(Claim.paired(
+            f"{arch}: at equal noise variance Uout and Dropout shift alike at (a) (within 0.05)",
+            "our theory: Delta depends on the noise only through E[m^2]", *same["a"], direction=0,
+            min_effect=0.05, digits=3, names=("Uout", "Dropout")))
+        nominal_u, nominal_d = ctx.network(arch, "b", 0.5, "uout"), ctx.network(arch, "b", 0.5)
+        claims.append(Claim.paired(
+            f"{arch}: Uout shifts less than Dropout at the same nominal amount (0.5, (b))",
+            "Eq. 15: 3/(3+beta^2) vs p (0.92 vs 0.5)", _mean_shift(nominal_u), _mean_shift(nominal_d),
+            direction=-1, digits=3, names=("Uout 0.5", "Dropout 0.5")))
+        numbers[arch] = {f"{n}/{pl}": {"test_error": _get(v, "test_error"), "mean_shift": _mean_shift(v)}
+                         for (n, pl), v in runs.items()}
+    labels = [f"{a} ({pl})" for a in archs for pl in "ab"]
+    for ax, key, ylabel in ((axes[0, 0], "mean_shift", "mean shift over BatchNorm layers"),
+                            (axes[0, 1], "test_error", "test error (%)")):
+        _bars(ax, labels, [(name, [numbers[a][f"{n}/{pl}"][key] for a in archs for pl in "ab"])
+                           for n, name in ((uout_name, rf"Uout $\beta$={beta:g}"),
+                                           ("dropout", f"Dropout {rate:g}"))], ["C4", "C3"])
+        ax.set(ylabel=ylabel, title=f"Equal noise variance 1/3: {ylabel.split(' (')[0]}")
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.legend(fontsize="x-small")
+    return FigureResult("fig14_equal_variance", "Uout against Dropout at equal noise variance",
+                        fig, f"Uout(beta = {beta:g}) and Dropout({rate:g}) multiply each unit by "
+                        f"noise of mean 1 and variance 1/3, at the (a) and the (b) positions; the "
+                        f"theory gives both the same shift. Mean and 95 % CI over {_seeds(ctx)}.",
+                        numbers, claims)
+
+
+# ------------------------------------------------------------------ theory vs measurement
+def theory_vs_measurement(ctx):
+    """Eq. 8 / Eq. 12 from the networks' own c, v, rho and d cos^2 against the variance
+    ratio measured on the same inputs, for every noise layer before a BatchNorm (a) or
+    a convolution (b)."""
+    archs = ctx.settings.architectures
+    settings = [(pl, r, "dropout") for pl in "ab" for r in SWEEP_RATES]
+    settings += [("b", b, "uout") for b in UOUT_BETAS] + [("a", EQUAL_VARIANCE[0][1], "uout")]
+    fig, axes = new_figure(1, 2, width=5.0, height=4.4)
+    numbers = {"points": []}
+    per_seed = {"a": {}, "b": {}}
+    markers = dict(zip(archs, "o^s"))
+    for arch in archs:
+        for pl, amount, noise in settings:
+            for seed, run in zip(ctx.settings.seed_list, ctx.network(arch, pl, amount, noise)):
+                for point in run["theory"]:
+                    numbers["points"].append({"arch": arch, "placement": pl, "noise": noise,
+                                              "amount": amount, "seed": seed, **point})
+                    per_seed[point["case"]].setdefault(seed, []).append(
+                        point["predicted"] - point["measured"])
+    for ax, case in zip(axes[0], "ab"):
+        points = [p for p in numbers["points"] if p["case"] == case]
+        for arch in archs:
+            for noise, color in (("dropout", "C3"), ("uout", "C4")):
+                sel = [p for p in points if p["arch"] == arch and p["noise"] == noise]
+                if sel:
+                    ax.scatter([p["measured"] for p in sel], [p["predicted"] for p in sel], s=10,
+                               marker=markers[arch], color=color, alpha=0.6, label=f"{arch}, {noise}")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="identity")
+        ax.set(xlim=(0, 1.02), ylim=(0, 1.02), aspect="equal",
+               xlabel=r"measured $\Delta$ = Var$_{test}$ / Var$_{train}$",
+               ylabel=r"predicted $\Delta$ " + ("(Eq. 8)" if case == "a" else "(Eq. 12)"),
+               title=f"Case ({case}): " + ("noise right before BatchNorm" if case == "a"
+                                           else "noise before a convolution"))
+        ax.legend(fontsize="xx-small", loc="upper left")
+    claims = []
+    for case, eq in (("a", "Eq. 8"), ("b", "Eq. 12")):
+        seeds = sorted(per_seed[case])
+        if not seeds:
+            continue
+        diff = [float(np.mean(per_seed[case][s])) for s in seeds]
+        claims.append(Claim.paired(
+            f"{eq} predicts the measured variance ratio of case ({case}) within 0.05 "
+            f"(mean over layers and settings)", "Sec. 3 (assumes equal c, v and equal "
+            "correlations for all units)", diff, 0.0, direction=0, min_effect=0.05, digits=3,
+            names=("predicted - measured", "")))
+    return FigureResult("fig13_theory_vs_measurement", "Li et al.'s closed forms against trained networks",
+                        fig, "Every noise layer right before a BatchNorm (case a) or before a "
+                        "convolution (case b), in every architecture, placement, rate and seed: the "
+                        "variance ratio Var_test/Var_train of the BatchNorm's input (a) or the "
+                        "convolution's output (b), predicted by Eq. 8 / Eq. 12 from the measured "
+                        "c, v (pooled over the units), rho (mean correlation within a receptive "
+                        "field) and d cos^2 of the filters, against the ratio measured on the "
+                        "same 2,000 inference-mode inputs with the noise on and off.",
+                        numbers, claims)
+
+
+# ------------------------------------------------------------------ figure 6: widths, angles
+def _angles(runs, index):
+    return (np.array([r["weights"][index]["cos2"] for r in runs]),
+            np.array([r["weights"][index]["d_cos2"] for r in runs]))
+
+
+def _cos2_range_claim(text, cos2):
+    parts = [Claim.paired("above 0.01", "", cos2, 0.01, direction=1, digits=4),
+             Claim.paired("below 0.10", "", cos2, 0.10, direction=-1, digits=4)]
+    return Claim.all_of(text, "Fig. 3/Table 1: cos^2 in (0.01, 0.10), e.g. 0.035 PreResNet C10",
+                        parts)
+
+
 def width(ctx):
-    x_train, y_train, x_test, y_test = ctx.mnist()
-    widths = (32, 128, 512) if ctx.quick else (32, 128, 512, 2048)
-    epochs = 2 if ctx.quick else 5
+    task_list = plan.width_tasks(ctx.settings, ctx.data_dir)
+    ctx.prefetch(["width"])
+    found = dict(zip((t.key for t in task_list), ctx.run(task_list)))
+    widths = sorted({t.params["width"] for t in task_list})
+    get = lambda w, rate: [found[t.key] for t in task_list  # noqa: E731
+                           if t.params["width"] == w and t.params["rate"] == rate]
+    fig, axes = new_figure(1, 3, width=4.4, height=3.6)
     numbers = {}
     for w in widths:
-        angles, shifts, errors = [], [], []
-        for s in range(ctx.seeds):
-            ctx.log(f"width {w} seed {s}")
-            plain = mlp(w, 0.0, seed=ctx.seed + s)
-            train(plain, (x_train, y_train), epochs, lr=1e-3, batch_size=128, seed=ctx.seed + s)
-            angles.append([(a.d, a.cos2, a.d_cos2) for a in weight_cos2(plain)])
-            dropped = mlp(w, 0.5, placement="b", seed=ctx.seed + s)
-            train(dropped, (x_train, y_train), epochs, lr=1e-3, batch_size=128, seed=ctx.seed + s)
-            shifts.append(measure(dropped, x_train).bn[1].shift)  # the BN after Dropout -> Dense
-            errors.append(_error(dropped, x_test, y_test))
-        numbers[w] = {"angles": angles, "shift": shifts, "test_error": errors}
-    fig, axes = new_figure(1, 2)
-    hidden = [np.mean([a[1][2] for a in numbers[w]["angles"]]) for w in widths]  # the w -> w layer
-    cos2 = [np.mean([a[1][1] for a in numbers[w]["angles"]]) for w in widths]
-    axes[0, 0].plot(widths, hidden, marker="o", label="trained, no Dropout")
-    axes[0, 0].plot(widths, [1.0] * len(widths), "k--", lw=1, label="zero-mean random weights")
-    axes[0, 0].set(xscale="log", yscale="log", xlabel="fan-in d (hidden width)", ylabel="mean d cos^2(theta)",
-                   title="d cos^2 of the hidden layer's weights")
-    axes[0, 0].legend(fontsize="small")
-    means = [mean_sd(numbers[w]["shift"]) for w in widths]
-    axes[0, 1].errorbar(widths, [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=3)
-    axes[0, 1].set(xscale="log", xlabel="hidden width", ylabel="shift at the BN after Dropout -> Dense",
-                   title="Measured shift against width, Dropout 0.5 (b)")
-    for ax in axes[0]:  # label the widths themselves, not log-scale minor ticks
+        plain, dropped = get(w, 0.0), get(w, 0.5)
+        cos2, d_cos2 = _angles(plain, 1)  # the hidden w -> w layer
+        numbers[w] = {"cos2": cos2, "d_cos2": d_cos2,
+                      "cos2_per_layer": [[a["cos2"] for a in r["weights"]] for r in plain],
+                      "shift": np.array([r["bn"][1]["shift"] for r in dropped]),
+                      "test_error": _get(dropped, "test_error"),
+                      "test_error_plain": _get(plain, "test_error")}
+    ax = axes[0, 0]
+    for layer, label in ((0, "input layer (d = 784)"), (1, "hidden layer (d = width)"),
+                         (2, "output layer (d = width)")):
+        _band(ax, widths, np.array([[numbers[w]["cos2_per_layer"][s][layer] for w in widths]
+                                    for s in range(ctx.settings.n_seeds)]), label, marker="o")
+    ax.axhspan(0.01, 0.10, color="C2", alpha=0.12, lw=0, label="paper: 0.01-0.10")
+    ax.set(xscale="log", yscale="log", xlabel="hidden width", ylabel=r"mean $\cos^2\theta$",
+           title=r"$\cos^2\theta$ per layer (no Dropout)")
+    ax.legend(fontsize="x-small")
+    ax = axes[0, 1]
+    _band(ax, widths, np.array([numbers[w]["d_cos2"] for w in widths]).T, "trained, hidden layer",
+          marker="o", color="C1")
+    ax.plot(widths, [1.0] * len(widths), "k--", lw=1, label=r"zero-mean random weights ($\approx$1)")
+    ax.fill_between(widths, [0.01 * w for w in widths], [0.10 * w for w in widths], color="C2",
+                    alpha=0.12, lw=0, label=r"paper's premise: $\cos^2\theta$ in 0.01-0.10")
+    ax.set(xscale="log", yscale="log", xlabel="fan-in d (hidden width)",
+           ylabel=r"mean $d\,\cos^2\theta$", title=r"$d\,\cos^2\theta$ of the hidden layer")
+    ax.legend(fontsize="x-small")
+    ax = axes[0, 2]
+    _band(ax, widths, np.array([numbers[w]["shift"] for w in widths]).T, "Dropout 0.5 (b)",
+          marker="o", color="C3")
+    ax.axhline(1, color="0.5", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="hidden width", ylabel=r"shift $\max(r, 1/r)$",
+           title="Shift at the BatchNorm after Dropout -> Dense")
+    ax.legend(fontsize="x-small")
+    for ax in axes[0]:
         ax.set_xticks(widths, [str(w) for w in widths])
-        ax.minorticks_off()
-    shift_means = [m for m, _ in means]
+        ax.xaxis.set_minor_locator(NullLocator())
+    lo, hi = widths[0], widths[-1]
     claims = [
-        Claim("cos^2(theta) of trained filters is small", "Table 1: 0.014-0.035 on average",
-              ", ".join(f"{c:.4f}" for c in cos2), bool(max(cos2) < 0.2)),
-        Claim("d cos^2 grows with the width for trained weights", "Table 1: WRN 52.7 vs PreResNet 2.9",
-              ", ".join(f"{h:.1f}" for h in hidden), bool(hidden[-1] > hidden[0])),
-        Claim("At fixed p the shift shrinks with width (b)", "WRN (b) drop 0.1-0.5 stays near baseline",
-              ", ".join(f"{m:.3f}" for m in shift_means), bool(shift_means[-1] < shift_means[0])),
+        _cos2_range_claim(f"MLP: cos^2 of the trained hidden layer lies in (0.01, 0.10) at width {hi}",
+                          numbers[hi]["cos2"]),
+        Claim.paired(f"MLP: d cos^2 grows with the width ({lo} -> {hi})",
+                     "Table 1: WRN 52.7 vs PreResNet 2.9", numbers[hi]["d_cos2"], numbers[lo]["d_cos2"],
+                     direction=1, names=(f"width {hi}", f"width {lo}")),
+        Claim.paired(f"MLP: at drop 0.5 (b) the shift shrinks with the width ({lo} -> {hi})",
+                     "Sec. 3: Delta -> 1 as d cos^2 grows (WRN)", numbers[hi]["shift"],
+                     numbers[lo]["shift"], direction=-1, digits=3, names=(f"width {hi}", f"width {lo}")),
     ]
     return FigureResult("fig6_width", "Weight angles and the shift against width (Fig. 3, Table 1)",
-                        fig, f"Li et al.'s Fig. 3/Table 1 analog on MNIST ({len(x_train)} training "
-                        f"images): MLPs of growing width trained without Dropout (left: mean d cos^2 "
-                        f"of the hidden layer, trained weights only), and with Dropout 0.5 before "
-                        f"the hidden Dense (placement (b); right: measured shift at the BatchNorm "
-                        f"after it); {ctx.seeds} seeds.", numbers, claims)
+                        fig, f"Li et al.'s Fig. 3/Table 1 analog on MNIST: MLPs (784-w-w-10, "
+                        f"BatchNorm after each hidden Dense) trained without Dropout (left: "
+                        f"cos^2 per layer; middle: d cos^2 of the hidden layer against its fan-in) "
+                        f"and with Dropout 0.5 before the second Dense (placement (b); right: the "
+                        f"shift at the BatchNorm after it). Mean and 95 % band over {_seeds(ctx)}.",
+                        numbers, claims)
+
+
+def conv_angles(ctx):
+    """Table 1 analog on the trained convolutional networks (no Dropout)."""
+    archs = ctx.settings.architectures
+    fig, axes = new_figure(1, 2, width=5.0, height=3.8)
+    numbers, claims = {}, []
+    for i, arch in enumerate(archs):
+        runs = ctx.network(arch, "a", 0.0)
+        convs = range(len(runs[0]["weights"]) - 1)  # every convolution (not the classifier)
+        cos2 = np.array([[r["weights"][j]["cos2"] for j in convs] for r in runs])
+        d_cos2 = np.array([[r["weights"][j]["d_cos2"] for j in convs] for r in runs])
+        d = [runs[0]["weights"][j]["d"] for j in convs]
+        _band(axes[0, 0], np.arange(len(convs)), cos2, arch, color=f"C{i}", marker="o", ms=3)
+        axes[0, 1].scatter(np.repeat([d], len(runs), 0).ravel(), d_cos2.ravel(), s=12,
+                           color=f"C{i}", alpha=0.6, label=arch)
+        numbers[arch] = {"d": d, "cos2": cos2, "d_cos2": d_cos2}
+        claims.append(_cos2_range_claim(f"{arch}: cos^2 of trained conv filters lies in (0.01, 0.10) "
+                                        f"(mean over layers)", cos2.mean(1)))
+    if "WRN" in archs:
+        claims.append(Claim.paired("WRN's filters have a larger d cos^2 than PreResNet's",
+                                   "Table 1: 52.7 vs 2.9 (C10)", numbers["WRN"]["d_cos2"].mean(1),
+                                   numbers["PreResNet"]["d_cos2"].mean(1), direction=1,
+                                   names=("WRN", "PreResNet")))
+    axes[0, 0].axhspan(0.01, 0.10, color="C2", alpha=0.12, lw=0, label="paper: 0.01-0.10")
+    axes[0, 0].set(yscale="log", xlabel="convolution index", ylabel=r"mean $\cos^2\theta$",
+                   title=r"$\cos^2\theta$ per convolution (no Dropout)")
+    axes[0, 1].axhline(1, color="k", ls="--", lw=1, label="zero-mean random weights")
+    axes[0, 1].set(xscale="log", yscale="log", xlabel="fan-in d = C_in k",
+                   ylabel=r"mean $d\,\cos^2\theta$", title=r"$d\,\cos^2\theta$ against fan-in")
+    for ax in axes[0]:
+        ax.legend(fontsize="x-small")
+    return FigureResult("fig15_conv_angles", "Weight angles of the trained 1-D networks (Table 1)",
+                        fig, f"Li et al.'s Fig. 3/Table 1 on the convolutional networks trained "
+                        f"without Dropout ({ctx.settings.epochs} epochs): cos^2(theta) between each "
+                        f"filter and the all-ones direction, per convolution (mean and 95 % band "
+                        f"over {_seeds(ctx)}), and d cos^2 against the fan-in d = C_in k (one "
+                        f"point per convolution and seed).", numbers, claims)
+
+
+# ------------------------------------------------------------------ figure 11
+def batch_size_and_momentum(ctx):
+    task_list = plan.stale_tasks(ctx.settings)
+    found = dict(zip((t.key for t in task_list), ctx.run(task_list)))
+    sizes = sorted({t.params["batch_size"] for t in task_list})
+    momenta = sorted({t.params["momentum"] for t in task_list})
+    get = lambda bs, m, key: np.array([found[t.key][key] for t in task_list  # noqa: E731
+                                       if t.params["batch_size"] == bs and t.params["momentum"] == m])
+    fig, axes = new_figure(1, 2, width=5.2, height=3.8)
+    numbers = {f"{bs}/{m:g}": {k: get(bs, m, k) for k in ("shift", "error_ema", "error_recalibrated",
+                                                          "steps")} for bs in sizes for m in momenta}
+    for i, m in enumerate(momenta):
+        _band(axes[0, 0], sizes, np.array([get(bs, m, "shift") for bs in sizes]).T, f"momentum {m:g}",
+              color=f"C{i}", marker="o")
+        _band(axes[0, 1], sizes, np.array([get(bs, m, "error_ema") for bs in sizes]).T,
+              f"running averages, momentum {m:g}", color=f"C{i}", marker="o")
+    _band(axes[0, 1], sizes, np.array([get(bs, momenta[0], "error_recalibrated") for bs in sizes]).T,
+          "recalibrated (any momentum)", color="k", marker="s", ls=":")
+    axes[0, 0].axhline(1, color="0.5", lw=0.8, ls="--")
+    axes[0, 0].set(xscale="log", xlabel="batch size", ylabel=r"mean shift $\max(r, 1/r)$",
+                   title="Shift of the running statistics (no Dropout)")
+    axes[0, 1].set(xscale="log", xlabel="batch size", ylabel="test error (%)", title="Test error")
+    for ax in axes[0]:
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.legend(fontsize="x-small")
+    big, slow, fast = sizes[-1], momenta[0], momenta[-1]
+    claims = [
+        Claim.paired(f"A momentum too slow for the number of updates leaves stale statistics "
+                     f"(batch {big}: momentum {slow:g} vs {fast:g})",
+                     "Wu & Johnson 2021; Keras 0.99 threads (peers digest)", get(big, slow, "shift"),
+                     get(big, fast, "shift"), direction=1, digits=3,
+                     names=(f"momentum {slow:g}", f"momentum {fast:g}")),
+        Claim.paired(f"Recalibration lowers the error of stale statistics (batch {big}, momentum {slow:g})",
+                     "precise BatchNorm (Wu & Johnson 2021)", get(big, slow, "error_recalibrated"),
+                     get(big, slow, "error_ema"), direction=-1, unit=" %",
+                     names=("recalibrated", "running averages")),
+    ]
+    return FigureResult("fig11_batch_size_momentum", "Batch size and BatchNorm momentum (stale statistics)",
+                        fig, f"PreResNet without Dropout on MNIST-1D trained with batch sizes "
+                        f"{', '.join(map(str, sizes))} and BatchNorm momenta "
+                        f"{', '.join(f'{m:g}' for m in momenta)} (PyTorch convention: weight of the "
+                        f"new batch); left: mean shift of the running statistics; right: test error "
+                        f"with them and after recalibration (which does not depend on the "
+                        f"momentum: the weights are the same). Mean and 95 % band over "
+                        f"{_seeds(ctx)}.", numbers, claims)
 
 
 FIGURES = {
     "shift-per-layer": shift_per_layer,
-    "width": width,
+    "propagation": propagation,
     "train-eval-accuracy": train_eval_accuracy,
     "flipped-logits": flipped_logits,
     "recalibration": recalibration,
     "after-bn-and-uout": after_bn_and_uout,
+    "equal-variance": equal_variance,
+    "theory-vs-measurement": theory_vs_measurement,
+    "conv-angles": conv_angles,
+    "width": width,
     "batch-size-momentum": batch_size_and_momentum,
 }
+NETWORK_FIGURES = set(FIGURES) - {"width", "batch-size-momentum"}

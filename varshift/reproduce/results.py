@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 
 from .._json import json_ready
 
-__all__ = ["Claim", "FigureResult", "mean_sd", "new_figure", "write_figure", "write_case",
-           "write_report"]
+__all__ = ["FigureResult", "mean_sd", "new_figure", "save_figure", "write_figure", "write_case",
+           "write_report", "write_timings"]
 
 
 def new_figure(rows, cols, width=5.2, height=3.6):
@@ -30,32 +31,6 @@ def mean_sd(values):
 
 
 @dataclass
-class Claim:
-    """One of the paper's claims, checked on our run.
-
-    Attributes
-    ----------
-    text : str
-        The claim, e.g. "shift grows with the drop ratio".
-    paper : str
-        The paper's number or statement.
-    ours : str
-        Our number(s), with error bars over seeds where there are seeds.
-    holds : bool or None
-        Whether the claim holds here (None: not decidable from this run).
-    """
-
-    text: str
-    paper: str
-    ours: str
-    holds: bool | None
-
-    def __post_init__(self):
-        if self.holds is not None:
-            self.holds = bool(self.holds)
-
-
-@dataclass
 class FigureResult:
     """A reproduced figure: the drawing, its numbers, a caption and its claims."""
 
@@ -65,39 +40,64 @@ class FigureResult:
     caption: str
     numbers: dict
     claims: list = field(default_factory=list)
+    """:class:`varshift.verdicts.Claim` rows (claims and sanity checks)."""
 
 
-def write_figure(result: FigureResult, out: Path, seconds: float = float("nan")) -> list:
-    """Write ``NAME.png``, ``NAME.svg``, ``NAME.json`` (numbers, claims, seconds taken)
-    and ``NAME.caption.md``; returns the paths."""
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file in the same folder, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_figure(figure, png: Path, svg: Path) -> None:
+    """Save ``figure`` as PNG and SVG with fixed metadata, so that the same figure gives
+    byte-identical files (no creation date, SVG ids from a fixed salt)."""
+    import matplotlib as mpl
     import matplotlib.pyplot as plt
 
+    with mpl.rc_context({"svg.hashsalt": "varshift"}):
+        for path, kw in ((png, {"dpi": 120, "metadata": {"Software": None}}),
+                         (svg, {"metadata": {"Date": None, "Creator": None}})):
+            tmp = path.with_name(f".{path.name}.tmp")
+            figure.savefig(tmp, format=path.suffix[1:], **kw)
+            os.replace(tmp, path)
+    plt.close(figure)
+
+
+def write_figure(result: FigureResult, out: Path) -> list:
+    """Write ``NAME.png``, ``NAME.svg``, ``NAME.json`` (numbers and claims) and
+    ``NAME.caption.md``; returns the paths. Same numbers, same bytes."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{result.name}.{ext}" for ext in ("png", "svg", "json", "caption.md")]
-    result.figure.savefig(paths[0], dpi=120)
-    result.figure.savefig(paths[1])
-    plt.close(result.figure)
-    paths[2].write_text(json.dumps(json_ready({
+    save_figure(result.figure, paths[0], paths[1])
+    _write_text(paths[2], json.dumps(json_ready({
         "name": result.name, "title": result.title, "caption": result.caption,
-        "seconds": seconds, "numbers": result.numbers,
-        "claims": [c.__dict__ for c in result.claims]}), indent=1))
-    paths[3].write_text(f"**{result.title}.** {result.caption}\n")
+        "numbers": result.numbers, "claims": [c.__dict__ for c in result.claims]}), indent=1) + "\n")
+    _write_text(paths[3], f"**{result.title}.** {result.caption}\n")
     return paths
+
+
+def write_timings(out: Path, seconds: dict) -> Path:
+    """Merge ``name -> seconds`` into ``out/timings.json`` (the only file whose content
+    depends on the machine and the moment)."""
+    path = out / "timings.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update({k: round(float(v), 1) for k, v in seconds.items() if v is not None})
+    _write_text(path, json.dumps(dict(sorted(old.items())), indent=1) + "\n")
+    return path
 
 
 def write_case(result, out: Path) -> list:
     """Write a case study's ``case-NAME.png``, ``.svg``, ``.json`` (every number) and
     ``.md`` (its summary); returns the paths."""
-    import matplotlib.pyplot as plt
-
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"case-{result.name}.{ext}" for ext in ("png", "svg", "json", "md")]
-    ax = result.plot()
-    ax.figure.savefig(paths[0], dpi=120)
-    ax.figure.savefig(paths[1])
-    plt.close(ax.figure)
-    result.to_json(paths[2])
-    paths[3].write_text(result.summary(markdown=True) + "\n")
+    save_figure(result.plot().figure, paths[0], paths[1])
+    data = result.to_dict()
+    data.pop("seconds", None)  # timings go to timings.json
+    _write_text(paths[2], json.dumps(data, indent=1) + "\n")
+    _write_text(paths[3], result.summary(markdown=True) + "\n")
     return paths
 
 
@@ -106,45 +106,85 @@ def _figure_number(path):
     return (int(digits) if digits else 0, path.stem)
 
 
+def _cell(text):
+    return str(text).replace("|", "\\|")
+
+
+def _claim_rows(where, claims):
+    rows = []
+    for c in claims:
+        verdict = f"**{c['verdict']}**" if c["verdict"] in ("contradicted", "fails") else c["verdict"]
+        rows.append(f"| {where} | {_cell(c['text'])} | {_cell(c['paper'])} | {_cell(c['ours'])} | "
+                    f"{verdict} |")
+    return rows
+
+
+PROTOCOL = (
+    "Every claim was declared in code before its numbers existed: the quantity, a *paired* "
+    "comparison (the same seed gives both arms the same initial weights, data order and test "
+    "set), the paper's direction and, for \"close to\" statements, a margin. The verdict comes "
+    "from the 95 % Student-t interval of the per-seed differences: **holds** if it excludes 0 "
+    "(or the margin) in the paper's direction, **contradicted** if it excludes 0 the other way, "
+    "**undecided** otherwise. Undecided is not counted as holding. Checks that are true by "
+    "construction when the code is right (closed forms against themselves or against Monte "
+    "Carlo, a shift of 1 after recalibrating on the same data) are listed separately and are "
+    "not evidence for the paper.")
+
+
 def write_report(out: Path, skipped, settings: str) -> Path:
-    """``REPORT.md`` from every figure JSON in ``out`` (so a run with ``--only``
-    updates its figures and keeps the others): one row per claim (paper, ours, holds),
-    the figures with captions, what this run skipped and why, and time per figure."""
-    mark = {True: "yes", False: "**no**", None: "n/a"}
+    """``REPORT.md`` from every figure and case JSON in ``out`` (so a run with ``--only``
+    updates its figures and keeps the others): the protocol, the counts of each
+    verdict, one row per claim (paper, ours with interval and n, verdict), the sanity
+    checks apart, the figures with captions, the case studies, and what was skipped."""
+    from ..verdicts import Claim, tally
+
     figures = [json.loads(p.read_text()) for p in sorted(out.glob("fig*.json"), key=_figure_number)]
+    cases = [json.loads(p.read_text()) for p in sorted(out.glob("case-*.json"))]
+    as_claims = lambda rows: [Claim(**c) for c in rows]  # noqa: E731
+    fig_claims = [c for f in figures for c in as_claims(f["claims"])]
+    case_claims = [c for k in cases for c in as_claims(k["claims"])]
+    checks = [c for c in fig_claims + case_claims if c.kind == "sanity"]
+    failed = [c for c in checks if c.verdict == "fails"]
     lines = ["# varshift reproduction of Li et al. (CVPR 2019) at small scale", "",
-             f"Settings of the last run: {settings}. Each figure below has a PNG, an SVG, "
-             "the numbers behind it (`.json`) and its caption (`.caption.md`). A claim that "
-             "does not hold here is reported as such.", "",
-             "| figure | claim | paper | ours | holds here |", "|---|---|---|---|---|"]
+             f"Settings: {settings}. Every figure has a PNG, an SVG, its numbers (`.json`) and "
+             f"its caption (`.caption.md`); wall times are in `timings.json`.", "",
+             "## How the verdicts are reached", "", PROTOCOL, "",
+             "## Summary", "",
+             f"- Paper claims ({sum(c.kind == 'claim' for c in fig_claims)}): {tally(fig_claims)}.",
+             f"- Case-study statements ({sum(c.kind == 'claim' for c in case_claims)}): "
+             f"{tally(case_claims)}." if cases else "- Case studies: not run.",
+             f"- Sanity checks: {len(checks) - len(failed)} of {len(checks)} pass"
+             + (f"; failing: {'; '.join(c.text for c in failed)}." if failed else "."), ""]
+    notes = out / "NOTES.md"
+    if notes.exists():
+        lines += ["## Reading of the results", "", notes.read_text().strip(), ""]
+    lines += ["## Paper claims", "",
+              "| figure | claim | paper | ours: mean ± sd; paired difference [95 % CI], n | verdict |",
+              "|---|---|---|---|---|"]
     for f in figures:
-        for c in f["claims"]:
-            lines.append(f"| {f['name']} | {c['text']} | {c['paper']} | {c['ours']} | {mark[c['holds']]} |")
+        lines += _claim_rows(f["name"], [c for c in f["claims"] if c.get("kind", "claim") == "claim"])
+    lines += ["", "## Sanity checks (true by construction; not evidence)", "",
+              "| where | check | expected | ours | result |", "|---|---|---|---|---|"]
+    for where, rows in [(f["name"], f["claims"]) for f in figures] + [(k["name"], k["claims"]) for k in cases]:
+        lines += _claim_rows(where, [c for c in rows if c.get("kind") == "sanity"])
     lines += ["", "## Figures", ""]
     for f in figures:
         lines += [f"### {f['title']}", "", f"![{f['name']}]({f['name']}.png)", "", f["caption"], ""]
-    cases = [json.loads(p.read_text()) for p in sorted(out.glob("case-*.json"))]
     if cases:
         lines += ["## Case studies", "",
                   "Questions people posted, rebuilt and measured over several seeds "
-                  "(`varshift case NAME`; quick settings here). Full summaries: "
-                  "`case-NAME.md`.", "",
-                  "| case | statement | posted | measured here | holds here |",
-                  "|---|---|---|---|---|"]
-        for c in cases:
-            lines += [f"| {c['name']} | {k['text']} | {k['paper']} | {k['ours']} | {mark[k['holds']]} |"
-                      for k in c["claims"]]
+                  "(`varshift case NAME`). Full summaries: `case-NAME.md`.", "",
+                  "| case | statement | posted | measured here | verdict |", "|---|---|---|---|---|"]
+        for k in cases:
+            lines += _claim_rows(k["name"], [c for c in k["claims"] if c.get("kind", "claim") == "claim"])
         lines.append("")
-        for c in cases:
-            settings = ", ".join(f"{k} {v}" for k, v in c["settings"].items())
-            lines += [f"### {c['title']} (`{c['name']}`)", "", f"*Question.* {c['question']}", "",
-                      f"*Settings:* {settings}.", "", f"![{c['name']}](case-{c['name']}.png)", "",
-                      f"**Conclusion.** {c['conclusion']}", ""]
+        for k in cases:
+            case_settings = ", ".join(f"{a} {b}" for a, b in k["settings"].items())
+            lines += [f"### {k['title']} (`{k['name']}`)", "", f"*Question.* {k['question']}", "",
+                      f"*Settings:* {case_settings}.", "", f"![{k['name']}](case-{k['name']}.png)", "",
+                      f"**Conclusion.** {k['conclusion']}", ""]
     if skipped:
         lines += ["## Skipped in the last run", ""] + [f"- `{name}`: {why}" for name, why in skipped] + [""]
-    lines += ["## Time per figure", "", "| figure | seconds |", "|---|---|"]
-    lines += [f"| {f['name']} | {f['seconds']:.1f} |" if f.get("seconds") is not None
-              else f"| {f['name']} | n/a |" for f in figures + cases]
     path = out / "REPORT.md"
-    path.write_text("\n".join(lines) + "\n")
+    _write_text(path, "\n".join(lines) + "\n")
     return path
