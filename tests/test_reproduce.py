@@ -1,4 +1,4 @@
-"""varshift reproduce: figures, numbers, claims and the report."""
+"""varshift reproduce: figures, numbers, verdicts, the report, and reproducible files."""
 
 import json
 import os
@@ -9,26 +9,38 @@ import time
 import pytest
 
 from varshift import reproduce
-from varshift.reproduce import analytic, empirical
+from varshift.reproduce import analytic, empirical, plan
 
 ANALYTIC = list(analytic.FIGURES)
+NETWORK = ["shift-per-layer", "propagation", "train-eval-accuracy", "flipped-logits",
+           "recalibration", "after-bn-and-uout", "equal-variance", "theory-vs-measurement",
+           "conv-angles", "batch-size-momentum"]
 
 
 def files_of(out, name):
     return [out / f"{name}.{ext}" for ext in ("png", "svg", "json", "caption.md")]
 
 
-def test_analytic_figures_are_written_with_claims_that_hold(tmp_path):
+@pytest.fixture
+def tiny(monkeypatch):
+    """Every training run at 1 epoch on 500 sequences (plan's settings, patched)."""
+    monkeypatch.setattr(plan.Settings, "epochs", property(lambda self: 1))
+    monkeypatch.setattr(plan.Settings, "num_samples", property(lambda self: 500))
+
+
+def test_analytic_figures_are_sanity_checks_that_pass(tmp_path):
     results, skipped = reproduce.run(tmp_path, quick=True, only=ANALYTIC)
     assert skipped == [] and len(results) == 4
     for result in results:
         for path in files_of(tmp_path, result.name):
             assert path.stat().st_size > 100, path
         data = json.loads((tmp_path / f"{result.name}.json").read_text())
-        assert data["claims"] and all(c["holds"] for c in data["claims"]), data["claims"]
+        assert data["claims"] and all(c["kind"] == "sanity" and c["verdict"] == "passes"
+                                      for c in data["claims"]), data["claims"]
     report = (tmp_path / "REPORT.md").read_text()
     assert "| fig4_noise_types | Uout shifts far less than Dropout" in report
-    assert report.count("![") == 4 and "Time per figure" in report
+    assert "Paper claims (0): 0 hold, 0 contradicted, 0 undecided" in report
+    assert "Sanity checks: 10 of 10 pass" in report and report.count("![") == 4
 
 
 def test_figures_needing_missing_data_are_skipped_with_instructions(tmp_path, monkeypatch):
@@ -41,27 +53,16 @@ def test_figures_needing_missing_data_are_skipped_with_instructions(tmp_path, mo
     assert "## Skipped" in (tmp_path / "REPORT.md").read_text()
 
 
-def test_a_miniature_sweep_drives_figures_5_7_8_9(tmp_path, monkeypatch):
-    pytest.importorskip("mnist1d")
-    monkeypatch.setattr(empirical, "RATES", (0.0, 0.1, 0.5))
-    monkeypatch.setattr(empirical.Context, "epochs", property(lambda self: 2))
-    names = ["shift-per-layer", "train-eval-accuracy", "flipped-logits", "recalibration"]
-    results, skipped = reproduce.run(tmp_path, quick=True, only=names, seeds=1)
-    assert skipped == [] and [r.name for r in results] == [
-        "fig5_shift_per_layer_preresnet", "fig7_train_eval_accuracy", "fig8_flipped_logits",
-        "fig9_recalibration"]
-    fig5 = json.loads((tmp_path / "fig5_shift_per_layer_preresnet.json").read_text())
-    assert set(fig5["numbers"]) == {"a/0.0", "a/0.1", "a/0.5", "b/0.0", "b/0.1", "b/0.5"}
-    assert len(fig5["numbers"]["a/0.5"]["shift_per_layer"]) == 7  # BatchNorm layers
-    fig9 = json.loads((tmp_path / "fig9_recalibration.json").read_text())
-    assert max(fig9["numbers"]["a"]["max_shift_after"]) < 1.001
-    for result in results:
-        assert all(isinstance(c.holds, bool) for c in result.claims)
-
-
 def test_unknown_figure_is_rejected():
     with pytest.raises(ValueError, match="unknown figure"):
         reproduce.run("unused", only=["fig99"])
+    with pytest.raises(ValueError, match="seeds must be an integer >= 2"):
+        reproduce.run("unused", only=["noise-types"], seeds=1)
+
+
+def test_quick_runs_do_not_write_into_the_committed_figures():
+    assert str(reproduce.default_out(True)) == os.path.join("figures", "quick")
+    assert str(reproduce.default_out(False)) == "figures"
 
 
 def test_reproduce_command(tmp_path):
@@ -69,24 +70,58 @@ def test_reproduce_command(tmp_path):
                           "--out", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "1 figure(s) and 0 case studies" in out.stdout
-    assert "3 of 3 paper claims and 0 of 0 posted statements hold here" in out.stdout
+    assert "Paper claims: 0 hold, 0 contradicted, 0 undecided" in out.stdout
 
 
-@pytest.mark.slow
-def test_quick_reproduction_makes_every_figure_and_case(tmp_path, mnist_dir):
-    # its speed (about 12 minutes on 2 cores) is reported, not asserted: timings belong in
-    # benchmarks, not in tests
+def test_runs_are_paired_by_seed():
+    """Every arm of a comparison starts from the same weights for the same seed."""
+    from varshift.reproduce.networks import ARCHITECTURES
+
+    for arch, build in ARCHITECTURES.items():
+        weights = [list(build(pl, r, noise=n, seed=3).state_dict(buffers=False).values())
+                   for pl, r, n in (("a", 0.0, "dropout"), ("a", 0.5, "dropout"),
+                                    ("b", 0.3, "dropout"), ("b", 0.2, "uout"),
+                                    ("head", 0.1, "dropout"))]
+        for other in weights[1:]:
+            assert len(other) == len(weights[0]), arch
+            assert all((a == b).all() for a, b in zip(other, weights[0])), arch
+
+
+def test_the_sweep_drives_every_network_figure_and_files_are_reproducible(tmp_path, tiny):
+    pytest.importorskip("mnist1d")
+    results, skipped = reproduce.run(tmp_path, quick=True, only=NETWORK, seeds=2, jobs=2)
+    assert skipped == []
+    names = sorted(r.name for r in results)
+    assert names == sorted(["fig5_shift_per_layer_preresnet", "fig12_propagation",
+                            "fig7_train_eval_accuracy", "fig8_flipped_logits", "fig9_recalibration",
+                            "fig10_after_bn_and_uout", "fig14_equal_variance",
+                            "fig13_theory_vs_measurement", "fig15_conv_angles",
+                            "fig11_batch_size_momentum"])
+    fig5 = json.loads((tmp_path / "fig5_shift_per_layer_preresnet.json").read_text())
+    assert len(fig5["numbers"]["a/0.5"]["shift_per_layer"]) == 2  # seeds
+    assert len(fig5["numbers"]["a/0.5"]["shift_per_layer"][0]) == 7  # BatchNorm layers
+    claims = [c for r in results for c in r.claims]
+    assert any("(b) hurts less than (a) at drop 0.5" in c.text for c in claims)
+    for c in claims:
+        assert c.verdict in ("holds", "contradicted", "undecided", "passes")
+        if c.kind == "claim" and c.estimate is not None:
+            assert c.n == 2 and c.low <= c.estimate <= c.high
+    assert all(c.verdict == "passes" for c in claims if c.kind == "sanity")
+    theory = json.loads((tmp_path / "fig13_theory_vs_measurement.json").read_text())
+    assert {p["case"] for p in theory["numbers"]["points"]} == {"a", "b"}
+    # re-rendering from the cache writes byte-identical figures, JSON and report
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()
+              and p.name != "timings.json"}
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "varshift", "reproduce", "--quick", "--out",
-                          str(tmp_path), "--data-dir", str(mnist_dir), "-q"],
-                         capture_output=True, text=True, timeout=2400,
-                         env={**os.environ, "VARSHIFT_DATA": str(mnist_dir.parent)})
-    seconds = time.perf_counter() - start
-    assert out.returncode == 0, out.stderr
-    print(out.stdout, f"({seconds:.0f} s)")
-    assert "11 figure(s) and 4 case studies" in out.stdout and "skipped" not in out.stdout
+    reproduce.run(tmp_path, quick=True, only=NETWORK, seeds=2)
+    assert time.perf_counter() - start < 60  # nothing was trained again
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()
+             and p.name != "timings.json"}
+    assert after.keys() == before.keys()
+    assert [n for n in before if before[n] != after[n]] == []
     report = (tmp_path / "REPORT.md").read_text()
-    assert report.count("![") == 15 and report.count("**Conclusion.**") == 4
+    assert "## Sanity checks" in report and "Paper claims (" in report
+    assert "seconds" not in fig5 and "task:" in (tmp_path / "timings.json").read_text()
 
 
 def test_a_partial_run_keeps_the_other_figures_in_the_report(tmp_path):
@@ -96,3 +131,19 @@ def test_a_partial_run_keeps_the_other_figures_in_the_report(tmp_path):
     assert "| fig3_shift_heatmap |" in report and "| fig4_noise_types |" in report
     assert report.count("![") == 2
     assert (tmp_path / "fig3_shift_heatmap.svg").stat().st_size < 500_000  # rasterised mesh
+
+
+@pytest.mark.slow
+def test_quick_reproduction_makes_every_figure_and_case(tmp_path, mnist_dir):
+    # its speed is reported, not asserted: timings belong in benchmarks, not in tests
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "varshift", "reproduce", "--quick", "--jobs", "2",
+                          "--out", str(tmp_path), "--data-dir", str(mnist_dir), "-q"],
+                         capture_output=True, text=True, timeout=2400,
+                         env={**os.environ, "VARSHIFT_DATA": str(mnist_dir.parent)})
+    seconds = time.perf_counter() - start
+    assert out.returncode == 0, out.stderr
+    print(out.stdout, f"({seconds:.0f} s)")
+    assert "15 figure(s) and 4 case studies" in out.stdout and "skipped" not in out.stdout
+    report = (tmp_path / "REPORT.md").read_text()
+    assert report.count("![") == 19 and report.count("**Conclusion.**") == 4

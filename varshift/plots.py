@@ -90,12 +90,17 @@ def plot_layer_variance(report, ax=None):
 
 
 # ---------------------------------------------------------------- analytic figures
-def _mc_points(ax, points, color):
-    """Monte Carlo points with 2-standard-error bars: dicts with x, estimate, stderr."""
+DELTA = r"$\Delta = \mathrm{Var}_{test}\,/\,\mathrm{Var}_{train}$"
+MC_LABEL = "Monte Carlo, ±2 s.e. (bars hidden by the markers)"
+
+
+def _mc_points(ax, points, color, label=None):
+    """Monte Carlo points (hollow) with 2-standard-error bars: dicts with x, estimate,
+    stderr."""
     if points:
         ax.errorbar([q["x"] for q in points], [q["estimate"] for q in points],
-                    yerr=[2 * q["stderr"] for q in points], fmt="o", ms=4, color=color,
-                    capsize=2, lw=1)
+                    yerr=[2 * q["stderr"] for q in points], fmt="o", ms=6, mfc="white",
+                    mew=1.2, color=color, capsize=3, lw=1, label=label)
 
 
 def plot_shift_vs_p(ax=None, c_over_sqrt_v=(0.0, 0.5, 1.0, 2.0), mc=None, inverse=False):
@@ -116,17 +121,19 @@ def plot_shift_vs_p(ax=None, c_over_sqrt_v=(0.0, 0.5, 1.0, 2.0), mc=None, invers
     p = np.linspace(0.05, 1.0, 200)
     for ratio in c_over_sqrt_v:
         delta = shift_dropout_bn(p, c=ratio, v=1.0)
-        line, = ax.plot(p, 1 / delta if inverse else delta, label=f"c/sqrt(v) = {ratio:g}")
+        line, = ax.plot(p, 1 / delta if inverse else delta, label=rf"$c/\sqrt{{v}}$ = {ratio:g}")
         points = (mc or {}).get(ratio, [])
         if inverse:
             points = [dict(q, estimate=1 / q["estimate"], stderr=q["stderr"] / q["estimate"] ** 2)
                       for q in points]
         _mc_points(ax, points, line.get_color())
+    if mc:
+        _mc_points(ax, [{"x": np.nan, "estimate": np.nan, "stderr": 0.0}], "k", MC_LABEL)
     ax.set_xlabel("retain ratio p (drop rate 1 - p)")
-    ax.set_ylabel("1 / Delta = moving / real variance" if inverse else "Delta = Var_test / Var_train")
+    ax.set_ylabel(r"$1/\Delta$ = moving / real variance" if inverse else DELTA)
     if inverse:
         ax.set_yscale("log")
-    ax.set_title("Case (a): Dropout -> BN" + (" (inverse)" if inverse else ""))
+    ax.set_title("Case (a): Dropout → BN" + (r" (inverse, $1/\Delta$)" if inverse else ""))
     ax.legend(fontsize="small")
     return ax
 
@@ -134,25 +141,32 @@ def plot_shift_vs_p(ax=None, c_over_sqrt_v=(0.0, 0.5, 1.0, 2.0), mc=None, invers
 def plot_shift_vs_width(ax=None, retain=(0.9, 0.7, 0.5, 0.3), rho=0.3, cos2=0.02, c=0.0, mc=None):
     """Case (b): Delta against the fan-in d (Eq. 12), with the two flat controls.
 
-    Solid: trained-like weights with fixed cos^2(theta); dashed: zero-mean random
-    weights (cos^2 = 1/d); dotted: uncorrelated inputs (rho = 0).
+    Solid: trained-like weights with fixed cos^2(theta), drawn where d cos^2 >= 1
+    (below, Delta < p: fewer inputs than a random filter's d cos^2 = 1); dashed:
+    zero-mean random weights (cos^2 = 1/d) and uncorrelated inputs (rho = 0), which
+    coincide: both give case (a)'s Delta = Eq. 8 whatever d.
     """
     from .theory import shift_dropout_weight_bn
 
     ax = _axes(ax)
     d = np.logspace(0, np.log10(8192), 200)
+    trained = d >= 1 / cos2
     for p in retain:
-        line, = ax.semilogx(d, shift_dropout_weight_bn(p, d, cos2, rho, c=c), label=f"p = {p:g}")
+        line, = ax.semilogx(d[trained], shift_dropout_weight_bn(p, d[trained], cos2, rho, c=c),
+                            label=f"p = {p:g}")
         color = line.get_color()
         ax.semilogx(d, shift_dropout_weight_bn(p, d, 1 / d, rho, c=c), ls="--", color=color, lw=1)
-        ax.semilogx(d, shift_dropout_weight_bn(p, d, cos2, 0.0, c=c), ls=":", color=color, lw=1)
         _mc_points(ax, (mc or {}).get(p, []), color)
-    ax.plot([], [], "k--", lw=1, label="random weights: cos^2 = 1/d")
-    ax.plot([], [], "k:", lw=1, label="uncorrelated inputs: rho = 0")
+    ax.plot([], [], "k--", lw=1, label=r"random weights ($\cos^2\theta = 1/d$) or $\rho = 0$")
+    if mc:
+        _mc_points(ax, [{"x": np.nan, "estimate": np.nan, "stderr": 0.0}], "k", "Monte Carlo, ±2 s.e.")
+    ax.axvline(1 / cos2, color="0.6", lw=0.8, ls=":")
+    ax.text(1 / cos2, 0.02, r" $d\,\cos^2\theta = 1$", color="0.4", fontsize="x-small",
+            transform=ax.get_xaxis_transform())
     ax.set_xlabel("fan-in d of the weight layer")
-    ax.set_ylabel("Delta = Var_test / Var_train")
-    ax.set_title(f"Case (b): rho = {rho:g}, cos^2 = {cos2:g}")
-    ax.legend(fontsize="x-small", ncol=2, loc="lower right")
+    ax.set_ylabel(DELTA)
+    ax.set_title(rf"Case (b): $\rho$ = {rho:g}, $\cos^2\theta$ = {cos2:g}")
+    ax.legend(fontsize="x-small", ncol=2, loc="upper left")
     return ax
 
 
@@ -166,13 +180,13 @@ def plot_shift_heatmap(ax=None, rho=0.3, c=0.0):
     grid = shift_dropout_weight_bn(p[:, None], rho=rho, c=c, d_cos2=dc[None])
     mesh = ax.pcolormesh(dc, p, grid, shading="auto", cmap="viridis", vmin=0, vmax=1,
                          rasterized=True)  # keeps the SVG small
-    contours = ax.contour(dc, p, grid, levels=[0.5, 0.7, 0.9, 0.95, 0.99], colors="w", linewidths=0.8)
+    contours = ax.contour(dc, p, grid, levels=[0.5, 0.7, 0.8, 0.9, 0.95], colors="w", linewidths=0.8)
     ax.clabel(contours, fontsize="x-small")
     ax.set_xscale("log")
-    ax.set_xlabel("d cos^2(theta)")
+    ax.set_xlabel(r"$d\,\cos^2\theta$")
     ax.set_ylabel("retain ratio p")
-    ax.set_title(f"Delta for case (b), rho = {rho:g}")
-    ax.figure.colorbar(mesh, ax=ax, label="Delta")
+    ax.set_title(rf"$\Delta$ for case (b), $\rho$ = {rho:g}")
+    ax.figure.colorbar(mesh, ax=ax, label=r"$\Delta$")
     return ax
 
 
@@ -188,19 +202,24 @@ def plot_noise_types(ax=None, c=0.0, mc=None):
 
     ax = _axes(ax)
     s2 = np.linspace(0, 1.5, 200)
-    ax.plot(s2, shift_gaussian(s2, c=c), color="0.3", lw=2, label="any noise, E[m^2] = 1 + s^2")
+    ax.plot(s2, shift_gaussian(s2, c=c), color="0.3", lw=2, label=r"any noise, $E[m^2] = 1 + s^2$")
     for name, xs, ys, marker in [
         ("Dropout, drop 0.1/0.3/0.5", [0.1 / 0.9, 0.3 / 0.7, 1.0],
          shift_dropout_bn(np.array([0.9, 0.7, 0.5]), c=c), "o"),
-        ("Uout, beta 0.1/0.3/0.5/1", np.array([0.1, 0.3, 0.5, 1.0]) ** 2 / 3,
+        (r"Uout, $\beta$ 0.1/0.3/0.5/1", np.array([0.1, 0.3, 0.5, 1.0]) ** 2 / 3,
          shift_uout(np.array([0.1, 0.3, 0.5, 1.0]), c=c), "s"),
-        ("Gaussian, sigma^2 0.2/0.6/1.2", [0.2, 0.6, 1.2], shift_gaussian(np.array([0.2, 0.6, 1.2]), c=c), "^"),
+        (r"Gaussian, $\sigma^2$ 0.2/0.6/1.2", [0.2, 0.6, 1.2],
+         shift_gaussian(np.array([0.2, 0.6, 1.2]), c=c), "^"),
     ]:
         ax.plot(xs, ys, marker, ms=7, label=name)
-    for points in (mc or {}).values():
-        _mc_points(ax, points, "k")
-    ax.set_xlabel("noise variance s^2 = Var(m)")
-    ax.set_ylabel("Delta = Var_test / Var_train")
-    ax.set_title(f"Noise types before BN (c/sqrt(v) = {c:g})")
+    for i, points in enumerate((mc or {}).values()):
+        _mc_points(ax, points, "k", "Monte Carlo, ±2 s.e." if i == 0 else None)
+    ax.set_xlabel(r"noise variance $s^2 = \mathrm{Var}(m)$")
+    ax.set_ylabel(DELTA)
+    ax.set_title(rf"Noise types before BN ($c/\sqrt{{v}}$ = {c:g})", pad=22)
+    top = ax.secondary_xaxis("top", functions=(lambda v: np.sqrt(3 * np.clip(v, 0, None)),
+                                                lambda b: np.asarray(b) ** 2 / 3))
+    top.set_xticks([0.5, 1.0, 1.5, 2.0])
+    top.set_xlabel(r"Uout's $\beta$ with this variance ($s^2 = \beta^2/3$)", fontsize="small")
     ax.legend(fontsize="small")
     return ax

@@ -1,0 +1,70 @@
+"""Cached, resumable tasks: serial, local processes and Dask give identical results."""
+
+import json
+
+import pytest
+
+from varshift import tasks
+from varshift.tasks import Task
+
+pytest.importorskip("mnist1d")
+
+
+def tiny(seed, arch="PreResNet", rate=0.5):
+    return Task(f"test/{arch}/seed{seed}", "varshift.reproduce.experiments:train_network",
+                {"arch": arch, "placement": "a", "rate": rate, "seed": seed, "epochs": 1,
+                 "num_samples": 500, "track": True})
+
+
+TASKS = [tiny(0), tiny(1), tiny(0, "DenseNet")]
+
+
+@pytest.fixture(scope="module")
+def serial():
+    results, _ = tasks.run(TASKS)
+    return results
+
+
+def test_keys_are_deterministic_and_depend_on_every_parameter():
+    assert tiny(0).key == tiny(0).key and tiny(0).key.startswith("test/PreResNet/seed0-")
+    assert tiny(0).key != tiny(0, rate=0.3).key
+    with_option = Task(tiny(0).label, tiny(0).function, tiny(0).params, options={"data_dir": "x"})
+    assert with_option.key == tiny(0).key  # options do not change the result
+
+
+def test_local_processes_give_the_serial_results(serial):
+    parallel, seconds = tasks.run(TASKS, jobs=2)
+    assert parallel == serial and set(seconds) == set(serial)
+    assert serial[TASKS[0].key]["test_error"] != serial[TASKS[1].key]["test_error"] or \
+        serial[TASKS[0].key]["bn"] != serial[TASKS[1].key]["bn"]
+
+
+def test_an_interrupted_run_resumes_from_the_cache(tmp_path, serial, monkeypatch):
+    tasks.run(TASKS[:1], tmp_path)
+    calls = []
+    real = tasks._timed
+    monkeypatch.setattr(tasks, "_timed", lambda *a: calls.append(a[1]["seed"]) or real(*a))
+    results, _ = tasks.run(TASKS, tmp_path)
+    assert len(calls) == 2 and results == serial  # the first task was read back
+    stored = json.loads((tmp_path / f"{TASKS[0].key}.json").read_text())
+    assert stored["params"] == TASKS[0].params and stored["result"] == serial[TASKS[0].key]
+    (tmp_path / f"{TASKS[1].key}.json").write_text("{broken")  # a damaged file is recomputed
+    calls.clear()
+    assert tasks.run(TASKS, tmp_path)[0] == serial and calls == [1]
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
+        tasks.run(TASKS, jobs=0)
+    with pytest.raises(TypeError, match="tasks must be Task objects, got dict"):
+        tasks.run([{"label": "x"}])
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_gives_the_serial_results(serial):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        results, _ = tasks.run(TASKS, client=client)
+    assert results == serial

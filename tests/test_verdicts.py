@@ -1,0 +1,92 @@
+"""The statistical protocol: paired intervals decide, undecided never counts as holding."""
+
+import numpy as np
+import pytest
+
+from varshift.verdicts import Claim, count, interval, judge, tally
+
+RNG = np.random.default_rng(0)
+NOISE = RNG.normal(0, 0.3, 8)
+
+
+def test_interval_matches_scipy_t():
+    from scipy import stats
+
+    v = [1.0, 2.0, 4.0, 3.5]
+    mean, low, high = interval(v)
+    ref = stats.t.interval(0.95, 3, loc=np.mean(v), scale=stats.sem(v))
+    assert mean == pytest.approx(2.625) and (low, high) == pytest.approx(ref)
+    assert interval([2.0])[1:] == (-np.inf, np.inf)
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, np.nan], [np.inf, 1.0]])
+def test_interval_rejects_empty_or_non_finite(bad):
+    with pytest.raises(ValueError, match="finite"):
+        interval(bad)
+
+
+@pytest.mark.parametrize("direction", [1, -1])
+def test_known_effect_holds_reversed_is_contradicted_none_is_undecided(direction):
+    reference = 5 + NOISE
+    effect = 2.0 * direction
+    assert Claim.paired("c", "p", reference + effect + NOISE / 10, reference,
+                        direction=direction).verdict == "holds"
+    assert Claim.paired("c", "p", reference - effect + NOISE / 10, reference,
+                        direction=direction).verdict == "contradicted"
+    no_effect = reference + np.tile([1.0, -1.0], 4)  # mean difference exactly 0
+    assert Claim.paired("c", "p", no_effect, reference, direction=direction).verdict == "undecided"
+
+
+def test_pairing_removes_the_shared_seed_noise():
+    seeds = np.array([1.0, 9.0, 3.0, 12.0, 6.0])  # large seed-to-seed spread
+    claim = Claim.paired("c", "p", seeds + 0.5 + [0.01, -0.02, 0.0, 0.02, -0.01], seeds, direction=1)
+    assert claim.verdict == "holds" and claim.n == 5
+    assert claim.low > 0.4 and claim.high < 0.6 and "difference +0.50" in claim.ours
+
+
+def test_minimum_effect_and_equivalence_margin():
+    ref = 5 + NOISE
+    small = ref + 0.3 + NOISE / 100
+    assert Claim.paired("c", "p", small, ref, direction=1).verdict == "holds"
+    assert Claim.paired("c", "p", small, ref, direction=1, min_effect=1.0).verdict == "undecided"
+    assert Claim.paired("c", "p", small, ref, direction=0, min_effect=1.0).verdict == "holds"
+    assert Claim.paired("c", "p", ref + 3 + NOISE / 100, ref, direction=0,
+                        min_effect=1.0).verdict == "contradicted"
+    assert judge(-2.0, 2.0, 0, 1.0) == "undecided"
+    with pytest.raises(ValueError, match="margin"):
+        judge(0.0, 1.0, 0, 0.0)
+    with pytest.raises(ValueError, match="direction"):
+        judge(0.0, 1.0, 2)
+
+
+def test_one_seed_is_undecided_and_the_posted_regime_is_respected():
+    assert Claim.paired("c", "p", [9.0], [1.0], direction=1).verdict == "undecided"
+    far = Claim.paired("c", "p", 5 + NOISE + 3, 5 + NOISE, direction=-1, posted_regime=False)
+    assert far.verdict == "not tested at the posted regime" and far.holds is None
+    assert far.estimate == pytest.approx(3.0)
+
+
+def test_one_sample_claims_against_a_fixed_value():
+    claim = Claim.paired("c", "p", [0.03, 0.035, 0.04], 0.01, direction=1, digits=3)
+    assert claim.verdict == "holds" and "vs 0.01;" in claim.ours
+
+
+def test_all_of_and_counting_keep_undecided_apart():
+    hold = Claim.paired("h", "", [2.0, 2.1, 2.2], [1.0, 1.0, 1.0], direction=1)
+    undecided = Claim.paired("u", "", [2.0, 0.1, 2.2], [1.0, 1.0, 1.0], direction=1)
+    contra = Claim.paired("x", "", [0.0, 0.1, 0.2], [1.0, 1.0, 1.0], direction=1)
+    assert Claim.all_of("a", "", [hold, hold]).verdict == "holds"
+    assert Claim.all_of("a", "", [hold, undecided]).verdict == "undecided"
+    assert Claim.all_of("a", "", [undecided, contra]).verdict == "contradicted"
+    sanity = Claim.sanity("s", "1", "1.0", True)
+    claims = [hold, undecided, contra, sanity]
+    assert count(claims) == {"holds": 1, "undecided": 1, "contradicted": 1}
+    assert tally(claims) == "1 hold, 1 contradicted, 1 undecided"
+    assert sanity.holds is True and Claim.sanity("s", "1", "2", False).verdict == "fails"
+
+
+def test_verdicts_are_validated():
+    with pytest.raises(ValueError, match="verdict"):
+        Claim("t", "p", "o", True)
+    with pytest.raises(ValueError, match="kind"):
+        Claim("t", "p", "o", "holds", kind="other")
