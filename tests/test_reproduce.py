@@ -12,7 +12,7 @@ from varshift import reproduce
 from varshift.reproduce import analytic, empirical, plan
 
 ANALYTIC = list(analytic.FIGURES)
-NETWORK = ["shift-per-layer", "propagation", "train-eval-accuracy", "flipped-logits",
+NETWORK = ["training", "shift-per-layer", "propagation", "train-eval-accuracy", "flipped-logits",
            "recalibration", "after-bn-and-uout", "equal-variance", "theory-vs-measurement",
            "conv-angles", "batch-size-momentum"]
 
@@ -92,7 +92,7 @@ def test_the_sweep_drives_every_network_figure_and_files_are_reproducible(tmp_pa
     results, skipped = reproduce.run(tmp_path, quick=True, only=NETWORK, seeds=2, jobs=2)
     assert skipped == []
     names = sorted(r.name for r in results)
-    assert names == sorted(["fig5_shift_per_layer_preresnet", "fig12_propagation",
+    assert names == sorted(["fig16_training", "fig5_shift_per_layer_preresnet", "fig12_propagation",
                             "fig7_train_eval_accuracy", "fig8_flipped_logits", "fig9_recalibration",
                             "fig10_after_bn_and_uout", "fig14_equal_variance",
                             "fig13_theory_vs_measurement", "fig15_conv_angles",
@@ -144,6 +144,6 @@ def test_quick_reproduction_makes_every_figure_and_case(tmp_path, mnist_dir):
     seconds = time.perf_counter() - start
     assert out.returncode == 0, out.stderr
     print(out.stdout, f"({seconds:.0f} s)")
-    assert "15 figure(s) and 4 case studies" in out.stdout and "skipped" not in out.stdout
+    assert "16 figure(s) and 4 case studies" in out.stdout and "skipped" not in out.stdout
     report = (tmp_path / "REPORT.md").read_text()
-    assert report.count("![") == 19 and report.count("**Conclusion.**") == 4
+    assert report.count("![") == 20 and report.count("**Conclusion.**") == 4

@@ -213,6 +213,63 @@ def shift_per_layer(ctx):
     return results
 
 
+# ------------------------------------------------------------------ training regime
+PLATEAU = 0.5
+"""Plateau criterion: the no-Dropout network's training accuracy (inference mode) moves
+by less than this many points over the last fifth of the epochs, in every seed."""
+
+
+def training(ctx):
+    """Learning curves and the final training and test error of every setting: is the
+    regime the paper's (networks trained to a plateau)?"""
+    archs = ctx.settings.architectures
+    fig, axes = new_figure(1, len(archs), width=4.6, height=3.6)
+    numbers, claims, rows = {}, [], []
+    arms = [("no Dropout", "a", 0.0, "dropout"), ("(a) 0.5", "a", 0.5, "dropout"),
+            ("(b) 0.5", "b", 0.5, "dropout")]
+    for ax, arch in zip(axes[0], archs):
+        for i, (name, pl, r, _) in enumerate(arms):
+            runs = ctx.network(arch, pl, r)
+            epochs = np.arange(1, len(runs[0]["history"]["eval_mode"]) + 1)
+            _band(ax, epochs, [100 - np.array(h["history"]["eval_mode"]) for h in runs],
+                  f"{name}: training", color=f"C{i}")
+            _band(ax, epochs, [h["history"]["test_error"] for h in runs], f"{name}: test",
+                  color=f"C{i}", ls="--")
+        ax.set(yscale="log", xlabel="epoch", ylabel="error (%), inference mode",
+               title=f"{arch}: learning curves")
+        ax.legend(fontsize="xx-small", ncol=2)
+        base = ctx.network(arch, "a", 0.0)
+        tail = max(2, len(base[0]["history"]["eval_mode"]) // 5)
+        moves = [float(np.ptp(r["history"]["eval_mode"][-tail:])) for r in base]
+        claims.append(Claim.sanity(
+            f"{arch}: the no-Dropout network's training accuracy has plateaued",
+            f"moves < {PLATEAU} points over the last {tail} epochs in every seed",
+            f"largest move {max(moves):.2f} points; final training error "
+            f"{np.mean(_get(base, 'train_error')):.2f} %", max(moves) < PLATEAU))
+        settings = [("no noise", "a", 0.0, "dropout")]
+        settings += [(f"Dropout ({pl}) {r:g}", pl, r, "dropout") for pl in "ab" for r in SWEEP_RATES]
+        settings += [(f"Dropout (head) {r:g}", "head", r, "dropout") for r in HEAD_RATES]
+        settings += [(f"Uout (b) {b:g}", "b", b, "uout") for b in UOUT_BETAS]
+        settings += [(f"{n.capitalize()} ({pl}) {a:g}", pl, a, n) for n, a in EQUAL_VARIANCE for pl in "ab"]
+        for name, pl, r, noise in settings:
+            runs = ctx.network(arch, pl, r, noise)
+            train, test = _get(runs, "train_error"), _get(runs, "test_error")
+            rows.append({"arch": arch, "setting": name, "train_error": train, "test_error": test})
+        numbers[arch] = {"plateau_moves": moves}
+    numbers["table"] = rows
+    table = ["| network | setting | training error (%) | test error (%) |", "|---|---|---|---|"]
+    table += [f"| {r['arch']} | {r['setting']} | {np.mean(r['train_error']):.2f} ± "
+              f"{np.std(r['train_error'], ddof=1):.2f} | {np.mean(r['test_error']):.2f} ± "
+              f"{np.std(r['test_error'], ddof=1):.2f} |" for r in rows]
+    return FigureResult("fig16_training", "Training regime: learning curves and final errors",
+                        fig, f"Every network is trained for {ctx.settings.epochs} epochs with Adam "
+                        f"and a cosine decay of the learning rate to 0. Curves: error on 2,000 "
+                        f"training sequences (solid) and on the test set (dashed), in inference "
+                        f"mode, mean and 95 % band over {_seeds(ctx)}. Final errors of every "
+                        f"setting (mean ± sd over seeds; training error on all training "
+                        f"sequences, inference mode):\n\n" + "\n".join(table), numbers, claims)
+
+
 # ------------------------------------------------------------------ propagation
 def propagation(ctx):
     """The shift and the mean shift at BatchNorm layers with no Dropout right before
@@ -337,7 +394,7 @@ def _recovered(fraction):
 
 def recalibration(ctx):
     archs = ctx.settings.architectures
-    fig, axes = new_figure(1, 1, width=1.8 + 2.2 * len(archs), height=3.8)
+    fig, axes = new_figure(1, 1, width=3.6 + 2.2 * len(archs), height=3.8)
     ax = axes[0, 0]
     numbers, claims = {}, []
     series = {"no Dropout": [], "(a) 0.5": [], "(a) 0.5 Adjust": [], "(b) 0.5": [], "(b) 0.5 Adjust": []}
@@ -372,7 +429,7 @@ def recalibration(ctx):
         ]
     colors = ["0.4", "C3", "#f4a582", "C2", "#a6dba0"]
     _bars(ax, archs, list(series.items()), colors)
-    ax.set(ylabel="test error (%)", title="Before and after re-estimating BatchNorm statistics")
+    ax.set(ylabel="test error (%)", title="Re-estimating the BatchNorm statistics")
     ax.legend(fontsize="x-small", ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1))
     worst = max(numbers[a]["max_shift_after"] for a in archs)
     claims.append(Claim.sanity("After recalibration the shift on the recalibration data is 1",
@@ -696,6 +753,7 @@ def batch_size_and_momentum(ctx):
 
 
 FIGURES = {
+    "training": training,
     "shift-per-layer": shift_per_layer,
     "propagation": propagation,
     "train-eval-accuracy": train_eval_accuracy,
