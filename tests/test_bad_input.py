@@ -34,15 +34,15 @@ def test_batchnorm_training_needs_more_than_one_value_per_channel():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: nn.Dropout(1.0), r"Dropout: rate must be in \[0, 1\), got 1.0"),
-    (lambda: nn.Dropout(-0.1), r"rate must be in \[0, 1\)"),
-    (lambda: nn.GaussianDropout(1.5), r"GaussianDropout: rate must be in \[0, 1\)"),
+    (lambda: nn.Dropout(1.0), r"Dropout: rate must be a float in \[0, 1\), got 1.0"),
+    (lambda: nn.Dropout(-0.1), r"rate must be a float in \[0, 1\)"),
+    (lambda: nn.GaussianDropout(1.5), r"GaussianDropout: rate must be a float in \[0, 1\)"),
     (lambda: nn.Uout(-0.2), "Uout: beta must be a float >= 0, got -0.2"),
     (lambda: nn.Dense(0, 3), "Dense: in_features must be a positive integer, got 0"),
     (lambda: nn.Conv2D(1, 2, (3, 0)), r"Conv2D: kernel_size must be an int >= 1 or 2 of them"),
     (lambda: nn.Conv2D(1, 2, 3, stride=2, padding="same"), "padding='same' needs stride 1"),
     (lambda: nn.MaxPool2D(2, padding=2), "padding .* must be at most half the kernel"),
-    (lambda: nn.BatchNorm(3, momentum=1.5), r"momentum must be in \[0, 1\]"),
+    (lambda: nn.BatchNorm(3, momentum=1.5), r"momentum must be a float in \[0, 1\]"),
     (lambda: nn.BatchNorm(3, eps=0), "eps must be a positive float"),
     (lambda: nn.Sequential(nn.Dense(1, 1), "relu"), "layer 1 must be a Layer, got str"),
     (lambda: optim.SGD(nn.Dense(1, 1), lr=0), "lr must be a positive float"),

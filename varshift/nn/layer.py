@@ -20,6 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .._validate import seed as check_seed
+
 __all__ = ["Layer", "HookHandle", "modes", "preserved", "layer_to_config", "layer_from_config"]
 
 _REGISTRY: dict[str, type] = {}
@@ -140,6 +142,11 @@ class Layer:
             raise TypeError(
                 f"{self.describe()}: expected a numeric array, got dtype {x.dtype}"
             )
+        if x.ndim and x.size == 0:
+            expected, got = (("at least one sample", "an empty batch") if x.shape[0] == 0
+                             else ("at least one value per sample", "an input with no values"))
+            raise ValueError(f"{self.describe()}: expected {expected}, got {got} of shape "
+                             f"{tuple(x.shape)}")
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         self._check_input(x)
@@ -330,6 +337,7 @@ class Layer:
         -------
         self
         """
+        seed = check_seed(seed, "seed", "initialize")
         leaves = [layer for _, layer in self.leaves()]
         streams = np.random.SeedSequence(seed).spawn(len(leaves))
         for layer, stream in zip(leaves, streams):
@@ -351,6 +359,8 @@ class Layer:
         """Restore states returned by :meth:`rng_state`."""
         layers = dict(self.walk())
         for path, state in states.items():
+            if getattr(layers.get(path), "rng", None) is None:
+                raise ValueError(f"set_rng_state: the model has no stochastic layer {path!r}")
             layers[path].rng.bit_generator.state = state
 
     # ------------------------------------------------------------------ config
