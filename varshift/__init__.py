@@ -17,8 +17,8 @@ loaded by ``import varshift``.)
 """
 
 from . import datasets, nn, optim
-from .diagnose import Finding, diagnose
 from ._validate import NonFiniteError
+from .diagnose import Finding, diagnose
 from .gradcheck import gradcheck
 from .io import load, save
 from .measure import Report, measure

@@ -107,7 +107,10 @@ class Batches:
     def _check(self, x, what):
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{self.owner}: {what} must be numeric, got dtype {x.dtype}")
-        if x.ndim == 0 or len(x) == 0:
+        if x.ndim == 0:
+            raise ValueError(f"{self.owner}: {what} must be an array of samples, got a single "
+                             f"value {x.item()!r}")
+        if len(x) == 0:
             raise ValueError(f"{self.owner}: {what} is empty (shape {x.shape})")
         if x.ndim == 1 and x.dtype.kind in "iu":
             raise ValueError(f"{self.owner}: {what} is a 1-D integer array of shape {x.shape}, "

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from contextlib import contextmanager
 
 import numpy as np
 
 __all__ = ["NonFiniteError", "shown", "integer", "real", "fraction", "int_tuple", "seed",
-           "flag", "choice", "model", "reraise_with_context"]
+           "flag", "choice", "path", "model", "reraise_with_context"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -135,6 +136,13 @@ def choice(value, name: str, owner: str, options):
         names = [repr(o) for o in options]
         expected = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         _fail(ValueError, owner, name, expected, value)
+    return value
+
+
+def path(value, name: str, owner: str):
+    """``value`` if it is a file path (str or os.PathLike), else TypeError."""
+    if not isinstance(value, (str, os.PathLike)):
+        _fail(TypeError, owner, name, "a file path (str or os.PathLike)", value)
     return value
 
 

@@ -49,6 +49,7 @@ def save(model: Layer, path) -> None:
     replaces ``path``. If anything fails, an existing file at ``path`` is unchanged.
     """
     _validate.model(model, "save")
+    _validate.path(path, "path", "save")
     meta = {
         "format": _FORMAT,
         "version": _VERSION,
@@ -113,7 +114,7 @@ def load(path) -> Layer:
         from a newer format version) or an entry of it is corrupt; the message names
         the file and the entry.
     """
-    path = os.fspath(path)
+    path = os.fspath(_validate.path(path, "path", "load"))
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):

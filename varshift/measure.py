@@ -209,6 +209,8 @@ class Report:
 
         Both must come from the same model (same layers and running statistics).
         """
+        if not isinstance(other, Report):
+            raise TypeError(f"Report.merge: other must be a Report, got {_validate.shown(other)}")
         if [(r.name, r.kind) for r in self.layers] != [(r.name, r.kind) for r in other.layers] \
                 or [b.name for b in self.bn] != [b.name for b in other.bn]:
             raise ValueError("Report.merge: the reports come from different architectures")
@@ -257,6 +259,15 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Report":
+        """Inverse of :meth:`to_dict`; ValueError if ``d`` is not a report's dict."""
+        try:
+            return cls._from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            detail = f"missing {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"Report.from_dict: not a varshift report ({detail})") from err
+
+    @classmethod
+    def _from_dict(cls, d):
         layers = [LayerStats(r["name"], r["kind"], r["layer"], tuple(r["shape"]),
                              RunningMoments.from_dict(r["train"]),
                              RunningMoments.from_dict(r["eval"])) for r in d["layers"]]
@@ -271,12 +282,26 @@ class Report:
 
     @classmethod
     def from_json(cls, text_or_path) -> "Report":
-        """Inverse of :meth:`to_json` (JSON text or a path to a file holding it)."""
+        """Inverse of :meth:`to_json` (JSON text or a path to a file holding it).
+
+        Raises
+        ------
+        OSError
+            If the file cannot be read.
+        ValueError
+            If the text is not a report's JSON (naming the file, if one was given).
+        """
         text = str(text_or_path)
+        source = "text"
         if not text.lstrip().startswith("{"):
+            source = repr(text)
             with open(text) as f:
                 text = f.read()
-        return cls.from_dict(json.loads(text))
+        try:
+            return cls.from_dict(json.loads(text))
+        except ValueError as err:  # also json.JSONDecodeError
+            raise ValueError(f"Report.from_json: {source} is not a varshift report's JSON "
+                             f"({err})") from err
 
     # ------------------------------------------------------------------ display
     def __str__(self) -> str:
@@ -428,7 +453,8 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
     try:
         with preserved(model, seed) as pristine, np.errstate(over="ignore", invalid="ignore"):
             for i, x in enumerate(progress_bar(batches, progress, batches.num_batches, "measure")):
-                with _validate.reraise_with_context(f"measure: data batch {i} of shape {x.shape}"):
+                with _validate.reraise_with_context(f"measure: {batches.name} batch {i} of "
+                                                   f"shape {x.shape}"):
                     _run_passes(model, stages, x, current, pristine)
                 num_samples += len(x)
                 seen_batch_size = seen_batch_size or len(x)

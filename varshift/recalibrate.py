@@ -118,8 +118,10 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     progress = _validate.flag(progress, "progress", "recalibrate")
     reports = _validate.flag(reports, "reports", "recalibrate")
     batches = _reiterable(Batches(data, batch_size, "recalibrate"))
-    report_data = batches if holdout is None else _reiterable(
-        Batches(holdout, batch_size, "recalibrate", name="holdout"))
+    report_data = batches if holdout is None else Batches(holdout, batch_size, "recalibrate",
+                                                          name="holdout")
+    if reports:
+        _reiterable(report_data)
 
     def report():
         return measure(model, report_data, seed=seed, progress=progress) if reports else None
@@ -169,5 +171,5 @@ def _recalibrate_layer(model, layer, batches, dropout, progress, path):
         handle.remove()
     if moments.count < 2:
         raise ValueError(f"recalibrate: BatchNorm {path!r} saw {moments.count:.0f} value(s) per "
-                         f"channel; a variance needs at least 2 (give more samples)")
+                         f"channel of data; a variance needs at least 2 (give more samples)")
     layer.set_running_stats(moments.mean, moments.var(ddof=1), count)

@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import batchnorm, elementwise, gemm, optim, window  # noqa: E402
-from .window import Window
+from .window import Window  # noqa: E402
 
 __all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
            "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward"]

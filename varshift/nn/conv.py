@@ -43,6 +43,9 @@ class _Conv(Layer):
         self.kernel_size = int_tuple(kernel_size, n, "kernel_size", owner)
         self.stride = int_tuple(stride, n, "stride", owner)
         self.dilation = int_tuple(dilation, n, "dilation", owner)
+        if isinstance(padding, str) and padding != "same":
+            raise ValueError(f"{owner}: padding must be 'same', an int >= 0 or {n} of them, "
+                             f"got {padding!r}")
         if padding == "same":
             if self.stride != (1,) * n:
                 raise ValueError(f"{owner}: padding='same' needs stride 1, got {self.stride}")

@@ -15,6 +15,7 @@ saving, and the random streams of stochastic layers. Containers override
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -247,7 +248,11 @@ class Layer:
         -------
         self
         """
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as err:
+            raise TypeError(f"astype: dtype must be float32 or float64, got {dtype!r} "
+                            f"({err})") from None
         if dtype not in _FLOAT_DTYPES:
             raise ValueError(f"astype: expected float32 or float64, got {dtype}")
         for _, layer in self.walk():
@@ -302,6 +307,9 @@ class Layer:
         -------
         self
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: state must be a mapping of keys to arrays (a "
+                            f"state_dict), got {type(state).__name__}")
         slots = self._state_slots()
         missing = sorted(set(slots) - set(state))
         unexpected = sorted(set(state) - set(slots))
