@@ -256,6 +256,8 @@ def test_cli_holdout_split_and_train_batch_size_are_checked(saved, capsys):
     model, npy = saved
     for argv, message in ((["recalibrate", str(model), str(npy), "-o", str(model),
                             "--holdout-split", "test"], "--holdout-split applies to DATA"),
+                          (["recalibrate", str(model), str(npy), "-o", str(model.parent)],
+                           "is a folder; give a file name"),
                           (["diagnose", str(model), str(npy), "--train-batch-size", "0"],
                            "must be a positive integer"),
                           (["demo", "--epochs", "0"], "argument --epochs: must be a positive"),

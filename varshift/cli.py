@@ -306,6 +306,8 @@ def _check_options(args) -> None:
                          f"{', '.join('.' + f for f in sorted(formats))}")
     for name in ("output", "plot"):
         path = getattr(args, name, None)
+        if path and os.path.isdir(path):
+            error(f"--{name} {path!r} is a folder; give a file name")
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             error(f"--{name} {path!r}: folder {os.path.dirname(path)!r} does not exist")
 
