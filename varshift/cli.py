@@ -110,9 +110,11 @@ def _save_plot(plot, path):
 
 
 def _plot_format(path):
+    """The image format named by ``path``'s suffix; None (matplotlib's default, PNG)
+    without a suffix."""
     from pathlib import Path
 
-    return Path(path).suffix.lstrip(".").lower()
+    return Path(path).suffix.lstrip(".").lower() or None
 
 
 def _measure(args) -> int:
@@ -301,7 +303,7 @@ def _check_options(args) -> None:
         from matplotlib.figure import Figure
 
         formats = Figure().canvas.get_supported_filetypes()
-        if _plot_format(args.plot) not in formats:
+        if _plot_format(args.plot) not in (None, *formats):
             error(f"--plot {args.plot!r}: the file name must end in one of "
                          f"{', '.join('.' + f for f in sorted(formats))}")
     for name in ("output", "plot"):
