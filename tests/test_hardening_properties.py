@@ -8,9 +8,11 @@ below say which values are valid; examples whose value happens to be valid are
 discarded, so every remaining call is a misuse.
 """
 
+import atexit
 import json
 import math
 import numbers
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,6 +49,7 @@ class World:
         self.model = trained(dropout_before_bn(), (self.x, self.y), epochs=1)
         self.other = healthy()
         self.folder = Path(tempfile.mkdtemp(prefix="varshift-property-"))
+        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
         self.file = self.folder / "model.npz"
         varshift.save(self.model, self.file)
 
