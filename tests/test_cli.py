@@ -3,13 +3,19 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from varshift.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def run(*args, env=None):
+
+def run(*args, env=None, cwd=None):
+    """``python -m varshift ARGS`` with this checkout's package, from any folder."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-m", "varshift", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+                          env={**os.environ, "PYTHONPATH": path, **(env or {})}, timeout=600,
+                          cwd=cwd)
 
 
 def test_help_and_version():
@@ -27,6 +33,7 @@ def test_demo_trains_on_a_subset(mnist_dir):
 
 
 def test_demo_without_data_explains_where_it_looked(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/mnist from here
     monkeypatch.setenv("VARSHIFT_DATA", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert main(["demo", "--data-dir", str(tmp_path / "none")]) == 2
@@ -75,7 +82,8 @@ def test_command_errors_have_exit_code_2(tmp_path):
     assert out.returncode == 2 and "DATA must be 'mnist'" in out.stderr
     out = run("measure", str(npy), str(npy))
     assert out.returncode == 2 and "cannot read" in out.stderr
-    out = run("measure", str(model), "mnist", "--data-dir", str(tmp_path), env={"VARSHIFT_DATA": str(tmp_path)})
+    out = run("measure", str(model), "mnist", "--data-dir", str(tmp_path), env={"VARSHIFT_DATA": str(tmp_path)},
+              cwd=tmp_path)
     assert out.returncode == 2 and "MNIST files not found" in out.stderr
     out = run("recalibrate", str(model), str(npy))
     assert out.returncode == 2 and "-o/--output" in out.stderr

@@ -17,6 +17,7 @@ loaded by ``import varshift``.)
 """
 
 from . import datasets, nn, optim
+from ._validate import NonFiniteError
 from .diagnose import Finding, diagnose
 from .gradcheck import gradcheck
 from .io import load, save
@@ -27,4 +28,5 @@ from .training import History, evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = ["nn", "optim", "datasets", "fit", "evaluate", "History", "gradcheck", "save",
-           "load", "measure", "Report", "recalibrate", "Recalibration", "diagnose", "Finding", "__version__"]
+           "load", "measure", "Report", "recalibrate", "Recalibration", "diagnose", "Finding",
+           "NonFiniteError", "__version__"]

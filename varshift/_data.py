@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Batches"]
+from . import _validate
+
+__all__ = ["Batches", "batch_bounds"]
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive batches of ``n`` samples; a last batch of one
+    sample is folded into the one before, since BatchNorm cannot take a batch
+    statistic of one value in train mode."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
 
 
 class Batches:
@@ -20,6 +32,14 @@ class Batches:
         before, since BatchNorm cannot take a batch statistic of one value.
     owner : str
         Function name for error messages.
+    name : str, default 'data'
+        Argument name for error messages.
+
+    Attributes
+    ----------
+    first : ndarray or None
+        The first batch yielded so far (kept so that one-shot iterables need to be
+        read only once).
 
     Raises
     ------
@@ -28,22 +48,21 @@ class Batches:
         ``batch_size``.
     """
 
-    def __init__(self, data, batch_size, owner):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size!r}")
-        self.owner = owner
-        self.batch_size = int(batch_size)
+    def __init__(self, data, batch_size, owner, name="data"):
+        self.owner, self.name = owner, name
+        self.batch_size = _validate.integer(batch_size, "batch_size", owner)
         self._array = None
         self._iterable = None
+        self.first = None
         if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
             data = data[0]  # (x, y): keep the inputs
         if isinstance(data, np.ndarray):
-            self._array = self._check(data, "data")
-        elif hasattr(data, "__iter__"):
+            self._array = self._check(data, name)
+        elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, dict)):
             self._iterable = data
         else:
-            raise TypeError(f"{owner}: data must be an array, an (x, y) pair or an iterable "
-                            f"of batches, got {type(data).__name__}")
+            raise TypeError(f"{owner}: {name} must be an array, an (x, y) pair or an iterable "
+                            f"of batches, got {_validate.shown(data)}")
 
     @property
     def num_samples(self):
@@ -53,39 +72,45 @@ class Batches:
     @property
     def num_batches(self):
         """Number of batches for array data, else None."""
-        return None if self._array is None else len(self._starts())
-
-    def _starts(self):
-        starts = list(range(0, len(self._array), self.batch_size))
-        if len(starts) > 1 and len(self._array) - starts[-1] == 1:
-            starts.pop()  # fold a final single sample into the previous batch
-        return starts
+        return None if self._array is None else len(batch_bounds(len(self._array), self.batch_size))
 
     @property
     def reiterable(self) -> bool:
         return self._array is not None or iter(self._iterable) is not self._iterable
 
     def __iter__(self):
+        for batch in self._batches():
+            if self.first is None:
+                self.first = batch
+            yield batch
+
+    def _batches(self):
         if self._array is not None:
-            starts = self._starts()
-            for i, start in enumerate(starts):
-                stop = starts[i + 1] if i + 1 < len(starts) else len(self._array)
+            for start, stop in batch_bounds(len(self._array), self.batch_size):
                 yield self._array[start:stop]
             return
         seen = 0
         for i, batch in enumerate(self._iterable):
             if isinstance(batch, tuple) and len(batch) == 2:
                 batch = batch[0]
-            batch = self._check(np.asarray(batch), f"batch {i}")
+            with _validate.reraise_with_context(f"{self.owner}: {self.name} batch {i}"):
+                batch = np.asarray(batch)
+            batch = self._check(batch, f"{self.name} batch {i}")
             seen += len(batch)
             yield batch
         if seen == 0:
-            raise ValueError(f"{self.owner}: data is empty (the iterable gave no samples)")
+            hint = "" if self.reiterable else (", e.g. a generator or iterator that was "
+                                               "already consumed")
+            raise ValueError(f"{self.owner}: {self.name} is empty (the iterable gave no "
+                             f"samples{hint})")
 
     def _check(self, x, what):
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{self.owner}: {what} must be numeric, got dtype {x.dtype}")
-        if x.ndim == 0 or len(x) == 0:
+        if x.ndim == 0:
+            raise ValueError(f"{self.owner}: {what} must be an array of samples, got a single "
+                             f"value {x.item()!r}")
+        if len(x) == 0:
             raise ValueError(f"{self.owner}: {what} is empty (shape {x.shape})")
         if x.ndim == 1 and x.dtype.kind in "iu":
             raise ValueError(f"{self.owner}: {what} is a 1-D integer array of shape {x.shape}, "

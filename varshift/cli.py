@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 import time
 
 from . import __version__
 
-EPILOG = """examples:
+DATA_HELP = """DATA is 'mnist' (the four IDX files, searched in --data-dir, $VARSHIFT_DATA/mnist,
+../shared/data/mnist and ~/.cache/varshift/mnist; --download fetches them), 'mnist1d'
+(generated; needs the mnist1d package), an .npy file of inputs, or an .npz file with
+an array 'x' (or 'x_train' or 'inputs')."""
+
+EXIT_CODES = """exit codes: 0 success; 1 failure while running; 2 bad usage, data or model file;
+3 (diagnose) problems of severity warning or error were found."""
+
+EPILOG = f"""examples:
   varshift demo --epochs 2 -o model.npz     train the reference convnet on MNIST, measure it
   varshift measure model.npz mnist          per-layer report on the MNIST training images
   varshift measure model.npz mnist --split test --limit 2000 --plot shift.png
@@ -17,32 +27,61 @@ EPILOG = """examples:
   varshift reproduce --quick --jobs 2       Li et al.'s figures, analytic and empirical
   varshift case stale-running-stats --plot stale.png   a posted question, measured
 
-DATA is 'mnist' (read from --data-dir, else $VARSHIFT_DATA/mnist, else
-~/.cache/varshift/mnist), 'mnist1d' (generated; needs the mnist1d package), or an .npy
-file of inputs, or an .npz file with an array 'x' (or 'x_train').
-exit codes: 0 success; 1 failure while running; 2 bad usage, data or model file;
-3 (diagnose) problems of severity warning or error were found."""
+{DATA_HELP}
+{EXIT_CODES}"""
+
+#: Folder of the MNIST files in this project's checkouts, relative to the current
+#: folder (where the tests look too), searched after $VARSHIFT_DATA/mnist.
+SHARED_MNIST = "../shared/data/mnist"
+
+
+def _load_mnist(args):
+    """MNIST as in ``load_mnist``, searched in the command line's places, with an error
+    message written in terms of options."""
+    from . import datasets
+
+    try:
+        return datasets.load_mnist(args.data_dir, download=args.download,
+                                   mirrors=datasets.MNIST_MIRRORS,
+                                   extra=[os.path.abspath(SHARED_MNIST)])
+    except datasets.MNISTNotFoundError as err:
+        looked = "\n".join(f"  - {place}" for place in err.places)
+        failed = f"\nDownloading failed: {err.download_error}" if err.download_error else ""
+        raise FileNotFoundError(
+            f"MNIST files not found. Looked for the four IDX files (train-images-idx3-ubyte, "
+            f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, raw "
+            f"or .gz) in:\n{looked}\nGive their folder with --data-dir FOLDER, set "
+            f"VARSHIFT_DATA to a folder with an 'mnist' sub-folder, or add --download to "
+            f"fetch them (about 11 MB, checksums verified) into {err.places[-1]}.{failed}"
+        ) from err
 
 
 def _load_data(spec, args, split=None):
     """Inputs named by DATA on the command line, as an array."""
+    import zipfile
+
     import numpy as np
 
-    split = split or args.split
+    split = split or args.split or "train"
     if spec in ("mnist", "mnist1d"):
-        from .datasets import load_mnist, load_mnist1d
+        from .datasets import load_mnist1d
 
-        x_train, _, x_test, _ = load_mnist(args.data_dir) if spec == "mnist" else load_mnist1d()
+        x_train, _, x_test, _ = _load_mnist(args) if spec == "mnist" else load_mnist1d()
         x = x_train if split == "train" else x_test
-    elif spec.endswith(".npy"):
-        x = np.load(spec, allow_pickle=False)
-    elif spec.endswith(".npz"):
-        with np.load(spec, allow_pickle=False) as data:
-            key = next((k for k in ("x", "x_train", "inputs") if k in data.files), None)
-            if key is None:
-                raise ValueError(f"{spec}: expected an array named 'x' or 'x_train', "
-                                 f"found {data.files}")
-            x = data[key]
+    elif spec.endswith((".npy", ".npz")):
+        try:
+            x = np.load(spec, allow_pickle=False)
+            if isinstance(x, np.lib.npyio.NpzFile):
+                with x as data:
+                    key = next((k for k in ("x", "x_train", "inputs") if k in data.files), None)
+                    if key is None:
+                        raise ValueError(f"expected an array named 'x', 'x_train' or 'inputs', "
+                                         f"found {data.files}")
+                    x = data[key]
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+            raise ValueError(f"cannot read DATA {spec!r}: {err}") from err
     else:
         raise ValueError(f"DATA must be 'mnist', 'mnist1d', an .npy or an .npz file, got {spec!r}")
     if args.limit:
@@ -53,16 +92,29 @@ def _load_data(spec, args, split=None):
 
 
 def _progress(args) -> bool:
-    return not args.quiet and sys.stderr.isatty()
+    """Progress on stderr: with --progress always (plain lines in a log), else on a
+    terminal unless --quiet."""
+    return args.progress or (not args.quiet and sys.stderr.isatty())
 
 
 def _save_plot(plot, path):
     import matplotlib
 
     matplotlib.use("Agg")
+    from ._files import atomic_write
+
     ax = plot()
-    ax.figure.savefig(path, dpi=150)
+    with atomic_write(path, "wb", "--plot") as f:
+        ax.figure.savefig(f, dpi=150, format=_plot_format(path))
     print(f"wrote {path}", file=sys.stderr)
+
+
+def _plot_format(path):
+    """The image format named by ``path``'s suffix; None (matplotlib's default, PNG)
+    without a suffix."""
+    from pathlib import Path
+
+    return Path(path).suffix.lstrip(".").lower() or None
 
 
 def _measure(args) -> int:
@@ -73,7 +125,7 @@ def _measure(args) -> int:
                      seed=args.seed, progress=_progress(args))
     print(report.to_json(indent=1) if args.json else report)
     if args.plot:
-        _save_plot(lambda: report.plot(kind=args.plot_kind), args.plot)
+        _save_plot(lambda: report.plot(kind=args.plot_kind or "shift"), args.plot)
     return 0
 
 
@@ -118,10 +170,9 @@ def _demo(args) -> int:
     import numpy as np
 
     from . import evaluate, fit, nn, optim
-    from .datasets import load_mnist
     from .models import reference_convnet
 
-    x_train, y_train, x_test, y_test = load_mnist(args.data_dir)
+    x_train, y_train, x_test, y_test = _load_mnist(args)
     if args.train_size:
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
     model = reference_convnet(dropout=args.dropout, seed=args.seed)
@@ -130,8 +181,8 @@ def _demo(args) -> int:
           f"for {args.epochs} epoch(s), batch 200, Adam lr 1e-3 ...", file=sys.stderr)
     start = time.perf_counter()
     history = fit(model, (x_train, y_train), loss, optim.Adam(model, lr=1e-3),
-                  epochs=args.epochs, batch_size=200, seed=args.seed, progress=True,
-                  eval_train=False)
+                  epochs=args.epochs, batch_size=200, seed=args.seed,
+                  progress=not args.quiet, eval_train=False)
     seconds = time.perf_counter() - start
     test = evaluate(model, (x_test, y_test), loss)
     print(f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}")
@@ -151,7 +202,7 @@ def _demo(args) -> int:
         sample = x_train[:args.measure]
         print(f"\nMeasuring the trained model on {len(sample)} training images "
               f"(train mode, inference mode, Dropout off) ...", file=sys.stderr)
-        report = measure(model, sample, progress=True)
+        report = measure(model, sample, progress=not args.quiet)
         print(report)
         findings = diagnose(model, sample, train_batch_size=200, report=report)
         print("\nDiagnosis: " + ("no problems found." if not findings else
@@ -210,57 +261,172 @@ def _case(args) -> int:
     return 0
 
 
+def _integer_at_least(minimum, expected):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected  # argparse names the type in some messages
+    return parse
+
+
+_positive_int = _integer_at_least(1, "a positive integer")
+_non_negative_int = _integer_at_least(0, "an integer >= 0")
+_seed = _integer_at_least(0, "an integer >= 0")
+
+
+def _drop_rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _data_source_options(parser):
+    parser.add_argument("--data-dir", default=None, metavar="FOLDER",
+                        help="folder with the MNIST IDX files (searched first)")
+    parser.add_argument("--download", action="store_true",
+                        help="if the MNIST files are not found, download them (about 11 MB, "
+                             "checksums verified) into ~/.cache/varshift/mnist")
+
+
+def _check_options(args) -> None:
+    """Usage errors (exit code 2, through the sub-command's ``parser.error``) for
+    options that do not apply to the data given or that would only fail after the
+    computation."""
+    error = args.usage_error
+
+    data = getattr(args, "data", "mnist")  # demo always reads MNIST
+    given = lambda name: getattr(args, name, None) not in (None, False)  # noqa: E731
+    if data not in ("mnist", "mnist1d"):
+        for name in ("split", "holdout_split"):
+            if given(name):
+                error(f"--{name.replace('_', '-')} applies to DATA 'mnist' or 'mnist1d' "
+                             f"only, not to {data!r}")
+    if data != "mnist":
+        for name in ("data_dir", "download"):
+            if given(name):
+                error(f"--{name.replace('_', '-')} applies to DATA 'mnist' only, not "
+                             f"to {data!r}")
+    if given("plot_kind") and not given("plot"):
+        error("--plot-kind needs --plot FILE")
+    if given("plot"):
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        if _plot_format(args.plot) not in (None, *formats):
+            error(f"--plot {args.plot!r}: the file name must end in one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    for name in ("output", "plot"):
+        path = getattr(args, name, None)
+        if path and os.path.isdir(path):
+            error(f"--{name} {path!r} is a folder; give a file name")
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            error(f"--{name} {path!r}: folder {os.path.dirname(path)!r} does not exist")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="varshift", description="Measure and fix the Dropout/BatchNorm variance shift.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"varshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = dict(epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    demo = sub.add_parser("demo", help="train the reference convnet on MNIST", **fmt)
-    demo.add_argument("--epochs", type=int, default=1)
-    demo.add_argument("--train-size", type=int, default=0,
-                      help="use only the first N training images (default: all)")
-    demo.add_argument("--dropout", type=float, default=0.3, help="drop rate (default 0.3)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
-    demo.add_argument("-o", "--output", help="save the trained model to this .npz file")
-    demo.add_argument("--measure", type=int, default=10000, metavar="N",
-                      help="then measure and diagnose on N training images (0: skip)")
-    demo.set_defaults(run=_demo)
+    demo = sub.add_parser(
+        "demo", help="train the reference convnet on MNIST", **fmt,
+        description="Train the reference convnet (Dropout after every BatchNorm) on MNIST\n"
+                    "with Adam, batch 200, then measure and diagnose it.",
+        epilog="example:\n  varshift demo --epochs 2 --train-size 10000 -o model.npz\n\n"
+               "MNIST is searched in --data-dir, $VARSHIFT_DATA/mnist, ../shared/data/mnist "
+               "and\n~/.cache/varshift/mnist; --download fetches it.\n" + EXIT_CODES)
+    demo.add_argument("--epochs", type=_positive_int, default=1,
+                      help="passes over the training images (default 1)")
+    demo.add_argument("--train-size", type=_positive_int, default=None, metavar="N",
+                      help="use only the first N training images (default: all 60000)")
+    demo.add_argument("--dropout", type=_drop_rate, default=0.3, metavar="RATE",
+                      help="drop rate of the Dropout layer, in [0, 1) (default 0.3)")
+    demo.add_argument("--seed", type=_seed, default=0,
+                      help="seed of the weights, the Dropout masks and the shuffling (default 0)")
+    _data_source_options(demo)
+    demo.add_argument("-o", "--output", metavar="FILE.npz",
+                      help="save the trained model to this .npz file")
+    demo.add_argument("--measure", type=_non_negative_int, default=10000, metavar="N",
+                      help="then measure and diagnose on N training images (0: skip; "
+                           "default 10000)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    demo.set_defaults(run=_demo, usage_error=demo.error)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("model", help="model file written by varshift.save (.npz)")
-    common.add_argument("data", help="'mnist', 'mnist1d', or an .npy/.npz file of inputs")
-    common.add_argument("--split", choices=["train", "test"], default="train",
+    common.add_argument("data", help="'mnist', 'mnist1d', or an .npy/.npz file of inputs "
+                                     "(see below)")
+    common.add_argument("--split", choices=["train", "test"], default=None,
                         help="split of mnist/mnist1d (default: train)")
-    common.add_argument("--limit", type=int, default=0, help="use only the first N samples")
-    common.add_argument("--flatten", action="store_true", help="reshape inputs to (N, -1)")
-    common.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
-    common.add_argument("--batch-size", type=int, default=256)
-    common.add_argument("--seed", type=int, default=0, help="seed of the Dropout masks")
+    common.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                        help="use only the first N samples")
+    common.add_argument("--flatten", action="store_true",
+                        help="reshape inputs to (N, -1), for models that start with Dense")
+    _data_source_options(common)
+    common.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+                        help="samples per batch, also for BatchNorm's batch statistics in "
+                             "train mode (default 256)")
+    common.add_argument("--seed", type=_seed, default=0,
+                        help="seed of the Dropout masks (default 0)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    progress = common.add_mutually_exclusive_group()
+    progress.add_argument("-q", "--quiet", action="store_true",
+                          help="no progress on stderr (default: progress on a terminal)")
+    progress.add_argument("--progress", action="store_true",
+                          help="progress on stderr also when it is not a terminal (a few "
+                               "plain lines, for logs)")
 
-    m = sub.add_parser("measure", parents=[common], **fmt,
-                       help="per-layer train/inference statistics and variance shift")
-    m.add_argument("--plot", metavar="FILE.png", help="also draw the report")
-    m.add_argument("--plot-kind", choices=["shift", "channels", "layers"], default="shift")
+    def command(name, help, description, example):
+        parser = sub.add_parser(name, parents=[common], help=help,
+                                description=textwrap.fill(description, 88),
+                                epilog=f"example:\n  {example}\n\n{DATA_HELP}\n{EXIT_CODES}",
+                                **fmt)
+        parser.set_defaults(usage_error=parser.error)
+        return parser
+
+    m = command("measure", "per-layer train/inference statistics and variance shift",
+                "Measure every layer's output statistics in train and inference mode, and "
+                "every BatchNorm's running against real statistics (Li et al.'s shift).",
+                "varshift measure model.npz mnist --split test --limit 2000 --plot shift.png")
+    m.add_argument("--plot", metavar="FILE.png", help="also draw the report (.png, .svg, .pdf)")
+    m.add_argument("--plot-kind", choices=["shift", "channels", "layers"], default=None,
+                   help="what --plot draws: shift per BatchNorm, channels of the most shifted "
+                        "BatchNorm, or variance per layer (default: shift)")
     m.set_defaults(run=_measure)
 
-    d = sub.add_parser("diagnose", parents=[common], **fmt,
-                       help="name BatchNorm/Dropout problems, with evidence and fixes")
-    d.add_argument("--train-batch-size", type=int, default=None,
-                   help="batch size used in training (for SMALL_BATCH_STATS)")
+    d = command("diagnose", "name BatchNorm/Dropout problems, with evidence and fixes",
+                "Check the model's BatchNorm layers for known problems (Dropout before "
+                "BatchNorm, stale or initial running statistics, small batches, ...).",
+                "varshift diagnose model.npz x.npy --train-batch-size 32 --json")
+    d.add_argument("--train-batch-size", type=_positive_int, default=None, metavar="N",
+                   help="batch size used in training, for SMALL_BATCH_STATS (default: "
+                        "--batch-size)")
     d.set_defaults(run=_diagnose)
 
-    r = sub.add_parser("recalibrate", parents=[common], **fmt,
-                       help="re-estimate BatchNorm statistics with Dropout off")
-    r.add_argument("-o", "--output", required=True, help="where to save the fixed model")
-    r.add_argument("--dropout", choices=["off", "on"], default="off")
+    r = command("recalibrate", "re-estimate BatchNorm statistics with Dropout off",
+                "Replace every BatchNorm's running statistics by the exact statistics of "
+                "DATA in inference mode (Dropout off), and save the model.",
+                "varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test")
+    r.add_argument("-o", "--output", required=True, metavar="FILE.npz",
+                   help="where to save the recalibrated model (may be MODEL itself)")
+    r.add_argument("--dropout", choices=["off", "on"], default="off",
+                   help="Dropout during recalibration: off (the fix, default) or on "
+                        "(PyTorch's update_bn, for comparison)")
     r.add_argument("--holdout-split", choices=["train", "test"], default=None,
-                   help="measure before/after on this split of mnist/mnist1d")
+                   help="measure before/after on this split of mnist/mnist1d (default: on "
+                        "DATA itself)")
     r.add_argument("--plot", metavar="FILE.png", help="draw the shift before and after")
     r.set_defaults(run=_recalibrate)
 
@@ -308,17 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "usage_error"):
+        _check_options(args)
     try:
         return args.run(args)
-    except (FileNotFoundError, ImportError) as err:
+    except FloatingPointError as err:  # also NonFiniteError: numbers diverged while running
+        print(f"varshift: error: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ImportError) as err:
         print(f"varshift: {err}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as err:
         print(f"varshift: error: {err}", file=sys.stderr)
         return 2
-    except FloatingPointError as err:
-        print(f"varshift: error: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("varshift: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

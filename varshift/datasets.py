@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_mnist", "load_mnist1d", "read_idx", "MNIST_FILES"]
+from . import _validate
+
+__all__ = ["load_mnist", "load_mnist1d", "read_idx", "MNIST_FILES", "MNISTNotFoundError",
+           "mnist_places"]
 
 #: File stem -> (SHA-256 of the decompressed file, expected shape).
 MNIST_FILES = {
@@ -33,6 +36,23 @@ MNIST_MIRRORS = (
 )
 
 _IDX_TYPES = {0x08: np.uint8}
+
+
+class MNISTNotFoundError(FileNotFoundError):
+    """The MNIST files are in none of the places searched.
+
+    Attributes
+    ----------
+    places : list of pathlib.Path
+        Every folder searched, in order.
+    download_error : OSError or None
+        Why downloading failed, if it was tried.
+    """
+
+    def __init__(self, message, places, download_error=None):
+        super().__init__(message)
+        self.places = list(places)
+        self.download_error = download_error
 
 
 def read_idx(path, expected_shape=None, sha256=None):
@@ -85,6 +105,20 @@ def _find(folder: Path, stem: str):
     return None
 
 
+def mnist_places(root=None, extra=()) -> list[Path]:
+    """The folders :func:`load_mnist` searches, in order: ``root`` (one folder or a
+    sequence of them), ``$VARSHIFT_DATA/mnist``, the ``extra`` folders, then the user
+    cache (``$XDG_CACHE_HOME/varshift/mnist``, default ``~/.cache/varshift/mnist``),
+    where downloads go."""
+    roots = [] if root is None else [root] if isinstance(root, (str, os.PathLike)) else root
+    places = [Path(r) for r in roots]
+    if os.environ.get("VARSHIFT_DATA"):
+        places.append(Path(os.environ["VARSHIFT_DATA"]) / "mnist")
+    places += [Path(p) for p in extra]
+    places.append(_cache_dir())
+    return places
+
+
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "varshift" / "mnist"
@@ -113,20 +147,24 @@ def _download(folder: Path, mirrors) -> None:
             raise OSError(f"could not download {stem}.gz: " + "; ".join(errors))
 
 
-def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS):
+def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS, extra=()):
     """The MNIST digits as float32 images in [0, 1] and int64 labels.
 
     Looks for the four IDX files (raw or ``.gz``) in, in order: ``root``;
-    ``$VARSHIFT_DATA/mnist``; the user cache ``$XDG_CACHE_HOME/varshift/mnist``
-    (default ``~/.cache/varshift/mnist``), where ``download=True`` fetches them with
+    ``$VARSHIFT_DATA/mnist``; the ``extra`` folders; the user cache
+    ``$XDG_CACHE_HOME/varshift/mnist`` (default ``~/.cache/varshift/mnist``). If they
+    are in none of these, ``download=True`` fetches them into the user cache, with
     checksum verification.
 
     Parameters
     ----------
-    root : str or os.PathLike, optional
+    root : str or os.PathLike, or a sequence of them, optional
     download : bool, default False
     mirrors : sequence of str
         Base URLs for the download.
+    extra : sequence of str or os.PathLike
+        More folders to search before the user cache (the command line adds
+        ``../shared/data/mnist``, where this project's tests look).
 
     Returns
     -------
@@ -137,41 +175,36 @@ def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS):
 
     Raises
     ------
-    FileNotFoundError
-        Naming every place searched and how to provide the files.
+    MNISTNotFoundError
+        A FileNotFoundError naming every place searched and how to provide the files.
     ValueError
         If a file is corrupt.
     """
-    places = []
-    if root is not None:
-        places.append(Path(root))
-    if os.environ.get("VARSHIFT_DATA"):
-        places.append(Path(os.environ["VARSHIFT_DATA"]) / "mnist")
-    places.append(_cache_dir())
+    places = mnist_places(root, extra)
+    folder = next((p for p in places if all(_find(p, stem) for stem in MNIST_FILES)), None)
     download_error = None
-    if download and not all(_find(places[-1], s) for s in MNIST_FILES):
+    if folder is None and download:
         try:
             _download(places[-1], mirrors)
+            folder = places[-1]
         except OSError as err:
             download_error = err
-    for folder in places:
-        files = {stem: _find(folder, stem) for stem in MNIST_FILES}
-        if all(files.values()):
-            arrays = [read_idx(files[stem], shape, digest)
-                      for stem, (digest, shape) in MNIST_FILES.items()]
-            images = [(a.astype(np.float32) / 255.0)[:, None] for a in arrays[0::2]]
-            labels = [a.astype(np.int64) for a in arrays[1::2]]
-            return images[0], labels[0], images[1], labels[1]
+    if folder is not None:
+        arrays = [read_idx(_find(folder, stem), shape, digest)
+                  for stem, (digest, shape) in MNIST_FILES.items()]
+        images = [(a.astype(np.float32) / 255.0)[:, None] for a in arrays[0::2]]
+        labels = [a.astype(np.int64) for a in arrays[1::2]]
+        return images[0], labels[0], images[1], labels[1]
     looked = "\n".join(f"  - {p}" for p in places)
     hint = (f"\nDownloading failed: {download_error}" if download_error
             else "\nOr call load_mnist(download=True) on a machine with internet access.")
-    raise FileNotFoundError(
+    raise MNISTNotFoundError(
         "MNIST files not found. Looked for train-images-idx3-ubyte[.gz], "
         "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and "
         f"t10k-labels-idx1-ubyte[.gz] in:\n{looked}\n"
         "Put the four files in one of these folders, pass root=FOLDER, or set "
-        "VARSHIFT_DATA to a folder that has an 'mnist' sub-folder with them." + hint
-    )
+        "VARSHIFT_DATA to a folder that has an 'mnist' sub-folder with them." + hint,
+        places, download_error)
 
 
 def load_mnist1d(num_samples=5000, seed=42, train_split=0.8):
@@ -202,8 +235,12 @@ def load_mnist1d(num_samples=5000, seed=42, train_split=0.8):
     except ImportError as err:
         raise ImportError("load_mnist1d needs the mnist1d package: "
                           "pip install 'varshift[mnist1d]' (or pip install mnist1d)") from err
+    num_samples = _validate.integer(num_samples, "num_samples", "load_mnist1d", minimum=10)
+    seed = _validate.seed(seed, "seed", "load_mnist1d")
+    train_split = _validate.real(train_split, "train_split", "load_mnist1d", 0, 1,
+                                 low_open=True, high_open=True)
     args = get_dataset_args()
-    args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), float(train_split)
+    args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
     state = np.random.get_state()  # noqa: NPY002 - the package uses the legacy global state
     try:
         data = make_dataset(args)

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _validate
 from ._data import Batches
 from ._json import json_ready
-from .measure import Report, measure, preserved
+from .measure import Report, batchnorm_layers, measure, preserved, recorded_layers
 from .nn import BatchNorm, Concat, Residual, Sequential
 from .nn.layer import modes
+from .stats import deviation_in_stds, symmetric_shift
 
 __all__ = ["diagnose", "Finding", "dropout_upstream_of_batchnorm"]
 
@@ -137,21 +139,32 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     model : varshift.nn.Layer
         Not changed.
     data : ndarray, (x, y) pair, or iterable of batches
-        Inputs to measure on, typically (a sample of) the training data.
+        Inputs to measure on, typically (a sample of) the training data. An iterable
+        is read once, so a generator works: its first batch is kept for the
+        batch-dependence check.
     batch_size : int, default 256
         Batch size of the measurement.
     train_batch_size : int, optional
         The batch size the model is trained with, for ``SMALL_BATCH_STATS``
-        (default: ``batch_size``).
+        (default: the batch size of the measurement, ``report.batch_size``).
     seed : int, default 0
     report : Report, optional
-        A measurement of ``model`` on ``data`` to reuse.
+        A measurement of ``model`` to reuse (from :func:`~varshift.measure` on
+        ``data``). It must describe this model as it is now: the same layers and
+        channels, and the same running statistics.
     progress : bool, default False
+        Progress on stderr (a tqdm bar on a terminal, a few plain lines in a log).
 
     Returns
     -------
     list of Finding
         Most severe first; empty for a healthy model.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad arguments (naming them), and for a ``report`` of another model, or
+        of this model before its running statistics changed.
 
     Notes
     -----
@@ -163,27 +176,67 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     outputs change with batch composition), ``SUSPICIOUS_MOMENTUM`` (a momentum that
     looks like the other framework's convention, or 0).
     """
+    _validate.model(model, "diagnose")
+    if train_batch_size is not None:
+        train_batch_size = _validate.integer(train_batch_size, "train_batch_size", "diagnose")
+    seed = _validate.seed(seed, "seed", "diagnose")
+    progress = _validate.flag(progress, "progress", "diagnose")
+    batches = Batches(data, batch_size, "diagnose")
     if report is None:
-        report = measure(model, data, batch_size=batch_size, seed=seed, progress=progress)
-    if not isinstance(report, Report):
-        raise TypeError(f"diagnose: report must be a varshift Report, got {type(report).__name__}")
+        report = measure(model, batches, seed=seed, progress=progress)
+    else:
+        _check_report(report, model)
+        next(iter(batches))  # reads (only) the first batch
+    sample = batches.first
     layers = dict(model.walk())
     shapes = {r.name: r.shape for r in report.layers}
     upstream = dropout_upstream_of_batchnorm(model)
     findings = []
     for b in report.bn:
-        layer = layers[b.name]
         findings += _momentum(b)
         at_init = _at_init(b)
         findings += at_init
         findings += _dropout(b, upstream.get(b.name, []), layers)
         if not at_init:
             findings += _stale(b)
-        findings += _small_batch(b, shapes.get(b.name), train_batch_size or batch_size, layer)
-    findings += _batch_dependence(model, data, batch_size, seed)
+        findings += _small_batch(b, shapes.get(b.name), train_batch_size or report.batch_size)
+    findings += _batch_dependence(model, sample, seed)
     order = {name: i for i, name in enumerate(layers)}
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], order.get(f.layer, -1)))
     return findings
+
+
+def _check_report(report, model):
+    """ValueError unless ``report`` describes ``model`` as it is now."""
+    if not isinstance(report, Report):
+        raise TypeError(f"diagnose: report must be a varshift Report (from varshift.measure), "
+                        f"got {_validate.shown(report)}")
+    expected = [(path, layer.kind) for path, layer in recorded_layers(model)]
+    got = [(r.name, r.kind) for r in report.layers]
+    if got != expected:
+        raise ValueError(
+            f"diagnose: report describes another model: its layers are "
+            f"{_layer_list(got)}, the model's are {_layer_list(expected)}; measure this "
+            f"model (varshift.measure(model, data)) or leave report out")
+    for b, (path, layer) in zip(report.bn, batchnorm_layers(model)):
+        if b.name != path or b.num_features != layer.num_features:
+            raise ValueError(f"diagnose: report describes another model: BatchNorm {b.name!r} "
+                             f"with {b.num_features} channels, the model has {path!r} with "
+                             f"{layer.num_features}")
+        current = (layer.buffers["running_mean"], layer.buffers["running_var"]) \
+            if layer.track_running_stats else (None, None)
+        for name, stored, now in zip(("mean", "var"), (b.moving_mean, b.moving_var), current):
+            if (stored is None) != (now is None) or (
+                    now is not None and not np.array_equal(stored, now.astype(float))):
+                raise ValueError(
+                    f"diagnose: report was measured with other running statistics (running_"
+                    f"{name} of BatchNorm {path!r} differs): it describes this model before "
+                    f"recalibration or further training, or another model; measure again")
+
+
+def _layer_list(pairs, limit=6):
+    shown = ", ".join(f"{name or '(model)'} {kind}" for name, kind in pairs[:limit])
+    return f"[{shown}{', ...' if len(pairs) > limit else ''}] ({len(pairs)} layers)"
 
 
 def _momentum(b):
@@ -212,7 +265,7 @@ def _at_init(b):
     if b.moving_var is None or np.any(b.moving_mean != 0) or np.any(b.moving_var != 1):
         return []
     drift = float(np.mean(np.abs(b.train_mean)))
-    var_shift = float(max(np.mean(b.train_var), 1 / np.mean(b.train_var)))
+    var_shift = symmetric_shift(np.mean(b.train_var))
     if drift < 0.05 and var_shift < 1.1:
         return []  # the data really are standardised: nothing to see
     return [Finding(
@@ -232,7 +285,7 @@ def _dropout(b, noise_paths, layers):
     if not noise_paths:
         return []
     ratio = b.attribution["dropout"]
-    shift = float(max(ratio, 1 / ratio)) if np.isfinite(ratio) and ratio > 0 else float("nan")
+    shift = symmetric_shift(ratio)
     severity = _grade(shift, DROPOUT_SHIFT) or "info"
     rates = {p: getattr(layers[p], "rate", getattr(layers[p], "beta", None)) for p in noise_paths}
     return [Finding(
@@ -254,8 +307,8 @@ def _stale(b):
     if b.moving_var is None:
         return []
     ratio = b.attribution["running_stats"]
-    shift = float(max(ratio, 1 / ratio))
-    drift = float(np.mean(np.abs(b.train_mean - b.moving_mean) / np.sqrt(b.moving_var)))
+    shift = symmetric_shift(ratio)
+    drift = float(np.mean(deviation_in_stds(b.train_mean, b.moving_mean, b.moving_var)))
     grades = [g for g in (_grade(shift, STALE_SHIFT), _grade(drift, STALE_MEAN)) if g]
     if not grades:
         return []
@@ -275,7 +328,7 @@ def _stale(b):
         "weights); when training, a larger momentum (PyTorch's convention) or more steps.")]
 
 
-def _small_batch(b, shape, batch, layer):
+def _small_batch(b, shape, batch):
     if shape is None:
         return []
     values = int(batch * np.prod(shape[1:], dtype=int))
@@ -295,8 +348,8 @@ def _small_batch(b, shape, batch, layer):
         "or Batch Renormalization; varshift.recalibrate helps the inference side.")]
 
 
-def _batch_dependence(model, data, batch_size, seed):
-    x = next(iter(Batches(data, max(batch_size, 2), "diagnose")))[:64]
+def _batch_dependence(model, x, seed):
+    x = x[:64]
     if len(x) < 4:
         return []
     half = len(x) // 2

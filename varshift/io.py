@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 
 import numpy as np
 
-from .nn.layer import Layer, layer_from_config, layer_to_config
+from . import _validate
+from ._files import atomic_write
+from .nn.layer import Layer, _encode, layer_from_config, layer_to_config
 
 __all__ = ["save", "load"]
 
@@ -26,15 +29,27 @@ def save(model: Layer, path) -> None:
     model : varshift.nn.Layer
     path : str or os.PathLike
 
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a varshift Layer, or holds a setting that cannot be saved
+        (e.g. an attribute set to an object after construction); the message names
+        the layer and the setting.
+    OSError
+        If the file cannot be written; the message names it.
+
     Notes
     -----
     The file holds one array per state-dict key plus a JSON entry ``__varshift__``
     with the format version, the architecture (every layer's class and constructor
     arguments), the dtype, the modes and the random streams' states, so
     :func:`load` returns an identical model.
+
+    The file is written atomically: to a temporary file in the same folder, which then
+    replaces ``path``. If anything fails, an existing file at ``path`` is unchanged.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"save: expected a varshift Layer, got {type(model).__name__}")
+    _validate.model(model, "save")
+    _validate.path(path, "path", "save")
     meta = {
         "format": _FORMAT,
         "version": _VERSION,
@@ -43,11 +58,40 @@ def save(model: Layer, path) -> None:
         "training": {path: layer.training for path, layer in model.walk()},
         "rng": model.rng_state(),
     }
+    text = _metadata_json(model, meta, path)
     arrays = model.state_dict()
     if _META in arrays:  # pragma: no cover - impossible with varshift's key names
         raise ValueError(f"save: state key {_META!r} is reserved")
-    with open(os.fspath(path), "wb") as f:
-        np.savez(f, **arrays, **{_META: np.array(json.dumps(meta))})
+    with atomic_write(path, "wb", "save") as f:
+        np.savez(f, **arrays, **{_META: np.array(text)})
+
+
+def _metadata_json(model, meta, path) -> str:
+    """``meta`` as JSON, or a TypeError naming the layer and setting that is not
+    JSON-serialisable."""
+    try:
+        return json.dumps(meta)
+    except (TypeError, ValueError) as err:
+        for name, layer in model.walk():
+            settings = {k: v for k, v in layer.get_config().items() if not _holds_layers(v)}
+            if getattr(layer, "rng", None) is not None:
+                settings["rng (its random stream's state)"] = layer.rng.bit_generator.state
+            for key, value in settings.items():
+                try:
+                    json.dumps(_encode(value))
+                except (TypeError, ValueError):
+                    raise TypeError(
+                        f"save: cannot save {layer.describe() if name else repr(layer)}: its "
+                        f"{key} is {_validate.shown(value)}, which a model file cannot hold; "
+                        f"nothing was written to {os.fspath(path)!r}") from err
+        raise TypeError(f"save: cannot save the model ({err}); nothing was written to "
+                        f"{os.fspath(path)!r}") from err
+
+
+def _holds_layers(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_layers(v) for v in value)
+    return isinstance(value, Layer)
 
 
 def load(path) -> Layer:
@@ -63,18 +107,21 @@ def load(path) -> Layer:
 
     Raises
     ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        If the file cannot be opened.
     ValueError
         If the file is not a varshift model (a foreign or truncated file, or one
-        from a newer format version).
+        from a newer format version) or an entry of it is corrupt; the message names
+        the file and the entry.
     """
-    path = os.fspath(path)
+    path = os.fspath(_validate.path(path, "path", "load"))
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single array (.npy), not an .npz archive")
         with data:
             arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ValueError(f"load: cannot read {path!r} as a varshift model ({err}); "
@@ -85,15 +132,39 @@ def load(path) -> Layer:
         meta = json.loads(str(arrays.pop(_META)))
     except json.JSONDecodeError as err:
         raise ValueError(f"load: {path!r} has a corrupt {_META!r} entry ({err})") from err
-    if meta.get("format") != _FORMAT or not isinstance(meta.get("version"), int):
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT \
+            or not isinstance(meta.get("version"), int):
         raise ValueError(f"load: {path!r} is not a varshift model file")
     if meta["version"] > _VERSION:
         raise ValueError(f"load: {path!r} has format version {meta['version']}; this "
                          f"varshift reads up to {_VERSION}, upgrade varshift")
-    model = layer_from_config(meta["architecture"]).astype(meta["dtype"])
-    model.load_state_dict(arrays)
-    model.set_rng_state(meta["rng"])
-    layers = dict(model.walk())
-    for name, training in meta["training"].items():
-        layers[name].training = training
+    with _entry(path, "architecture"):
+        model = layer_from_config(meta["architecture"])
+    with _entry(path, "dtype"):
+        model.astype(meta["dtype"])
+    with _entry(path, "arrays", "the parameter and buffer arrays do not match the architecture"):
+        model.load_state_dict(arrays)
+    with _entry(path, "rng"):
+        model.set_rng_state(meta["rng"])
+    with _entry(path, "training"):
+        layers = dict(model.walk())
+        for name, training in meta["training"].items():
+            if not isinstance(training, bool):
+                raise TypeError(f"layer {name!r}: expected true or false, got {training!r}")
+            layers[name].training = training
     return model
+
+
+@contextmanager
+def _entry(path, entry, problem=None):
+    """Turn any error while applying metadata ``entry`` into a ValueError naming the
+    file and the entry."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
+        detail = str(err)
+        if isinstance(err, KeyError) and err.args:  # a missing key, or load_state_dict's message
+            key = err.args[0]
+            detail = key if isinstance(key, str) and " " in key else f"missing {key!r}"
+        what = problem or f"its {entry!r} entry is corrupt"
+        raise ValueError(f"load: {path!r} cannot be loaded: {what} ({detail})") from err

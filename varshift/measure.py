@@ -31,11 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _validate
 from ._data import Batches
+from ._files import atomic_write
 from ._progress import progress_bar
 from .nn import BatchNorm, Sequential
 from .nn.layer import preserved
-from .stats import RunningMoments
+from .stats import RunningMoments, deviation_in_stds, ratio, symmetric_shift
 
 __all__ = ["measure", "Report", "LayerStats", "BatchNormStats", "preserved"]
 
@@ -44,13 +46,6 @@ PASSES = {
     "train": {"default": "train"},
     "nodrop": {"batchnorm": "train", "dropout": "eval", "default": "eval"},
 }
-
-
-def _ratio_shift(ratio):
-    """Li et al.'s symmetric metric max(r, 1/r) for a ratio r (nan stays nan)."""
-    ratio = np.asarray(ratio, dtype=float)
-    with np.errstate(divide="ignore"):
-        return np.maximum(ratio, 1.0 / ratio)
 
 
 @dataclass
@@ -90,8 +85,9 @@ class LayerStats:
 
     @property
     def var_ratio(self) -> float:
-        """``eval_var / train_var`` (Li et al.'s Delta for this layer's output)."""
-        return self.eval_var / self.train_var if self.train_var > 0 else float("nan")
+        """``eval_var / train_var`` (Li et al.'s Delta for this layer's output; 1 when
+        both are 0)."""
+        return float(ratio(self.eval_var, self.train_var))
 
 
 def _moment(source, statistic):
@@ -143,7 +139,7 @@ class BatchNormStats:
     def _avg_ratio(self, a, b):
         if a is None or b is None:
             return float("nan")
-        return float(np.mean(a) / np.mean(b))
+        return float(ratio(np.mean(a), np.mean(b)))
 
     @property
     def var_ratio(self) -> float:
@@ -153,21 +149,23 @@ class BatchNormStats:
     @property
     def shift(self) -> float:
         """Li et al.'s metric ``max(r, 1/r)``, r = var_ratio (1 means no shift)."""
-        return float(_ratio_shift(self.var_ratio))
+        return symmetric_shift(self.var_ratio)
 
     @property
     def channel_shift(self):
-        """The same metric per channel, shape (C,)."""
+        """The same metric per channel, shape (C,) (1 for a channel whose real and
+        moving variances are both 0)."""
         if self.moving_var is None:
             return np.full(self.num_features, np.nan)
-        return _ratio_shift(self.real_var / self.moving_var)
+        return symmetric_shift(ratio(self.real_var, self.moving_var))
 
     @property
     def mean_shift(self):
-        """``|real_mean - moving_mean| / sqrt(moving_var)`` per channel, shape (C,)."""
+        """``|real_mean - moving_mean| / sqrt(moving_var)`` per channel, shape (C,)
+        (0 for equal means, also when the moving variance is 0)."""
         if self.moving_var is None:
             return np.full(self.num_features, np.nan)
-        return np.abs(self.real_mean - self.moving_mean) / np.sqrt(self.moving_var)
+        return deviation_in_stds(self.real_mean, self.moving_mean, self.moving_var)
 
     @property
     def attribution(self) -> dict:
@@ -191,7 +189,11 @@ class Report:
         Every layer except plain Sequential containers, in network order.
     bn : list of BatchNormStats
         The BatchNorm layers, in network order (empty if the model has none).
-    num_samples, batch_size, seed : int
+    num_samples, seed : int
+    batch_size : int
+        Samples in the first batch measured: the batch size the data actually had
+        (``measure``'s ``batch_size`` for arrays larger than it, the array's length
+        otherwise, the iterable's own batch size for batches).
     """
 
     def __init__(self, layers, bn, num_samples, batch_size, seed):
@@ -207,6 +209,8 @@ class Report:
 
         Both must come from the same model (same layers and running statistics).
         """
+        if not isinstance(other, Report):
+            raise TypeError(f"Report.merge: other must be a Report, got {_validate.shown(other)}")
         if [(r.name, r.kind) for r in self.layers] != [(r.name, r.kind) for r in other.layers] \
                 or [b.name for b in self.bn] != [b.name for b in other.bn]:
             raise ValueError("Report.merge: the reports come from different architectures")
@@ -245,15 +249,25 @@ class Report:
         }
 
     def to_json(self, path=None, **kwargs) -> str:
-        """JSON text of :meth:`to_dict`; also written to ``path`` if given."""
+        """JSON text of :meth:`to_dict`; also written to ``path`` if given (atomically:
+        an existing file is replaced only by a complete one)."""
         text = json.dumps(_nan_to_none(self.to_dict()), **kwargs)
         if path is not None:
-            with open(path, "w") as f:
+            with atomic_write(path, "w", "Report.to_json") as f:
                 f.write(text)
         return text
 
     @classmethod
     def from_dict(cls, d: dict) -> "Report":
+        """Inverse of :meth:`to_dict`; ValueError if ``d`` is not a report's dict."""
+        try:
+            return cls._from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            detail = f"missing {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"Report.from_dict: not a varshift report ({detail})") from err
+
+    @classmethod
+    def _from_dict(cls, d):
         layers = [LayerStats(r["name"], r["kind"], r["layer"], tuple(r["shape"]),
                              RunningMoments.from_dict(r["train"]),
                              RunningMoments.from_dict(r["eval"])) for r in d["layers"]]
@@ -268,12 +282,26 @@ class Report:
 
     @classmethod
     def from_json(cls, text_or_path) -> "Report":
-        """Inverse of :meth:`to_json` (JSON text or a path to a file holding it)."""
+        """Inverse of :meth:`to_json` (JSON text or a path to a file holding it).
+
+        Raises
+        ------
+        OSError
+            If the file cannot be read.
+        ValueError
+            If the text is not a report's JSON (naming the file, if one was given).
+        """
         text = str(text_or_path)
+        source = "text"
         if not text.lstrip().startswith("{"):
+            source = repr(text)
             with open(text) as f:
                 text = f.read()
-        return cls.from_dict(json.loads(text))
+        try:
+            return cls.from_dict(json.loads(text))
+        except ValueError as err:  # also json.JSONDecodeError
+            raise ValueError(f"Report.from_json: {source} is not a varshift report's JSON "
+                             f"({err})") from err
 
     # ------------------------------------------------------------------ display
     def __str__(self) -> str:
@@ -372,11 +400,19 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
     seed : int, default 0
         Seed of the Dropout masks in the train-mode pass.
     progress : bool, default False
-        Progress bar on stderr.
+        Progress on stderr (a tqdm bar on a terminal, a few plain lines in a log).
 
     Returns
     -------
     Report
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad arguments or data (the message names them); data that does not fit
+        the model names the batch and the layer.
+    varshift.NonFiniteError
+        If a layer's outputs are not finite.
 
     Notes
     -----
@@ -385,7 +421,10 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
     are unbiased, like the running variance. See the module docstring for the three
     passes and the attribution of the shift.
     """
-    batches = Batches(data, batch_size, "measure")
+    _validate.model(model, "measure")
+    seed = _validate.seed(seed, "seed", "measure")
+    progress = _validate.flag(progress, "progress", "measure")
+    batches = data if isinstance(data, Batches) else Batches(data, batch_size, "measure")
     records = recorded_layers(model)
     bns = batchnorm_layers(model)
     outputs = {name: {} for name in PASSES}
@@ -410,12 +449,15 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
     shapes = {}
     stages = model.layers if isinstance(model, Sequential) else [model]
     handles = [layer.add_hook(hook(path)) for path, layer in records]
-    num_samples = 0
+    num_samples, seen_batch_size = 0, None
     try:
         with preserved(model, seed) as pristine, np.errstate(over="ignore", invalid="ignore"):
-            for x in progress_bar(batches, progress, batches.num_batches, "measure"):
-                _run_passes(model, stages, x, current, pristine)
+            for i, x in enumerate(progress_bar(batches, progress, batches.num_batches, "measure")):
+                with _validate.reraise_with_context(f"measure: {batches.name} batch {i} of "
+                                                   f"shape {x.shape}"):
+                    _run_passes(model, stages, x, current, pristine)
                 num_samples += len(x)
+                seen_batch_size = seen_batch_size or len(x)
     finally:
         for handle in handles:
             handle.remove()
@@ -432,7 +474,7 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
         for i, (path, layer) in enumerate(bns)]
     for record in layers:
         _check_finite(record)
-    return Report(layers, bn, num_samples, batch_size, seed)
+    return Report(layers, bn, num_samples, seen_batch_size, seed)
 
 
 def _behaviour(layer, pass_name):
@@ -485,6 +527,6 @@ def _check_finite(record: LayerStats):
     for name in ("train", "eval"):
         moments = getattr(record, name)
         if not (np.all(np.isfinite(moments.mean)) and np.all(np.isfinite(moments.m2))):
-            raise FloatingPointError(
+            raise _validate.NonFiniteError(
                 f"measure: layer {record.name!r} ({record.layer}) produced non-finite outputs "
                 f"in {name} mode; the model's weights or inputs are out of range")

@@ -8,11 +8,9 @@ parameter key, so ``model.astype`` or ``model.load_state_dict`` do not break it.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from . import kernels
+from . import _validate, kernels
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
@@ -31,12 +29,9 @@ class Optimizer:
 
     def __init__(self, model, lr, weight_decay=0.0):
         name = type(self).__name__
-        for arg, value in (("lr", lr), ("weight_decay", weight_decay)):
-            if not isinstance(value, numbers.Real) or value < 0 or (arg == "lr" and value == 0):
-                raise ValueError(f"{name}: {arg} must be a {'positive' if arg == 'lr' else 'non-negative'} float, got {value!r}")
-        self.model = model
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        self.model = _validate.model(model, name)
+        self.lr = _validate.real(lr, "lr", name, 0, low_open=True)
+        self.weight_decay = _validate.real(weight_decay, "weight_decay", name, 0)
         self.state: dict[str, dict] = {}
 
     def zero_grad(self) -> None:
@@ -74,13 +69,11 @@ class SGD(Optimizer):
 
     def __init__(self, model, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(model, lr, weight_decay)
-        if not isinstance(momentum, numbers.Real) or momentum < 0:
-            raise ValueError(f"SGD: momentum must be a non-negative float, got {momentum!r}")
-        if nesterov and (momentum == 0 or dampening != 0):
+        self.momentum = _validate.real(momentum, "momentum", "SGD", 0)
+        self.dampening = _validate.real(dampening, "dampening", "SGD")
+        self.nesterov = _validate.flag(nesterov, "nesterov", "SGD")
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("SGD: nesterov needs momentum > 0 and dampening 0")
-        self.momentum = float(momentum)
-        self.dampening = float(dampening)
-        self.nesterov = bool(nesterov)
 
     def _update(self, param, grad, state):
         if self.weight_decay:
@@ -115,12 +108,11 @@ class Adam(Optimizer):
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(model, lr, weight_decay)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"Adam: betas must be two floats in [0, 1), got {betas!r}")
-        if not eps > 0:
-            raise ValueError(f"Adam: eps must be positive, got {eps!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"Adam: betas must be a pair of floats in [0, 1), got "
+                            f"{_validate.shown(betas)}")
+        self.betas = tuple(_validate.fraction(b, f"betas[{i}]", "Adam") for i, b in enumerate(betas))
+        self.eps = _validate.real(eps, "eps", "Adam", 0, low_open=True)
 
     def _update(self, param, grad, state):
         if "exp_avg" not in state or state["exp_avg"].dtype != param.dtype:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from . import _validate
 from ._data import Batches
 from ._progress import progress_bar
 from .measure import Report, batchnorm_layers, measure, preserved
@@ -76,17 +75,20 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         ``num_batches_tracked`` of BatchNorm layers that track running statistics.
     data : ndarray, (x, y) pair, or re-iterable of batches (e.g. a list)
         Usually the training inputs. Read once per BatchNorm layer (each pass stops
-        at that layer) plus twice for the reports.
+        at that layer) plus twice for the reports, so not a generator.
     batch_size : int, default 256
     dropout : {'off', 'on'}, default 'off'
         'off' (Dropout in inference mode) removes Li et al.'s shift; 'on' reproduces
         PyTorch's ``update_bn``, whose statistics keep Dropout's variance, for
         comparison.
     holdout : data, optional
-        Data for the before/after reports (default: ``data``).
+        Data for the before/after reports (default: ``data``); read twice, so not a
+        generator.
     seed : int, default 0
         Seed of the Dropout masks (reports, and ``dropout='on'``).
     progress : bool, default False
+        Progress on stderr, per BatchNorm layer and per report (a tqdm bar on a
+        terminal, a few plain lines in a log).
     reports : bool, default True
         Measure the model before and after (two :func:`~varshift.measure` passes over
         ``holdout``); False skips them, leaving ``before`` and ``after`` None.
@@ -95,23 +97,35 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     -------
     Recalibration
 
+    Raises
+    ------
+    TypeError, ValueError
+        For bad arguments (naming them), checked before anything changes, and for
+        statistics that are not finite or do not fit the model's dtype.
+
     Notes
     -----
     For BatchNorm layer k, with layers 0..k-1 already recalibrated and the whole
     model in inference mode, the input's per-channel mean and unbiased variance over
     all of ``data`` become the running statistics (a cumulative average over every
     value, not an exponential one), and ``num_batches_tracked`` the number of batches.
-    On failure the model's statistics are restored.
+    If anything fails (also the "after" report, or ``KeyboardInterrupt``), the
+    model's original statistics are restored.
     """
-    if dropout not in ("off", "on"):
-        raise ValueError(f"recalibrate: dropout must be 'off' or 'on', got {dropout!r}")
-    batches = Batches(data, batch_size, "recalibrate")
-    if not batches.reiterable:
-        raise TypeError("recalibrate: data is read several times; pass an array, an (x, y) "
-                        "pair or a list of batches, not a one-shot iterator")
-    report_data = data if holdout is None else holdout
-    report = lambda: (measure(model, report_data, batch_size=batch_size, seed=seed,  # noqa: E731
-                              progress=progress) if reports else None)
+    _validate.model(model, "recalibrate")
+    _validate.choice(dropout, "dropout", "recalibrate", ("off", "on"))
+    seed = _validate.seed(seed, "seed", "recalibrate")
+    progress = _validate.flag(progress, "progress", "recalibrate")
+    reports = _validate.flag(reports, "reports", "recalibrate")
+    batches = _reiterable(Batches(data, batch_size, "recalibrate"))
+    report_data = batches if holdout is None else Batches(holdout, batch_size, "recalibrate",
+                                                          name="holdout")
+    if reports:
+        _reiterable(report_data)
+
+    def report():
+        return measure(model, report_data, seed=seed, progress=progress) if reports else None
+
     before = report()
     targets = [(path, layer) for path, layer in batchnorm_layers(model) if layer.track_running_stats]
     original = model.state_dict(params=False)
@@ -119,11 +133,19 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         with preserved(model, seed, buffers=False):
             for path, layer in targets:
                 _recalibrate_layer(model, layer, batches, dropout, progress, path)
+        after = report()
     except BaseException:
         model.load_state_dict(original, strict=False)
         raise
-    after = report()
     return Recalibration(before, after, [path for path, _ in targets])
+
+
+def _reiterable(batches):
+    if not batches.reiterable:
+        raise TypeError(f"recalibrate: {batches.name} is read several times; pass an array, "
+                        f"an (x, y) pair or a list of batches, not a one-shot iterator or "
+                        f"generator")
+    return batches
 
 
 def _recalibrate_layer(model, layer, batches, dropout, progress, path):
@@ -137,15 +159,17 @@ def _recalibrate_layer(model, layer, batches, dropout, progress, path):
     count = 0
     try:
         with modes(model, default="eval", dropout="train" if dropout == "on" else "eval"):
-            for x in progress_bar(batches, progress, batches.num_batches, f"recalibrate {path}"):
+            for i, x in enumerate(progress_bar(batches, progress, batches.num_batches,
+                                               f"recalibrate {path}")):
                 try:
-                    model(x)
+                    with _validate.reraise_with_context(f"recalibrate: data batch {i} of "
+                                                        f"shape {x.shape}"):
+                        model(x)
                 except _Stop:
                     count += 1
     finally:
         handle.remove()
-    if count == 0 or not np.all(np.isfinite(moments.m2)):
-        raise ValueError(f"recalibrate: no finite statistics reached BatchNorm {path!r}")
-    layer.buffers["running_mean"][...] = moments.mean
-    layer.buffers["running_var"][...] = moments.var(ddof=1)
-    layer.buffers["num_batches_tracked"][...] = count
+    if moments.count < 2:
+        raise ValueError(f"recalibrate: BatchNorm {path!r} saw {moments.count:.0f} value(s) per "
+                         f"channel of data; a variance needs at least 2 (give more samples)")
+    layer.set_running_stats(moments.mean, moments.var(ddof=1), count)

@@ -6,7 +6,31 @@ import numpy as np
 
 from . import kernels
 
-__all__ = ["RunningMoments"]
+__all__ = ["RunningMoments", "ratio", "symmetric_shift", "deviation_in_stds"]
+
+
+def ratio(a, b):
+    """``a / b`` elementwise (float64), without warnings: ``0 / 0`` is 1 (two equal
+    zero variances: no change), ``x / 0`` is inf for x > 0, NaN stays NaN."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    shape = np.broadcast(a, b).shape
+    out = np.broadcast_to(np.where(a == 0, 1.0, np.inf), shape).copy()
+    out[np.broadcast_to(np.isnan(a) | np.isnan(b), shape)] = np.nan
+    return np.divide(a, b, out=out, where=b != 0)
+
+
+def symmetric_shift(r):
+    """Li et al.'s symmetric metric ``max(r, 1/r)`` of a ratio (``1/0`` is inf, NaN
+    stays NaN), without warnings."""
+    shift = np.maximum(r, ratio(1.0, r))
+    return shift if shift.ndim else float(shift)
+
+
+def deviation_in_stds(a, b, var):
+    """``|a - b| / sqrt(var)`` elementwise, without warnings: 0 where ``a == b``
+    and ``var == 0``, inf where they differ."""
+    d = np.abs(np.asarray(a, np.float64) - b)
+    return np.where(d == 0, 0.0, ratio(d, np.sqrt(np.maximum(var, 0))))
 
 
 class RunningMoments:

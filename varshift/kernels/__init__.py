@@ -8,6 +8,30 @@ but easy to read and to step through); the tests compare the two.
 from __future__ import annotations
 
 import os
+import sys
+
+
+def _use_user_cache_dir() -> None:
+    """Send Numba's on-disk cache (the kernels use ``cache=True``) to a user folder,
+    ``$XDG_CACHE_HOME/varshift/numba`` (default ``~/.cache/varshift/numba``), unless
+    the user set ``NUMBA_CACHE_DIR``.
+
+    Without this, Numba writes its cache files next to the sources, i.e. into the
+    installed package in site-packages; uninstalling does not remove them, and the
+    leftover folder then shadows an editable install of varshift. Numba reads the
+    variable when it is imported; if it already was, its config is updated too.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "varshift", "numba")
+    os.environ["NUMBA_CACHE_DIR"] = folder
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        config.CACHE_DIR = folder
+
+
+_use_user_cache_dir()
 
 # Numba's OpenMP workers spin-wait after every parallel kernel and take the cores the
 # next BLAS call needs; sleeping workers made a training step 1.6x faster on 2 cores.
@@ -19,7 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import batchnorm, elementwise, gemm, optim, window  # noqa: E402
-from .window import Window
+from .window import Window  # noqa: E402
 
 __all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
            "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward"]

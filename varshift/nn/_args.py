@@ -1,42 +1,11 @@
-"""Argument checks shared by the layer constructors: clear errors at construction."""
+"""The sliding window of convolution and pooling layers, from their checked arguments
+(the checks themselves are in :mod:`varshift._validate`)."""
 
 from __future__ import annotations
 
-import numbers
-
 from ..kernels import Window
 
-__all__ = ["positive_int", "int_tuple", "fraction", "spatial_window"]
-
-
-def positive_int(value, name: str, owner: str) -> int:
-    """``value`` as an int >= 1, else ValueError naming ``owner`` and ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def int_tuple(value, n: int, name: str, owner: str, minimum: int = 1) -> tuple[int, ...]:
-    """An int or a length-``n`` sequence of ints >= ``minimum``, as an n-tuple."""
-    items = (value,) * n if isinstance(value, numbers.Integral) else tuple(value)
-    ok = len(items) == n and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum
-        for v in items
-    )
-    if not ok:
-        raise ValueError(
-            f"{owner}: {name} must be an int >= {minimum} or {n} of them, got {value!r}"
-        )
-    return tuple(int(v) for v in items)
-
-
-def fraction(value, name: str, owner: str, upper_open: bool = True) -> float:
-    """A float in [0, 1) (or [0, 1] with ``upper_open=False``)."""
-    top_ok = value < 1 if upper_open else value <= 1
-    if not isinstance(value, numbers.Real) or not (0 <= value and top_ok):
-        interval = "[0, 1)" if upper_open else "[0, 1]"
-        raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
-    return float(value)
+__all__ = ["spatial_window"]
 
 
 def spatial_window(dims: int, kernel, stride, padding, dilation) -> Window:

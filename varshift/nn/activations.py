@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import kernels
+from .._validate import real
 from .layer import Layer
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Identity"]
@@ -26,9 +25,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        if not isinstance(negative_slope, numbers.Real):
-            raise ValueError(f"LeakyReLU: negative_slope must be a float, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = real(negative_slope, "negative_slope", type(self).__name__)
 
     def _forward(self, x):
         return kernels.leaky_relu(x, self.negative_slope), x
@@ -54,9 +51,7 @@ class ELU(_Activation):
 
     def __init__(self, alpha=1.0):
         super().__init__()
-        if not isinstance(alpha, numbers.Real) or not alpha > 0:
-            raise ValueError(f"ELU: alpha must be a positive float, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = real(alpha, "alpha", "ELU", 0, low_open=True)
 
     def _forward(self, x):
         alpha = self.dtype.type(self.alpha)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import seed as check_seed
 from .layer import Layer
 
 __all__ = ["Sequential", "Residual", "Concat"]
@@ -37,7 +38,7 @@ class Sequential(_Container):
     Parameters
     ----------
     *layers : Layer
-    seed : int, optional
+    seed : int >= 0, optional
         If given, every parameter and random stream is (re)drawn from it with
         :meth:`~varshift.nn.layer.Layer.initialize`, so the model is reproducible.
 
@@ -52,10 +53,10 @@ class Sequential(_Container):
     def __init__(self, *layers, seed=None):
         super().__init__()
         self.layers = list(layers)
-        self.seed = seed
+        self.seed = check_seed(seed, "seed", "Sequential")
         self._adopt(self.layers, "layer")
-        if seed is not None:
-            self.initialize(seed)
+        if self.seed is not None:
+            self.initialize(self.seed)
 
     def children(self):
         return {str(i): layer for i, layer in enumerate(self.layers)}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ._args import int_tuple, positive_int, spatial_window
+from .._validate import flag, int_tuple, integer
+from ._args import spatial_window
 from .layer import Layer
 
 __all__ = ["Conv1D", "Conv2D"]
@@ -37,18 +38,21 @@ class _Conv(Layer):
                  dilation=1, bias=True):
         super().__init__()
         owner, n = type(self).__name__, self.dims
-        self.in_channels = positive_int(in_channels, "in_channels", owner)
-        self.out_channels = positive_int(out_channels, "out_channels", owner)
+        self.in_channels = integer(in_channels, "in_channels", owner)
+        self.out_channels = integer(out_channels, "out_channels", owner)
         self.kernel_size = int_tuple(kernel_size, n, "kernel_size", owner)
         self.stride = int_tuple(stride, n, "stride", owner)
         self.dilation = int_tuple(dilation, n, "dilation", owner)
+        if isinstance(padding, str) and padding != "same":
+            raise ValueError(f"{owner}: padding must be 'same', an int >= 0 or {n} of them, "
+                             f"got {padding!r}")
         if padding == "same":
             if self.stride != (1,) * n:
                 raise ValueError(f"{owner}: padding='same' needs stride 1, got {self.stride}")
             self.padding = "same"
         else:
             self.padding = int_tuple(padding, n, "padding", owner, minimum=0)
-        self.bias = bool(bias)
+        self.bias = flag(bias, "bias", owner)
         self.window = spatial_window(n, self.kernel_size, self.stride, self.padding,
                                      self.dilation)
         shape = (self.out_channels, self.in_channels, *self.kernel_size)

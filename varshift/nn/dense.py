@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ._args import positive_int
+from .._validate import flag, integer
 from .layer import Layer
 
 __all__ = ["Dense"]
@@ -36,9 +36,9 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        self.in_features = positive_int(in_features, "in_features", "Dense")
-        self.out_features = positive_int(out_features, "out_features", "Dense")
-        self.bias = bool(bias)
+        self.in_features = integer(in_features, "in_features", "Dense")
+        self.out_features = integer(out_features, "out_features", "Dense")
+        self.bias = flag(bias, "bias", "Dense")
         self.params["weight"] = np.zeros((self.out_features, self.in_features), self.dtype)
         if self.bias:
             self.params["bias"] = np.zeros(self.out_features, self.dtype)

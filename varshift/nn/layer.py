@@ -15,10 +15,13 @@ saving, and the random streams of stochastic layers. Containers override
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
+
+from .._validate import seed as check_seed
 
 __all__ = ["Layer", "HookHandle", "modes", "preserved", "layer_to_config", "layer_from_config"]
 
@@ -140,6 +143,11 @@ class Layer:
             raise TypeError(
                 f"{self.describe()}: expected a numeric array, got dtype {x.dtype}"
             )
+        if x.ndim and x.size == 0:
+            expected, got = (("at least one sample", "an empty batch") if x.shape[0] == 0
+                             else ("at least one value per sample", "an input with no values"))
+            raise ValueError(f"{self.describe()}: expected {expected}, got {got} of shape "
+                             f"{tuple(x.shape)}")
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         self._check_input(x)
@@ -240,7 +248,11 @@ class Layer:
         -------
         self
         """
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as err:
+            raise TypeError(f"astype: dtype must be float32 or float64, got {dtype!r} "
+                            f"({err})") from None
         if dtype not in _FLOAT_DTYPES:
             raise ValueError(f"astype: expected float32 or float64, got {dtype}")
         for _, layer in self.walk():
@@ -295,6 +307,9 @@ class Layer:
         -------
         self
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: state must be a mapping of keys to arrays (a "
+                            f"state_dict), got {type(state).__name__}")
         slots = self._state_slots()
         missing = sorted(set(slots) - set(state))
         unexpected = sorted(set(state) - set(slots))
@@ -330,6 +345,7 @@ class Layer:
         -------
         self
         """
+        seed = check_seed(seed, "seed", "initialize")
         leaves = [layer for _, layer in self.leaves()]
         streams = np.random.SeedSequence(seed).spawn(len(leaves))
         for layer, stream in zip(leaves, streams):
@@ -351,6 +367,8 @@ class Layer:
         """Restore states returned by :meth:`rng_state`."""
         layers = dict(self.walk())
         for path, state in states.items():
+            if getattr(layers.get(path), "rng", None) is None:
+                raise ValueError(f"set_rng_state: the model has no stochastic layer {path!r}")
             layers[path].rng.bit_generator.state = state
 
     # ------------------------------------------------------------------ config

@@ -28,6 +28,36 @@ class _Loss:
     def __repr__(self):
         return f"{type(self).__name__}()"
 
+    def check_target(self, target, pred_shape, what="targets"):
+        """Check the whole ``target`` array against predictions of shape ``pred_shape``
+        (only ``pred_shape[1:]`` matters), before any computation.
+
+        Parameters
+        ----------
+        target : array_like
+        pred_shape : tuple of int
+        what : str
+            How to name ``target`` in error messages (e.g. ``'fit: data y'``).
+
+        Returns
+        -------
+        ndarray
+            ``target`` as an array.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``what``, the expected and the actual dtype, shape or values.
+        """
+        target = np.asarray(target)
+        if target.dtype.kind not in "biuf":
+            raise TypeError(f"{what} must be numeric, got dtype {target.dtype}")
+        self._check_target(target, tuple(pred_shape), what)
+        return target
+
+    def _check_target(self, target, pred_shape, what):  # pragma: no cover - abstract
+        raise NotImplementedError
+
     @staticmethod
     def _float_array(pred, name):
         pred = np.asarray(pred)
@@ -54,21 +84,26 @@ class CrossEntropyLoss(_Loss):
 
     classification = True
 
+    def _check_target(self, labels, pred_shape, what):
+        if len(pred_shape) != 2:
+            raise ValueError(f"CrossEntropyLoss: expected logits of shape (N, K), got {pred_shape}")
+        one_hot = (" (one-hot labels? pass labels.argmax(axis=1))"
+                   if labels.ndim == 2 and labels.shape[1] == pred_shape[1] else "")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"{what}: expected integer labels, got dtype {labels.dtype}{one_hot}")
+        if labels.ndim != 1:
+            raise ValueError(f"{what}: expected labels of shape (N,), got {labels.shape}{one_hot}")
+        k = pred_shape[1]
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"{what}: labels must be in [0, {k}), got range "
+                             f"[{labels.min()}, {labels.max()}] (the model has {k} outputs)")
+
     def forward(self, logits, labels) -> float:
         logits = self._float_array(logits, "CrossEntropyLoss")
-        labels = np.asarray(labels)
-        if logits.ndim != 2:
-            raise ValueError(f"CrossEntropyLoss: expected logits of shape (N, K), got {logits.shape}")
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"CrossEntropyLoss: expected integer labels, got dtype {labels.dtype}")
-        n, k = logits.shape
+        labels = self.check_target(labels, logits.shape, "CrossEntropyLoss")
+        n = len(logits)
         if labels.shape != (n,):
             raise ValueError(f"CrossEntropyLoss: expected labels of shape ({n},), got {labels.shape}")
-        if n and (labels.min() < 0 or labels.max() >= k):
-            raise ValueError(
-                f"CrossEntropyLoss: labels must be in [0, {k}), got range "
-                f"[{labels.min()}, {labels.max()}]"
-            )
         z = logits - logits.max(axis=1, keepdims=True)
         log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         rows = np.arange(n)
@@ -90,9 +125,15 @@ class MSELoss(_Loss):
     ``loss = mean((pred - target)^2)``; gradient ``2 (pred - target) / pred.size``.
     """
 
+    def _check_target(self, target, pred_shape, what):
+        if target.shape[1:] != pred_shape[1:]:
+            expected = ", ".join(["N", *map(str, pred_shape[1:])])
+            raise ValueError(f"{what}: expected targets shaped like the model's outputs, "
+                             f"({expected}), got {target.shape}")
+
     def forward(self, pred, target) -> float:
         pred = self._float_array(pred, "MSELoss")
-        target = np.asarray(target, dtype=pred.dtype)
+        target = self.check_target(target, pred.shape, "MSELoss").astype(pred.dtype, copy=False)
         if pred.shape != target.shape:
             raise ValueError(f"MSELoss: prediction shape {pred.shape} != target shape {target.shape}")
         diff = pred - target

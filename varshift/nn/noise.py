@@ -8,11 +8,10 @@ shift comes from: the train-mode variance of ``x m`` is ``E[m^2] E[x^2] - E[x]^2
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ._args import fraction
+from .._validate import fraction, real
+from .._validate import seed as check_seed
 from .layer import Layer
 
 __all__ = ["Dropout", "Uout", "GaussianDropout"]
@@ -25,8 +24,8 @@ class _MultiplicativeNoise(Layer):
 
     def __init__(self, seed=None):
         super().__init__()
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.seed = check_seed(seed, "seed", type(self).__name__)
+        self.rng = np.random.default_rng(self.seed)
 
     def _initialize(self, rng):
         self.rng = rng
@@ -48,8 +47,9 @@ class Dropout(_MultiplicativeNoise):
     ----------
     rate : float in [0, 1), default 0.5
         Drop probability; the retain ratio of Li et al. is ``p = 1 - rate``.
-    seed : int, optional
-        Seed of the layer's random stream (a seeded container reseeds it).
+    seed : int >= 0, optional
+        Seed of the layer's random stream (a seeded container reseeds it). It is
+        saved with the model, so it must be a plain integer, not a Generator.
 
     Notes
     -----
@@ -81,9 +81,7 @@ class Uout(_MultiplicativeNoise):
     """
 
     def __init__(self, beta=0.1, seed=None):
-        if not isinstance(beta, numbers.Real) or not beta >= 0:
-            raise ValueError(f"Uout: beta must be a float >= 0, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = real(beta, "beta", "Uout", 0)
         super().__init__(seed)
 
     def _noise(self, shape, dtype):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import kernels
-from ._args import fraction, positive_int
+from .._validate import NonFiniteError, flag, fraction, integer, real
 from .layer import Layer
 
 __all__ = ["BatchNorm"]
@@ -57,15 +55,13 @@ class BatchNorm(Layer):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, unbiased=True):
         super().__init__()
-        self.num_features = positive_int(num_features, "num_features", "BatchNorm")
-        if not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"BatchNorm: eps must be a positive float, got {eps!r}")
-        self.eps = float(eps)
+        self.num_features = integer(num_features, "num_features", "BatchNorm")
+        self.eps = real(eps, "eps", "BatchNorm", 0, low_open=True)
         self.momentum = None if momentum is None else fraction(
             momentum, "momentum", "BatchNorm", upper_open=False)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.unbiased = bool(unbiased)
+        self.affine = flag(affine, "affine", "BatchNorm")
+        self.track_running_stats = flag(track_running_stats, "track_running_stats", "BatchNorm")
+        self.unbiased = flag(unbiased, "unbiased", "BatchNorm")
         c = self.num_features
         if self.affine:
             self.params["weight"] = np.ones(c, self.dtype)
@@ -144,11 +140,39 @@ class BatchNorm(Layer):
 
     def _update_running_stats(self, mean, var, count):
         """Exponential (or, with momentum None, cumulative) average, in place."""
-        tracked = self.buffers["num_batches_tracked"]
-        tracked += 1
-        weight = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        tracked = int(self.buffers["num_batches_tracked"]) + 1
+        weight = 1.0 / tracked if self.momentum is None else self.momentum
         if self.unbiased:
             var = var * count / (count - 1)
-        for key, batch in (("running_mean", mean), ("running_var", var)):
-            running = self.buffers[key]
-            running[...] = (1.0 - weight) * running + weight * batch
+        new = [(1.0 - weight) * self.buffers[key].astype(np.float64) + weight * batch
+               for key, batch in (("running_mean", mean), ("running_var", var))]
+        self.set_running_stats(*new, tracked)
+
+    def set_running_stats(self, mean, var, num_batches_tracked) -> None:
+        """Replace ``running_mean``, ``running_var`` and ``num_batches_tracked``.
+
+        Parameters
+        ----------
+        mean, var : array_like of shape (C,)
+        num_batches_tracked : int
+
+        Raises
+        ------
+        varshift.NonFiniteError
+            If a value is NaN or does not fit the layer's dtype (e.g. the variance of
+            inputs near the float32 limit); nothing is written then.
+        """
+        limit = np.finfo(self.dtype).max
+        stats = {"running_mean": np.asarray(mean, np.float64),
+                 "running_var": np.asarray(var, np.float64)}
+        for key, value in stats.items():
+            bad = ~(np.abs(value) <= limit)  # also NaN
+            if bad.any():
+                c = int(np.argmax(bad))
+                raise NonFiniteError(
+                    f"{self.describe()}: {key} would become {value[c]:.4g} in channel {c}, "
+                    f"beyond the {self.dtype} range (inputs near the float limit, or weights "
+                    f"that diverged); the running statistics were left unchanged")
+        for key, value in stats.items():
+            self.buffers[key][...] = value
+        self.buffers["num_batches_tracked"][...] = num_batches_tracked

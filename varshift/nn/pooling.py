@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ._args import int_tuple, spatial_window
+from .._validate import int_tuple
+from ._args import spatial_window
 from .conv import _as_4d, _as_4d_shape
 from .layer import Layer
 
