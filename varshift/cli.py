@@ -56,6 +56,14 @@ def _load_mnist(args):
         ) from err
 
 
+def _mnist_folder(args):
+    """--data-dir, else this project's shared folder where it exists (load_mnist then
+    also searches $VARSHIFT_DATA/mnist and the user cache)."""
+    if args.data_dir is None and os.path.isdir(SHARED_MNIST):
+        return os.path.abspath(SHARED_MNIST)
+    return args.data_dir
+
+
 def _load_data(spec, args, split=None):
     """Inputs named by DATA on the command line, as an array."""
     import zipfile
@@ -231,7 +239,7 @@ def _reproduce(args) -> int:
     client = _dask_client(args.scheduler)
     try:
         results, skipped = run(out, quick=args.quick, only=args.only, seeds=args.seeds,
-                               data_dir=args.data_dir, seed=args.seed, jobs=args.jobs,
+                               data_dir=_mnist_folder(args), seed=args.seed, jobs=args.jobs,
                                client=client, cache=args.cache, progress=not args.quiet)
     finally:
         if client is not None:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._files import atomic_write
 from ._json import json_ready
 
 __all__ = ["Task", "run", "execute", "SINGLE_THREAD_ENV"]
@@ -110,11 +111,10 @@ def _load(cache, task):
 def _store(cache, task, result, seconds):
     path = _path(cache, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": task.key, "function": task.function,
-                               "params": json_ready(task.params), "seconds": seconds,
-                               "result": result}, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w", owner="tasks.run") as f:
+        f.write(json.dumps({"key": task.key, "function": task.function,
+                            "params": json_ready(task.params), "seconds": seconds,
+                            "result": result}, sort_keys=True) + "\n")
 
 
 def run(tasks, cache=None, *, jobs=1, client=None, progress=False):

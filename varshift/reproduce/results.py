@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write
 from .._json import json_ready
 
 __all__ = ["FigureResult", "mean_sd", "new_figure", "save_figure", "write_figure", "write_case",
@@ -44,10 +44,8 @@ class FigureResult:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a temporary file in the same folder, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path, "w", owner="reproduce") as f:
+        f.write(text)
 
 
 def save_figure(figure, png: Path, svg: Path) -> None:
@@ -59,9 +57,8 @@ def save_figure(figure, png: Path, svg: Path) -> None:
     with mpl.rc_context({"svg.hashsalt": "varshift"}):
         for path, kw in ((png, {"dpi": 120, "metadata": {"Software": None}}),
                          (svg, {"metadata": {"Date": None, "Creator": None}})):
-            tmp = path.with_name(f".{path.name}.tmp")
-            figure.savefig(tmp, format=path.suffix[1:], **kw)
-            os.replace(tmp, path)
+            with atomic_write(path, "wb", owner="reproduce") as f:
+                figure.savefig(f, format=path.suffix[1:], **kw)
     plt.close(figure)
 
 
