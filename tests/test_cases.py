@@ -61,7 +61,7 @@ def test_verdict_counts_never_turn_undecided_into_holds():
     assert "Contradicted: c." in sentence and "Failed sanity checks: f." in sentence
     assert _common.off_regime([Regime("trained", "posted 99%", "90%", False),
                                Regime("short", "rule", "ok", True)]).startswith(
-        "Not in the posted regime, so its statements are not tested: trained (posted 99%; here 90%)")
+        "Not in the posted regime, so its statements are not tested: trained - posted 99%; here 90%. ")
     assert _common.off_regime([Regime("short", "rule", "ok", True)]) == ""
 
 

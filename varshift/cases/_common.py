@@ -217,6 +217,12 @@ def _axes(ax, size=(7, 4)):
     return ax
 
 
+def _legend_above(ax, ncol, **options):
+    """The legend above the axes (and its title), where it covers no data."""
+    return ax.legend(fontsize="small", ncol=ncol, loc="lower center", bbox_to_anchor=(0.5, 1.08),
+                     **options)
+
+
 # ------------------------------------------------------------------ claims and verdicts
 def claim(text, paper, arm, reference, *, direction, regime=None, **options) -> Claim:
     """:meth:`Claim.paired <varshift.verdicts.Claim.paired>`, *not tested at the posted
@@ -285,13 +291,13 @@ def said(c, unit="") -> str:
 
 
 def off_regime(regimes) -> str:
-    """A sentence naming the regimes these runs are not in (empty if none), ending with
-    a space."""
-    off = [f"{r.name} ({r.rule}; here {r.measured})" for r in regimes if not r.ok]
+    """Two sentences naming the regimes these runs are not in, with their rules (empty
+    if none); ends with a space."""
+    off = [f"{r.name} - {r.rule}; here {r.measured}" for r in regimes if not r.ok]
     if not off:
         return ""
-    return (f"Not in the posted regime, so its statements are not tested: {'; '.join(off)}; "
-            f"their intervals show what these settings give. ")
+    return (f"Not in the posted regime, so its statements are not tested: {' | '.join(off)}. "
+            f"Their intervals show what these settings give. ")
 
 
 def verdict(claims) -> str:

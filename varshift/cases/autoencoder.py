@@ -14,6 +14,7 @@ from ._common import (
     CaseResult,
     Regime,
     _axes,
+    _legend_above,
     claim,
     fmt,
     off_regime,
@@ -86,7 +87,7 @@ class AutoencoderResult(CaseResult):
             ax.axhline(posted_bn, color="C1", ls=style, lw=0.8,
                        label=f"posted, {version} version (blue: without, orange: with BN)")
         ax.set(ylabel="validation MSE", title="Linear autoencoder: every seed, mean ± sd")
-        ax.legend(fontsize="small", ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.08))
+        _legend_above(ax, 2)
         return ax
 
 
@@ -206,7 +207,7 @@ def _result(runs, settings, seconds):
         posted_gap = POSTED["old"][1] - POSTED["old"][0]
         chance = float(np.mean(np.subtract.outer(bn, plain) >= posted_gap))
         parts.append(
-            f"{label} ({steps} updates): {fmt(plain)} without BatchNorm, {fmt(bn)} with it, "
+            f"{label[:1].upper()}{label[1:]} ({steps} updates): {fmt(plain)} without BatchNorm, {fmt(bn)} with it, "
             f"{zero.mean():.3f} for predicting zero"
             + f". {said(raises)}; {said(stale)}. A single run with BatchNorm is worse than a "
             f"single run without it by the posted {posted_gap:.3f} or more in {chance:.1%} of "

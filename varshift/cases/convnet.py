@@ -15,6 +15,7 @@ from ._common import (
     CaseResult,
     Regime,
     _axes,
+    _legend_above,
     accuracy,
     claim,
     fmt,
@@ -96,7 +97,7 @@ class ConvnetResult(CaseResult):
                             fmt="_", color="k", capsize=4, ms=14)
         ax.set_xticks(range(len(runs)), [n.replace(", ", "\n") for n in runs])
         ax.set(ylabel="test accuracy (%)", title="Final test accuracy of every seed (bars: mean ± sd)")
-        ax.legend(fontsize="small", loc="lower left")
+        _legend_above(ax, 3)
         return ax
 
 

@@ -14,6 +14,7 @@ from ._common import (
     CaseResult,
     Regime,
     _axes,
+    _legend_above,
     claim,
     fmt,
     mnist_subset,
@@ -112,8 +113,7 @@ class OrderingsResult(CaseResult):
             ax.plot([], [], "^", mfc="none", color="0.3", label="ours, statistics with Dropout (mean)")[0],
             ax.plot([], [], "o", mfc="none", color="0.3", label="ours, statistics without Dropout (mean)")[0],
             posted.plot([], [], "k*", ms=10, label="posted (right axis)")[0]]
-        ax.legend(handles=handles, fontsize="small", ncol=2, loc="lower center",
-                  bbox_to_anchor=(0.5, 1.08))
+        _legend_above(ax, 2, handles=handles)
         return ax
 
 
@@ -219,7 +219,7 @@ def _result(runs, settings, seconds):
                     f"{100 * mean_accuracy:.2f}%", mean_accuracy >= POSTED_ACCURACY)
     claims = []
     versus = {o: claim(f"vs {o}", f"{POSTED[BEST]} vs {POSTED[o]}", loss[BEST], loss[o],
-                       direction=-1, digits=4, names=(BEST, o), regime=regime)
+                       direction=-1, digits=4, names=(BEST, "the other"), regime=regime)
               for o in orders if o != BEST} if BEST in runs else {}
     if versus:
         claims.append(Claim.all_of(

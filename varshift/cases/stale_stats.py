@@ -17,6 +17,7 @@ from ._common import (
     CaseResult,
     Regime,
     _axes,
+    _legend_above,
     accuracy,
     claim,
     digest,
@@ -94,7 +95,7 @@ class StaleStatsResult(CaseResult):
                                          for k in runs], fontsize="small")
         ax.set(ylabel="test accuracy (%)", ylim=(0, 100),
                title="Keras-style BatchNorm: inference mode, batch statistics, recalibrated")
-        ax.legend(fontsize="small", ncol=len(MODES), loc="lower center", bbox_to_anchor=(0.5, 1.08))
+        _legend_above(ax, len(MODES))
         return ax
 
 
