@@ -24,8 +24,9 @@ from .. import evaluate, fit, nn, optim, recalibrate
 from .._json import json_ready
 from ..verdicts import NOT_TESTED, Claim, count, judge, tally
 
-__all__ = ["CaseResult", "Regime", "claim", "sd_claim", "said", "verdict", "off_regime", "seeded", "run_tasks",
-           "slug", "spread", "fmt", "mnist_subset", "train", "accuracy", "recalibrated", "digest"]
+__all__ = ["CaseResult", "Regime", "claim", "sd_claim", "said", "verdict", "off_regime", "seeded",
+           "run_tasks", "slug", "digest", "spread", "fmt", "mnist_subset", "train", "accuracy",
+           "recalibrated"]
 
 
 @dataclass
@@ -225,9 +226,27 @@ def _legend_above(ax, ncol, **options):
 
 # ------------------------------------------------------------------ claims and verdicts
 def claim(text, paper, arm, reference, *, direction, regime=None, **options) -> Claim:
-    """:meth:`Claim.paired <varshift.verdicts.Claim.paired>`, *not tested at the posted
-    regime* unless ``regime`` (a :class:`Regime`, None for a statement that does not
-    depend on it) is met; ``options`` go to ``Claim.paired``."""
+    """A paired claim (:meth:`Claim.paired <varshift.verdicts.Claim.paired>`) that is *not
+    tested at the posted regime* unless ``regime`` is met.
+
+    Parameters
+    ----------
+    text, paper : str
+    arm, reference : array_like of float, shape (n_seeds,)
+        Per-seed values, paired by seed; ``reference`` may be a scalar.
+    direction : {1, -1, 0}
+        The posted direction of ``arm - reference`` (0: equal within ``min_effect``).
+    regime : Regime, optional
+        The posted regime the statement depends on; None for one that does not (Li et
+        al.'s mechanism, our own explanations).
+    **options
+        ``min_effect``, ``unit``, ``digits``, ``names`` of ``Claim.paired``.
+
+    Returns
+    -------
+    varshift.verdicts.Claim
+        Its ``rule`` names the regime.
+    """
     result = Claim.paired(text, paper, arm, reference, direction=direction,
                           posted_regime=regime is None or regime.ok, **options)
     if regime is not None:
@@ -359,9 +378,24 @@ def seeded(model, seed):
 
 
 def run_tasks(tasks, *, jobs=1, client=None, cache=None, progress=False) -> list:
-    """Run a case's training runs with :func:`varshift.tasks.run` (serially, in ``jobs``
-    local processes or on a Dask ``client``; cached in ``cache`` if given); their
-    results in the order of ``tasks``."""
+    """Run a case's training runs with :func:`varshift.tasks.run`.
+
+    Parameters
+    ----------
+    tasks : list of varshift.tasks.Task
+    jobs : int, default 1
+        Local worker processes (1: in this process).
+    client : dask.distributed.Client, optional
+        Run them on this Dask cluster instead.
+    cache : str or Path, optional
+        Folder of cached results (a stopped run resumes).
+    progress : bool, default False
+
+    Returns
+    -------
+    list of dict
+        The results, in the order of ``tasks``; the same whichever way they were run.
+    """
     from ..tasks import run
 
     results, _ = run(tasks, cache, jobs=jobs, client=client, progress=progress)

@@ -104,10 +104,24 @@ def _train(batchnorm, x, batch, epochs, seed, initial_mean=0.0):
 
 
 def train_run(batch, epochs, seed) -> dict:
-    """One seed of one schedule (a :class:`~varshift.tasks.Task`): the seed draws the
-    data, the weights (the same with and without BatchNorm) and the batch order; the
-    validation losses without BatchNorm, with it (running statistics, batch statistics,
-    recalibrated) and of predicting zero, and the running statistics' lag."""
+    """One seed of one schedule (a :class:`~varshift.tasks.Task`).
+
+    Parameters
+    ----------
+    batch, epochs : int
+        The schedule.
+    seed : int
+        Draws the data, the weights (the same with and without BatchNorm) and the batch
+        order.
+
+    Returns
+    -------
+    dict
+        Validation MSE without BatchNorm (``plain``), with it (``bn``: running
+        statistics; ``bn_train_mode``: batch statistics; ``recalibrated``) and of
+        predicting zero (``zero``); the number of updates, the weight the initial
+        running mean still has (``init_weight``), and moving/real variance and mean gap.
+    """
     data = np.random.default_rng(seed).standard_normal((SAMPLES, DIM)).astype(np.float32)
     split = int(0.9 * SAMPLES)
     x, x_val = data[:split], data[split:]

@@ -121,10 +121,28 @@ RESULT = StaleStatsResult
 
 
 def train_run(network, variant, steps, seed, n_test, n_stats, data_dir=None) -> dict:
-    """One training run (a :class:`~varshift.tasks.Task`): ``network`` of
-    :data:`NETWORKS` with the running-average ``variant`` of :data:`VARIANTS`,
-    ``steps`` steps of batch 100 from ``seed``; accuracy evaluated four ways, the first
-    BatchNorm's real input statistics, diagnosis, and a digest of the trained weights."""
+    """One training run (a :class:`~varshift.tasks.Task`).
+
+    Parameters
+    ----------
+    network, variant : str
+        Keys of :data:`NETWORKS` and :data:`VARIANTS`.
+    steps : int
+        Training steps of batch 100 (on the first ``100 * steps`` training images).
+    seed : int
+        Initial weights and batch order (the same for every variant).
+    n_test, n_stats : int
+        Test images; training images for the diagnosis and the recalibration.
+    data_dir : str, optional
+        Folder with the MNIST files (not part of the task's key).
+
+    Returns
+    -------
+    dict
+        Test accuracy in each of :data:`MODES` (None where BatchNorm cannot normalise),
+        the first BatchNorm's real input sd and mean, the findings of ``diagnose``, and
+        a digest of the trained weights.
+    """
     x, y, x_test, y_test = mnist_subset(data_dir, steps * BATCH, n_test)
     model = _set_momentum(NETWORKS[network](seed), VARIANTS[variant])
     train(model, (x, y), epochs=1, batch_size=BATCH, lr=LR, seed=seed)
