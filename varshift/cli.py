@@ -261,8 +261,14 @@ def _reproduce(args) -> int:
 def _case(args) -> int:
     from .cases import run
 
-    result = run(args.name, quick=not args.full, seeds=args.seeds, data_dir=args.data_dir,
-                 seed=args.seed, progress=not args.quiet)
+    client = _dask_client(args.scheduler)
+    try:
+        result = run(args.name, quick=not args.full, seeds=args.seeds, data_dir=args.data_dir,
+                     seed=args.seed, jobs=args.jobs, client=client, cache=args.cache,
+                     progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
     print(result.to_json() if args.json else result.summary(markdown=args.markdown))
     if args.plot:
         _save_plot(result.plot, args.plot)
@@ -471,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=None, help="seeds per setting")
     c.add_argument("--seed", type=int, default=0, help="first seed")
     c.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    c.add_argument("--jobs", type=int, default=1,
+                   help="training runs in N local processes, one thread each (default 1)")
+    c.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run the training runs on this Dask scheduler (needs varshift[dask])")
+    c.add_argument("--cache", metavar="DIR", default=None,
+                   help="folder of cached per-run results; a stopped run resumes from it")
     c.add_argument("--json", action="store_true", help="every number, as JSON")
     c.add_argument("--markdown", action="store_true", help="summary as Markdown")
     c.add_argument("--plot", metavar="FILE.png", help="also draw the case's figure")
