@@ -350,31 +350,11 @@ def fmt(values, digits=3, scale=1.0) -> str:
 
 # ------------------------------------------------------------------ seeding and tasks
 def seeded(model, seed):
-    """Draw ``model``'s initial weights and noise streams from ``seed`` so that the arms
-    of a comparison are paired.
-
-    Convolutions and Dense layers draw, in order, from streams spawned from one child of
-    ``seed``; Dropout-like layers from a second; every other layer (BatchNorm: ones and
-    zeros) from a third. Adding, removing or moving a BatchNorm or Dropout layer
-    therefore leaves every weight layer's initial values, and each Dropout layer's
-    masks, unchanged.
-
-    Parameters
-    ----------
-    model : varshift.nn.Layer
-    seed : int
-
-    Returns
-    -------
-    model
-    """
-    group = {"conv": 0, "dense": 0, "dropout": 1}
-    leaves = [layer for _, layer in model.leaves()]
-    for i, parent in enumerate(np.random.SeedSequence(seed).spawn(3)):
-        members = [layer for layer in leaves if group.get(layer.kind, 2) == i]
-        for layer, stream in zip(members, parent.spawn(len(members))):
-            layer._initialize(np.random.default_rng(stream))
-    return model
+    """Draw ``model``'s weights independently of its BatchNorm and Dropout layers and
+    its noise streams apart (:func:`varshift.nn.seeded`), so that adding, removing or
+    moving a BatchNorm or Dropout layer leaves every weight layer's initial values, and
+    each Dropout layer's masks, unchanged: the arms of a comparison are paired."""
+    return nn.seeded(model, seed, groups=(("conv", "dense"), ("dropout",), None))
 
 
 def run_tasks(tasks, *, jobs=1, client=None, cache=None, progress=False) -> list:

@@ -9,14 +9,14 @@ from .activations import ELU, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from .containers import Concat, Residual, Sequential
 from .conv import Conv1D, Conv2D
 from .dense import Dense
-from .layer import Layer, modes, preserved
+from .layer import Layer, modes, preserved, seeded
 from .losses import CrossEntropyLoss, MSELoss
 from .noise import Dropout, GaussianDropout, Uout
 from .normalization import BatchNorm
 from .pooling import AvgPool1D, AvgPool2D, Flatten, GlobalAvgPool, MaxPool1D, MaxPool2D
 
 __all__ = [
-    "Layer", "modes", "preserved",
+    "Layer", "modes", "preserved", "seeded",
     "Dense", "Conv1D", "Conv2D", "BatchNorm",
     "Dropout", "Uout", "GaussianDropout",
     "ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Identity",

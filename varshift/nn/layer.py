@@ -457,6 +457,36 @@ def modes(model: Layer, *, batchnorm=None, dropout=None, default=None):
             layer.training = training
 
 
+def seeded(model: Layer, seed, groups=(None, ("dropout",))) -> Layer:
+    """Draw ``model``'s parameters and noise streams from ``seed`` in independent groups
+    of layer kinds, so that adding, removing or moving a layer of one group leaves the
+    others' initial values unchanged (the arms of a paired comparison).
+
+    Parameters
+    ----------
+    model : Layer
+    seed : int
+    groups : sequence of (sequence of str or None)
+        Layer kinds per group (``layer.kind``: 'conv', 'dense', 'batchnorm',
+        'dropout', ...); ``None`` is every kind no other group names. Group ``i``
+        draws, in network order, from streams spawned from child ``i`` of
+        ``SeedSequence(seed)``. The default keeps weights independent of noise layers;
+        ``(("conv", "dense"), ("dropout",), None)`` also of BatchNorm layers.
+
+    Returns
+    -------
+    model
+    """
+    named = {kind: i for i, kinds in enumerate(groups) if kinds is not None for kind in kinds}
+    rest = [i for i, kinds in enumerate(groups) if kinds is None]
+    leaves = [layer for _, layer in model.leaves()]
+    for i, parent in enumerate(np.random.SeedSequence(seed).spawn(len(groups))):
+        members = [layer for layer in leaves if named.get(layer.kind, rest[0] if rest else -1) == i]
+        for layer, stream in zip(members, parent.spawn(len(members))):
+            layer._initialize(np.random.default_rng(stream))
+    return model
+
+
 @contextmanager
 def preserved(model, seed=0, buffers=True):
     """Run code on ``model`` and restore its modes, random streams, forward caches and

@@ -144,7 +144,8 @@ class BatchNorm(Layer):
         weight = 1.0 / tracked if self.momentum is None else self.momentum
         if self.unbiased:
             var = var * count / (count - 1)
-        new = [(1.0 - weight) * self.buffers[key].astype(np.float64) + weight * batch
+        # the running buffer's own dtype for the decayed part, as PyTorch's in-place update
+        new = [(1.0 - weight) * self.buffers[key] + weight * batch
                for key, batch in (("running_mean", mean), ("running_var", var))]
         self.set_running_stats(*new, tracked)
 

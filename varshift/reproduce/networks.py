@@ -33,32 +33,9 @@ def _noise(noise, amount):
 
 
 def seeded(model, seed):
-    """Draw ``model``'s weights from ``seed`` independently of its noise layers.
-
-    Layers with parameters get streams spawned from one child of ``seed``, noise layers
-    from another, so adding or moving noise layers leaves the initial weights unchanged.
-
-    Parameters
-    ----------
-    model : varshift.nn.Layer
-    seed : int or None
-        None leaves the model as it is.
-
-    Returns
-    -------
-    model
-    """
-    if seed is None:
-        return model
-    import numpy as np
-
-    leaves = [layer for _, layer in model.leaves()]
-    weights, noises = np.random.SeedSequence(seed).spawn(2)
-    for group, parent in (([l for l in leaves if l.kind != "dropout"], weights),
-                          ([l for l in leaves if l.kind == "dropout"], noises)):
-        for layer, stream in zip(group, parent.spawn(len(group))):
-            layer._initialize(np.random.default_rng(stream))
-    return model
+    """``model`` with weights drawn from ``seed`` independently of its noise layers
+    (:func:`varshift.nn.seeded`); None leaves it as it is."""
+    return model if seed is None else nn.seeded(model, seed)
 
 
 def _check(placement):
