@@ -19,6 +19,7 @@ loaded by ``import varshift``.)
 from . import datasets, nn, optim
 from .diagnose import Finding, diagnose
 from .gradcheck import gradcheck
+from .inspect import Inspection, inspect
 from .io import load, save
 from .measure import Report, measure
 from .recalibrate import Recalibration, recalibrate
@@ -27,4 +28,5 @@ from .training import History, evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = ["nn", "optim", "datasets", "fit", "evaluate", "History", "gradcheck", "save",
-           "load", "measure", "Report", "recalibrate", "Recalibration", "diagnose", "Finding", "__version__"]
+           "load", "measure", "Report", "recalibrate", "Recalibration", "diagnose", "Finding",
+           "inspect", "Inspection", "__version__"]
