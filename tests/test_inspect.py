@@ -141,6 +141,56 @@ def test_generated_group_names_without_name_attributes(keras, tmp_path):
         np.testing.assert_array_equal(b.moving_variance, var)
 
 
+def test_keras2_style_h5(tmp_path):
+    """The tf.keras 2 layout, written by hand: variable names with ':0', inbound nodes as
+    [name, node, tensor, kwargs] lists, a nested model's group listing its layers'
+    variables (its weight_names split in two attributes), the optimizer's 'iter'."""
+    import h5py
+
+    def layer(cls, name, inbound, **config):
+        return {"class_name": cls, "name": name, "config": {"name": name, **config},
+                "inbound_nodes": [[[src, 0, 0, {}] for src in inbound]] if inbound else []}
+
+    inner = {"class_name": "Sequential", "config": {"name": "inner", "layers": [
+        layer("Dense", "dense_1", [], units=3, kernel_initializer={}),
+        layer("BatchNormalization", "bn_1", [], axis=[1], momentum=0.99, epsilon=1e-3,
+              center=True, scale=False)]}, "name": "inner", "inbound_nodes": [[["bn", 0, 0, {}]]]}
+    config = {"class_name": "Model", "config": {
+        "name": "model", "input_layers": [["input_1", 0, 0]], "output_layers": [["inner", 0, 0]],
+        "layers": [layer("InputLayer", "input_1", []),
+                   layer("Dropout", "dropout", ["input_1"], rate=0.25),
+                   layer("BatchNormalization", "bn", ["dropout"], axis=-1, momentum=0.9,
+                         epsilon=1e-3, center=True, scale=True), inner]}}
+    stats = {"bn": ([0.5, -0.5], [2.0, 3.0]), "bn_1": ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])}
+    with h5py.File(tmp_path / "old.h5", "w") as h5:
+        h5.attrs["model_config"] = json.dumps(config).encode()
+        h5.attrs["keras_version"] = b"2.4.0"
+        weights = h5.create_group("model_weights")
+        weights.attrs["layer_names"] = [b"input_1", b"dropout", b"bn", b"inner"]
+        for group_name, owner, names in [
+                ("bn", "bn", ["gamma", "beta", "moving_mean", "moving_variance"]),
+                ("inner", "bn_1", ["beta", "moving_mean", "moving_variance"])]:
+            group = weights.create_group(group_name)
+            full = [f"{owner}/{n}:0".encode() for n in names]
+            for n, key in zip(names, full):
+                group[key.decode()] = (stats[owner][0] if n == "moving_mean" else
+                                       stats[owner][1] if n == "moving_variance" else
+                                       np.ones(len(stats[owner][0])))
+            group.attrs["weight_names0"], group.attrs["weight_names1"] = full[:1], full[1:]
+        optimizer = h5.create_group("optimizer_weights")
+        optimizer.attrs["weight_names"] = [b"Adam/iter:0"]
+        optimizer["Adam/iter:0"] = np.int64(1000)
+    result = inspect(tmp_path / "old.h5")
+    assert (result.format, result.keras_version, result.optimizer_iterations) == ("h5", "2.4.0", 1000)
+    for b in result.batchnorms:
+        np.testing.assert_array_equal(b.moving_mean, stats[b.path.split("/")[-1]][0])
+        np.testing.assert_array_equal(b.moving_variance, stats[b.path.split("/")[-1]][1])
+    assert [b.path for b in result.batchnorms] == ["bn", "inner/bn_1"]
+    (drop,) = result.dropouts
+    assert drop.reaches == {"bn": []} and drop.after == []
+    assert ("DROPOUT_BEFORE_BN", "error") in _codes(result, "bn")  # 1 / 0.75 = 1.33
+
+
 def _autoencoder(keras, tmp_path, compiled=True):
     """The linear-autoencoder question: 12 - Dense 8 - BatchNorm(0.99) - Dense 12, 100
     samples (10% for validation), batch 32, 20 epochs = 60 updates, Adam, MSE; saved
@@ -353,3 +403,15 @@ def test_import_varshift_loads_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_readme_keras_example_runs(keras, tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your Keras model file", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == "60 ['STATS_NEAR_INIT']" and float(second) == pytest.approx(0.99 ** 60)

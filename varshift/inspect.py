@@ -58,7 +58,7 @@ from .diagnose import (
     Finding,
     _grade,
 )
-from .keras_file import ModelFileError, read_keras_file
+from .keras_file import SEQUENTIAL, ModelFileError, read_keras_file
 
 __all__ = ["inspect", "Inspection", "BatchNormInfo", "DropoutInfo", "ModelFileError"]
 
@@ -253,18 +253,22 @@ class Inspection:
                  f"{steps}"]
         if self.batchnorms:
             width = max(len("layer"), *(len(b.path) for b in self.batchnorms))
+            stats = [b.statistics() for b in self.batchnorms]
+            means = [_triple(s["moving_mean"]) for s in stats]
+            variances = [_triple(s["moving_variance"]) for s in stats]
+            wm, wv = (max(len(title), *map(len, column)) for title, column in
+                      (("moving_mean", means), ("moving_variance", variances)))
             lines += ["", "BatchNormalization (moving statistics over channels: min / mean / max)",
-                      f"{'#':>4}  {'layer':<{width}} {'C':>5} {'axis':>5} {'momentum':>9} "
-                      f"{'epsilon':>8} {'center':>6} {'scale':>5} {'trainable':>9}  "
-                      f"{'moving_mean':<30} {'moving_variance':<30} {'nonfinite':>9} {'var<=0':>6}"]
-            for b in self.batchnorms:
-                s = b.statistics()
+                      f"{'#':>4}  {'layer':<{width}} {'C':>5} {'axis':>5} {'momentum':>8} "
+                      f"{'epsilon':>7} {'center':>6} {'scale':>5} {'trainable':>9}  "
+                      f"{'moving_mean':<{wm}}  {'moving_variance':<{wv}} {'nonfinite':>9} "
+                      f"{'var<=0':>6}"]
+            for b, s, mean, var in zip(self.batchnorms, stats, means, variances):
                 lines.append(
                     f"{b.index:>4}  {b.path:<{width}} {b.channels:>5} {str(b.axis):>5} "
-                    f"{b.momentum:>9.4g} {b.epsilon:>8.3g} {_yes(b.center):>6} "
-                    f"{_yes(b.scale):>5} {_yes(b.trainable):>9}  {_triple(s['moving_mean']):<30} "
-                    f"{_triple(s['moving_variance']):<30} {s['nonfinite']:>9} "
-                    f"{s['nonpositive_variance']:>6}")
+                    f"{b.momentum:>8.4g} {b.epsilon:>7.3g} {_yes(b.center):>6} "
+                    f"{_yes(b.scale):>5} {_yes(b.trainable):>9}  {mean:<{wm}}  {var:<{wv}} "
+                    f"{s['nonfinite']:>9} {s['nonpositive_variance']:>6}")
         else:
             lines += ["", "No BatchNormalization layer: no moving statistics, no variance shift "
                           "in Li et al.'s sense."]
@@ -299,7 +303,7 @@ def _yes(flag) -> str:
 
 
 def _triple(s) -> str:
-    return f"{s['min']:.4g} / {s['mean']:.4g} / {s['max']:.4g}"
+    return f"{s['min']:.3g} / {s['mean']:.3g} / {s['max']:.3g}"
 
 
 def inspect(path) -> Inspection:
@@ -401,7 +405,7 @@ class _Graph:
 
     def _wire(self, model):
         start, end = f"{model.path}<in>", f"{model.path}<out>"
-        if model.class_name == "Sequential":
+        if model.class_name in SEQUENTIAL:
             previous = start
             for child in model.saved_children():
                 first, last = self._ends(child)
@@ -513,8 +517,9 @@ def _at_init(b, steps):
         "the layer ran in inference mode throughout training: trainable=False, or "
         "training=False passed to it or to the model around it), so inference normalises "
         "with statistics that do not describe the data.",
-        "Train with the layer in training mode, or re-estimate its statistics: call the "
-        "model with training=True on training batches without applying gradients.")]
+        "Train with the layer in training mode, or re-estimate its statistics: make it "
+        "trainable and call the model with training=True on training batches without "
+        "applying gradients.")]
 
 
 def _near_init(b, steps):

@@ -22,7 +22,8 @@ the file is executed: no pickles, no Lambda code):
   top-level layer, named as the layer, whose attribute ``weight_names`` lists its
   datasets (``dense/kernel``, ``batch_normalization/moving_mean:0`` in Keras 2); a
   nested model's group lists the variables of all its layers, each named
-  ``.../LAYER/VARIABLE``. ``optimizer_weights`` lists the optimizer's, including
+  ``.../LAYER/VARIABLE``; lists over 64 KB are split into ``weight_names0``,
+  ``weight_names1``, ... ``optimizer_weights`` lists the optimizer's, including
   ``iteration`` (``iter`` or ``iterations`` in Keras 2).
 
 The Keras 3 ``.npz`` weights variant (``model.weights.npz``) stores pickled Python
@@ -347,6 +348,17 @@ def _step_count(dataset, h5py):
     return None
 
 
+def _attr_names(group, name) -> list:
+    """A list-of-strings attribute, also when Keras split it into ``name0``, ``name1``, ...
+    (attributes larger than HDF5's 64 KB object header)."""
+    if name in group.attrs:
+        return [_text(v) for v in group.attrs[name]]
+    chunks = []
+    while f"{name}{len(chunks)}" in group.attrs:
+        chunks.append(group.attrs[f"{name}{len(chunks)}"])
+    return [_text(v) for chunk in chunks for v in chunk]
+
+
 def _read_legacy_h5(path) -> KerasFile:
     h5py = _h5py()
     try:
@@ -370,7 +382,7 @@ def _read_legacy_h5(path) -> KerasFile:
         iterations = None
         optimizer = h5.get("optimizer_weights")
         if isinstance(optimizer, h5py.Group):
-            for name in map(_text, optimizer.attrs.get("weight_names", [])):
+            for name in _attr_names(optimizer, "weight_names"):
                 if name.split("/")[-1].split(":")[0] in _ITERATION_NAMES:
                     iterations = _step_count(optimizer.get(name), h5py)
         version = h5.attrs.get("keras_version")
@@ -385,7 +397,7 @@ def _attach_legacy(top_layer, weights, path):
         raise ModelFileError(f"{path!r}: no group 'model_weights/{top_layer.name}' for the "
                              f"layer {top_layer.path!r}")
     found = {}
-    for name in map(_text, group.attrs.get("weight_names", [])):
+    for name in _attr_names(group, "weight_names"):
         parts = name.split("/")
         owner = parts[-2] if len(parts) > 1 else top_layer.name
         found.setdefault(owner, {})[parts[-1].split(":")[0]] = name
