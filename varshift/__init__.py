@@ -20,6 +20,7 @@ from . import datasets, nn, optim
 from ._validate import NonFiniteError
 from .diagnose import Finding, diagnose
 from .gradcheck import gradcheck
+from .inspect import Inspection, inspect
 from .io import load, save
 from .measure import Report, measure
 from .recalibrate import Recalibration, recalibrate
@@ -29,4 +30,4 @@ __version__ = "0.1.0"
 
 __all__ = ["nn", "optim", "datasets", "fit", "evaluate", "History", "gradcheck", "save",
            "load", "measure", "Report", "recalibrate", "Recalibration", "diagnose", "Finding",
-           "NonFiniteError", "__version__"]
+           "NonFiniteError", "inspect", "Inspection", "__version__"]

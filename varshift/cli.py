@@ -16,7 +16,7 @@ DATA_HELP = """DATA is 'mnist' (the four IDX files, searched in --data-dir, $VAR
 an array 'x' (or 'x_train' or 'inputs')."""
 
 EXIT_CODES = """exit codes: 0 success; 1 failure while running; 2 bad usage, data or model file;
-3 (diagnose) problems of severity warning or error were found."""
+3 (diagnose, inspect) problems of severity warning or error were found."""
 
 EPILOG = f"""examples:
   varshift demo --epochs 2 -o model.npz     train the reference convnet on MNIST, measure it
@@ -26,6 +26,7 @@ EPILOG = f"""examples:
   varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test
   varshift reproduce --quick --jobs 2       Li et al.'s figures, analytic and empirical
   varshift case stale-running-stats --plot stale.png   a posted question, measured
+  varshift inspect model.keras --json       a saved Keras model (.keras or .h5), without Keras
 
 {DATA_HELP}
 {EXIT_CODES}"""
@@ -152,7 +153,20 @@ def _diagnose(args) -> int:
         print("\n\n".join(str(f) for f in findings))
     else:
         print("No problems found.")
+    return _findings_exit_code(findings)
+
+
+def _findings_exit_code(findings) -> int:
+    """3 if a finding is a warning or an error, else 0."""
     return 3 if any(f.severity in ("warning", "error") for f in findings) else 0
+
+
+def _inspect(args) -> int:
+    from .inspect import inspect
+
+    result = inspect(args.model)
+    print(result.to_json(indent=1) if args.json else result)
+    return _findings_exit_code(result.findings)
 
 
 def _recalibrate(args) -> int:
@@ -488,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", metavar="FILE.png", help="also draw the case's figure")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     c.set_defaults(run=_case)
+
+    i = sub.add_parser("inspect", **fmt, help="a saved Keras model (.keras or .h5): BatchNorm "
+                                             "statistics, dropout positions, findings")
+    i.add_argument("model", help="Keras 3 .keras archive or legacy HDF5 .h5 model (needs h5py: "
+                                 "pip install 'varshift[keras]')")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(run=_inspect)
     return parser
 
 

@@ -46,7 +46,9 @@ class Finding:
     ----------
     code : str
         ``DROPOUT_BEFORE_BN``, ``STALE_RUNNING_STATS``, ``STATS_AT_INIT``,
-        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT`` or ``SUSPICIOUS_MOMENTUM``.
+        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT`` or ``SUSPICIOUS_MOMENTUM``;
+        from a saved Keras file (:func:`varshift.inspect`) also ``STATS_NEAR_INIT``,
+        ``BAD_MOVING_STATS`` and ``FROZEN_BATCHNORM``.
     layer : str
         Path of the layer concerned ('' for the whole model).
     severity : {'error', 'warning', 'info'}

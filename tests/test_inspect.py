@@ -1,0 +1,417 @@
+"""``varshift.inspect`` on files written by Keras itself (torch backend), on damaged and
+foreign files, and ``varshift inspect`` on the command line."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import varshift
+from varshift.cli import main
+from varshift.inspect import Inspection, ModelFileError, inspect
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' torch backend
+
+
+@pytest.fixture(scope="module")
+def keras():
+    os.environ["KERAS_BACKEND"] = "torch"
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras was imported before with another backend")
+    keras.utils.set_random_seed(0)
+    return keras
+
+
+def _data(n=64, d=6, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, d)).astype("float32") * 2 + 1,
+            rng.standard_normal((n, k)).astype("float32"))
+
+
+def _train(model, steps, batch=16, optimizer="sgd"):
+    x, y = _data(steps * batch, model.inputs[0].shape[-1], model.outputs[0].shape[-1])
+    model.compile(optimizer, "mse")
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    return model
+
+
+def _keras_stats(keras, layer):
+    return (keras.ops.convert_to_numpy(layer.moving_mean),
+            keras.ops.convert_to_numpy(layer.moving_variance))
+
+
+def _codes(result, layer=None):
+    return {(f.code, f.severity) for f in result.findings if layer in (None, f.layer)}
+
+
+def _sequential(keras):
+    layers = keras.layers
+    return keras.Sequential([keras.Input((6,)), layers.Dense(5, name="d1"),
+                             layers.BatchNormalization(name="bn"), layers.ReLU(name="relu"),
+                             layers.Dropout(0.3, name="drop"), layers.Dense(3, name="out")],
+                            name="seq")
+
+
+def _functional(keras):
+    """Dropout -> nested Sequential [Dense, BatchNorm(center=False), Dropout] -> two
+    Dense branches -> Add -> BatchNorm(momentum 0.9) -> Dense."""
+    layers = keras.layers
+    inner = keras.Sequential([keras.Input((6,)), layers.Dense(5, name="dense"),
+                              layers.BatchNormalization(center=False, name="bn"),
+                              layers.Dropout(0.2, name="drop")], name="inner")
+    inp = keras.Input((6,), name="x")
+    h = inner(layers.Dropout(0.1, name="drop_in")(inp))
+    h = layers.Add(name="add")([layers.Dense(4, name="left")(h), layers.Dense(4, name="right")(h)])
+    out = layers.Dense(3, name="out")(layers.BatchNormalization(momentum=0.9, name="bn_top")(h))
+    return keras.Model(inp, out, name="outer")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_sequential_file_read_back_exactly(keras, tmp_path, suffix):
+    model = _train(_sequential(keras), steps=5)
+    model.save(tmp_path / f"m{suffix}")
+    result = inspect(tmp_path / f"m{suffix}")
+    assert isinstance(result, Inspection) and result.format == suffix[1:]
+    assert result.model_name == "seq" and result.optimizer_iterations == 5
+    assert [p for p, c in result.layers if c != "InputLayer"] == ["d1", "bn", "relu", "drop", "out"]
+    (bn,) = result.batchnorms
+    mean, var = _keras_stats(keras, model.get_layer("bn"))
+    assert not bn.at_init and bn.channels == 5
+    np.testing.assert_array_equal(bn.moving_mean, mean)
+    np.testing.assert_array_equal(bn.moving_variance, var)
+    assert (bn.momentum, bn.epsilon, bn.axis, bn.center, bn.scale, bn.trainable) == (
+        0.99, 0.001, -1, True, True, True)
+    (drop,) = result.dropouts
+    assert (drop.path, drop.class_name, drop.rate, drop.after, drop.reaches) == (
+        "drop", "Dropout", 0.3, ["bn"], {})
+    assert not any(f.code == "DROPOUT_BEFORE_BN" for f in result.findings)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_functional_with_nested_model_read_back_exactly(keras, tmp_path, suffix):
+    model = _train(_functional(keras), steps=4, optimizer="adam")
+    model.save(tmp_path / f"m{suffix}")
+    result = inspect(tmp_path / f"m{suffix}")
+    by_path = {b.path: b for b in result.batchnorms}
+    assert list(by_path) == ["inner/bn", "bn_top"]
+    for path, layer in [("inner/bn", model.get_layer("inner").get_layer("bn")),
+                        ("bn_top", model.get_layer("bn_top"))]:
+        mean, var = _keras_stats(keras, layer)
+        np.testing.assert_array_equal(by_path[path].moving_mean, mean)
+        np.testing.assert_array_equal(by_path[path].moving_variance, var)
+    assert not by_path["inner/bn"].center and by_path["bn_top"].momentum == 0.9
+    drops = {d.path: d for d in result.dropouts}
+    assert drops["drop_in"].after == [] and drops["drop_in"].reaches == {"inner/bn": ["inner/dense"]}
+    assert drops["inner/drop"].after == ["inner/bn"]
+    assert drops["inner/drop"].reaches == {"bn_top": ["left", "right"]}
+    assert drops["inner/drop"].case("bn_top") == "b"
+    assert ("DROPOUT_BEFORE_BN", "info") in _codes(result, "bn_top")
+    assert result.optimizer_iterations == 4
+
+
+def test_generated_group_names_without_name_attributes(keras, tmp_path):
+    """Older files: no 'name' attribute on the vars groups (Keras 2.13 also names the
+    layer groups '_layer_checkpoint_dependencies'): follow the generated names."""
+    import h5py
+
+    model = _train(_functional(keras), steps=3)
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as zf:
+        (tmp_path / "w.h5").write_bytes(zf.read("model.weights.h5"))
+        config = zf.read("config.json")
+    with h5py.File(tmp_path / "w.h5", "a") as h5:
+        def strip(name, obj):
+            obj.attrs.pop("name", None)
+        h5.visititems(strip)
+        h5.move("layers", "_layer_checkpoint_dependencies")
+    with zipfile.ZipFile(tmp_path / "old.keras", "w") as zf:
+        zf.writestr("config.json", config)
+        zf.write(tmp_path / "w.h5", "model.weights.h5")
+    result = inspect(tmp_path / "old.keras")
+    assert result.keras_version is None
+    for b, layer in zip(result.batchnorms, [model.get_layer("inner").get_layer("bn"),
+                                           model.get_layer("bn_top")]):
+        mean, var = _keras_stats(keras, layer)
+        np.testing.assert_array_equal(b.moving_mean, mean)
+        np.testing.assert_array_equal(b.moving_variance, var)
+
+
+def test_keras2_style_h5(tmp_path):
+    """The tf.keras 2 layout, written by hand: variable names with ':0', inbound nodes as
+    [name, node, tensor, kwargs] lists, a nested model's group listing its layers'
+    variables (its weight_names split in two attributes), the optimizer's 'iter'."""
+    import h5py
+
+    def layer(cls, name, inbound, **config):
+        return {"class_name": cls, "name": name, "config": {"name": name, **config},
+                "inbound_nodes": [[[src, 0, 0, {}] for src in inbound]] if inbound else []}
+
+    inner = {"class_name": "Sequential", "config": {"name": "inner", "layers": [
+        layer("Dense", "dense_1", [], units=3, kernel_initializer={}),
+        layer("BatchNormalization", "bn_1", [], axis=[1], momentum=0.99, epsilon=1e-3,
+              center=True, scale=False)]}, "name": "inner", "inbound_nodes": [[["bn", 0, 0, {}]]]}
+    config = {"class_name": "Model", "config": {
+        "name": "model", "input_layers": [["input_1", 0, 0]], "output_layers": [["inner", 0, 0]],
+        "layers": [layer("InputLayer", "input_1", []),
+                   layer("Dropout", "dropout", ["input_1"], rate=0.25),
+                   layer("BatchNormalization", "bn", ["dropout"], axis=-1, momentum=0.9,
+                         epsilon=1e-3, center=True, scale=True), inner]}}
+    stats = {"bn": ([0.5, -0.5], [2.0, 3.0]), "bn_1": ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])}
+    with h5py.File(tmp_path / "old.h5", "w") as h5:
+        h5.attrs["model_config"] = json.dumps(config).encode()
+        h5.attrs["keras_version"] = b"2.4.0"
+        weights = h5.create_group("model_weights")
+        weights.attrs["layer_names"] = [b"input_1", b"dropout", b"bn", b"inner"]
+        for group_name, owner, names in [
+                ("bn", "bn", ["gamma", "beta", "moving_mean", "moving_variance"]),
+                ("inner", "bn_1", ["beta", "moving_mean", "moving_variance"])]:
+            group = weights.create_group(group_name)
+            full = [f"{owner}/{n}:0".encode() for n in names]
+            for n, key in zip(names, full):
+                group[key.decode()] = (stats[owner][0] if n == "moving_mean" else
+                                       stats[owner][1] if n == "moving_variance" else
+                                       np.ones(len(stats[owner][0])))
+            group.attrs["weight_names0"], group.attrs["weight_names1"] = full[:1], full[1:]
+        optimizer = h5.create_group("optimizer_weights")
+        optimizer.attrs["weight_names"] = [b"Adam/iter:0"]
+        optimizer["Adam/iter:0"] = np.int64(1000)
+    result = inspect(tmp_path / "old.h5")
+    assert (result.format, result.keras_version, result.optimizer_iterations) == ("h5", "2.4.0", 1000)
+    for b in result.batchnorms:
+        np.testing.assert_array_equal(b.moving_mean, stats[b.path.split("/")[-1]][0])
+        np.testing.assert_array_equal(b.moving_variance, stats[b.path.split("/")[-1]][1])
+    assert [b.path for b in result.batchnorms] == ["bn", "inner/bn_1"]
+    (drop,) = result.dropouts
+    assert drop.reaches == {"bn": []} and drop.after == []
+    assert ("DROPOUT_BEFORE_BN", "error") in _codes(result, "bn")  # 1 / 0.75 = 1.33
+
+
+def _autoencoder(keras, tmp_path, compiled=True):
+    """The linear-autoencoder question: 12 - Dense 8 - BatchNorm(0.99) - Dense 12, 100
+    samples (10% for validation), batch 32, 20 epochs = 60 updates, Adam, MSE; saved
+    compiled, or its weights in a fresh uncompiled model."""
+    def build():
+        return keras.Sequential([keras.Input((12,)), keras.layers.Dense(8),
+                                 keras.layers.BatchNormalization(), keras.layers.Dense(12)])
+
+    model = build()
+    x = np.random.default_rng(0).standard_normal((100, 12)).astype("float32")
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    model.fit(x, x, batch_size=32, epochs=20, validation_split=0.1, verbose=0)
+    if not compiled:
+        fresh = build()
+        fresh.set_weights(model.get_weights())
+        model = fresh
+    model.save(tmp_path / "ae.keras")
+    return model, x[:90]
+
+
+def test_linear_autoencoder_statistics_flagged_as_stale(keras, tmp_path):
+    model, x = _autoencoder(keras, tmp_path)
+    result = inspect(tmp_path / "ae.keras")
+    assert result.optimizer_iterations == 60
+    (finding,) = [f for f in result.findings if f.code == "STATS_NEAR_INIT"]
+    assert finding.severity == "error"  # 0.99^60 = 0.547 of the initial values left
+    assert finding.evidence["init_weight_left"] == pytest.approx(0.99 ** 60)
+    # the stationary estimate of the data's variance, against what the Dense layer feeds
+    # the BatchNorm now (the weights moved during training: a loose check)
+    real = np.var(keras.ops.convert_to_numpy(model.layers[0](x)), axis=0).mean()
+    assert finding.evidence["estimated_data_var"] == pytest.approx(real, rel=0.25)
+    assert main(["inspect", str(tmp_path / "ae.keras")]) == 3
+
+
+def test_without_a_step_count_stale_statistics_are_not_visible(keras, tmp_path):
+    """The same statistics without the optimizer's state: nothing says how many updates
+    made them, and they are not within NEAR_INIT_DISTANCE of 0/1."""
+    _autoencoder(keras, tmp_path, compiled=False)
+    result = inspect(tmp_path / "ae.keras")
+    assert result.optimizer_iterations is None and not result.findings
+    near = _save_bn_model(keras, tmp_path / "m.keras", stats=([0.01, 0, -0.02, 0],
+                                                              [1.02, 0.98, 1, 1.04]))
+    assert _codes(near) == {("STATS_NEAR_INIT", "info")}
+
+
+def _save_bn_model(keras, path, *, before=(), bn_kwargs=None, stats=None, frozen_upstream=False):
+    """Input -> Dense -> [before layers] -> BatchNorm -> Dense, saved uncompiled."""
+    layers = keras.layers
+    dense = layers.Dense(4, name="dense", trainable=not frozen_upstream)
+    bn = layers.BatchNormalization(name="bn", **(bn_kwargs or {}))
+    model = keras.Sequential([keras.Input((6,)), dense, *before, bn, layers.Dense(2)])
+    if stats is not None:
+        gamma_beta = [w for w in bn.get_weights()[:-2]]
+        bn.set_weights(gamma_beta + [np.asarray(s, "float32") for s in stats])
+    model.save(path)
+    return inspect(path)
+
+
+TRAINED = ([0.5, -1, 2, 0.1], [2.0, 0.5, 3, 4])
+
+
+def test_structural_findings(keras, tmp_path):
+    layers = keras.layers
+    path = tmp_path / "m.keras"
+    assert ("STATS_AT_INIT", "error") in _codes(_save_bn_model(keras, path), "bn")
+    plain = _save_bn_model(keras, path, stats=TRAINED)
+    assert not plain.findings and "Findings: none." in str(plain)
+    assert ("SUSPICIOUS_MOMENTUM", "warning") in _codes(
+        _save_bn_model(keras, path, bn_kwargs={"momentum": 0.1}, stats=TRAINED))
+    assert ("SUSPICIOUS_MOMENTUM", "info") in _codes(
+        _save_bn_model(keras, path, bn_kwargs={"momentum": 0.9999}, stats=TRAINED))
+    # case (a): 1 / (1 - 0.5) = 2 >= 1.2 is an error, 1 / 0.9 = 1.11 a warning
+    result = _save_bn_model(keras, path, before=[layers.Dropout(0.5)], stats=TRAINED)
+    assert ("DROPOUT_BEFORE_BN", "error") in _codes(result, "bn")
+    assert result.dropouts[0].reaches == {"bn": []} and result.dropouts[0].case("bn") == "a"
+    result = _save_bn_model(keras, path, before=[layers.Dropout(0.1), layers.ReLU()], stats=TRAINED)
+    assert ("DROPOUT_BEFORE_BN", "warning") in _codes(result, "bn")
+    result = _save_bn_model(keras, path, before=[layers.GaussianNoise(0.1)], stats=TRAINED)
+    assert ("DROPOUT_BEFORE_BN", "warning") in _codes(result, "bn")
+    result = _save_bn_model(keras, path, before=[layers.Dropout(0.5), layers.Dense(4, name="mix")],
+                            stats=TRAINED)
+    assert ("DROPOUT_BEFORE_BN", "info") in _codes(result, "bn")
+    assert result.dropouts[0].reaches == {"bn": ["mix"]}
+    # frozen: a warning with trainable weights before it, info when all is frozen
+    frozen = {"trainable": False}
+    assert ("FROZEN_BATCHNORM", "warning") in _codes(
+        _save_bn_model(keras, path, bn_kwargs=frozen, stats=TRAINED))
+    assert _codes(_save_bn_model(keras, path, bn_kwargs=frozen, stats=TRAINED,
+                                 frozen_upstream=True)) == {("FROZEN_BATCHNORM", "info")}
+
+
+@pytest.mark.parametrize("variance, severity", [([1, np.nan, 1, 1], "error"),
+                                                ([1, -0.5, 1, 1], "error"),
+                                                ([1, 0, 1, 1], "warning")])
+def test_invalid_moving_variances(keras, tmp_path, variance, severity):
+    result = _save_bn_model(keras, tmp_path / "m.h5", stats=([0.5, 0, 0, 0], variance))
+    assert ("BAD_MOVING_STATS", severity) in _codes(result, "bn")
+    s = result.batchnorms[0].statistics()
+    assert s["nonfinite"] + s["nonpositive_variance"] == 1
+    json.loads(result.to_json())  # NaN becomes null
+
+
+def test_summary_json_and_lambda_named_only(keras, tmp_path):
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((6,)), layers.Dense(4), layers.BatchNormalization(name="bn"),
+                              layers.Lambda(lambda t: t * 2, name="double"),
+                              layers.Dropout(0.3), layers.Dense(2)])
+    model.save(tmp_path / "m.keras")
+    result = inspect(tmp_path / "m.keras")
+    text = str(result)
+    assert "BatchNormalization" in text and "Lambda layers" in text and "double" in text
+    d = json.loads(result.to_json())
+    assert d["batchnorms"][0]["moving_variance"] == {"min": 1.0, "mean": 1.0, "max": 1.0}
+    assert d["findings"][0]["code"] == "STATS_AT_INIT"
+    assert d["dropouts"][0]["after"] == ["bn"]
+
+
+def test_inspect_loads_no_framework(keras, tmp_path):
+    model = _train(_sequential(keras), steps=2)
+    model.save(tmp_path / "m.keras")
+    code = ("import sys, varshift; assert not {'keras', 'tensorflow', 'torch', 'h5py'} & "
+            "set(sys.modules); r = varshift.inspect(sys.argv[1]); assert r.batchnorms; "
+            "assert not {'keras', 'tensorflow', 'torch'} & set(sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+def test_missing_h5py_names_the_extra(keras, tmp_path, monkeypatch):
+    _sequential(keras).save(tmp_path / "m.keras")
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"varshift\[keras\]"):
+        inspect(tmp_path / "m.keras")
+
+
+def _rezip(src, dst, replace):
+    """Copy the zip ``src`` to ``dst`` with members replaced, added, or (None) removed."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        members = {name: zin.read(name) for name in zin.namelist()} | replace
+        for name, data in members.items():
+            if data is not None:
+                zout.writestr(name, data)
+
+
+def test_damaged_and_foreign_files(keras, tmp_path):
+    import h5py
+
+    good = tmp_path / "good.keras"
+    _train(_sequential(keras), steps=2).save(good)
+    (tmp_path / "text.keras").write_text("hello")
+    (tmp_path / "cut.keras").write_bytes(good.read_bytes()[:2000])
+    _rezip(good, tmp_path / "noconfig.keras", {"config.json": None})
+    _rezip(good, tmp_path / "badjson.keras", {"config.json": b"{not json"})
+    _rezip(good, tmp_path / "oddconfig.keras", {"config.json": b"[1, 2]"})
+    _rezip(good, tmp_path / "noweights.keras", {"model.weights.h5": None})
+    _rezip(good, tmp_path / "badh5.keras", {"model.weights.h5": b"not hdf5"})
+    _rezip(good, tmp_path / "npzweights.keras", {"model.weights.h5": None,
+                                                  "model.weights.npz": b"PK"})
+    with zipfile.ZipFile(good) as zf:
+        (tmp_path / "w.h5").write_bytes(zf.read("model.weights.h5"))
+    with h5py.File(tmp_path / "w.h5", "a") as h5:
+        del h5["layers/batch_normalization"]
+    _rezip(good, tmp_path / "nobn.keras", {"model.weights.h5": (tmp_path / "w.h5").read_bytes()})
+    with h5py.File(tmp_path / "plain.h5", "w") as h5:
+        h5["x"] = np.zeros(3)
+    with h5py.File(tmp_path / "noweights.h5", "w") as h5:
+        h5.attrs["model_config"] = json.dumps({"class_name": "Sequential",
+                                               "config": {"name": "s", "layers": []}})
+    np.savez(tmp_path / "arrays.npz", x=np.zeros(3))
+    varshift.save(varshift.nn.Sequential(varshift.nn.Dense(2, 2), seed=0), tmp_path / "vs.npz")
+    expected = {"text.keras": "neither a Keras .keras archive", "cut.keras": "damaged or truncated zip",
+                "noconfig.keras": "without config.json", "badjson.keras": "not valid JSON",
+                "oddconfig.keras": "unexpected model config structure",
+                "noweights.keras": "no model.weights.h5", "badh5.keras": "not a readable HDF5",
+                "npzweights.keras": "pickled", "nobn.keras": "no weights for layer",
+                "plain.h5": "without a model config", "noweights.h5": "model_weights",
+                "arrays.npz": "without config.json", "vs.npz": "varshift model"}
+    for name, message in expected.items():
+        with pytest.raises(ModelFileError, match=message) as err:
+            inspect(tmp_path / name)
+        assert name in str(err.value)
+    with pytest.raises(FileNotFoundError, match="none.keras"):
+        inspect(tmp_path / "none.keras")
+    with pytest.raises(ModelFileError, match="directory"):
+        inspect(tmp_path)
+
+
+def test_command_line(keras, tmp_path, capsys):
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((6,)), layers.Dense(4),
+                              layers.BatchNormalization(momentum=0.6), layers.Dropout(0.2),
+                              layers.Dense(3)])
+    _train(model, steps=40, batch=4).save(tmp_path / "fine.keras")
+    assert main(["inspect", str(tmp_path / "fine.keras")]) == 0
+    assert "Findings: none." in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "fine.keras"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["optimizer_iterations"] == 40
+    (tmp_path / "bad.keras").write_text("x")
+    assert main(["inspect", str(tmp_path / "bad.keras")]) == 2
+    assert "bad.keras" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "none.keras")]) == 2
+    out = subprocess.run([sys.executable, "-m", "varshift", "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert "inspect" in out.stdout
+
+
+def test_import_varshift_loads_no_framework():
+    code = ("import sys, varshift, varshift.cli; varshift.cli.build_parser(); "
+            "print(sorted({'keras', 'tensorflow', 'torch', 'h5py'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_readme_keras_example_runs(keras, tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your Keras model file", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == "60 ['STATS_NEAR_INIT']" and float(second) == pytest.approx(0.99 ** 60)
