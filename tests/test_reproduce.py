@@ -9,7 +9,7 @@ import time
 import pytest
 
 from varshift import reproduce
-from varshift.reproduce import analytic, empirical, plan
+from varshift.reproduce import analytic, plan
 
 ANALYTIC = list(analytic.FIGURES)
 NETWORK = ["training", "shift-per-layer", "propagation", "train-eval-accuracy", "flipped-logits",

@@ -213,8 +213,9 @@ class Claim:
         else:
             verdict = HOLDS if verdicts == {HOLDS} else UNDECIDED
         ours = "; ".join(f"{c.text}: {c.estimate:+.3g} [{c.low:+.3g}, {c.high:+.3g}]" for c in claims)
+        rules = sorted({c.rule for c in claims})
         return cls(text, paper, ours, verdict, None, None, None, claims[0].n, "claim",
-                   "every part: " + claims[0].rule)
+                   "every part: " + "; ".join(rules))
 
     @classmethod
     def sanity(cls, text, expected, ours, ok):

@@ -94,7 +94,8 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
         start = time.perf_counter()
         if name in CASES:
             try:
-                case = CASES[name].run(quick=True, data_dir=data_dir, seed=seed, progress=progress)
+                case = CASES[name].run(quick=True, data_dir=data_dir, seed=seed, progress=progress,
+                                       jobs=jobs, client=client, cache=ctx.cache)
             except FileNotFoundError as err:
                 skipped.append((name, str(err).splitlines()[0] + " Provide them with "
                                 "--data-dir or VARSHIFT_DATA (see the README)."))
@@ -116,5 +117,5 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     out.mkdir(parents=True, exist_ok=True)
     seconds.update({f"task:{k}": v for k, v in ctx.seconds.items()})
     write_timings(out, seconds)
-    write_report(out, skipped, settings.describe() + f"; case studies in their quick mode")
+    write_report(out, skipped, settings.describe() + "; case studies in their quick mode")
     return results, skipped
