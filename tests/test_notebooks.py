@@ -1,8 +1,18 @@
-"""The teaching notebooks: stored executed, and still running top to bottom."""
+"""The course notebooks: stored executed, exercises checked, and still running top to bottom.
 
-import time
+Fast: every notebook is stored executed (01-04 with the reference solutions) without
+errors and with plots; the course notebooks have a learning goal, exercises and
+takeaways; every exercise has a stub, a check and a reference solution that passes the
+check, and typical wrong answers fail with a hint. Slow (``-m slow``): every notebook runs
+top to bottom with the solutions, and the student version of 01-04 fails cleanly - only
+the exercise cells fail, each with its stub's ``NotImplementedError``.
+"""
+
+import importlib.util
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -10,17 +20,65 @@ nbformat = pytest.importorskip("nbformat")
 FOLDER = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(FOLDER.glob("[0-9]*.ipynb"))
 NAMES = [p.name for p in NOTEBOOKS]
+COURSE = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04")]
 
 
-def test_the_five_notebooks_are_there_and_indexed():
+def _module(name):
+    spec = importlib.util.spec_from_file_location(f"course_notebooks_{name}", FOLDER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+course = _module("course")
+solutions = _module("solutions")
+
+
+def _read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def _exercise_cells(notebook):
+    return [c for c in notebook.cells if c.cell_type == "code" and "exercise" in c.metadata.get("tags", [])]
+
+
+def _notebook(prefix):
+    return _read(next(p for p in COURSE if p.name.startswith(prefix)))
+
+
+def _definitions(prefix, *names):
+    """Run the code cells of notebook ``prefix`` that define ``names`` (e.g. the forward
+    pass the exercise checks are given) and return the namespace."""
+    namespace = {"np": np, "course": course}
+    for cell in _notebook(prefix).cells:
+        if cell.cell_type == "code" and any(f"def {n}(" in cell.source for n in names) \
+                and "exercise" not in cell.metadata.get("tags", []):
+            exec(cell.source.split("\n\n\n")[0], namespace)
+    return namespace
+
+
+def _extra_args(number):
+    """The notebook objects a check takes besides the exercise function."""
+    if number == 1:
+        return (_definitions("01", "batchnorm_forward")["batchnorm_forward"],)
+    if number == 2:
+        ns = _definitions("01", "batchnorm_forward", "planted_backward")
+        return ns["batchnorm_forward"], ns["planted_backward"]
+    return ()
+
+
+# ---------------------------------------------------------------------------- stored
+def test_the_notebooks_are_there_and_indexed():
     assert [n[:2] for n in NAMES] == ["01", "02", "03", "04", "05"]
     index = (FOLDER / "README.md").read_text()
     assert all(f"({name})" in index for name in NAMES)
+    for word in ("syllabus", "prerequisites", "learning goals", "exercises", "run", "varshift_solutions"):
+        assert word in index.lower(), f"notebooks/README.md should give the {word}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_notebook_is_stored_executed_with_plots_and_no_errors(path):
-    notebook = nbformat.read(path, as_version=4)
+    notebook = _read(path)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
     outputs = [out for cell in code for out in cell.outputs]
@@ -29,17 +87,119 @@ def test_notebook_is_stored_executed_with_plots_and_no_errors(path):
     assert notebook.cells[0].cell_type == "markdown"
 
 
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_course_notebook_has_goal_exercises_and_takeaways(path):
+    notebook = _read(path)
+    intro = notebook.cells[0].source
+    for word in ("Learning goal", "Prerequisites", "Time", "Exercises"):
+        assert word in intro, f"the first cell should state the {word}"
+    assert any(c.cell_type == "markdown" and "## Takeaways" in c.source for c in notebook.cells)
+    cells = _exercise_cells(notebook)
+    assert cells, "no exercise cell (tagged 'exercise')"
+    for cell in cells:
+        number = int(re.search(r'NotImplementedError\("Exercise (\d+):', cell.source).group(1))
+        assert "@course.exercise" in cell.source and "course.check_" in cell.source
+        assert course.EXERCISES[number][0] == path.name[:2]
+        text = "".join(out.get("text", "") for out in cell.outputs)
+        assert f"Exercise {number} passed (reference solution)" in text, "stored without the solutions"
+
+
+def test_every_exercise_is_in_its_notebook_with_a_solution_and_a_check():
+    for number, (prefix, function, check) in course.EXERCISES.items():
+        sources = [c.source for c in _exercise_cells(_notebook(prefix))]
+        assert any(f"def {function}(" in s and f"course.{check}(" in s
+                   and f'"Exercise {number}:' in s for s in sources), (number, function)
+        assert callable(getattr(solutions, function)) and callable(getattr(course, check))
+
+
+# ---------------------------------------------------------------------------- checks
+@pytest.mark.parametrize("number", sorted(course.EXERCISES))
+def test_reference_solution_passes_its_check(number, capsys):
+    _, function, check = course.EXERCISES[number]
+    getattr(course, check)(getattr(solutions, function), *_extra_args(number))
+    assert f"Exercise {number} passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("number", sorted(course.EXERCISES))
+def test_unsolved_exercise_cell_fails_with_its_stub(number, monkeypatch):
+    """The student's cell as stored: the check lets the stub's NotImplementedError through."""
+    monkeypatch.setenv("VARSHIFT_SOLUTIONS", "0")
+    prefix, function, _ = course.EXERCISES[number]
+    cell = next(c for c in _exercise_cells(_notebook(prefix)) if f"def {function}(" in c.source)
+    namespace = _definitions(prefix, "batchnorm_forward", "planted_backward")
+    with pytest.raises(NotImplementedError, match=f"^Exercise {number}:"):
+        exec(cell.source, namespace)
+
+
+def test_solutions_are_used_only_when_asked(monkeypatch):
+    def batchnorm_backward(g, cache):
+        raise NotImplementedError("Exercise 1: stub")
+
+    monkeypatch.setenv("VARSHIFT_SOLUTIONS", "0")
+    assert course.exercise(batchnorm_backward) is batchnorm_backward
+    monkeypatch.setenv("VARSHIFT_SOLUTIONS", "1")
+    assert course.exercise(batchnorm_backward) is course._solutions().batchnorm_backward
+
+
+def _constant_backward(g, cache):  # the inference-mode gradient, used in train mode
+    x, mu, var, xhat, gamma, eps = cache
+    return gamma / np.sqrt(var + eps) * g, {"weight": (g * xhat).sum(0), "bias": g.sum(0)}
+
+
+def _mean_dgamma(g, cache):
+    dx, grads = solutions.batchnorm_backward(g, cache)
+    return dx, {**grads, "weight": grads["weight"] / len(g)}
+
+
+WRONG = {
+    "1-mu-sigma-constant": (1, _constant_backward, "constants"),
+    "1-dgamma-mean": (1, _mean_dgamma, "a sum, not a mean"),
+    "2-one-channel": (2, lambda: np.random.default_rng(0).normal(size=(16, 1)), "which axis"),
+    "3-second-moment": (3, lambda c, v, p: (c * c + v) / p, "E[X]^2"),
+    "3-no-inversion": (3, lambda c, v, p: (c * c + v) * p - c * c, "divides by p"),
+    "4-case-a": (4, lambda p, c, v, rho, dc: v / solutions.train_variance_dropout(c, v, p), "case (a)"),
+    "4-inverse": (4, lambda p, c, v, rho, dc: 1 / solutions.delta_case_b(p, c, v, rho, dc), "Var_test / Var_train"),
+    "5-rho-with-diagonal": (5, lambda x, w, p: {**solutions.predict_dropout_factor(x, w, p),
+                                                "rho": np.corrcoef(x, rowvar=False).mean()}, "off-diagonal"),
+    "5-cos2-without-d": (5, lambda x, w, p: {**solutions.predict_dropout_factor(x, w, p),
+                                             "d_cos2": solutions.predict_dropout_factor(x, w, p)["d_cos2"] / x.shape[1]},
+                         "d times smaller"),
+    "6-delta-not-shift": (6, lambda c, v, p: 1 / solutions.predict_shift(c, v, p), "1/Delta"),
+    "7-rate-for-p": (7, lambda rate: np.sqrt(3 * (1 - rate) / rate), "retain ratio"),
+    "7-no-third": (7, lambda rate: np.sqrt(rate / (1 - rate)), "beta^2 / 3"),
+    "8-conventions-swapped": (8, lambda m, n, convention: (m if convention == "pytorch" else 1 - m) ** n,
+                              "conventions swapped"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG))
+def test_wrong_answer_fails_with_a_hint(case):
+    number, answer, hint = WRONG[case]
+    check = getattr(course, course.EXERCISES[number][2])
+    with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
+        check(answer, *_extra_args(number))
+    assert hint in str(error.value)
+
+
+# ---------------------------------------------------------------------------- slow
+@pytest.fixture
+def run_notebook(mnist_dir, monkeypatch):
+    monkeypatch.setenv("MNIST_DIR", str(mnist_dir))
+    return _module("execute").run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
-def test_notebook_runs_top_to_bottom(path, mnist_dir, monkeypatch):
-    from nbclient import NotebookClient
+def test_notebook_runs_top_to_bottom_with_the_solutions(path, run_notebook):
+    notebook, seconds = run_notebook(path, solutions=True)  # raises at a failing cell
+    print(f"{path.name}: {seconds:.0f} s")
+    assert any("image/png" in out.get("data", {}) for cell in notebook.cells
+               if cell.cell_type == "code" for out in cell.outputs)
 
-    monkeypatch.setenv("MNIST_DIR", str(mnist_dir))
-    notebook = nbformat.read(path, as_version=4)
-    start = time.perf_counter()
-    NotebookClient(notebook, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(FOLDER)}}).execute()  # raises on error
-    print(f"{path.name}: {time.perf_counter() - start:.0f} s")
-    images = [out for cell in notebook.cells if cell.cell_type == "code"
-              for out in cell.outputs if "image/png" in out.get("data", {})]
-    assert images
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_student_version_fails_only_at_the_exercises(path, run_notebook):
+    notebook, seconds = run_notebook(path, solutions=False, allow_errors=True)
+    print(f"{path.name} (student version): {seconds:.0f} s")
+    assert _module("execute").student_problems(notebook) == []
