@@ -143,7 +143,8 @@ class BatchNormStats:
 
     @property
     def var_ratio(self) -> float:
-        """``mean(real_var) / mean(moving_var)``: Li et al.'s 1/Delta estimate."""
+        """``mean(real_var) / mean(moving_var)``: an estimate of Li et al.'s
+        Delta = Var_test / Var_train (the shift is ``max(r, 1/r)``)."""
         return self._avg_ratio(self.real_var, self.moving_var)
 
     @property
