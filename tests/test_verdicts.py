@@ -59,8 +59,11 @@ def test_minimum_effect_and_equivalence_margin():
         judge(0.0, 1.0, 2)
 
 
-def test_one_seed_is_undecided_and_the_posted_regime_is_respected():
+def test_fewer_than_three_seeds_are_undecided_and_the_posted_regime_is_respected():
     assert Claim.paired("c", "p", [9.0], [1.0], direction=1).verdict == "undecided"
+    # two equal differences: an interval of width 0, still not evidence
+    assert Claim.paired("c", "p", [1.15, 1.20], [1.0, 1.05], direction=1).verdict == "undecided"
+    assert Claim.paired("c", "p", [1.15, 1.20, 1.3], [1.0, 1.05, 1.15], direction=1).verdict == "holds"
     far = Claim.paired("c", "p", 5 + NOISE + 3, 5 + NOISE, direction=-1, posted_regime=False)
     assert far.verdict == "not tested at the posted regime" and far.holds is None
     assert far.estimate == pytest.approx(3.0)

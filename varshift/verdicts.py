@@ -15,7 +15,9 @@ direction     holds                                                         cont
 ``0``         interval inside (-``margin``, ``margin``)                     interval outside
 ============  ============================================================  ==============
 
-and **undecided** otherwise (also with fewer than two seeds). Undecided is never
+and **undecided** otherwise, and always with fewer than :data:`MIN_SEEDS` seeds (two
+seeds cannot estimate the spread: equal differences in both, common with test errors
+counted in steps of one sample, give an interval of width 0). Undecided is never
 counted as holding. A statement that was measured away from the regime it was made in
 (e.g. posted at 97-99 % accuracy, tested at 85 %) is reported as *not tested at the
 posted regime*, whatever its interval. Checks that are true by construction (a shift of
@@ -30,11 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Claim", "VERDICTS", "interval", "judge", "count", "tally"]
+__all__ = ["Claim", "VERDICTS", "MIN_SEEDS", "interval", "judge", "count", "tally"]
 
 HOLDS, CONTRADICTED, UNDECIDED, NOT_TESTED = (
     "holds", "contradicted", "undecided", "not tested at the posted regime")
 PASSES, FAILS = "passes", "fails"
+MIN_SEEDS = 3
+"""Fewest pairs a claim is judged on; with fewer it is undecided."""
 VERDICTS = (HOLDS, CONTRADICTED, UNDECIDED, NOT_TESTED)
 """Verdicts of a claim; sanity checks are ``'passes'`` or ``'fails'``."""
 
@@ -188,7 +192,8 @@ class Claim:
         fixed = np.ndim(reference) == 0  # a one-sample claim against a fixed value
         reference = np.broadcast_to(np.asarray(reference, float), arm.shape)
         mean, low, high = interval(arm - reference, confidence)
-        verdict = judge(low, high, direction, min_effect) if posted_regime else NOT_TESTED
+        verdict = (NOT_TESTED if not posted_regime else UNDECIDED if arm.size < MIN_SEEDS
+                   else judge(low, high, direction, min_effect))
         sd = lambda v: float(v.std(ddof=1)) if v.size > 1 else 0.0  # noqa: E731
         ref = (f"{reference[0]:g}" if fixed else
                f"{names[1]} {reference.mean():.{digits}f} ± {sd(reference):.{digits}f}{unit}")

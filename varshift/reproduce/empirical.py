@@ -114,16 +114,23 @@ def _ci(values):
     return mean, mean - low if np.isfinite(low) else 0.0
 
 
-def _band(ax, x, rows, label, color=None, **kw):
-    """Mean of ``rows`` (seeds x points) with its 95 % interval as a band."""
-    rows = np.asarray(rows, float)
-    stats = [interval(col) for col in rows.T]
-    mean = np.array([s[0] for s in stats])
-    low, high = (np.array([s[i] for s in stats]) for i in (1, 2))
-    line, = ax.plot(x, mean, label=label, color=color, **kw)
+def _band(ax, x, rows, label, color=None, log=False, **kw):
+    """Mean of ``rows`` (seeds x points) with its 95 % interval as a band; with ``log``
+    the geometric mean and the interval of the mean log (for log axes, positive data)."""
+    rows = np.log(np.asarray(rows, float)) if log else np.asarray(rows, float)
+    stats = np.array([interval(col) for col in rows.T])
+    if log:
+        stats = np.exp(stats)
+    line, = ax.plot(x, stats[:, 0], label=label, color=color, **kw)
     if rows.shape[0] > 1:
-        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, lw=0)
+        ax.fill_between(x, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.15, lw=0)
     return line
+
+
+def _integer_ticks(ax):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _bars(ax, labels, groups, colors, width=0.8):
@@ -168,6 +175,7 @@ def shift_per_layer(ctx):
                                           "test_error": _get(runs[(pl, r)], "test_error"),
                                           "train_error": _get(runs[(pl, r)], "train_error")}
             ax.axhline(1, color="0.5", lw=0.8, ls="--")
+            _integer_ticks(ax)
             ax.set(xlabel="BatchNorm layer index", ylabel=r"shift $\max(r, 1/r)$",
                    title=f"{arch}, Dropout-({pl}): shift per layer")
             ax.legend(fontsize="x-small", ncol=2)
@@ -231,11 +239,11 @@ def training(ctx):
         for i, (name, pl, r, _) in enumerate(arms):
             runs = ctx.network(arch, pl, r)
             epochs = np.arange(1, len(runs[0]["history"]["eval_mode"]) + 1)
-            _band(ax, epochs, [100 - np.array(h["history"]["eval_mode"]) for h in runs],
-                  f"{name}: training", color=f"C{i}")
-            _band(ax, epochs, [h["history"]["test_error"] for h in runs], f"{name}: test",
-                  color=f"C{i}", ls="--")
-        ax.set(yscale="log", xlabel="epoch", ylabel="error (%), inference mode",
+            ax.plot(epochs, np.mean([100 - np.array(h["history"]["eval_mode"]) for h in runs], 0),
+                    color=f"C{i}", label=f"{name}: training")
+            ax.plot(epochs, np.mean([h["history"]["test_error"] for h in runs], 0), color=f"C{i}",
+                    ls="--", label=f"{name}: test")
+        ax.set(ylim=(0, 10), xlabel="epoch", ylabel="error (%), inference mode",
                title=f"{arch}: learning curves")
         ax.legend(fontsize="xx-small", ncol=2)
         base = ctx.network(arch, "a", 0.0)
@@ -265,7 +273,8 @@ def training(ctx):
                         fig, f"Every network is trained for {ctx.settings.epochs} epochs with Adam "
                         f"and a cosine decay of the learning rate to 0. Curves: error on 2,000 "
                         f"training sequences (solid) and on the test set (dashed), in inference "
-                        f"mode, mean and 95 % band over {_seeds(ctx)}. Final errors of every "
+                        f"mode, means over {_seeds(ctx)} (the first epochs are above the 10 % "
+                        f"shown). Final errors of every "
                         f"setting (mean ± sd over seeds; training error on all training "
                         f"sequences, inference mode):\n\n" + "\n".join(table), numbers, claims)
 
@@ -289,6 +298,7 @@ def propagation(ctx):
                       color=color, marker="o", ms=3)
             for i in np.flatnonzero(flags):
                 ax.axvspan(i - 0.4, i + 0.4, color="0.85", lw=0, zorder=0)
+            _integer_ticks(ax)
             ax.set(xlabel="BatchNorm layer index (grey: Dropout right before)",
                    ylabel=r"shift $\max(r, 1/r)$" if key == "shift" else
                    r"mean shift $|\mu_{real}-\mu_{moving}|/\sigma_{moving}$",
@@ -622,14 +632,15 @@ def width(ctx):
     for layer, label in ((0, "input layer (d = 784)"), (1, "hidden layer (d = width)"),
                          (2, "output layer (d = width)")):
         _band(ax, widths, np.array([[numbers[w]["cos2_per_layer"][s][layer] for w in widths]
-                                    for s in range(ctx.settings.n_seeds)]), label, marker="o")
+                                    for s in range(ctx.settings.n_seeds)]), label, marker="o",
+              log=True)
     ax.axhspan(0.01, 0.10, color="C2", alpha=0.12, lw=0, label="paper: 0.01-0.10")
     ax.set(xscale="log", yscale="log", xlabel="hidden width", ylabel=r"mean $\cos^2\theta$",
            title=r"$\cos^2\theta$ per layer (no Dropout)")
     ax.legend(fontsize="x-small")
     ax = axes[0, 1]
     _band(ax, widths, np.array([numbers[w]["d_cos2"] for w in widths]).T, "trained, hidden layer",
-          marker="o", color="C1")
+          marker="o", color="C1", log=True)
     ax.plot(widths, [1.0] * len(widths), "k--", lw=1, label=r"zero-mean random weights ($\approx$1)")
     ax.fill_between(widths, [0.01 * w for w in widths], [0.10 * w for w in widths], color="C2",
                     alpha=0.12, lw=0, label=r"paper's premise: $\cos^2\theta$ in 0.01-0.10")
@@ -662,7 +673,8 @@ def width(ctx):
                         f"BatchNorm after each hidden Dense) trained without Dropout (left: "
                         f"cos^2 per layer; middle: d cos^2 of the hidden layer against its fan-in) "
                         f"and with Dropout 0.5 before the second Dense (placement (b); right: the "
-                        f"shift at the BatchNorm after it). Mean and 95 % band over {_seeds(ctx)}.",
+                        f"shift at the BatchNorm after it). Mean and 95 % band over {_seeds(ctx)} (left "
+                        f"and middle: geometric mean, band of the mean log).",
                         numbers, claims)
 
 
@@ -677,7 +689,7 @@ def conv_angles(ctx):
         cos2 = np.array([[r["weights"][j]["cos2"] for j in convs] for r in runs])
         d_cos2 = np.array([[r["weights"][j]["d_cos2"] for j in convs] for r in runs])
         d = [runs[0]["weights"][j]["d"] for j in convs]
-        _band(axes[0, 0], np.arange(len(convs)), cos2, arch, color=f"C{i}", marker="o", ms=3)
+        _band(axes[0, 0], np.arange(len(convs)), cos2, arch, color=f"C{i}", marker="o", ms=3, log=True)
         axes[0, 1].scatter(np.repeat([d], len(runs), 0).ravel(), d_cos2.ravel(), s=12,
                            color=f"C{i}", alpha=0.6, label=arch)
         numbers[arch] = {"d": d, "cos2": cos2, "d_cos2": d_cos2}
@@ -712,8 +724,8 @@ def conv_angles(ctx):
                         "networks (Table 1)",
                         fig, f"Li et al.'s Fig. 3/Table 1 on the convolutional networks trained "
                         f"without Dropout ({ctx.settings.epochs} epochs): cos^2(theta) between each "
-                        f"filter and the all-ones direction, per convolution (mean and 95 % band "
-                        f"over {_seeds(ctx)}), and d cos^2 against the fan-in d = C_in k (one "
+                        f"filter and the all-ones direction, per convolution (geometric mean and 95 % "
+                        f"band of the mean log over {_seeds(ctx)}), and d cos^2 against the fan-in d = C_in k (one "
                         f"point per convolution and seed). In full mode the claims also compare the wide "
                         f"network (WRN, 3x the channels) with the thin one (PreResNet) at (b).",
                         numbers, claims)
@@ -741,6 +753,7 @@ def batch_size_and_momentum(ctx):
     axes[0, 0].set(xscale="log", xlabel="batch size", ylabel=r"mean shift $\max(r, 1/r)$",
                    title="Shift of the running statistics (no Dropout)")
     axes[0, 1].set(xscale="log", xlabel="batch size", ylabel="test error (%)", title="Test error")
+    axes[0, 1].set_ylim(bottom=0)
     for ax in axes[0]:
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.xaxis.set_minor_locator(NullLocator())
