@@ -9,11 +9,14 @@ forward pass as float64 NumPy statistics, cuts the user's data into batches,
 snapshots and restores every piece of the model's state, and reads and writes the
 running statistics.
 
-* :mod:`varshift.backends.numpy_engine`: models built from :mod:`varshift.nn`.
+* :mod:`varshift.backends.numpy_engine`: models built from :mod:`varshift.nn`;
+* :mod:`varshift.backends.torch`: any ``torch.nn.Module`` (imported only when one is
+  passed; ``import varshift`` never imports torch).
 """
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -261,12 +264,21 @@ class Backend(ABC):
 
 
 def backend_for(model, owner) -> Backend:
-    """The backend of ``model``, or TypeError naming ``owner`` and the argument."""
+    """The backend of ``model``, or TypeError naming ``owner`` and the argument.
+
+    A ``torch.nn.Module`` is recognised without importing torch: if torch is not
+    imported, no module of it can exist.
+    """
     from ..nn.layer import Layer
 
     if isinstance(model, Layer):
         from .numpy_engine import NumpyBackend
 
         return NumpyBackend(model)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        from .torch import TorchBackend
+
+        return TorchBackend(model, owner)
     raise TypeError(f"{owner}: model must be a varshift model (a varshift.nn Layer, e.g. "
-                    f"nn.Sequential), got {_validate.shown(model)}")
+                    f"nn.Sequential) or a torch.nn.Module, got {_validate.shown(model)}")
