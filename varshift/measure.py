@@ -407,6 +407,12 @@ class _Statistics:
         self.inputs = {name: {} for name in PASSES}
         self.shapes = {}
 
+    @staticmethod
+    def wants_output(passes):
+        """Whether layer outputs computed for ``passes`` are reported (those of the
+        train and eval passes are)."""
+        return "train" in passes or "eval" in passes
+
     def output(self, passes, name, moments, shape):
         self.shapes[name] = tuple(shape)
         self._add(self.outputs, passes, name, moments)

@@ -224,9 +224,10 @@ class Backend(ABC):
 
         ``sink.output(passes, name, moments, shape)`` receives a layer's output
         moments (:class:`~varshift.stats.RunningMoments` over the batch, channels on
-        axis 1) and its shape per sample; ``sink.input(passes, name, moments)`` a
-        BatchNorm's input moments. ``passes`` are the names of the passes the value
-        belongs to (several where a backend computed them once).
+        axis 1) and its shape per sample, where ``sink.wants_output(passes)``;
+        ``sink.input(passes, name, moments)`` a BatchNorm's input moments. ``passes``
+        are the names of the passes the value belongs to (several where a backend
+        computed them once).
         """
 
     @abstractmethod

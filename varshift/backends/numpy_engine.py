@@ -167,9 +167,10 @@ class NumpyBackend(Backend):
     def observe(self, sink):
         def hook(path):
             def record(layer, x, out):
-                out2 = out if out.ndim > 1 else out[:, None]
-                sink.output(self._passes, path, RunningMoments(out2.shape[1]).update(out2),
-                            out.shape[1:])
+                if sink.wants_output(self._passes):
+                    out2 = out if out.ndim > 1 else out[:, None]
+                    sink.output(self._passes, path, RunningMoments(out2.shape[1]).update(out2),
+                                out.shape[1:])
                 if isinstance(layer, BatchNorm):
                     sink.input(self._passes, path,
                                RunningMoments(layer.num_features).update(x))

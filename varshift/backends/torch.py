@@ -489,7 +489,7 @@ class TorchBackend(Backend):
         self._order[key] = True
         if self._on_bn is not None and isinstance(module, _BatchNorm):
             self._on_bn(key, output, True)
-        if self._sink is not None:
+        if self._sink is not None and self._sink.wants_output(self._passes):
             out2 = output if output.dim() > 1 else output[:, None]
             self._sink.output(self._passes, key, _moments(out2), tuple(output.shape[1:]))
 
