@@ -125,6 +125,21 @@ def test_every_dropout_kind_before_every_batchnorm_kind(noise, norm):
     assert result.after.bn[0].shift == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_batchnorm_and_dropout_of_images_and_volumes(dims):
+    shape = (128, 4) + (5,) * dims
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    conv, noise = getattr(nn, f"Conv{dims}d"), getattr(nn, f"Dropout{dims}d")
+    lazy = getattr(nn, f"LazyBatchNorm{dims}d")()
+    model = nn.Sequential(conv(4, 4, 3, padding=1), noise(0.3), lazy, nn.ReLU(),
+                          getattr(nn, f"BatchNorm{dims}d")(4), nn.Flatten(),
+                          nn.Linear(4 * 5 ** dims, 2))
+    trained_torch(model, x, steps=5, batch=32)  # initialises the lazy BatchNorm
+    report = measure(model, x, batch_size=32)
+    assert [b.name for b in report.bn] == ["2", "4"] and report.bn[0].attribution["dropout"] < 0.9
+    assert all(b.shift == pytest.approx(1, abs=1e-5) for b in recalibrate(model, x).after.bn)
+
+
 def test_an_uninitialised_lazy_module_is_refused_untouched():
     model = nn.Sequential(nn.LazyLinear(4), nn.BatchNorm1d(4))
     with pytest.raises(ValueError, match=r"measure: module '0' \(LazyLinear\) is lazy and not "

@@ -138,7 +138,7 @@ class NumpyBackend(Backend):
     # ------------------------------------------------------------------ state
     @contextmanager
     def preserved(self, seed, keep_buffers=False):
-        original = self.model.state_dict(params=False)
+        original, outer = self.model.state_dict(params=False), self._pristine
         self._pristine = original
         try:
             with preserved(self.model, seed, buffers=False):
@@ -147,7 +147,7 @@ class NumpyBackend(Backend):
             self.model.load_state_dict(original, strict=False)
             raise
         finally:
-            self._pristine = None
+            self._pristine = outer
         if not keep_buffers:
             self.model.load_state_dict(original, strict=False)
 

@@ -99,6 +99,11 @@ def _kind(module) -> str:
             "torch.nn.modules.pooling": "pool"}.get(type(module).__module__, "layer")
 
 
+def _info(name, module) -> LayerInfo:
+    kind = _kind(module)
+    return LayerInfo(name, kind, type(module).__name__ if kind == "container" else repr(module))
+
+
 def _moments(t) -> RunningMoments:
     """Per-channel float64 moments of a tensor of shape (N, C, ...)."""
     t = t.detach()
@@ -297,8 +302,7 @@ class TorchBackend(Backend):
                                  f"is lazy and not initialised yet; run one forward pass "
                                  f"(model(x)) first, which sets its shapes")
         self._names = {m: name for name, m in self._modules.items()}
-        self._info = {name: LayerInfo(name, _kind(m), type(m).__name__ if _kind(m) == "container"
-                                      else repr(m)) for name, m in self._modules.items()}
+        self._info = {name: _info(name, m) for name, m in self._modules.items()}
         self._bn = {name: m for name, m in self._modules.items() if isinstance(m, _BatchNorm)}
         self._noise = {name: f"{type(m).__name__} {m.p}" for name, m in self._modules.items()
                        if isinstance(m, _DropoutNd)}
