@@ -20,7 +20,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import run_worker  # noqa: E402
+from _common import print_seconds_of_second_call, run_worker  # noqa: E402
 
 BATCH = 64
 
@@ -112,10 +112,7 @@ def hooks_worker(n, size, threads):
         torch.set_rng_state(rng)
         return stats
 
-    run()  # warm up
-    start = time.perf_counter()
-    run()
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    print_seconds_of_second_call(run)
 
 
 def main():
