@@ -1,5 +1,7 @@
 """One rank of the all_merge test: measure a shard, merge over the ranks (gloo on
-127.0.0.1), rank 0 writes the merged report's JSON.
+127.0.0.1); rank 0 writes the merged report's JSON to OUT.json and, measured in the same
+process (the same threads, so the same float32 arithmetic), the single-process report
+of the whole data to OUT.whole.json.
 
     python torch_distributed_worker.py RANK WORLD PORT OUT.json
 """
@@ -35,6 +37,8 @@ def main(rank, world, port, out):
         merged = all_merge(varshift.measure(model, shard, batch_size=100))
         if rank == 0:
             Path(out).write_text(merged.to_json())
+            Path(out).with_suffix(".whole.json").write_text(
+                varshift.measure(model, x, batch_size=100).to_json())
     finally:
         dist.destroy_process_group()
 
