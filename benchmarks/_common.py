@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: thread pinning and robust timing."""
 
+import json
 import os
 import statistics
 import subprocess
@@ -28,3 +29,12 @@ def median_ms(fn, steps, warmup=5):
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def print_seconds_of_second_call(fn):
+    """Call ``fn`` once to warm up, time a second call, and print ``{"seconds": ...}``
+    (a worker's last line, read by :func:`run_worker`)."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    print(json.dumps({"seconds": time.perf_counter() - start}))

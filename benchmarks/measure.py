@@ -20,7 +20,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import run_worker  # noqa: E402
+from _common import print_seconds_of_second_call, run_worker  # noqa: E402
 
 BATCH = 256
 
@@ -108,10 +108,7 @@ def torch_worker(data_dir, n, split, threads):
             h.remove()
         return stats
 
-    run()  # warm up
-    start = time.perf_counter()
-    run()
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    print_seconds_of_second_call(run)
 
 
 def main():

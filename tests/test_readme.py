@@ -1,15 +1,33 @@
-"""The README's example runs as written."""
+"""The README's examples run as written."""
 
 import re
+import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_the_three_examples():
+    # the engine example runs here; the PyTorch one below; the Keras one in test_inspect.py
+    assert len(BLOCKS) == 3 and "import torch" in BLOCKS[1] and "import keras" in BLOCKS[2]
 
 
 def test_readme_example_runs(mnist_dir, monkeypatch, capsys):
     monkeypatch.setenv("VARSHIFT_DATA", str(mnist_dir.parent))
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 2  # the second, on Keras files, runs in test_inspect.py
-    exec(compile(blocks[0], str(README), "exec"), {})
+    exec(compile(BLOCKS[0], str(README), "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and float(printed[1]) < 1e-6  # gradcheck's worst error
+
+
+def test_readme_pytorch_example_runs(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the example extends it
+    exec(compile(BLOCKS[1], str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("shift ") and "[error] DROPOUT_BEFORE_BN at layer '4'" in printed
+    assert "shift after" in printed and printed.rstrip().endswith("{'STATS_AT_INIT'}\n[]")

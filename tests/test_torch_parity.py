@@ -157,3 +157,67 @@ def test_running_stats_after_five_steps_with_cumulative_momentum():
         t_opt.step()
     for key, value in twin.state_dict().items():
         close(model.state_dict()[key], value, key)
+
+
+# ------------------------------------------------------------------ measure, diagnose, recalibrate
+def _parity_models():
+    from helpers import dropout_before_bn
+
+    conv = nn.Sequential(
+        nn.Conv2D(1, 4, 3, padding=1), nn.BatchNorm(4), nn.ReLU(), nn.Dropout(0.3),
+        nn.Residual(nn.Sequential(nn.Conv2D(4, 4, 3, padding=1), nn.BatchNorm(4), nn.ReLU())),
+        nn.Concat(nn.Identity(), nn.Sequential(nn.Dropout(0.2), nn.Conv2D(4, 4, 1),
+                                               nn.BatchNorm(4, momentum=None))),
+        nn.BatchNorm(8), nn.GlobalAvgPool(), nn.Dense(8, 2), seed=0)
+    rng = np.random.default_rng(0)
+    return {"mlp": (dropout_before_bn(), rng.standard_normal((1500, 20))),
+            "convnet": (conv, rng.standard_normal((600, 1, 8, 8)) + 0.5)}
+
+
+def _moments_close(ours, theirs, what):
+    assert ours.count == theirs.count, what
+    close(ours.mean, theirs.mean, f"{what} mean")
+    close(ours.m2, theirs.m2, f"{what} m2")
+
+
+@pytest.mark.parametrize("name", ["mlp", "convnet"])
+def test_reports_agree_with_the_torch_twin(name):
+    """Every deterministic quantity of the report to 1e-9; train-mode variances (other
+    Dropout masks) statistically."""
+    from helpers import trained
+
+    from varshift import diagnose, measure, recalibrate
+
+    model, x = _parity_models()[name]
+    trained(model, (x.astype(np.float32), (x.reshape(len(x), -1)[:, 0] > 0).astype(int)),
+            epochs=1)
+    model.astype(np.float64)
+    twin = torch_copy(model)
+    ours, theirs = measure(model, x, batch_size=100), measure(twin, x, batch_size=100)
+    assert [r.name for r in ours.layers] == [r.name for r in theirs.layers]
+    assert (ours.num_samples, ours.batch_size) == (theirs.num_samples, theirs.batch_size)
+    for a, b in zip(ours.layers, theirs.layers):
+        assert a.shape == b.shape and (a.kind == b.kind or a.kind == "pool"), a.name
+        _moments_close(a.eval, b.eval, f"layer {a.name} eval")
+        assert b.train_var == pytest.approx(a.train_var, rel=0.1)
+    for a, b in zip(ours.bn, theirs.bn):
+        assert (a.name, a.index, a.momentum, a.eps, a.num_batches_tracked) == (
+            b.name, b.index, b.momentum, b.eps, b.num_batches_tracked)
+        close(a.moving_mean, b.moving_mean, "moving_mean")
+        close(a.moving_var, b.moving_var, "moving_var")
+        _moments_close(a.real, b.real, f"BatchNorm {a.name} real")
+        _moments_close(a.nodrop, b.nodrop, f"BatchNorm {a.name} nodrop")
+        close(a.shift, b.shift, "shift")
+        close(a.mean_shift, b.mean_shift, "mean_shift")
+        close(a.attribution["upstream"], b.attribution["upstream"], "upstream")
+        assert b.attribution["dropout"] == pytest.approx(a.attribution["dropout"], rel=0.1)
+    dropout = {f.layer: f.evidence["dropout_layers"] for f in diagnose(model, x)
+               if f.code == "DROPOUT_BEFORE_BN"}
+    assert dropout and dropout == {f.layer: f.evidence["dropout_layers"]
+                                   for f in diagnose(twin, x) if f.code == "DROPOUT_BEFORE_BN"}
+    after, twin_after = (recalibrate(m, x, batch_size=100).after for m in (model, twin))
+    torch_state = twin.state_dict()
+    for key, value in model.state_dict().items():
+        close(value, torch_state[key], key)
+    for a, b in zip(after.bn, twin_after.bn):
+        _moments_close(a.real, b.real, f"BatchNorm {a.name} real after recalibration")

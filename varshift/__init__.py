@@ -11,9 +11,11 @@ theory      Li et al.'s closed forms and a Monte Carlo check
 plots       paper-style plots (each takes ax=None and returns the Axes)
 reproduce   ``varshift reproduce``: the paper's figures and claims at small scale
 cases       posted questions answered with measurements (``varshift case NAME``)
+torch       helpers for PyTorch users (``all_merge`` across torch.distributed ranks)
 
-(import these four explicitly, e.g. ``from varshift import cases``: they are not
-loaded by ``import varshift``.)
+(import these five explicitly, e.g. ``from varshift import cases``: they are not
+loaded by ``import varshift``. ``measure``, ``diagnose`` and ``recalibrate`` also
+take any ``torch.nn.Module``; torch is imported only then.)
 """
 
 from . import datasets, nn, optim

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["NonFiniteError", "shown", "integer", "real", "fraction", "int_tuple", "seed",
-           "flag", "choice", "path", "model", "reraise_with_context"]
+           "flag", "choice", "path", "model", "running_stats", "reraise_with_context"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -156,14 +156,32 @@ def model(value, owner: str, name: str = "model"):
     return value
 
 
+def running_stats(stats: dict, dtype, where: str, limit=None) -> dict:
+    """``stats`` (name -> array of shape (C,)) as float64 arrays, if every value is a
+    number that fits ``dtype``, i.e. lies within +-``limit`` (default: the largest
+    value of the NumPy dtype ``dtype``); else :class:`NonFiniteError` naming
+    ``where``, the statistic and the channel."""
+    limit = float(np.finfo(dtype).max) if limit is None else limit
+    stats = {key: np.asarray(value, np.float64) for key, value in stats.items()}
+    for key, value in stats.items():
+        bad = ~(np.abs(value) <= limit)  # also NaN
+        if bad.any():
+            c = int(np.argmax(bad))
+            raise NonFiniteError(
+                f"{where}: {key} would become {value[c]:.4g} in channel {c}, beyond the "
+                f"{dtype} range (inputs near the float limit, or weights that diverged); the "
+                f"running statistics were left unchanged")
+    return stats
+
+
 @contextmanager
 def reraise_with_context(prefix: str):
-    """Prefix the message of a plain ValueError or TypeError raised inside with
-    ``prefix`` (e.g. ``'measure: data batch 3 of shape (64, 5)'``); other errors pass
-    unchanged."""
+    """Prefix the message of a plain ValueError, TypeError or RuntimeError raised
+    inside with ``prefix`` (e.g. ``'measure: data batch 3 of shape (64, 5)'``); other
+    errors (subclasses too) pass unchanged."""
     try:
         yield
-    except (ValueError, TypeError) as err:
-        if type(err) not in (ValueError, TypeError):
+    except (ValueError, TypeError, RuntimeError) as err:
+        if type(err) not in (ValueError, TypeError, RuntimeError):
             raise
         raise type(err)(f"{prefix}: {err}") from err

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _validate
-from ._data import Batches
 from ._json import json_ready
-from .measure import Report, batchnorm_layers, measure, preserved, recorded_layers
-from .nn import BatchNorm, Concat, Residual, Sequential
-from .nn.layer import modes
+from .backends import backend_for
+from .backends.numpy_engine import dropout_upstream_of_batchnorm
+from .measure import EVAL, Report, inference_noise, measure_with
 from .stats import deviation_in_stds, symmetric_shift
 
 __all__ = ["diagnose", "Finding", "dropout_upstream_of_batchnorm"]
@@ -46,9 +45,9 @@ class Finding:
     ----------
     code : str
         ``DROPOUT_BEFORE_BN``, ``STALE_RUNNING_STATS``, ``STATS_AT_INIT``,
-        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT`` or ``SUSPICIOUS_MOMENTUM``;
-        from a saved Keras file (:func:`varshift.inspect`) also ``STATS_NEAR_INIT``,
-        ``BAD_MOVING_STATS`` and ``FROZEN_BATCHNORM``.
+        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT``, ``SUSPICIOUS_MOMENTUM`` or
+        ``EVAL_NOT_DETERMINISTIC``; from a saved Keras file (:func:`varshift.inspect`)
+        also ``STATS_NEAR_INIT``, ``BAD_MOVING_STATS`` and ``FROZEN_BATCHNORM``.
     layer : str
         Path of the layer concerned ('' for the whole model).
     severity : {'error', 'warning', 'info'}
@@ -90,57 +89,15 @@ def _grade(value, thresholds):
     return "error" if value >= error else "warning" if value >= warning else None
 
 
-def dropout_upstream_of_batchnorm(model) -> dict:
-    """For every BatchNorm, the Dropout-like layers that feed it with no BatchNorm
-    in between, following Sequential, Residual and Concat data paths.
-
-    Returns
-    -------
-    dict of str to list of str
-        BatchNorm path -> paths of the noise layers upstream (only non-empty lists).
-    """
-    found: dict[str, list[str]] = {}
-
-    def flow(layer, path, incoming):
-        if isinstance(layer, Sequential):
-            for name, child in layer.children().items():
-                incoming = flow(child, _join(path, name), incoming)
-            return incoming
-        if isinstance(layer, Residual):
-            body = flow(layer.body, _join(path, "body"), incoming)
-            skip = incoming if layer.shortcut is None else flow(
-                layer.shortcut, _join(path, "shortcut"), incoming)
-            return body | skip
-        if isinstance(layer, Concat):
-            out = set()
-            for name, branch in layer.children().items():
-                out |= flow(branch, _join(path, name), incoming)
-            return out
-        if isinstance(layer, BatchNorm):
-            if incoming:
-                found[path] = sorted(incoming)
-            return set()
-        if layer.kind == "dropout":
-            return incoming | {path}
-        return incoming
-
-    flow(model, "", set())
-    return found
-
-
-def _join(prefix, name):
-    return f"{prefix}.{name}" if prefix else name
-
-
 def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, report=None,
-             progress=False) -> list:
+             progress=False, input_key=None) -> list:
     """Check a model's BatchNorm layers for the problems users run into.
 
     Parameters
     ----------
-    model : varshift.nn.Layer
+    model : varshift.nn.Layer or torch.nn.Module
         Not changed.
-    data : ndarray, (x, y) pair, or iterable of batches
+    data : array or tensor, (x, y) pair, or iterable of batches (e.g. a DataLoader)
         Inputs to measure on, typically (a sample of) the training data. An iterable
         is read once, so a generator works: its first batch is kept for the
         batch-dependence check.
@@ -156,6 +113,8 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
         channels, and the same running statistics.
     progress : bool, default False
         Progress on stderr (a tqdm bar on a terminal, a few plain lines in a log).
+    input_key : hashable, optional
+        For dict batches: the key of the model's input.
 
     Returns
     -------
@@ -176,60 +135,72 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     ``STATS_AT_INIT`` (running mean 0 and variance 1 untouched), ``SMALL_BATCH_STATS``
     (too few values per channel per batch), ``EVAL_BATCH_DEPENDENT`` (inference-mode
     outputs change with batch composition), ``SUSPICIOUS_MOMENTUM`` (a momentum that
-    looks like the other framework's convention, or 0).
+    looks like the other framework's convention, or 0), ``EVAL_NOT_DETERMINISTIC``
+    (torch modules: inference-mode outputs of one batch differ between two runs, noise
+    that does not follow the modules' ``training`` flags). Torch's conventions are
+    varshift's: momentum is the weight of the new batch, None a cumulative average,
+    and ``track_running_stats=False`` normalises with batch statistics at inference. A
+    BatchNorm frozen for fine-tuning (in inference mode with ``requires_grad=False``
+    on its affine parameters while the rest trains) is not reported as stale.
     """
-    _validate.model(model, "diagnose")
+    backend = backend_for(model, "diagnose")
     if train_batch_size is not None:
         train_batch_size = _validate.integer(train_batch_size, "train_batch_size", "diagnose")
     seed = _validate.seed(seed, "seed", "diagnose")
     progress = _validate.flag(progress, "progress", "diagnose")
-    batches = Batches(data, batch_size, "diagnose")
+    batches = backend.batches(data, batch_size, "diagnose", input_key=input_key)
     if report is None:
-        report = measure(model, batches, seed=seed, progress=progress)
+        report = measure_with(backend, batches, seed, progress, warn=False)
     else:
-        _check_report(report, model)
-        next(iter(batches))  # reads (only) the first batch
+        if not isinstance(report, Report):
+            raise TypeError(f"diagnose: report must be a varshift Report (from "
+                            f"varshift.measure), got {_validate.shown(report)}")
+        with backend.preserved(seed):
+            backend.trace(next(iter(batches)))  # reads (only) the first batch
+        _check_report(report, backend)
     sample = batches.first
-    layers = dict(model.walk())
+    with backend.preserved(seed), np.errstate(all="ignore"):
+        upstream = backend.noise_upstream(sample)
+        noise = inference_noise(backend, sample) if backend.hidden_noise_possible else 0.0
     shapes = {r.name: r.shape for r in report.layers}
-    upstream = dropout_upstream_of_batchnorm(model)
     findings = []
     for b in report.bn:
         findings += _momentum(b)
         at_init = _at_init(b)
         findings += at_init
-        findings += _dropout(b, upstream.get(b.name, []), layers)
-        if not at_init:
+        findings += _dropout(b, upstream.get(b.name, []), backend)
+        if not at_init and not b.frozen:
             findings += _stale(b)
         findings += _small_batch(b, shapes.get(b.name), train_batch_size or report.batch_size)
-    findings += _batch_dependence(model, sample, seed)
-    order = {name: i for i, name in enumerate(layers)}
+    if noise > 0:
+        findings += _not_deterministic(noise)
+    else:
+        findings += _batch_dependence(backend, sample, seed,
+                                      [b.name for b in report.bn if b.moving_var is None])
+    order = {r.name: i for i, r in enumerate(report.layers)}
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], order.get(f.layer, -1)))
     return findings
 
 
-def _check_report(report, model):
-    """ValueError unless ``report`` describes ``model`` as it is now."""
-    if not isinstance(report, Report):
-        raise TypeError(f"diagnose: report must be a varshift Report (from varshift.measure), "
-                        f"got {_validate.shown(report)}")
-    expected = [(path, layer.kind) for path, layer in recorded_layers(model)]
+def _check_report(report, backend):
+    """ValueError unless ``report`` describes the backend's model as it is now."""
+    expected = [(layer.name, layer.kind) for layer in backend.layers()]
     got = [(r.name, r.kind) for r in report.layers]
     if got != expected:
         raise ValueError(
             f"diagnose: report describes another model: its layers are "
             f"{_layer_list(got)}, the model's are {_layer_list(expected)}; measure this "
             f"model (varshift.measure(model, data)) or leave report out")
-    for b, (path, layer) in zip(report.bn, batchnorm_layers(model)):
+    for b, layer in zip(report.bn, backend.batchnorms()):
+        path = layer.name
         if b.name != path or b.num_features != layer.num_features:
             raise ValueError(f"diagnose: report describes another model: BatchNorm {b.name!r} "
                              f"with {b.num_features} channels, the model has {path!r} with "
                              f"{layer.num_features}")
-        current = (layer.buffers["running_mean"], layer.buffers["running_var"]) \
-            if layer.track_running_stats else (None, None)
+        current = (backend.running_stats(path) or (None, None))[:2]
         for name, stored, now in zip(("mean", "var"), (b.moving_mean, b.moving_var), current):
             if (stored is None) != (now is None) or (
-                    now is not None and not np.array_equal(stored, now.astype(float))):
+                    now is not None and not np.array_equal(stored, now)):
                 raise ValueError(
                     f"diagnose: report was measured with other running statistics (running_"
                     f"{name} of BatchNorm {path!r} differs): it describes this model before "
@@ -283,17 +254,16 @@ def _at_init(b):
         "varshift.recalibrate(model, training_data) to compute the statistics now.")]
 
 
-def _dropout(b, noise_paths, layers):
+def _dropout(b, noise_paths, backend):
     if not noise_paths:
         return []
     ratio = b.attribution["dropout"]
     shift = symmetric_shift(ratio)
     severity = _grade(shift, DROPOUT_SHIFT) or "info"
-    rates = {p: getattr(layers[p], "rate", getattr(layers[p], "beta", None)) for p in noise_paths}
     return [Finding(
         "DROPOUT_BEFORE_BN", b.name, severity,
-        {"dropout_layers": ", ".join(f"{p} ({type(layers[p]).__name__} "
-                                     f"{rates[p]})" for p in noise_paths),
+        {"dropout_layers": ", ".join(f"{p} ({backend.noise_description(p)})"
+                                     for p in noise_paths),
          "dropout_shift": shift, "nodrop_over_train_var": ratio, "layer_shift": b.shift},
         f"Dropout-like noise ({', '.join(noise_paths)}) reaches this BatchNorm with no "
         f"BatchNorm in between. In training the noise inflates the input variance that "
@@ -350,20 +320,18 @@ def _small_batch(b, shape, batch):
         "or Batch Renormalization; varshift.recalibrate helps the inference side.")]
 
 
-def _batch_dependence(model, x, seed):
+def _batch_dependence(backend, x, seed, culprits):
     x = x[:64]
     if len(x) < 4:
         return []
     half = len(x) // 2
-    with preserved(model, seed), modes(model, default="eval"), np.errstate(all="ignore"):
-        whole = np.asarray(model(x), dtype=np.float64)
-        parts = np.concatenate([model(x[:half]), model(x[half:])]).astype(np.float64)
+    with backend.preserved(seed), np.errstate(all="ignore"):
+        whole = backend.output(x, EVAL)
+        parts = np.concatenate([backend.output(x[:half], EVAL), backend.output(x[half:], EVAL)])
     scale = max(float(np.max(np.abs(whole))), 1e-12)
     change = float(np.max(np.abs(whole - parts)) / scale)
     if not change > BATCH_DEPENDENCE:
         return []
-    culprits = [path for path, layer in model.walk()
-                if isinstance(layer, BatchNorm) and not layer.track_running_stats]
     return [Finding(
         "EVAL_BATCH_DEPENDENT", "", "error",
         {"relative_output_change": change, "batch_stat_layers_at_inference": ", ".join(culprits)
@@ -375,3 +343,15 @@ def _batch_dependence(model, x, seed):
            "even at inference." if culprits else ""),
         "Give BatchNorm running statistics (track_running_stats=True) and recalibrate, "
         "or evaluate with a fixed, large batch.")]
+
+
+def _not_deterministic(change):
+    return [Finding(
+        "EVAL_NOT_DETERMINISTIC", "", "error", {"relative_output_change": change},
+        "In inference mode two runs of the same batch give different outputs: some noise "
+        "does not follow the modules' training flags (F.dropout(x, p, training=True) or "
+        "another random operation hard-coded in a forward method), so model.eval() does "
+        "not switch it off. Predictions are random, and the inference-mode statistics "
+        "varshift measures include that noise.",
+        "Pass the module's flag (F.dropout(x, p, self.training)) or use an nn.Dropout "
+        "module; keep noise at inference only on purpose (Monte Carlo dropout).")]

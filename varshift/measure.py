@@ -18,15 +18,23 @@ channels)::
                      upstream BN        Dropout           stale or noisy
                      running stats                        running stats
 
-Nothing of the model changes: buffers, random streams, modes and forward caches are
-restored, and Dropout masks come from streams seeded by ``seed``. Where passes agree (the
-same input, and the same behaviour of a layer in both modes, as before the first
-Dropout), a layer of a Sequential model is computed once for all of them.
+The passes switch each layer's own mode (:class:`~varshift.backends.Modes`): for a
+torch module every ``_BatchNorm`` and every dropout module, and the ``training`` flag
+of every other module (so ``F.dropout(x, p, self.training)`` follows the pass). A
+BatchNorm kept in inference mode while the rest trains (frozen-BatchNorm fine-tuning,
+:attr:`BatchNormStats.frozen`) stays so in the train-mode passes, as in training.
+
+Nothing of the model changes: parameters, buffers, random state, modes, hooks (and a
+varshift model's forward caches) are restored, and Dropout masks come from random
+state seeded by ``seed``. Where passes agree (the same input, and the same behaviour of
+a layer in both modes, as before the first Dropout), a layer of a Sequential varshift
+model is computed once for all of them.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,17 +43,12 @@ from . import _validate
 from ._data import Batches
 from ._files import atomic_write
 from ._progress import progress_bar
-from .nn import BatchNorm, Sequential
+from .backends import Modes, backend_for
 from .nn.layer import preserved
 from .stats import RunningMoments, deviation_in_stds, ratio, symmetric_shift
 
-__all__ = ["measure", "Report", "LayerStats", "BatchNormStats", "preserved"]
-
-PASSES = {
-    "eval": {"default": "eval"},
-    "train": {"default": "train"},
-    "nodrop": {"batchnorm": "train", "dropout": "eval", "default": "eval"},
-}
+__all__ = ["measure", "Report", "LayerStats", "BatchNormStats", "UncontrolledNoiseWarning",
+           "preserved"]
 
 
 @dataclass
@@ -114,6 +117,9 @@ class BatchNormStats:
         The running statistics (None without ``track_running_stats``).
     real, train, nodrop : RunningMoments
         Input moments in the ``eval``, ``train`` and ``nodrop`` passes.
+    frozen : bool
+        Kept in inference mode while the rest of the model trains (frozen-BatchNorm
+        fine-tuning): its running statistics are meant to stay as they are.
     """
 
     name: str
@@ -127,6 +133,7 @@ class BatchNormStats:
     real: RunningMoments
     train: RunningMoments
     nodrop: RunningMoments
+    frozen: bool = False
 
     # per-channel statistics of the input (unbiased variances, as BatchNorm stores)
     real_mean = _moment("real", "mean")
@@ -246,7 +253,7 @@ class Report:
                     "real": b.real.to_dict(), "train": b.train.to_dict(),
                     "nodrop": b.nodrop.to_dict(), "shift": b.shift, "var_ratio": b.var_ratio,
                     "channel_shift": arr(b.channel_shift), "mean_shift": arr(b.mean_shift),
-                    "attribution": b.attribution} for b in self.bn],
+                    "attribution": b.attribution, "frozen": b.frozen} for b in self.bn],
         }
 
     def to_json(self, path=None, **kwargs) -> str:
@@ -277,7 +284,8 @@ class Report:
             b["num_batches_tracked"],
             None if b["moving_mean"] is None else np.asarray(b["moving_mean"]),
             None if b["moving_var"] is None else np.asarray(b["moving_var"]),
-            *(RunningMoments.from_dict(b[k]) for k in ("real", "train", "nodrop")))
+            *(RunningMoments.from_dict(b[k]) for k in ("real", "train", "nodrop")),
+            frozen=bool(b.get("frozen", False)))
             for b in d["bn"]]
         return cls(layers, bn, d["num_samples"], d["batch_size"], d["seed"])
 
@@ -376,25 +384,72 @@ def _nan_to_none(value):
     return value
 
 
-def recorded_layers(model):
-    """``(path, layer)`` of the layers a report describes: all but Sequential containers."""
-    return [(path, layer) for path, layer in model.walk() if not isinstance(layer, Sequential)]
+#: The passes of every batch (see the module docstring).
+PASSES = {
+    "eval": Modes(batchnorm=False, dropout=False, other=False),
+    "train": Modes(batchnorm=True, dropout=True, other=True),
+    "nodrop": Modes(batchnorm=True, dropout=False, other=False),
+}
+#: Inference mode.
+EVAL = PASSES["eval"]
 
 
-def batchnorm_layers(model):
-    """``(path, layer)`` of the model's BatchNorm layers, in network order."""
-    return [(path, layer) for path, layer in model.walk() if isinstance(layer, BatchNorm)]
+class UncontrolledNoiseWarning(UserWarning):
+    """Inference-mode outputs of one batch differ between two runs: some noise does
+    not follow the modes varshift sets (e.g. ``F.dropout(x, p, training=True)``)."""
 
 
-def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
+class _Statistics:
+    """Moments of every layer's output and every BatchNorm's input, per pass: the
+    sink of :meth:`~varshift.backends.Backend.observe`."""
+
+    def __init__(self):
+        self.outputs = {name: {} for name in PASSES}
+        self.inputs = {name: {} for name in PASSES}
+        self.shapes = {}
+
+    @staticmethod
+    def wants_output(passes):
+        """Whether layer outputs computed for ``passes`` are reported (those of the
+        train and eval passes are)."""
+        return "train" in passes or "eval" in passes
+
+    def output(self, passes, name, moments, shape):
+        self.shapes[name] = tuple(shape)
+        self._add(self.outputs, passes, name, moments)
+
+    def input(self, passes, name, moments):
+        self._add(self.inputs, passes, name, moments)
+
+    @staticmethod
+    def _add(store, passes, name, moments):
+        for pass_name in passes:
+            old = store[pass_name].get(name)
+            store[pass_name][name] = moments if old is None else old.merge(moments)
+
+    def moments(self, store, pass_name, name, channels):
+        """The moments of ``name`` in a pass (empty if it did not run there)."""
+        found = getattr(self, store)[pass_name].get(name)
+        return found if found is not None else RunningMoments(channels)
+
+    def channels(self, name):
+        """Channels of layer ``name``'s output."""
+        return next(store[name].channels for store in self.outputs.values() if name in store)
+
+
+def measure(model, data, *, batch_size=256, seed=0, progress=False, input_key=None) -> Report:
     """Measure train-mode and inference-mode statistics of every layer, and the
     variance shift of every BatchNorm layer.
 
     Parameters
     ----------
-    model : varshift.nn.Layer
-    data : ndarray of shape (N, ...), (x, y) pair, or iterable of batches
-        Inputs (labels are ignored). An iterable is consumed once.
+    model : varshift.nn.Layer or torch.nn.Module
+        Not changed (see Notes). A torch module is measured on its device, in the
+        dtype of its parameters.
+    data : array or tensor of shape (N, ...), (x, y) pair, or iterable of batches
+        Inputs (labels are ignored). Batches may be arrays, tensors, ``(x, y)``
+        pairs (for torch also lists, as a ``DataLoader`` gives them) or dicts (see
+        ``input_key``). An iterable is consumed once.
     batch_size : int, default 256
         Batch size for array data (BatchNorm normalises with statistics of this many
         samples in the train-mode passes).
@@ -402,6 +457,8 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
         Seed of the Dropout masks in the train-mode pass.
     progress : bool, default False
         Progress on stderr (a tqdm bar on a terminal, a few plain lines in a log).
+    input_key : hashable, optional
+        For dict batches: the key of the model's input (e.g. ``'image'``).
 
     Returns
     -------
@@ -411,117 +468,104 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False) -> Report:
     ------
     TypeError, ValueError
         For bad arguments or data (the message names them); data that does not fit
-        the model names the batch and the layer.
+        a varshift model names the batch and the layer.
     varshift.NonFiniteError
         If a layer's outputs are not finite.
+
+    Warns
+    -----
+    UncontrolledNoiseWarning
+        For a torch module whose inference-mode output is random (noise that does not
+        follow the modules' ``training`` flags): its inference statistics include
+        that noise.
 
     Notes
     -----
     Statistics accumulate in float64 with Chan's mergeable update: memory is
     O(batch + channels), independent of the data size. Variances of BatchNorm inputs
     are unbiased, like the running variance. See the module docstring for the three
-    passes and the attribution of the shift.
+    passes and the attribution of the shift. Parameters, buffers (running statistics
+    and ``num_batches_tracked`` included), modes, hooks and random state are the same
+    afterwards, also when the call fails or is interrupted.
     """
-    _validate.model(model, "measure")
+    backend = backend_for(model, "measure")
     seed = _validate.seed(seed, "seed", "measure")
     progress = _validate.flag(progress, "progress", "measure")
-    batches = data if isinstance(data, Batches) else Batches(data, batch_size, "measure")
-    records = recorded_layers(model)
-    bns = batchnorm_layers(model)
-    outputs = {name: {} for name in PASSES}
-    inputs = {name: {} for name in PASSES}
-    current = {}
+    batches = data if isinstance(data, Batches) else backend.batches(
+        data, batch_size, "measure", input_key=input_key)
+    return measure_with(backend, batches, seed, progress)
 
-    def add(store, path, x, channels):
-        batch = RunningMoments(channels).update(x)
-        for name in current["passes"]:
-            old = store[name].get(path)
-            store[name][path] = batch if old is None else old.merge(batch)
 
-    def hook(path):
-        def record(layer, x, out):
-            out2 = out if out.ndim > 1 else out[:, None]
-            add(outputs, path, out2, out2.shape[1])
-            shapes[path] = out.shape[1:]
-            if isinstance(layer, BatchNorm):
-                add(inputs, path, x, layer.num_features)
-        return record
+def measure_with(backend, batches, seed, progress, warn=True) -> Report:
+    """:func:`measure` on checked arguments, through the model's backend.
 
-    shapes = {}
-    stages = model.layers if isinstance(model, Sequential) else [model]
-    handles = [layer.add_hook(hook(path)) for path, layer in records]
-    num_samples, seen_batch_size = 0, None
-    try:
-        with preserved(model, seed) as pristine, np.errstate(over="ignore", invalid="ignore"):
+    Parameters
+    ----------
+    backend : varshift.backends.Backend
+    batches : varshift._data.Batches
+    seed : int or None
+    progress : bool
+    warn : bool, default True
+        Warn if inference is random (for backends where noise can escape the modes).
+
+    Returns
+    -------
+    Report
+    """
+    stats = _Statistics()
+    num_samples, seen_batch_size, noise = 0, None, 0.0
+    with backend.preserved(seed), np.errstate(over="ignore", invalid="ignore"):
+        with backend.observe(stats):
             for i, x in enumerate(progress_bar(batches, progress, batches.num_batches, "measure")):
                 with _validate.reraise_with_context(f"measure: {batches.name} batch {i} of "
-                                                   f"shape {x.shape}"):
-                    _run_passes(model, stages, x, current, pristine)
+                                                   f"shape {tuple(x.shape)}"):
+                    backend.run_passes(x, PASSES)
                 num_samples += len(x)
                 seen_batch_size = seen_batch_size or len(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+        if warn and backend.hidden_noise_possible:
+            noise = inference_noise(backend, batches.first)
+    if noise > 0:
+        warnings.warn(f"measure: the model's inference-mode output is random (two runs of "
+                      f"one batch differ by {noise:.3g} of its scale): some noise does not "
+                      f"follow the modules' training flags, e.g. F.dropout(x, p, "
+                      f"training=True) in a forward method; the inference statistics include "
+                      f"it", UncontrolledNoiseWarning, stacklevel=3)
 
-    layers = [LayerStats(path, layer.kind, repr(layer) if not layer.children() else type(layer).__name__,
-                         tuple(shapes[path]), outputs["train"][path], outputs["eval"][path])
-              for path, layer in records]
-    bn = [BatchNormStats(
-        path, i, layer.num_features, layer.momentum, layer.eps,
-        int(layer.buffers["num_batches_tracked"]) if layer.track_running_stats else None,
-        layer.buffers["running_mean"].astype(float) if layer.track_running_stats else None,
-        layer.buffers["running_var"].astype(float) if layer.track_running_stats else None,
-        inputs["eval"][path], inputs["train"][path], inputs["nodrop"][path])
-        for i, (path, layer) in enumerate(bns)]
+    layers = []
+    for info in backend.layers():
+        if info.name not in stats.shapes:
+            continue  # not called on these data
+        channels = stats.channels(info.name)
+        layers.append(LayerStats(info.name, info.kind, info.description,
+                                 stats.shapes[info.name],
+                                 *(stats.moments("outputs", p, info.name, channels)
+                                   for p in ("train", "eval"))))
+    bn = []
+    for i, info in enumerate(backend.batchnorms()):
+        mean, var, tracked = backend.running_stats(info.name) or (None, None, None)
+        bn.append(BatchNormStats(
+            info.name, i, info.num_features, info.momentum, info.eps, tracked, mean, var,
+            *(stats.moments("inputs", p, info.name, info.num_features)
+              for p in ("eval", "train", "nodrop")), frozen=info.frozen))
     for record in layers:
         _check_finite(record)
     return Report(layers, bn, num_samples, seen_batch_size, seed)
 
 
-def _behaviour(layer, pass_name):
-    """What ``layer``'s subtree computes in a pass: equal tuples mean equal outputs for
-    equal inputs; None when the pass makes it random (active noise)."""
-    signature = []
-    for _, sub in layer.walk():
-        training = _pass_mode(sub, pass_name)
-        if isinstance(sub, BatchNorm):
-            signature.append(training or not sub.track_running_stats)
-        elif sub.kind == "dropout":
-            if training:
-                return None
-            signature.append(False)
-    return tuple(signature)
-
-
-def _pass_mode(layer, pass_name):
-    mode = PASSES[pass_name]
-    wanted = mode.get(layer.kind, mode["default"])
-    return wanted == "train"
-
-
-def _run_passes(model, stages, x, current, pristine):
-    """Run every pass on batch ``x`` stage by stage (the root's layers), computing each
-    stage once for all passes that give it the same input and behave alike in it."""
-    values = {name: x for name in PASSES}
-    for stage in stages:
-        groups = {}
-        for name in PASSES:
-            behaviour = _behaviour(stage, name)
-            key = (id(values[name]), behaviour) if behaviour is not None else (name,)
-            groups.setdefault(key, []).append(name)
-        new_values = {}
-        for group in groups.values():
-            updates_stats = False
-            for _, sub in stage.walk():
-                sub.training = _pass_mode(sub, group[0])
-                updates_stats |= isinstance(sub, BatchNorm) and sub.training and sub.track_running_stats
-            current["passes"] = group
-            out = stage(values[group[0]])
-            if updates_stats:
-                model.load_state_dict(pristine, strict=False)  # undo running-stat updates
-            for name in group:
-                new_values[name] = out
-        values = new_values
+def inference_noise(backend, x) -> float:
+    """How much two inference-mode runs of (up to 64 samples of) batch ``x`` differ:
+    the largest absolute difference of the outputs over their largest absolute value
+    (0 for a deterministic model; inf where only one of them is finite). Call inside
+    ``backend.preserved``."""
+    x = x[:64]
+    first, second = backend.output(x, EVAL), backend.output(x, EVAL)
+    same = (first == second) | (np.isnan(first) & np.isnan(second))
+    if same.all():
+        return 0.0
+    scale = max(float(np.max(np.abs(np.nan_to_num(first, posinf=0, neginf=0)), initial=0)),
+                1e-12)
+    with np.errstate(invalid="ignore"):
+        return float(np.nan_to_num(np.max(np.abs(first - second)[~same]), nan=np.inf)) / scale
 
 
 def _check_finite(record: LayerStats):

@@ -11,18 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import _validate
-from ._data import Batches
 from ._progress import progress_bar
-from .measure import Report, batchnorm_layers, measure, preserved
-from .nn.layer import modes
+from .backends import Modes, backend_for
+from .measure import Report, measure_with
 from .stats import RunningMoments
 
 __all__ = ["recalibrate", "Recalibration"]
-
-
-class _Stop(Exception):
-    """Raised by the collecting hook: nothing after the layer is needed."""
-
 
 @dataclass
 class Recalibration:
@@ -65,22 +59,23 @@ class Recalibration:
 
 
 def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, seed=0,
-                progress=False, reports=True) -> Recalibration:
+                progress=False, reports=True, input_key=None) -> Recalibration:
     """Replace every BatchNorm's running statistics by exact population statistics.
 
     Parameters
     ----------
-    model : varshift.nn.Layer
+    model : varshift.nn.Layer or torch.nn.Module
         Changed in place: only ``running_mean``, ``running_var`` and
-        ``num_batches_tracked`` of BatchNorm layers that track running statistics.
-    data : ndarray, (x, y) pair, or re-iterable of batches (e.g. a list)
+        ``num_batches_tracked`` of BatchNorm layers that keep running statistics.
+    data : array or tensor, (x, y) pair, or re-iterable of batches (a list, a DataLoader)
         Usually the training inputs. Read once per BatchNorm layer (each pass stops
-        at that layer) plus twice for the reports, so not a generator.
+        at that layer) plus once to find the layers' order and twice for the
+        reports, so not a generator.
     batch_size : int, default 256
     dropout : {'off', 'on'}, default 'off'
-        'off' (Dropout in inference mode) removes Li et al.'s shift; 'on' reproduces
-        PyTorch's ``update_bn``, whose statistics keep Dropout's variance, for
-        comparison.
+        'off' (Dropout in inference mode) removes Li et al.'s shift; 'on' keeps the
+        noise active, like PyTorch's ``update_bn``, whose statistics keep Dropout's
+        variance, for comparison.
     holdout : data, optional
         Data for the before/after reports (default: ``data``); read twice, so not a
         generator.
@@ -92,6 +87,8 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     reports : bool, default True
         Measure the model before and after (two :func:`~varshift.measure` passes over
         ``holdout``); False skips them, leaving ``before`` and ``after`` None.
+    input_key : hashable, optional
+        For dict batches: the key of the model's input.
 
     Returns
     -------
@@ -105,39 +102,36 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
 
     Notes
     -----
-    For BatchNorm layer k, with layers 0..k-1 already recalibrated and the whole
-    model in inference mode, the input's per-channel mean and unbiased variance over
-    all of ``data`` become the running statistics (a cumulative average over every
-    value, not an exponential one), and ``num_batches_tracked`` the number of batches.
-    If anything fails (also the "after" report, or ``KeyboardInterrupt``), the
-    model's original statistics are restored.
+    For BatchNorm layer k in forward order, with layers 0..k-1 already recalibrated
+    and the whole model in inference mode, the input's per-channel mean and unbiased
+    variance over all of ``data`` become the running statistics (a cumulative average
+    over every value, as ``momentum=None`` accumulates, not an exponential one), and
+    ``num_batches_tracked`` the number of batches. If anything fails (also the "after"
+    report, or ``KeyboardInterrupt``), the model's original statistics are restored;
+    nothing else of the model changes in any case.
     """
-    _validate.model(model, "recalibrate")
+    backend = backend_for(model, "recalibrate")
     _validate.choice(dropout, "dropout", "recalibrate", ("off", "on"))
     seed = _validate.seed(seed, "seed", "recalibrate")
     progress = _validate.flag(progress, "progress", "recalibrate")
     reports = _validate.flag(reports, "reports", "recalibrate")
-    batches = _reiterable(Batches(data, batch_size, "recalibrate"))
-    report_data = batches if holdout is None else Batches(holdout, batch_size, "recalibrate",
-                                                          name="holdout")
+    batches = _reiterable(backend.batches(data, batch_size, "recalibrate", input_key=input_key))
+    report_data = batches if holdout is None else backend.batches(
+        holdout, batch_size, "recalibrate", name="holdout", input_key=input_key)
     if reports:
         _reiterable(report_data)
 
     def report():
-        return measure(model, report_data, seed=seed, progress=progress) if reports else None
+        return measure_with(backend, report_data, seed, progress) if reports else None
 
     before = report()
-    targets = [(path, layer) for path, layer in batchnorm_layers(model) if layer.track_running_stats]
-    original = model.state_dict(params=False)
-    try:
-        with preserved(model, seed, buffers=False):
-            for path, layer in targets:
-                _recalibrate_layer(model, layer, batches, dropout, progress, path)
+    with backend.preserved(seed, keep_buffers=True):
+        backend.trace(next(iter(batches)))
+        targets = [bn for bn in backend.batchnorms() if bn.track_running_stats]
+        for bn in targets:
+            _recalibrate_layer(backend, bn, batches, dropout, progress)
         after = report()
-    except BaseException:
-        model.load_state_dict(original, strict=False)
-        raise
-    return Recalibration(before, after, [path for path, _ in targets])
+    return Recalibration(before, after, [bn.name for bn in targets])
 
 
 def _reiterable(batches):
@@ -148,28 +142,18 @@ def _reiterable(batches):
     return batches
 
 
-def _recalibrate_layer(model, layer, batches, dropout, progress, path):
-    moments = RunningMoments(layer.num_features)
-
-    def collect(_, x, __):
-        moments.update(x)
-        raise _Stop
-
-    handle = layer.add_hook(collect)
-    count = 0
-    try:
-        with modes(model, default="eval", dropout="train" if dropout == "on" else "eval"):
-            for i, x in enumerate(progress_bar(batches, progress, batches.num_batches,
-                                               f"recalibrate {path}")):
-                try:
-                    with _validate.reraise_with_context(f"recalibrate: data batch {i} of "
-                                                        f"shape {x.shape}"):
-                        model(x)
-                except _Stop:
-                    count += 1
-    finally:
-        handle.remove()
+def _recalibrate_layer(backend, bn, batches, dropout, progress):
+    """Exact statistics of BatchNorm ``bn``'s input over ``batches``, written to it."""
+    modes = Modes(batchnorm=False, dropout=dropout == "on", other=dropout == "on")
+    moments, count = RunningMoments(bn.num_features), 0
+    for i, x in enumerate(progress_bar(batches, progress, batches.num_batches,
+                                       f"recalibrate {bn.name}")):
+        with _validate.reraise_with_context(f"recalibrate: data batch {i} of shape "
+                                            f"{tuple(x.shape)}"):
+            seen = backend.batchnorm_input(bn.name, x, modes)
+        moments = moments.merge(seen)
+        count += seen.count > 0
     if moments.count < 2:
-        raise ValueError(f"recalibrate: BatchNorm {path!r} saw {moments.count:.0f} value(s) per "
-                         f"channel of data; a variance needs at least 2 (give more samples)")
-    layer.set_running_stats(moments.mean, moments.var(ddof=1), count)
+        raise ValueError(f"recalibrate: BatchNorm {bn.name!r} saw {moments.count:.0f} value(s) "
+                         f"per channel of data; a variance needs at least 2 (give more samples)")
+    backend.set_running_stats(bn.name, moments.mean, moments.var(ddof=1), int(count))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from .._validate import NonFiniteError, flag, fraction, integer, real
+from .._validate import flag, fraction, integer, real, running_stats
 from .layer import Layer
 
 __all__ = ["BatchNorm"]
@@ -163,17 +163,8 @@ class BatchNorm(Layer):
             If a value is NaN or does not fit the layer's dtype (e.g. the variance of
             inputs near the float32 limit); nothing is written then.
         """
-        limit = np.finfo(self.dtype).max
-        stats = {"running_mean": np.asarray(mean, np.float64),
-                 "running_var": np.asarray(var, np.float64)}
-        for key, value in stats.items():
-            bad = ~(np.abs(value) <= limit)  # also NaN
-            if bad.any():
-                c = int(np.argmax(bad))
-                raise NonFiniteError(
-                    f"{self.describe()}: {key} would become {value[c]:.4g} in channel {c}, "
-                    f"beyond the {self.dtype} range (inputs near the float limit, or weights "
-                    f"that diverged); the running statistics were left unchanged")
+        stats = running_stats({"running_mean": mean, "running_var": var}, self.dtype,
+                              self.describe())
         for key, value in stats.items():
             self.buffers[key][...] = value
         self.buffers["num_batches_tracked"][...] = num_batches_tracked

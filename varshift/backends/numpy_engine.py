@@ -1,0 +1,235 @@
+"""The backend of varshift's own models (:mod:`varshift.nn`).
+
+Everything is structural here: layers have stable paths (``'2.body.0'``), kinds, and
+a forward order equal to :meth:`~varshift.nn.layer.Layer.walk`'s. Its fast path: in a
+:class:`~varshift.nn.Sequential` model the passes run stage by stage (the root's
+layers), and a stage is computed once for all passes that give it the same input and
+behave alike in it (as before the first Dropout).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from .._data import Batches
+from ..nn import BatchNorm, Concat, Residual, Sequential
+from ..nn.layer import preserved
+from ..stats import RunningMoments
+from . import Backend, BatchNormInfo, LayerInfo
+
+__all__ = ["NumpyBackend", "dropout_upstream_of_batchnorm"]
+
+
+class _Stop(Exception):
+    """Raised by a collecting hook: nothing after the layer is needed."""
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
+
+
+def dropout_upstream_of_batchnorm(model) -> dict:
+    """For every BatchNorm, the Dropout-like layers that feed it with no BatchNorm
+    in between, following Sequential, Residual and Concat data paths.
+
+    Returns
+    -------
+    dict of str to list of str
+        BatchNorm path -> paths of the noise layers upstream (only non-empty lists).
+    """
+    found: dict[str, list[str]] = {}
+
+    def flow(layer, path, incoming):
+        if isinstance(layer, Sequential):
+            for name, child in layer.children().items():
+                incoming = flow(child, _join(path, name), incoming)
+            return incoming
+        if isinstance(layer, Residual):
+            body = flow(layer.body, _join(path, "body"), incoming)
+            skip = incoming if layer.shortcut is None else flow(
+                layer.shortcut, _join(path, "shortcut"), incoming)
+            return body | skip
+        if isinstance(layer, Concat):
+            out = set()
+            for name, branch in layer.children().items():
+                out |= flow(branch, _join(path, name), incoming)
+            return out
+        if isinstance(layer, BatchNorm):
+            if incoming:
+                found[path] = sorted(incoming)
+            return set()
+        if layer.kind == "dropout":
+            return incoming | {path}
+        return incoming
+
+    flow(model, "", set())
+    return found
+
+
+def _training(layer, modes) -> bool:
+    """The mode ``modes`` gives ``layer``."""
+    if layer.kind == "batchnorm":
+        return modes.batchnorm
+    if layer.kind == "dropout":
+        return modes.dropout
+    return modes.other
+
+
+def _set_modes(layer, modes):
+    for _, sub in layer.walk():
+        sub.training = _training(sub, modes)
+
+
+def _behaviour(layer, modes):
+    """What ``layer``'s subtree computes in ``modes``: equal tuples mean equal outputs
+    for equal inputs; None when the modes make it random (active noise)."""
+    signature = []
+    for _, sub in layer.walk():
+        training = _training(sub, modes)
+        if isinstance(sub, BatchNorm):
+            signature.append(training or not sub.track_running_stats)
+        elif sub.kind == "dropout":
+            if training:
+                return None
+            signature.append(False)
+    return tuple(signature)
+
+
+class NumpyBackend(Backend):
+    """:class:`~varshift.backends.Backend` of a :class:`varshift.nn.Layer` model.
+
+    Mode switches, buffers, random streams and forward caches are the engine's own;
+    every noise layer is a layer (kind ``'dropout'``), so no noise can escape them.
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._layers = dict(model.walk())
+        self._pristine = None  # buffers at the start of preserved()
+        self._passes = ()      # the passes a forward computes, for the hooks
+
+    # ------------------------------------------------------------------ structure
+    def layers(self):
+        return [LayerInfo(path, layer.kind,
+                          repr(layer) if not layer.children() else type(layer).__name__)
+                for path, layer in self._layers.items() if not isinstance(layer, Sequential)]
+
+    def batchnorms(self):
+        return [BatchNormInfo(path, layer.num_features, layer.momentum, layer.eps,
+                              layer.affine, layer.track_running_stats)
+                for path, layer in self._layers.items() if isinstance(layer, BatchNorm)]
+
+    def trace(self, x):
+        """Nothing to learn: the structure gives the layers and their order."""
+
+    def noise_upstream(self, x):
+        return dropout_upstream_of_batchnorm(self.model)
+
+    def noise_description(self, name):
+        layer = self._layers[name]
+        return f"{type(layer).__name__} {getattr(layer, 'rate', getattr(layer, 'beta', None))}"
+
+    # ------------------------------------------------------------------ data
+    def batches(self, data, batch_size, owner, name="data", input_key=None):
+        return Batches(data, batch_size, owner, name, input_key)
+
+    # ------------------------------------------------------------------ state
+    @contextmanager
+    def preserved(self, seed, keep_buffers=False):
+        original, outer = self.model.state_dict(params=False), self._pristine
+        self._pristine = original
+        try:
+            with preserved(self.model, seed, buffers=False):
+                yield
+        except BaseException:
+            self.model.load_state_dict(original, strict=False)
+            raise
+        finally:
+            self._pristine = outer
+        if not keep_buffers:
+            self.model.load_state_dict(original, strict=False)
+
+    def running_stats(self, name):
+        layer = self._layers[name]
+        if not layer.track_running_stats:
+            return None
+        return (layer.buffers["running_mean"].astype(float),
+                layer.buffers["running_var"].astype(float),
+                int(layer.buffers["num_batches_tracked"]))
+
+    def set_running_stats(self, name, mean, var, num_batches_tracked):
+        self._layers[name].set_running_stats(mean, var, num_batches_tracked)
+
+    # ------------------------------------------------------------------ computing
+    @contextmanager
+    def observe(self, sink):
+        def hook(path):
+            def record(layer, x, out):
+                if sink.wants_output(self._passes):
+                    out2 = out if out.ndim > 1 else out[:, None]
+                    sink.output(self._passes, path, RunningMoments(out2.shape[1]).update(out2),
+                                out.shape[1:])
+                if isinstance(layer, BatchNorm):
+                    sink.input(self._passes, path,
+                               RunningMoments(layer.num_features).update(x))
+            return record
+
+        handles = [self._layers[info.name].add_hook(hook(info.name)) for info in self.layers()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def run_passes(self, x, passes):
+        """Run every pass on batch ``x`` stage by stage (the root's layers), computing
+        each stage once for all passes that give it the same input and behave alike
+        in it."""
+        stages = self.model.layers if isinstance(self.model, Sequential) else [self.model]
+        values = {name: x for name in passes}
+        for stage in stages:
+            groups = {}
+            for name, modes in passes.items():
+                behaviour = _behaviour(stage, modes)
+                key = (id(values[name]), behaviour) if behaviour is not None else (name,)
+                groups.setdefault(key, []).append(name)
+            new_values = {}
+            for group in groups.values():
+                modes = passes[group[0]]
+                _set_modes(stage, modes)
+                updates_stats = modes.batchnorm and any(
+                    isinstance(sub, BatchNorm) and sub.track_running_stats
+                    for _, sub in stage.walk())
+                self._passes = tuple(group)
+                out = stage(values[group[0]])
+                if updates_stats:
+                    self.model.load_state_dict(self._pristine, strict=False)  # undo updates
+                for name in group:
+                    new_values[name] = out
+            values = new_values
+        self._passes = ()
+
+    def output(self, x, modes):
+        _set_modes(self.model, modes)
+        out = np.asarray(self.model(x), dtype=np.float64)
+        return out.reshape(len(out), -1)
+
+    def batchnorm_input(self, name, x, modes):
+        layer = self._layers[name]
+        moments = RunningMoments(layer.num_features)
+
+        def collect(_, inputs, __):
+            moments.update(inputs)
+            raise _Stop
+
+        handle = layer.add_hook(collect)
+        _set_modes(self.model, modes)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return moments
