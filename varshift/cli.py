@@ -277,7 +277,7 @@ def _case(args) -> int:
 
     client = _dask_client(args.scheduler)
     try:
-        result = run(args.name, quick=not args.full, seeds=args.seeds, data_dir=args.data_dir,
+        result = run(args.name, quick=not args.full, seeds=args.seeds, data_dir=_mnist_folder(args),
                      seed=args.seed, jobs=args.jobs, client=client, cache=args.cache,
                      progress=not args.quiet)
     finally:
