@@ -122,7 +122,8 @@ PROTOCOL = (
     "set), the paper's direction and, for \"close to\" statements, a margin. The verdict comes "
     "from the 95 % Student-t interval of the per-seed differences: **holds** if it excludes 0 "
     "(or the margin) in the paper's direction, **contradicted** if it excludes 0 the other way, "
-    "**undecided** otherwise. Undecided is not counted as holding. Checks that are true by "
+    "**undecided** otherwise; with fewer than 3 seeds a claim is undecided whatever its "
+    "interval. Undecided is not counted as holding. Checks that are true by "
     "construction when the code is right (closed forms against themselves or against Monte "
     "Carlo, a shift of 1 after recalibrating on the same data) are listed separately and are "
     "not evidence for the paper.")
