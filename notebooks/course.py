@@ -32,7 +32,8 @@ from varshift import nn
 __all__ = ["setup", "mnist_dir", "mnist", "band", "exercise", "solutions_enabled", "EXERCISES",
            "check_batchnorm_backward", "check_catching_input", "check_train_variance",
            "check_delta_case_b", "check_dropout_factor_prediction", "check_shift_prediction",
-           "check_equal_variance_beta", "check_initial_weight"]
+           "check_equal_variance_beta", "check_initial_weight", "check_first_batchnorm_bound",
+           "check_initial_weight_left", "check_decisions", "check_recomputed_statistics"]
 
 HERE = Path(__file__).resolve().parent
 ENV = "VARSHIFT_SOLUTIONS"
@@ -46,6 +47,10 @@ EXERCISES = {
     6: ("03", "predict_shift", "check_shift_prediction"),
     7: ("04", "uout_beta_for", "check_equal_variance_beta"),
     8: ("04", "weight_of_initial_statistics", "check_initial_weight"),
+    9: ("05", "first_batchnorm_factor_bound", "check_first_batchnorm_bound"),
+    10: ("05", "initial_weight_left", "check_initial_weight_left"),
+    11: ("05", "decide", "check_decisions"),
+    12: ("07", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
 }
 """Exercise number -> (notebook, function name, check name)."""
 
@@ -405,3 +410,268 @@ def check_initial_weight(weight_of_initial_statistics):
                                       f"{got:.6g}, expected {want:.6g}; {hint}"))
     _passed(8, f"after 50 steps Keras' 0.99 keeps {0.99 ** 50:.0%} of the initial statistics, "
                f"PyTorch's 0.1 keeps {0.9 ** 50:.1%}")
+
+
+# Exercises 9-11 -------------------------------------------------------------------
+def _check_runs(number, measured, lines_for, rules, title):
+    """Pass exercise ``number`` on its rules alone (``measured`` None), or after
+    ``lines_for(key, runs)`` (which asserts, and returns the lines of the message) for
+    every entry of a case result's ``numbers['runs']``."""
+    if measured is None:
+        _passed(number, rules)
+        return
+    lines = [line for key, runs in measured.numbers["runs"].items() for line in lines_for(key, runs)]
+    _passed(number, title + ":\n  " + "\n  ".join(lines))
+
+
+# Exercise 9 ------------------------------------------------------------------------
+def _dropout_at_first_batchnorm(order):
+    """Where a conv module's Dropout is relative to its BatchNorm (``order`` like
+    ``'C-D-B-A-P'``): ``'after'`` it, ``'directly'`` before it, or None (with a layer
+    in between, where Eq. 7 alone does not give the factor)."""
+    letters = order.split("-")
+    d, b = letters.index("D"), letters.index("B")
+    return "after" if d > b else "directly" if b == d + 1 else None
+
+
+def check_first_batchnorm_bound(predict, measured=None):
+    """Exercise 9: ``predict(order, rate)``, the largest Dropout-attributed factor the
+    first BatchNorm of the ordering can have: 1 where Dropout comes after it, p = 1 - rate
+    (Eq. 7's bound) where Dropout feeds it directly. Checked on the rules, then against
+    the factors measured in ``measured`` (a ``layer-orderings`` case result)."""
+    grid = [("C-D-B-A-P", 0.2), ("C-A-D-B-P", 0.3), ("C-B-A-D-P", 0.2), ("C-A-B-D-P", 0.5),
+            ("C-B-D-A-P", 0.1), ("C-A-B-P-D", 0.2), ("C-D-B-A-P", 0.5)]
+    for order, rate in grid:
+        got = float(predict(order, rate))
+        after = _dropout_at_first_batchnorm(order) == "after"
+        want = 1.0 if after else 1 - rate
+        if math.isclose(got, want, rel_tol=1e-9):
+            continue
+        if after:
+            hint = ("Dropout comes after this BatchNorm, so the BatchNorm's input is the same "
+                    "in train and in inference mode: no Dropout-induced shift, a factor of exactly 1.")
+        elif math.isclose(got, rate, rel_tol=1e-9):
+            hint = "rate is the drop probability; Eq. 7's p = 1 - rate is the retain ratio."
+        elif math.isclose(got, 1.0, rel_tol=1e-9):
+            hint = ("Dropout feeds this BatchNorm: in training it inflates the variance the "
+                    "BatchNorm records, so its factor Var_test / Var_train is below 1.")
+        else:
+            hint = ("Eq. 7 gives Delta = v / ((c^2 + v)/p - c^2) = v / (v/p + c^2 (1/p - 1)); "
+                    "what is its largest value over every mean c?")
+        raise AssertionError(_hint(9, f"{order} with Dropout({rate}): you return {got:.6g}, "
+                                      f"expected {want:.6g}; {hint}"))
+
+    def lines_for(order, runs):
+        where = _dropout_at_first_batchnorm(order)
+        if where is None:
+            return []
+        bound = float(predict(order, 0.2))  # the first module's Dropout(0.2)
+        factors = np.array([r["dropout_factor"][0] for r in runs])
+        ok = (np.all(np.abs(factors - 1) < 1e-6) if where == "after"
+              else np.all(factors <= bound + 0.02))
+        assert ok, _hint(9, f"{order}: measured factors {np.round(factors, 3).tolist()} against "
+                            f"your bound {bound:.3g}.")
+        return [f"{order}: bound {bound:.2f}, measured {np.round(factors, 3).tolist()}"]
+
+    _check_runs(9, measured, lines_for, "the bound follows the rules on every ordering",
+                "every measured factor obeys its bound")
+
+
+# Exercise 10 -----------------------------------------------------------------------
+def check_initial_weight_left(predict, measured=None, n_train=90):
+    """Exercise 10: ``predict(n_train, batch, epochs, momentum)`` returns the number of
+    updates and the weight the initial running statistics still have (Keras' momentum,
+    the weight of the old value). Checked on a grid, then against the weights measured
+    with a twin run in ``measured`` (a ``linear-autoencoder`` case result, trained on
+    ``n_train`` samples)."""
+    import re
+
+    grid = [(90, 32, 20, 0.99), (90, 10, 20, 0.99), (100, 32, 1, 0.9), (64, 32, 3, 0.99),
+            (1000, 128, 2, 0.9)]
+    for n, batch, epochs, m in grid:
+        result = predict(n, batch, epochs, m)
+        assert isinstance(result, tuple) and len(result) == 2, _hint(
+            10, "return a pair (updates, weight).")
+        updates, weight = int(result[0]), float(result[1])
+        want = epochs * math.ceil(n / batch)
+        if updates != want:
+            hint = ("the last, smaller batch of an epoch is an update too (fit does not drop "
+                    "it): ceil(n / batch) updates an epoch."
+                    if updates == epochs * (n // batch) else
+                    "one update per batch: ceil(n / batch) batches an epoch, times the epochs.")
+            raise AssertionError(_hint(10, f"{n} samples, batch {batch}, {epochs} epochs: you "
+                                           f"count {updates} updates, expected {want}; {hint}"))
+        if not math.isclose(weight, m ** want, rel_tol=1e-9):
+            hint = ("conventions swapped: Keras' momentum is the weight of the *old* value, so "
+                    "each update keeps m of it." if math.isclose(weight, (1 - m) ** want, rel_tol=1e-9)
+                    else "each update keeps the fraction m of the running value (Exercise 8).")
+            raise AssertionError(_hint(10, f"momentum {m}, {want} updates: you return "
+                                           f"{weight:.6g}, expected {m ** want:.6g}; {hint}"))
+
+    def lines_for(label, runs):
+        batch, epochs = map(int, re.match(r"batch (\d+), (\d+) epochs", label).groups())
+        updates, weight = predict(n_train, batch, epochs, 0.99)
+        seen = float(np.mean([r["init_weight"] for r in runs]))
+        assert int(updates) == runs[0]["steps"] and abs(float(weight) - seen) < 1e-3, _hint(
+            10, f"{label}: you predict {updates} updates and {float(weight):.4f}; the run made "
+                f"{runs[0]['steps']} and its running statistics keep {seen:.4f}.")
+        return [f"{label}: {updates} updates, predicted {float(weight):.4f}, measured {seen:.4f}"]
+
+    _check_runs(10, measured, lines_for, "updates and weights right on every schedule",
+                "the live runs agree")
+
+
+# Exercise 11 -----------------------------------------------------------------------
+_DECISIONS = [  # per-seed differences arm - reference, direction, min_effect, posted regime
+    ([1.2, 0.8, 1.0, 1.1, 0.9], 1, 0.0, True),
+    ([-1.2, -0.8, -1.0], 1, 0.0, True),
+    ([0.5, -0.3, 0.9, 0.1], 1, 0.0, True),
+    ([2.0, 2.1], 1, 0.0, True),
+    ([0.1, 0.5, 0.9], 1, 0.0, True),
+    ([-0.4, -0.6, -0.5, -0.45], -1, 0.0, True),
+    ([0.4, 0.6, 0.5, 0.45], -1, 0.0, True),
+    ([0.1, -0.1, 0.05, 0.0, -0.05], 0, 0.5, True),
+    ([1.0, 1.1, 0.9], 0, 0.5, True),
+    ([0.3, 0.4, 0.35, 0.32], 1, 0.5, True),
+    ([1.2, 0.8, 1.0, 1.1, 0.9], 1, 0.0, False),
+]
+
+
+def _z_verdict(d, direction, min_effect):
+    """The verdict with a normal (1.96) instead of a Student-t interval: a usual mistake."""
+    from varshift.verdicts import judge
+
+    d = np.asarray(d, float)
+    half = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
+    return judge(d.mean() - half, d.mean() + half, direction, min_effect)
+
+
+def _decision_hint(got, want, d, direction, min_effect, posted):
+    from varshift.verdicts import HOLDS, NOT_TESTED, UNDECIDED, VERDICTS
+
+    if got not in VERDICTS:
+        return f"return one of {VERDICTS}."
+    if want == NOT_TESTED:
+        return ("these runs are not in the regime the statement was posted in: 'not tested at "
+                "the posted regime', whatever the interval.")
+    if len(d) < 3 and want == UNDECIDED:
+        return ("with fewer than 3 seeds a claim is undecided, whatever the interval: two "
+                "differences cannot estimate the seed-to-seed spread.")
+    if got == _z_verdict(d, direction, min_effect) != want:
+        return ("use Student's t with n - 1 degrees of freedom (scipy.stats.t.ppf(0.975, n - 1)), "
+                "not 1.96: with 3-5 seeds the normal interval is far too narrow.")
+    if got == HOLDS and want == UNDECIDED:
+        return ("the mean points the posted way, but the 95 % interval does not exclude "
+                + ("0" if not min_effect else "the margin") + ": undecided - never counted as holding.")
+    if direction == 0:
+        return ("an equivalence claim (direction 0) holds if the whole interval lies inside "
+                "(-margin, margin), is contradicted if it lies entirely outside, else undecided.")
+    if direction == -1:
+        return "direction -1: the arm should be smaller; mirror the interval (-high, -low)."
+    if min_effect:
+        return ("holds needs the lower bound above min_effect, not just above 0; contradicted "
+                "needs the upper bound below 0.")
+    return ("mean +- t * sd / sqrt(n) (sd with ddof=1); holds if the interval excludes 0 in the "
+            "posted direction, contradicted if it excludes 0 the other way, else undecided.")
+
+
+def check_decisions(decide, measured=None):
+    """Exercise 11: ``decide(differences, direction, min_effect=0.0, posted_regime=True)``
+    returns the verdict of :mod:`varshift.verdicts` from per-seed paired differences.
+    Checked on a table of its own, then against the verdicts of ``measured`` (a
+    ``linear-autoencoder`` case result)."""
+    from varshift.verdicts import Claim
+
+    for d, direction, min_effect, posted in _DECISIONS:
+        got = decide(np.array(d), direction, min_effect, posted)
+        want = Claim.paired("", "", d, 0.0, direction=direction, min_effect=min_effect,
+                            posted_regime=posted).verdict
+        if got == want:
+            continue
+        raise AssertionError(_hint(11, f"differences {d}, direction {direction:+d}, min_effect "
+                                       f"{min_effect}, posted regime {posted}: you say {got!r}, "
+                                       f"the rules say {want!r}; "
+                                       + _decision_hint(got, want, d, direction, min_effect, posted)))
+
+    def lines_for(label, runs):
+        claims = {c.text: c for c in measured.statements}
+        regime = next(r for r in measured.regimes if r.name == f"trained ({label})")
+        rows = []
+        for text, arm, reference in (("BatchNorm raises the validation loss", "bn", "plain"),
+                                     ("stale running statistics cost validation loss", "bn",
+                                      "recalibrated")):
+            d = np.array([r[arm] - r[reference] for r in runs])
+            got, want = decide(d, 1, 0.0, regime.ok), claims[f"{label}: {text}"].verdict
+            assert got == want, _hint(11, f"{label}, '{text}': you say {got!r}, the case says "
+                                          f"{want!r}.")
+            rows.append(f"{label}: {text}: {got}")
+        return rows
+
+    _check_runs(11, measured, lines_for, "every verdict of the table right",
+                "the table, and the case's own verdicts")
+
+
+# Exercise 12 -----------------------------------------------------------------------
+def stale_torch_model(seed=12):
+    """A small PyTorch classifier with Dropout before a BatchNorm and stale running
+    statistics (momentum 0.01, 16 updates), and its training inputs: the check's own case."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn as tnn
+
+    torch.manual_seed(seed)
+    x = torch.randn(1024, 8) * 3 + 5
+    y = (x[:, :4].sum(1) > x[:, 4:].sum(1)).long()
+    model = tnn.Sequential(tnn.Linear(8, 32), tnn.BatchNorm1d(32, momentum=0.01), tnn.ReLU(),
+                           tnn.Dropout(0.5), tnn.Linear(32, 32), tnn.BatchNorm1d(32, momentum=0.01),
+                           tnn.ReLU(), tnn.Linear(32, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for i in range(0, len(x), 64):
+        loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model, x
+
+
+def check_recomputed_statistics(recompute, model=None, x=None):
+    """Exercise 12: ``recompute(model, x)`` sets every BatchNorm's running statistics of a
+    PyTorch ``model`` to the exact statistics of its input over ``x`` at inference (Dropout
+    off, earlier BatchNorms already recomputed), changing nothing else. Run on a copy of
+    ``model`` (or of :func:`stale_torch_model`); judged by ``varshift.measure``."""
+    import copy
+
+    import torch
+
+    if model is None:
+        model, x = stale_torch_model()
+    work = copy.deepcopy(model)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    before = {k: v.clone() for k, v in work.state_dict().items() if not k.endswith(stats)}
+    shifts_before = [b.shift for b in varshift.measure(work, x).bn]
+    recompute(work, x)
+    changed = [k for k, v in work.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    assert not changed, _hint(12, f"{changed} changed: only the running statistics may change "
+                                  "(no optimizer step; work under torch.no_grad()).")
+    report = varshift.measure(work, x)
+    bad = [b for b in report.bn if not b.shift < 1.01]
+    if bad:
+        first = bad[0]
+        factor = first.attribution
+        if factor["dropout"] < 0.99 and abs(factor["running_stats"] - 1) < 0.1:
+            hint = ("Dropout was on while you collected the statistics (train mode), so the "
+                    "BatchNorm behind it stores Dropout's inflated variance - what update_bn does. "
+                    "Collect them in eval() mode, with the BatchNorm's input caught by a hook.")
+        elif report.bn[0].shift < 1.01:
+            hint = ("the first BatchNorm is right, a later one is not: its input at inference "
+                    "depends on the earlier BatchNorms' statistics, so set them one at a time, "
+                    "in forward order, running the model again after each.")
+        else:
+            hint = ("running_mean / running_var must be the mean and variance of the "
+                    "BatchNorm's input over all of x, per channel (PyTorch stores the unbiased "
+                    "variance), in inference mode.")
+        raise AssertionError(_hint(12, f"BatchNorm '{first.name}' still has a shift of "
+                                       f"{first.shift:.3f}; {hint}"))
+    _passed(12, "shift per BatchNorm " + ", ".join(f"{a:.2f} -> {b.shift:.4f}"
+                                                   for a, b in zip(shifts_before, report.bn)))

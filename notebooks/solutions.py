@@ -1,4 +1,4 @@
-"""Reference solutions of the course exercises (notebooks 01-04).
+"""Reference solutions of the course exercises (notebooks 01-05 and 07).
 
 Try the exercises first: the notebooks' checks give hints. ``course.exercise`` uses
 these functions instead of yours when ``VARSHIFT_SOLUTIONS=1`` is set.
@@ -67,3 +67,59 @@ def uout_beta_for(rate):
 def weight_of_initial_statistics(momentum, steps, convention):
     keep = 1 - momentum if convention == "pytorch" else momentum
     return keep ** steps
+
+
+# Exercise 9 (notebook 05): the largest Dropout factor at a conv module's BatchNorm
+def first_batchnorm_factor_bound(order, rate):
+    letters = order.split("-")
+    if letters.index("D") > letters.index("B"):
+        return 1.0  # Dropout after the BatchNorm: its input is the same in both modes
+    # Dropout feeds it directly: Eq. 7, Delta = v / (v/p + c^2 (1/p - 1)) <= p, equal at c = 0
+    return 1 - rate
+
+
+# Exercise 10 (notebook 05): updates of a schedule and what is left of the initial statistics
+def initial_weight_left(n_train, batch, epochs, momentum):
+    updates = epochs * -(-n_train // batch)  # ceil: the last, smaller batch is an update too
+    return updates, momentum ** updates  # Keras' momentum: the weight of the old value
+
+
+# Exercise 11 (notebook 05): the verdict from per-seed paired differences
+def decide(differences, direction, min_effect=0.0, posted_regime=True):
+    from scipy import stats
+
+    d = np.asarray(differences, float)
+    if not posted_regime:
+        return "not tested at the posted regime"
+    if d.size < 3:
+        return "undecided"
+    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    low, high = d.mean() - half, d.mean() + half
+    if direction == 0:  # equivalence: inside (-margin, margin)
+        if -min_effect < low and high < min_effect:
+            return "holds"
+        return "contradicted" if low > min_effect or high < -min_effect else "undecided"
+    if direction == -1:  # mirror: the arm should be smaller
+        low, high = -high, -low
+    if low > min_effect:
+        return "holds"
+    return "contradicted" if high < 0 else "undecided"
+
+
+# Exercise 12 (notebook 07): recompute a PyTorch model's BatchNorm statistics
+def recompute_batchnorm_statistics(model, x):
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    model.eval()  # Dropout off; every BatchNorm normalises with its running statistics
+    for bn in norms:  # forward order: each sees the earlier ones already recomputed
+        seen = []
+        hook = bn.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0]))
+        with torch.no_grad():
+            model(x)
+        hook.remove()
+        inputs = torch.cat(seen)
+        dims = [0, *range(2, inputs.dim())]  # per channel: over N (and H, W for conv)
+        bn.running_mean.copy_(inputs.mean(dims))
+        bn.running_var.copy_(inputs.var(dims, unbiased=True))
+    return model
