@@ -11,9 +11,11 @@ README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_has_the_three_examples():
-    # the engine example runs here; the PyTorch one below; the Keras one in test_inspect.py
-    assert len(BLOCKS) == 3 and "import torch" in BLOCKS[1] and "import keras" in BLOCKS[2]
+def test_readme_has_the_four_examples():
+    # the engine example runs here; the PyTorch and live Keras ones below; the Keras file
+    # one in test_inspect.py
+    assert len(BLOCKS) == 4 and "import torch" in BLOCKS[1] and "import keras" in BLOCKS[2]
+    assert "varshift.recalibrate(model" in BLOCKS[3] and "import keras" in BLOCKS[3]
 
 
 def test_readme_example_runs(mnist_dir, monkeypatch, capsys):
@@ -31,3 +33,15 @@ def test_readme_pytorch_example_runs(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("shift ") and "[error] DROPOUT_BEFORE_BN at layer '4'" in printed
     assert "shift after" in printed and printed.rstrip().endswith("{'STATS_AT_INIT'}\n[]")
+
+
+def test_readme_keras_example_runs(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras was imported before with another backend")
+    exec(compile(BLOCKS[3], str(README), "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "['STALE_RUNNING_STATS']"
+    assert printed[-1].split()[-2:] == ["2.0414", "1.0112"]

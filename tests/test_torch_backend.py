@@ -102,7 +102,8 @@ def test_batches_move_to_the_model_dtype_and_errors_name_batch_and_module(x):
     with pytest.raises(ValueError, match="looks like labels"):
         measure(model, torch.arange(10))
     assert_same_state(model, before)
-    with pytest.raises(TypeError, match="model must be a varshift model .* or a torch.nn.Module"):
+    with pytest.raises(TypeError, match="model must be a varshift model .* a torch.nn.Module "
+                                        "or a Keras 3 model"):
         measure("model", x)
 
 

@@ -15,7 +15,7 @@ torch       helpers for PyTorch users (``all_merge`` across torch.distributed ra
 
 (import these five explicitly, e.g. ``from varshift import cases``: they are not
 loaded by ``import varshift``. ``measure``, ``diagnose`` and ``recalibrate`` also
-take any ``torch.nn.Module``; torch is imported only then.)
+take any ``torch.nn.Module`` or Keras 3 model; torch or keras is imported only then.)
 """
 
 from . import datasets, nn, optim

@@ -95,7 +95,7 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
 
     Parameters
     ----------
-    model : varshift.nn.Layer or torch.nn.Module
+    model : varshift.nn.Layer, torch.nn.Module or Keras 3 model
         Not changed.
     data : array or tensor, (x, y) pair, or iterable of batches (e.g. a DataLoader)
         Inputs to measure on, typically (a sample of) the training data. An iterable
@@ -136,12 +136,14 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     (too few values per channel per batch), ``EVAL_BATCH_DEPENDENT`` (inference-mode
     outputs change with batch composition), ``SUSPICIOUS_MOMENTUM`` (a momentum that
     looks like the other framework's convention, or 0), ``EVAL_NOT_DETERMINISTIC``
-    (torch modules: inference-mode outputs of one batch differ between two runs, noise
-    that does not follow the modules' ``training`` flags). Torch's conventions are
+    (torch and Keras models: inference-mode outputs of one batch differ between two
+    runs, noise that does not follow the ``training`` flags). Torch's conventions are
     varshift's: momentum is the weight of the new batch, None a cumulative average,
     and ``track_running_stats=False`` normalises with batch statistics at inference. A
     BatchNorm frozen for fine-tuning (in inference mode with ``requires_grad=False``
-    on its affine parameters while the rest trains) is not reported as stale.
+    on its affine parameters while the rest trains; in Keras ``trainable=False``) is
+    not reported as stale. A Keras model's momentum is converted to this convention
+    (``1 -`` Keras' momentum).
     """
     backend = backend_for(model, "diagnose")
     if train_batch_size is not None:

@@ -20,7 +20,9 @@ channels)::
 
 The passes switch each layer's own mode (:class:`~varshift.backends.Modes`): for a
 torch module every ``_BatchNorm`` and every dropout module, and the ``training`` flag
-of every other module (so ``F.dropout(x, p, self.training)`` follows the pass). A
+of every other module (so ``F.dropout(x, p, self.training)`` follows the pass); for a
+Keras model the ``training`` argument of every BatchNormalization and dropout-like
+layer, and the model's own for the other layers. A
 BatchNorm kept in inference mode while the rest trains (frozen-BatchNorm fine-tuning,
 :attr:`BatchNormStats.frozen`) stays so in the train-mode passes, as in training.
 
@@ -443,7 +445,7 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False, input_key=No
 
     Parameters
     ----------
-    model : varshift.nn.Layer or torch.nn.Module
+    model : varshift.nn.Layer, torch.nn.Module or Keras 3 model
         Not changed (see Notes). A torch module is measured on its device, in the
         dtype of its parameters.
     data : array or tensor of shape (N, ...), (x, y) pair, or iterable of batches

@@ -64,9 +64,10 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
 
     Parameters
     ----------
-    model : varshift.nn.Layer or torch.nn.Module
+    model : varshift.nn.Layer, torch.nn.Module or Keras 3 model
         Changed in place: only ``running_mean``, ``running_var`` and
-        ``num_batches_tracked`` of BatchNorm layers that keep running statistics.
+        ``num_batches_tracked`` of BatchNorm layers that keep running statistics
+        (a Keras BatchNormalization's ``moving_mean`` and ``moving_variance``).
     data : array or tensor, (x, y) pair, or re-iterable of batches (a list, a DataLoader)
         Usually the training inputs. Read once per BatchNorm layer (each pass stops
         at that layer) plus once to find the layers' order and twice for the
@@ -103,10 +104,11 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     Notes
     -----
     For BatchNorm layer k in forward order, with layers 0..k-1 already recalibrated
-    and the whole model in inference mode, the input's per-channel mean and unbiased
-    variance over all of ``data`` become the running statistics (a cumulative average
-    over every value, as ``momentum=None`` accumulates, not an exponential one), and
-    ``num_batches_tracked`` the number of batches. If anything fails (also the "after"
+    and the whole model in inference mode, the input's per-channel mean and variance
+    over all of ``data`` become the running statistics (a cumulative average over every
+    value, as ``momentum=None`` accumulates, not an exponential one; the unbiased
+    variance, or for a Keras model the population variance, Keras' convention), and
+    ``num_batches_tracked`` the number of batches (Keras has no counter). If anything fails (also the "after"
     report, or ``KeyboardInterrupt``), the model's original statistics are restored;
     nothing else of the model changes in any case.
     """
@@ -156,4 +158,5 @@ def _recalibrate_layer(backend, bn, batches, dropout, progress):
     if moments.count < 2:
         raise ValueError(f"recalibrate: BatchNorm {bn.name!r} saw {moments.count:.0f} value(s) "
                          f"per channel of data; a variance needs at least 2 (give more samples)")
-    backend.set_running_stats(bn.name, moments.mean, moments.var(ddof=1), int(count))
+    backend.set_running_stats(bn.name, moments.mean, moments.var(ddof=1 if bn.unbiased else 0),
+                              int(count))

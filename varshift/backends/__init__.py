@@ -11,7 +11,9 @@ running statistics.
 
 * :mod:`varshift.backends.numpy_engine`: models built from :mod:`varshift.nn`;
 * :mod:`varshift.backends.torch`: any ``torch.nn.Module`` (imported only when one is
-  passed; ``import varshift`` never imports torch).
+  passed; ``import varshift`` never imports torch);
+* :mod:`varshift.backends.keras`: any Keras 3 model or layer, on any Keras backend
+  (imported only when one is passed; ``import varshift`` never imports keras).
 """
 
 from __future__ import annotations
@@ -90,6 +92,11 @@ class BatchNormInfo:
     frozen : bool
         Kept in inference mode while the rest trains (frozen-BatchNorm fine-tuning):
         the train-mode passes leave it in inference mode, as training did.
+    unbiased : bool
+        The running variance estimates the unbiased variance (PyTorch, varshift):
+        :func:`~varshift.recalibrate` writes ``M2 / (M - 1)``; False: the population
+        variance ``M2 / M`` (Keras, whose moving variance averages biased batch
+        variances).
     """
 
     name: str
@@ -99,6 +106,7 @@ class BatchNormInfo:
     affine: bool
     track_running_stats: bool
     frozen: bool = False
+    unbiased: bool = True
 
 
 class Backend(ABC):
@@ -267,8 +275,10 @@ class Backend(ABC):
 def backend_for(model, owner) -> Backend:
     """The backend of ``model``, or TypeError naming ``owner`` and the argument.
 
-    A ``torch.nn.Module`` is recognised without importing torch: if torch is not
-    imported, no module of it can exist.
+    A ``torch.nn.Module`` or a Keras layer is recognised without importing its
+    framework: if torch (keras) is not imported, no module (layer) of it can exist. A
+    Keras layer is checked first, since on Keras' torch backend it is also a
+    ``torch.nn.Module``.
     """
     from ..nn.layer import Layer
 
@@ -276,10 +286,28 @@ def backend_for(model, owner) -> Backend:
         from .numpy_engine import NumpyBackend
 
         return NumpyBackend(model)
+    if _is_keras(model):
+        from .keras import KerasBackend
+
+        return KerasBackend(model, owner)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         from .torch import TorchBackend
 
         return TorchBackend(model, owner)
     raise TypeError(f"{owner}: model must be a varshift model (a varshift.nn Layer, e.g. "
-                    f"nn.Sequential) or a torch.nn.Module, got {_validate.shown(model)}")
+                    f"nn.Sequential), a torch.nn.Module or a Keras 3 model, got "
+                    f"{_validate.shown(model)}")
+
+
+def _is_keras(model) -> bool:
+    """Whether ``model`` is a Keras layer (a model is one), by the modules of its
+    classes; TypeError for Keras 2 (``tf.keras`` before Keras 3)."""
+    keras = sys.modules.get("keras")
+    if keras is None or not any(cls.__module__.split(".")[0] == "keras"
+                                for cls in type(model).__mro__):
+        return False
+    if not hasattr(keras, "Layer") or not isinstance(model, keras.Layer):
+        raise TypeError(f"a Keras model needs Keras 3 (found Keras "
+                        f"{getattr(keras, '__version__', '?')}); got {_validate.shown(model)}")
+    return True

@@ -46,7 +46,6 @@ State
 from __future__ import annotations
 
 import itertools
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -61,22 +60,16 @@ from torch.overrides import TorchFunctionMode
 from .. import _validate
 from .._data import Batches
 from ..stats import RunningMoments
-from . import Backend, BatchNormInfo, LayerInfo, Modes
+from . import BatchNormInfo, LayerInfo
+from ._calls import TRAIN, CallTracking, Stop
 
 __all__ = ["TorchBackend", "TorchBatches"]
 
-#: The modes of the pass that follows the data flow (every noise active).
-_TRAIN = Modes(batchnorm=True, dropout=True, other=True)
 #: Functions whose calls are noise (also when a dropout module calls them).
 _DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                       F.feature_alpha_dropout}
 #: ``forward`` methods of modules that are not reported (chains, lists, dicts).
 _UNREPORTED = {nn.Sequential.forward, nn.Module.forward}
-
-
-class _Stop(BaseException):
-    """Raised by a hook: nothing after this layer is needed (a BaseException, so that
-    a forward method's ``except Exception`` lets it through)."""
 
 
 def _kind(module) -> str:
@@ -273,7 +266,7 @@ class _Saved:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
-class TorchBackend(Backend):
+class TorchBackend(CallTracking):
     """:class:`~varshift.backends.Backend` of a ``torch.nn.Module`` (see the module
     docstring for names, modes, what cannot be controlled, and state).
 
@@ -304,6 +297,7 @@ class TorchBackend(Backend):
         self._names = {m: name for name, m in self._modules.items()}
         self._info = {name: _info(name, m) for name, m in self._modules.items()}
         self._bn = {name: m for name, m in self._modules.items() if isinstance(m, _BatchNorm)}
+        self._channels = {name: m.num_features for name, m in self._bn.items()}
         self._noise = {name: f"{type(m).__name__} {m.p}" for name, m in self._modules.items()
                        if isinstance(m, _DropoutNd)}
         self._frozen = self._find_frozen()
@@ -311,16 +305,8 @@ class TorchBackend(Backend):
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
                           torch.get_default_dtype())
-        self._order = {}        # layer name -> its calls gave a tensor (in order of first call)
-        self._bn_order = {}     # BatchNorm names, in order of first call
-        self._most_calls = {}   # module name -> most calls in one forward pass
-        self._calls, self._stack = {}, []
-        self._sink, self._passes = None, ()
-        self._target, self._collected = None, None
         self._on_bn = None      # (input, output) callbacks of the data-flow trace
-        self._reference = None  # buffers as train-mode passes must leave them
-        self._seeds = None      # random state of each batch's passes
-        self._depth, self._handles = 0, []
+        self._handles = []
 
     def _find_frozen(self):
         """BatchNorm name -> frozen: in inference mode inside a model in train mode, or
@@ -336,23 +322,11 @@ class TorchBackend(Backend):
         return frozen
 
     # ------------------------------------------------------------------ structure
-    def layers(self):
-        return [self._layer_info(key) for key, tensor in self._order.items() if tensor]
-
-    def _layer_info(self, key):
-        name, _, call = key.partition("#")
-        info = self._info[name]
-        return LayerInfo(key, info.kind, info.description) if call else info
-
     def batchnorms(self):
         return [BatchNormInfo(name, m.num_features, m.momentum, m.eps, m.affine,
                               m.running_mean is not None and m.running_var is not None,
                               self._frozen[name])
                 for name, m in ((name, self._bn[name]) for name in self._bn_order)]
-
-    def trace(self, x):
-        for modes in (Modes(False, False, False), _TRAIN, Modes(True, False, False)):
-            self._forward(x[:64], modes)
 
     def noise_upstream(self, x):
         noise, blocked, inputs = {}, set(), {}
@@ -377,7 +351,7 @@ class TorchBackend(Backend):
         self._on_bn = on_bn
         try:
             with _NoiseSpy(found):
-                self._forward(x, _TRAIN, grad=True)
+                self._forward(x, TRAIN, grad=True)
         finally:
             self._on_bn = None
         upstream = {}
@@ -405,30 +379,14 @@ class TorchBackend(Backend):
                             dtype=self.dtype)
 
     # ------------------------------------------------------------------ state
-    @contextmanager
-    def preserved(self, seed, keep_buffers=False):
-        saved, outer = _Saved(self._modules.values()), (self._reference, self._seeds)
-        self._reference = _copies((store, key, t) for store, key, t, _ in saved.buffers)
-        self._seeds = np.random.SeedSequence(seed)
-        self._depth += 1
-        ok = False
-        try:
-            if self._depth == 1:
-                self._hook()
-            self._reseed()
-            yield
-            ok = True
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._unhook()
-            self._reference, self._seeds = outer
-            saved.restore(buffers=not (ok and keep_buffers))
+    def _save(self):
+        saved = _Saved(self._modules.values())
+        return saved, _copies((store, key, t) for store, key, t, _ in saved.buffers)
 
     def _reseed(self):
-        """Seed torch's random state from the next of the session's seeds: each batch's
-        masks depend on the seed and the batch's position only, not on random numbers
-        the data loading draws in between (a DataLoader draws one per iterator)."""
+        """Seed torch's random state from the next of the session's seeds (not from
+        random numbers the data loading draws in between: a DataLoader draws one per
+        iterator)."""
         seed = int(self._seeds.spawn(1)[0].generate_state(1, np.uint64)[0] >> np.uint64(1))
         torch.default_generator.manual_seed(seed)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -457,34 +415,25 @@ class TorchBackend(Backend):
                 copy.copy_(tensor.detach())
 
     # ------------------------------------------------------------------ hooks
-    def _hook(self):
+    def _intercept(self):
         for m in self._modules.values():
             if type(m).forward not in _UNREPORTED:
                 self._handles += [m.register_forward_pre_hook(self._before),
                                   m.register_forward_hook(self._after)]
 
-    def _unhook(self):
+    def _release(self):
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
     def _before(self, module, args):
         name = self._names[module]
-        calls = self._calls[name] = self._calls.get(name, 0) + 1
-        key = name if calls == 1 else f"{name}#{calls}"
-        self._stack.append(key)
-        self._order.setdefault(key, False)
+        self._enter(name)
         if name not in self._bn or not args or not isinstance(args[0], torch.Tensor):
             return
-        self._bn_order.setdefault(name, None)
         if self._on_bn is not None:
             self._on_bn(name, args[0], False)
-        if self._sink is not None:
-            self._sink.input(self._passes, name, _moments(args[0]))
-        if name == self._target:
-            self._collected = self._collected.merge(_moments(args[0]))
-            if calls == self._most_calls.get(name):
-                raise _Stop
+        self._batchnorm_input(name, lambda: _moments(args[0]))
 
     def _after(self, module, args, output):
         key = self._stack.pop()
@@ -511,11 +460,11 @@ class TorchBackend(Backend):
         """The model's output for ``x`` in ``modes`` (None if a hook stopped it);
         buffers a train-mode pass changed are put back."""
         self._set_modes(modes)
-        self._calls, self._stack = {}, []
+        self._start_forward()
         try:
             with torch.set_grad_enabled(grad):
                 return self.model(x)
-        except _Stop:
+        except Stop:
             return None
         except (ValueError, TypeError, RuntimeError) as err:
             if type(err) not in (ValueError, TypeError, RuntimeError) or not self._stack:
@@ -524,37 +473,12 @@ class TorchBackend(Backend):
             raise type(err)(f"module {where.name or '(model)'!r} ({where.description}): "
                             f"{err}") from err
         finally:
-            for name, calls in self._calls.items():
-                self._most_calls[name] = max(calls, self._most_calls.get(name, 0))
-            if modes.any_training:
-                _put_back(self._reference)
+            self._end_forward(modes)
 
-    @contextmanager
-    def observe(self, sink):
-        self._sink = sink
-        try:
-            yield
-        finally:
-            self._sink = None
+    def _undo_buffers(self):
+        _put_back(self._reference)
 
-    def run_passes(self, x, passes):
-        self._reseed()
-        for name, modes in passes.items():
-            self._passes = (name,)
-            self._forward(x, modes)
-        self._passes = ()
+    def _arrays(self, output, n):
+        return [t.detach().to("cpu", torch.float64).numpy() for t in _tensors(output)
+                if t.dim() and len(t) == n]
 
-    def output(self, x, modes):
-        n = len(x)
-        parts = [t.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
-                 for t in _tensors(self._forward(x, modes)) if t.dim() and len(t) == n]
-        return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
-
-    def batchnorm_input(self, name, x, modes):
-        self._target, self._collected = name, RunningMoments(self._bn[name].num_features)
-        self._reseed()
-        try:
-            self._forward(x, modes)
-            return self._collected
-        finally:
-            self._target, self._collected = None, None
