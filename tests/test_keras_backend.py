@@ -442,3 +442,14 @@ def test_uncontrolled_noise_is_detected():
     with pytest.warns(UncontrolledNoiseWarning):
         measure(model, data(128))
     assert "EVAL_NOT_DETERMINISTIC" in {f.code for f in diagnose(model, data(128))}
+
+
+@pytest.mark.parametrize("keras_momentum, advice", [(0.1, "momentum=0.9"), (1.0, "momentum=0.99")])
+def test_suspicious_momentum_is_explained_in_keras_convention(keras_momentum, advice):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8),
+                              L.BatchNormalization(momentum=keras_momentum, name="bn"), L.Dense(2)])
+    found = [f for f in diagnose(model, data(256), batch_size=64) if f.code == "SUSPICIOUS_MOMENTUM"]
+    assert [f.layer for f in found] == ["bn"]
+    assert f"momentum={keras_momentum:g}" in found[0].explanation
+    assert "Keras' convention" in found[0].explanation and advice in found[0].fix

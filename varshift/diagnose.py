@@ -217,6 +217,17 @@ def _layer_list(pairs, limit=6):
 def _momentum(b):
     if b.momentum is None or b.moving_var is None:
         return []
+    if b.momentum >= KERAS_LIKE_MOMENTUM and b.keras_momentum:
+        own = 1 - b.momentum
+        return [Finding(
+            "SUSPICIOUS_MOMENTUM", b.name, "warning",
+            {"momentum": own, "weight_of_old_statistics": own},
+            f"momentum={own:.3g} (Keras' convention: the weight of the old value) gives "
+            f"each new batch the weight {b.momentum:.3g}, so the moving statistics follow "
+            f"only the last few batches. It looks like PyTorch's momentum (the weight of "
+            f"the new batch), where {own:.3g} would mean {b.momentum:.3g} in Keras.",
+            f"Use momentum={b.momentum:.3g} (Keras' default is 0.99), or recalibrate after "
+            f"training.")]
     if b.momentum >= KERAS_LIKE_MOMENTUM:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.name, "warning",
@@ -227,6 +238,11 @@ def _momentum(b):
             f"{b.momentum:g} would mean {1 - b.momentum:.3g} here.",
             f"Use momentum={1 - b.momentum:.3g} (or BatchNorm.keras(...) for Keras' "
             f"conventions), or recalibrate after training.")]
+    if b.momentum == 0 and b.keras_momentum:
+        return [Finding(
+            "SUSPICIOUS_MOMENTUM", b.name, "warning", {"momentum": 1.0},
+            "momentum=1 (Keras' convention) never updates the moving statistics.",
+            "Use Keras' default momentum=0.99.")]
     if b.momentum == 0:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.name, "warning", {"momentum": 0.0},

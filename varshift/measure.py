@@ -122,6 +122,8 @@ class BatchNormStats:
     frozen : bool
         Kept in inference mode while the rest of the model trains (frozen-BatchNorm
         fine-tuning): its running statistics are meant to stay as they are.
+    keras_momentum : bool
+        The layer's own ``momentum`` is Keras' (``1 - momentum`` here).
     """
 
     name: str
@@ -136,6 +138,7 @@ class BatchNormStats:
     train: RunningMoments
     nodrop: RunningMoments
     frozen: bool = False
+    keras_momentum: bool = False
 
     # per-channel statistics of the input (unbiased variances, as BatchNorm stores)
     real_mean = _moment("real", "mean")
@@ -255,7 +258,8 @@ class Report:
                     "real": b.real.to_dict(), "train": b.train.to_dict(),
                     "nodrop": b.nodrop.to_dict(), "shift": b.shift, "var_ratio": b.var_ratio,
                     "channel_shift": arr(b.channel_shift), "mean_shift": arr(b.mean_shift),
-                    "attribution": b.attribution, "frozen": b.frozen} for b in self.bn],
+                    "attribution": b.attribution, "frozen": b.frozen,
+                    "keras_momentum": b.keras_momentum} for b in self.bn],
         }
 
     def to_json(self, path=None, **kwargs) -> str:
@@ -287,7 +291,8 @@ class Report:
             None if b["moving_mean"] is None else np.asarray(b["moving_mean"]),
             None if b["moving_var"] is None else np.asarray(b["moving_var"]),
             *(RunningMoments.from_dict(b[k]) for k in ("real", "train", "nodrop")),
-            frozen=bool(b.get("frozen", False)))
+            frozen=bool(b.get("frozen", False)),
+            keras_momentum=bool(b.get("keras_momentum", False)))
             for b in d["bn"]]
         return cls(layers, bn, d["num_samples"], d["batch_size"], d["seed"])
 
@@ -548,7 +553,8 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
         bn.append(BatchNormStats(
             info.name, i, info.num_features, info.momentum, info.eps, tracked, mean, var,
             *(stats.moments("inputs", p, info.name, info.num_features)
-              for p in ("eval", "train", "nodrop")), frozen=info.frozen))
+              for p in ("eval", "train", "nodrop")), frozen=info.frozen,
+            keras_momentum=info.keras_momentum))
     for record in layers:
         _check_finite(record)
     return Report(layers, bn, num_samples, seen_batch_size, seed)

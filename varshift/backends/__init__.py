@@ -97,6 +97,9 @@ class BatchNormInfo:
         :func:`~varshift.recalibrate` writes ``M2 / (M - 1)``; False: the population
         variance ``M2 / M`` (Keras, whose moving variance averages biased batch
         variances).
+    keras_momentum : bool
+        The layer's own ``momentum`` argument is Keras' (the weight of the old value,
+        ``1 - momentum`` here); findings quote it in that convention.
     """
 
     name: str
@@ -107,6 +110,7 @@ class BatchNormInfo:
     track_running_stats: bool
     frozen: bool = False
     unbiased: bool = True
+    keras_momentum: bool = False
 
 
 class Backend(ABC):

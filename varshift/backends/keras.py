@@ -302,7 +302,7 @@ class KerasBackend(CallTracking):
     def batchnorms(self):
         return [BatchNormInfo(name, self._channels[name], 1.0 - m.momentum, m.epsilon,
                               bool(m.center or m.scale), True, frozen=not m.trainable,
-                              unbiased=False)
+                              unbiased=False, keras_momentum=True)
                 for name, m in ((name, self._bn[name]) for name in self._bn_order)]
 
     def noise_upstream(self, x):
