@@ -40,7 +40,7 @@ def test_analytic_figures_are_sanity_checks_that_pass(tmp_path):
     report = (tmp_path / "REPORT.md").read_text()
     assert "| fig4_noise_types | Uout shifts far less than Dropout" in report
     assert "Paper claims (0): 0 hold, 0 contradicted, 0 undecided" in report
-    assert "Sanity checks: 10 of 10 pass" in report and report.count("![") == 4
+    assert "Sanity and regime checks: 10 of 10 pass" in report and report.count("![") == 4
 
 
 def test_figures_needing_missing_data_are_skipped_with_instructions(tmp_path, monkeypatch):
@@ -120,7 +120,8 @@ def test_the_sweep_drives_every_network_figure_and_files_are_reproducible(tmp_pa
     assert after.keys() == before.keys()
     assert [n for n in before if before[n] != after[n]] == []
     report = (tmp_path / "REPORT.md").read_text()
-    assert "## Sanity checks" in report and "Paper claims (" in report
+    assert "## Sanity and regime checks" in report and "Paper claims (" in report
+    assert "## Our extensions" in report and "Our extensions, comparisons the paper does not make (" in report
     assert "seconds" not in fig5 and "task:" in (tmp_path / "timings.json").read_text()
 
 

@@ -88,6 +88,17 @@ def test_all_of_and_counting_keep_undecided_apart():
     assert sanity.holds is True and Claim.sanity("s", "1", "2", False).verdict == "fails"
 
 
+def test_extensions_and_sanity_rows_are_counted_apart():
+    hold = Claim.paired("h", "", [2.0, 2.1, 2.2], [1.0, 1.0, 1.0], direction=1)
+    contra = Claim.paired("x", "", [0.0, 0.1, 0.2], [1.0, 1.0, 1.0], direction=1)
+    extension = contra.as_extension()
+    assert (extension.kind, extension.verdict, extension.estimate) == ("extension", "contradicted",
+                                                                        contra.estimate)
+    claims = [hold, extension, Claim.sanity("s", "1", "1.0", True)]
+    assert tally(claims) == "1 hold, 0 contradicted, 0 undecided"
+    assert tally(claims, "extension") == "0 hold, 1 contradicted, 0 undecided"
+
+
 def test_verdicts_are_validated():
     with pytest.raises(ValueError, match="verdict"):
         Claim("t", "p", "o", True)

@@ -266,7 +266,7 @@ def _reproduce(args) -> int:
     statements = [c for r in cases for c in r.claims]
     print(f"{len(figures)} figure(s) and {len(cases)} case stud{'y' if len(cases) == 1 else 'ies'} "
           f"in {out}/ ({time.perf_counter() - start:.0f} s). Paper claims: {tally(claims)}; "
-          f"posted statements: {tally(statements)}. Report: {out}/REPORT.md")
+          f"our extensions: {tally(claims, 'extension')}; posted statements: {tally(statements)}. Report: {out}/REPORT.md")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
     return 0

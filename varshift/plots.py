@@ -217,9 +217,11 @@ def plot_noise_types(ax=None, c=0.0, mc=None):
     ax.set_xlabel(r"noise variance $s^2 = \mathrm{Var}(m)$")
     ax.set_ylabel(DELTA)
     ax.set_title(rf"Noise types before BN ($c/\sqrt{{v}}$ = {c:g})", pad=22)
-    top = ax.secondary_xaxis("top", functions=(lambda v: np.sqrt(3 * np.clip(v, 0, None)),
-                                                lambda b: np.asarray(b) ** 2 / 3))
-    top.set_xticks([0.5, 1.0, 1.5, 2.0])
+    # beta = sqrt(3 s^2), extended oddly below 0 so that both maps stay monotonic and
+    # inverse to each other over the whole axis (the x-axis margin goes below 0)
+    top = ax.secondary_xaxis("top", functions=(lambda v: np.sign(v) * np.sqrt(3 * np.abs(v)),
+                                                lambda b: np.sign(b) * np.asarray(b) ** 2 / 3))
+    top.set_xticks([0.5, 0.75, 1.0])  # within Uout's range, beta <= 1
     top.set_xlabel(r"Uout's $\beta$ with this variance ($s^2 = \beta^2/3$)", fontsize="small")
     ax.legend(fontsize="small")
     return ax

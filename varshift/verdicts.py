@@ -28,7 +28,7 @@ claims.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -129,8 +129,10 @@ class Claim:
         Its 95 % confidence interval.
     n : int or None
         Number of seeds (pairs).
-    kind : {'claim', 'sanity'}
-        Sanity checks are true by construction and never counted as claims.
+    kind : {'claim', 'extension', 'sanity'}
+        A claim of the paper (or the post); an extension: a comparison the paper does
+        not make, judged by the same rule and counted apart; a sanity check: true by
+        construction, never counted.
     rule : str
         The pre-declared rule, e.g. ``"paired t 95 %, paper: arm < reference"``.
     """
@@ -147,9 +149,9 @@ class Claim:
     rule: str = ""
 
     def __post_init__(self):
-        allowed = VERDICTS if self.kind == "claim" else (PASSES, FAILS)
-        if self.kind not in ("claim", "sanity"):
-            raise ValueError(f"kind must be 'claim' or 'sanity', got {self.kind!r}")
+        allowed = (PASSES, FAILS) if self.kind == "sanity" else VERDICTS
+        if self.kind not in ("claim", "extension", "sanity"):
+            raise ValueError(f"kind must be 'claim', 'extension' or 'sanity', got {self.kind!r}")
         if self.verdict not in allowed:
             raise ValueError(f"verdict of a {self.kind} must be one of {allowed}, got {self.verdict!r}")
 
@@ -222,6 +224,10 @@ class Claim:
         return cls(text, paper, ours, verdict, None, None, None, claims[0].n, "claim",
                    "every part: " + "; ".join(rules))
 
+    def as_extension(self) -> "Claim":
+        """The same comparison, counted as an extension (not a claim of the paper)."""
+        return replace(self, kind="extension")
+
     @classmethod
     def sanity(cls, text, expected, ours, ok):
         """A check that is true by construction when the code is right."""
@@ -229,14 +235,14 @@ class Claim:
                    rule="by construction")
 
 
-def count(claims) -> Counter:
-    """How many claims (sanity checks excluded) have each verdict."""
-    return Counter(c.verdict for c in claims if c.kind == "claim")
+def count(claims, kind="claim") -> Counter:
+    """How many claims of ``kind`` (``'claim'`` or ``'extension'``) have each verdict."""
+    return Counter(c.verdict for c in claims if c.kind == kind)
 
 
-def tally(claims) -> str:
+def tally(claims, kind="claim") -> str:
     """``'H hold, C contradicted, U undecided (, N not tested at the posted regime)'``."""
-    n = count(claims)
+    n = count(claims, kind)
     parts = [f"{n[HOLDS]} hold", f"{n[CONTRADICTED]} contradicted", f"{n[UNDECIDED]} undecided"]
     if n[NOT_TESTED]:
         parts.append(f"{n[NOT_TESTED]} not tested at the posted regime")
