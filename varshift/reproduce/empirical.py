@@ -369,15 +369,21 @@ def train_eval_accuracy(ctx):
 def flipped_logits(ctx):
     archs = ctx.settings.architectures
     runs = {arch: ctx.network(arch, "a", 0.5) for arch in archs}
-    examples = runs[archs[0]][0]["flips"]["examples"]
-    fig, axes = new_figure(1, len(examples) + 1, width=3.2, height=3.2)
+    shown = "DenseNet" if "DenseNet" in archs else archs[0]  # the paper's Fig. 6 network
+    examples = runs[shown][0]["flips"]["examples"]
+    fig, axes = new_figure(1, len(examples) + 1, width=3.2, height=3.4)
     for ax, ex in zip(axes[0], examples):
         k = np.arange(10)
         ax.bar(k - 0.2, ex["train_logits"], 0.4, label="train mode")
         ax.bar(k + 0.2, ex["eval_logits"], 0.4, label="inference mode")
-        ax.set(xticks=k, xlabel="class", title=f"sample {ex['index']}, label {ex['label']}")
-        ax.legend(fontsize="x-small")
-    axes[0, 0].set_ylabel("pre-softmax output")
+        wrong = int(np.argmax(ex["eval_logits"]))
+        ax.set(xticks=k, xlabel="class", title=f"label {ex['label']}, inference says {wrong}")
+        ax.get_xticklabels()[ex["label"]].set_fontweight("bold")
+    first = axes[0, 0]
+    first.set_ylabel("pre-softmax output")
+    low, high = first.get_ylim()
+    first.set_ylim(low - 0.3 * (high - low), high)  # room for the legend below the bars
+    first.legend(fontsize="x-small", ncol=2, loc="lower center")
     counts = {a: {d: _get([r["flips"] for r in runs[a]], d) for d in ("right_to_wrong", "wrong_to_right")}
               for a in archs}
     _bars(axes[0, -1], archs, [(label, [counts[a][d] for a in archs])
@@ -392,9 +398,9 @@ def flipped_logits(ctx):
               for a in archs]  # the paper shows examples, it does not count flips
     return FigureResult("fig8_flipped_logits", "Training samples that flip at inference", fig,
                         f"Li et al.'s Fig. 6 analog: pre-softmax outputs in train mode and in "
-                        f"inference mode of training sequences that {archs[0]} with Dropout 0.5 "
+                        f"inference mode of training sequences that {shown} with Dropout 0.5 "
                         f"at (a) (seed {ctx.settings.seed}) classifies rightly in train mode and "
-                        f"wrongly at inference; right: how many of the training sequences flip "
+                        f"wrongly at inference (the label in bold); right: how many of the training sequences flip "
                         f"each way (mean and 95 % CI over {_seeds(ctx)}). Train mode keeps "
                         f"Dropout's noise, so flips go both ways.",
                         {"examples": examples, "counts": counts}, claims)
