@@ -33,7 +33,8 @@ __all__ = ["setup", "mnist_dir", "mnist", "band", "exercise", "solutions_enabled
            "check_batchnorm_backward", "check_catching_input", "check_train_variance",
            "check_delta_case_b", "check_dropout_factor_prediction", "check_shift_prediction",
            "check_equal_variance_beta", "check_initial_weight", "check_first_batchnorm_bound",
-           "check_initial_weight_left", "check_decisions", "check_recomputed_statistics"]
+           "check_initial_weight_left", "check_decisions", "check_recomputed_statistics",
+           "check_keras_updates", "check_torch_twin", "check_population_statistics"]
 
 HERE = Path(__file__).resolve().parent
 ENV = "VARSHIFT_SOLUTIONS"
@@ -51,6 +52,9 @@ EXERCISES = {
     10: ("05", "initial_weight_left", "check_initial_weight_left"),
     11: ("05", "decide", "check_decisions"),
     12: ("07", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
+    13: ("06", "keras_updates_and_weight", "check_keras_updates"),
+    14: ("06", "torch_twin", "check_torch_twin"),
+    15: ("06", "population_statistics", "check_population_statistics"),
 }
 """Exercise number -> (notebook, function name, check name)."""
 
@@ -675,3 +679,224 @@ def check_recomputed_statistics(recompute, model=None, x=None):
                                        f"{first.shift:.3f}; {hint}"))
     _passed(12, "shift per BatchNorm " + ", ".join(f"{a:.2f} -> {b.shift:.4f}"
                                                    for a, b in zip(shifts_before, report.bn)))
+
+
+# Exercises 13-15 (Keras) -----------------------------------------------------------
+def _keras():
+    """Keras 3, on the torch backend unless another one was chosen before."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    return keras
+
+
+def _keras_numpy(variable):
+    return np.asarray(_keras().ops.convert_to_numpy(variable), np.float64)
+
+
+# Exercise 13 -----------------------------------------------------------------------
+def _constant_fit(n, batch, epochs, momentum, validation_split):
+    """Keras' own count: fit a lone BatchNormalization(momentum) on constant inputs. Every
+    batch has variance 0, so the moving variance is exactly what is left of its initial 1."""
+    keras = _keras()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=momentum)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    x = np.full((n, 3), 2.0, np.float32)
+    model.fit(x, x, batch_size=batch, epochs=epochs, validation_split=validation_split,
+              shuffle=False, verbose=0)
+    return int(_keras_numpy(model.optimizer.iterations)), float(
+        _keras_numpy(model.layers[0].moving_variance).mean())
+
+
+def check_keras_updates(predict):
+    """Exercise 13: ``predict(n_samples, batch_size, epochs, momentum, validation_split)``
+    returns the number of moving-statistics updates ``model.fit`` makes and the weight the
+    initial statistics (0 and 1) still have afterwards, in Keras' conventions. Checked on
+    a grid, then against Keras itself."""
+    grid = [(100, 32, 20, 0.99, 0.1), (100, 32, 20, 0.99, 0.0), (33, 4, 2, 0.9, 0.25),
+            (90, 10, 20, 0.99, 0.0), (1000, 128, 3, 0.9, 0.2), (25, 8, 1, 0.5, 0.3)]
+    for n, batch, epochs, m, split in grid:
+        result = predict(n, batch, epochs, m, split)
+        assert isinstance(result, tuple) and len(result) == 2, _hint(
+            13, "return a pair (updates, weight).")
+        updates, weight = int(result[0]), float(result[1])
+        n_train = int(math.floor(n * (1.0 - split)))
+        want = epochs * math.ceil(n_train / batch)
+        where = f"{n} samples, validation_split {split}, batch {batch}, {epochs} epochs"
+        if updates != want:
+            wrong = {
+                epochs * math.ceil(n / batch): "fit trains only on the first "
+                    "floor(n * (1 - validation_split)) samples; the last ones are for validation "
+                    "(inference mode: they never update the moving statistics).",
+                epochs * (n_train // batch): "the last, smaller batch of an epoch is an update "
+                    "too (fit does not drop it): ceil(n_train / batch) updates an epoch.",
+                epochs * math.ceil((n - int(n * split)) / batch): "Keras rounds the training "
+                    "part down, n_train = floor(n * (1 - validation_split)), not the "
+                    "validation part.",
+            }
+            hint = wrong.get(updates, "one update per training batch: ceil(n_train / batch) "
+                                      "batches an epoch, times the epochs.")
+            raise AssertionError(_hint(13, f"{where}: you count {updates} updates, Keras makes "
+                                           f"{want}; {hint}"))
+        if not math.isclose(weight, m ** want, rel_tol=1e-9):
+            hint = ("conventions swapped: Keras' momentum is the weight of the *old* value "
+                    "(moving = momentum * moving + (1 - momentum) * batch), so each update keeps m."
+                    if math.isclose(weight, (1 - m) ** want, rel_tol=1e-9) else
+                    "each update keeps the fraction momentum of the moving value.")
+            raise AssertionError(_hint(13, f"{where}, momentum {m}: you return {weight:.6g}, "
+                                           f"expected {m ** want:.6g}; {hint}"))
+    lines = []
+    for n, batch, epochs, m, split in [(100, 32, 20, 0.99, 0.1), (33, 4, 2, 0.9, 0.25)]:
+        updates, weight = predict(n, batch, epochs, m, split)
+        steps, left = _constant_fit(n, batch, epochs, m, split)
+        assert int(updates) == steps and math.isclose(float(weight), left, rel_tol=1e-4), _hint(
+            13, f"Keras made {steps} updates and kept {left:.5f}; you predict {updates} and "
+                f"{float(weight):.5f}.")
+        lines.append(f"{n} samples, split {split}, batch {batch}, {epochs} epochs, momentum {m}: "
+                     f"{updates} updates, {float(weight):.4f} left (Keras: {steps}, {left:.4f})")
+    _passed(13, "model.fit agrees:\n  " + "\n  ".join(lines))
+
+
+# Exercise 14 -----------------------------------------------------------------------
+def keras_batchnorm(channels=6, momentum=0.9, seed=14):
+    """A built Keras ``BatchNormalization(momentum)`` with trained-looking weights and
+    moving statistics (the check's own layer)."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    layer = keras.layers.BatchNormalization(momentum=momentum)
+    layer.build((None, channels))
+    for variable, value in ((layer.gamma, rng.uniform(0.5, 1.5, channels)),
+                            (layer.beta, rng.normal(size=channels)),
+                            (layer.moving_mean, rng.normal(1.0, 0.5, channels)),
+                            (layer.moving_variance, rng.uniform(0.002, 3.0, channels))):
+        variable.assign(value.astype(np.float32))
+    return layer
+
+
+def check_torch_twin(twin, layer=None):
+    """Exercise 14: ``twin(layer)`` returns a ``torch.nn.BatchNorm1d`` that computes what
+    the Keras ``layer`` computes: the same output at inference and the same moving mean
+    after a training step (so momentum converted), without changing ``layer``."""
+    import torch
+
+    layer = keras_batchnorm() if layer is None else layer
+    names = ("gamma", "beta", "moving_mean", "moving_variance")
+    saved = {k: _keras_numpy(getattr(layer, k)).copy() for k in names}
+    m = float(layer.momentum)
+    bn = twin(layer)
+    assert isinstance(bn, torch.nn.modules.batchnorm._BatchNorm), _hint(
+        14, f"return a torch.nn.BatchNorm1d, got {type(bn).__name__}.")
+    rng = np.random.default_rng(140)
+    x = rng.normal(1.0, 2.0, (40, saved["gamma"].size)).astype(np.float32)
+    want = np.asarray(_keras().ops.convert_to_numpy(layer(x, training=False)), np.float64)
+    bn.eval()
+    with torch.no_grad():
+        got = bn(torch.as_tensor(x)).double().numpy()
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        with_torch_eps = (x - saved["moving_mean"]) / np.sqrt(saved["moving_variance"] + 1e-5) \
+            * saved["gamma"] + saved["beta"]
+        hint = ("epsilon: Keras' default is 1e-3, PyTorch's 1e-5; with a moving variance near "
+                "0 the difference shows." if np.allclose(got, with_torch_eps, rtol=1e-4, atol=1e-4)
+                else "copy gamma -> weight, beta -> bias, moving_mean -> running_mean, "
+                     "moving_variance -> running_var, and epsilon -> eps.")
+        raise AssertionError(_hint(14, f"the outputs at inference differ by up to "
+                                       f"{np.abs(got - want).max():.3g}; {hint}"))
+    bn.train()
+    with torch.no_grad():
+        bn(torch.as_tensor(x))
+    changed = [k for k in names if not np.array_equal(_keras_numpy(getattr(layer, k)), saved[k])]
+    assert not changed, _hint(14, f"the Keras layer's {changed} changed: copy the values "
+                                  "(torch.tensor(numpy_array)), do not share their memory.")
+    batch_mean, biased = x.mean(0), x.var(0)
+    keras_mean = m * saved["moving_mean"] + (1 - m) * batch_mean
+    mean = bn.running_mean.double().numpy()
+    if not np.allclose(mean, keras_mean, rtol=1e-5, atol=1e-6):
+        hint = ("conventions: PyTorch's momentum is the weight of the *new* batch, Keras' the "
+                "weight of the old value: torch momentum = 1 - Keras momentum."
+                if np.allclose(mean, (1 - m) * saved["moving_mean"] + m * batch_mean, rtol=1e-5)
+                else "after one training step the running mean must be "
+                     "momentum * old + (1 - momentum) * batch mean, in Keras' convention.")
+        raise AssertionError(_hint(14, f"after one training step on 40 samples the running "
+                                       f"mean differs from Keras' by {np.abs(mean - keras_mean).max():.3g}; {hint}"))
+    keras_var = m * saved["moving_variance"] + (1 - m) * biased
+    torch_var = bn.running_var.double().numpy()
+    _passed(14, f"same output at inference, same moving mean after a step; the moving "
+                f"variances differ by {np.mean(torch_var / keras_var - 1):.2%} on average: "
+                f"PyTorch averages unbiased batch variances (40/39 times the biased ones "
+                f"Keras averages)")
+
+
+# Exercise 15 -----------------------------------------------------------------------
+def keras_dropout_model(seed=15):
+    """Dense - ReLU - Dropout(0.5) - BatchNormalization('bn') - Dense, untrained, and
+    inputs with mean 1 and scale 2: the check's own case."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((10,)), L.Dense(16, activation="relu"), L.Dropout(0.5),
+                              L.BatchNormalization(name="bn"), L.Dense(3)])
+    rng = np.random.default_rng(seed)
+    bn = model.get_layer("bn")
+    for variable, value in ((bn.gamma, rng.uniform(0.5, 1.5, 16)), (bn.beta, rng.normal(size=16)),
+                            (bn.moving_mean, rng.uniform(0.5, 2.0, 16)),
+                            (bn.moving_variance, rng.uniform(1.0, 4.0, 16))):
+        variable.assign(value.astype(np.float32))  # statistics as if trained for a while
+    x = (rng.standard_normal((300, 10)) * 2 + 1).astype(np.float32)
+    return model, x, "bn"
+
+
+def _recalibrated_statistics(model, x, name):
+    """What ``varshift.recalibrate`` writes into layer ``name``, on a clone of ``model``."""
+    keras = _keras()
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    varshift.recalibrate(clone, x, reports=False)
+    layer = clone.get_layer(name)
+    return _keras_numpy(layer.moving_mean), _keras_numpy(layer.moving_variance)
+
+
+def check_population_statistics(compute, model=None, x=None, name=None):
+    """Exercise 15: ``compute(model, name, x)`` returns the mean and the variance per
+    channel of the input of BatchNormalization ``name`` over all of ``x`` at inference
+    (Dropout off), the variance biased as Keras' - what ``varshift.recalibrate`` writes
+    (for the first BatchNormalization of ``model``, or one whose earlier ones are already
+    recalibrated). ``model`` must not change."""
+    if model is None:
+        model, x, name = keras_dropout_model()
+    before = [_keras_numpy(w).copy() for w in model.weights]
+    result = compute(model, name, x)
+    assert isinstance(result, tuple) and len(result) == 2, _hint(15, "return a pair (mean, var).")
+    mean, var = (np.asarray(_keras().ops.convert_to_numpy(r), np.float64) for r in result)
+    changed = [w.path for w, b in zip(model.weights, before) if not np.array_equal(_keras_numpy(w), b)]
+    assert not changed, _hint(15, f"{changed} changed: call the model (or a part of it) with "
+                                  "training=False, which updates nothing.")
+    want_mean, want_var = _recalibrated_statistics(model, x, name)
+    assert mean.shape == want_mean.shape and var.shape == want_var.shape, _hint(
+        15, f"one value per channel: shape {want_mean.shape}, got {mean.shape} and {var.shape} "
+            "(average over the samples, axis 0, not over the channels).")
+    n = len(x)
+    if not (np.allclose(mean, want_mean, rtol=1e-4, atol=1e-5)
+            and np.allclose(var, want_var, rtol=1e-4, atol=1e-6)):
+        ratio = float(np.median(var / want_var))
+        keras = _keras()
+        out = _keras_numpy(keras.Model(model.inputs[0], model.get_layer(name).output)(
+            x, training=False)).reshape(-1, want_mean.size)
+        if np.allclose(mean, out.mean(0), rtol=1e-3, atol=1e-4) or np.allclose(
+                var, out.var(0), rtol=1e-3) or np.allclose(var, out.var(0, ddof=1), rtol=1e-3):
+            hint = ("those are statistics of the BatchNormalization's *output*; take its "
+                    "input, e.g. keras.Model(model.inputs[0], model.get_layer(name).input).")
+        elif math.isclose(ratio, n / (n - 1), rel_tol=1e-3):
+            hint = ("that is the unbiased variance (ddof=1); Keras' moving variance averages "
+                    "biased batch variances, and recalibrate writes the population variance "
+                    "(ddof=0).")
+        elif ratio > 1.05:
+            hint = ("the variance is too large: Dropout was on (training=True) while you "
+                    "computed it. At inference Dropout is off, so call with training=False.")
+        else:
+            hint = ("take the input of the layer over all of x with training=False, then its "
+                    "mean and biased variance per channel (axis 0).")
+        raise AssertionError(_hint(15, f"mean off by up to {np.abs(mean - want_mean).max():.3g}, "
+                                       f"variance {ratio:.4g} times recalibrate's; {hint}"))
+    _passed(15, f"'{name}': mean and variance per channel agree with varshift.recalibrate "
+                f"(largest difference {np.abs(var - want_var).max():.1e})")

@@ -1,4 +1,4 @@
-"""Reference solutions of the course exercises (notebooks 01-05 and 07).
+"""Reference solutions of the course exercises (notebooks 01-07).
 
 Try the exercises first: the notebooks' checks give hints. ``course.exercise`` uses
 these functions instead of yours when ``VARSHIFT_SOLUTIONS=1`` is set.
@@ -123,3 +123,40 @@ def recompute_batchnorm_statistics(model, x):
         bn.running_mean.copy_(inputs.mean(dims))
         bn.running_var.copy_(inputs.var(dims, unbiased=True))
     return model
+
+
+# Exercise 13 (notebook 06): the updates of model.fit and what is left of the initial statistics
+def keras_updates_and_weight(n_samples, batch_size, epochs, momentum, validation_split=0.0):
+    import math
+
+    n_train = math.floor(n_samples * (1.0 - validation_split))  # fit keeps the last part apart
+    updates = epochs * math.ceil(n_train / batch_size)  # the last, smaller batch counts
+    return updates, momentum ** updates  # Keras: momentum is the weight of the old value
+
+
+# Exercise 14 (notebook 06): a PyTorch BatchNorm1d computing what a Keras one computes
+def torch_twin(layer):
+    import keras
+    import torch
+
+    def tensor(variable):
+        return torch.tensor(keras.ops.convert_to_numpy(variable))  # a copy, not shared
+
+    bn = torch.nn.BatchNorm1d(layer.moving_mean.shape[0], eps=layer.epsilon,
+                              momentum=1 - layer.momentum)  # torch: the weight of the new batch
+    with torch.no_grad():
+        bn.weight.copy_(tensor(layer.gamma))
+        bn.bias.copy_(tensor(layer.beta))
+        bn.running_mean.copy_(tensor(layer.moving_mean))
+        bn.running_var.copy_(tensor(layer.moving_variance))
+    return bn.eval()
+
+
+# Exercise 15 (notebook 06): a Keras BatchNormalization's population statistics
+def population_statistics(model, name, x):
+    import keras
+
+    inputs = keras.Model(model.inputs[0], model.get_layer(name).input)  # the layer's input
+    h = np.asarray(keras.ops.convert_to_numpy(inputs(x, training=False)), np.float64)
+    h = h.reshape(-1, h.shape[-1])  # channels last: every axis but the last is a sample
+    return h.mean(axis=0), h.var(axis=0)  # ddof=0: Keras' biased variance

@@ -11,13 +11,17 @@ version fails cleanly - only the exercise cells fail, each with its stub's
 """
 
 import importlib.util
+import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
+pytestmark = pytest.mark.filterwarnings(  # Keras' torch backend (notebook 06's checks)
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 FOLDER = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(FOLDER.glob("[0-9]*.ipynb"))
@@ -71,6 +75,13 @@ def _live_results():
     return {"ae": _stored_case("linear-autoencoder")}
 
 
+def _keras():
+    """Keras 3 on the torch backend (the backend notebook 06 and its checks use)."""
+    pytest.importorskip("torch")
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    return pytest.importorskip("keras")
+
+
 def _extra_args(number):
     """The notebook objects a check takes besides the exercise function."""
     if number == 1:
@@ -84,6 +95,8 @@ def _extra_args(number):
         return (_live_results()["ae"],)
     if number == 12:
         pytest.importorskip("torch")
+    if number in (13, 14, 15):
+        _keras()
     return ()
 
 
@@ -95,12 +108,16 @@ def _namespace(prefix):
     if prefix == "07":
         pytest.importorskip("torch")
         namespace["model"], namespace["x"] = None, None  # the check builds its own case
+    if prefix == "06":
+        _keras()
+        # the checks build their own cases
+        namespace.update(model=SimpleNamespace(get_layer=lambda name: None), before_bn=None, xc=None)
     return namespace
 
 
 # ---------------------------------------------------------------------------- stored
 def test_the_notebooks_are_there_and_indexed():
-    assert {"01", "02", "03", "04", "05", "07"} <= {n[:2] for n in NAMES}
+    assert {"01", "02", "03", "04", "05", "06", "07"} <= {n[:2] for n in NAMES}
     index = (FOLDER / "README.md").read_text()
     missing = [name for name in NAMES if f"({name})" not in index]
     assert not missing, f"notebooks/README.md should list {missing} in its syllabus"
@@ -217,7 +234,45 @@ WRONG = {
                      "never counted as holding"),
     "12-dropout-on": (12, lambda model, x: _recompute(model, x, train_mode=True), "Dropout was on"),
     "12-one-pass": (12, lambda model, x: _recompute(model, x, one_pass=True), "forward order"),
+    "13-no-split": (13, lambda n, b, e, m, s=0.0: (e * -(-n // b), m ** (e * -(-n // b))),
+                    "validation"),
+    "13-floor": (13, lambda n, b, e, m, s=0.0: _updates(n, b, e, m, s, batches=lambda t: t // b),
+                 "smaller batch"),
+    "13-validation-rounded-down": (13, lambda n, b, e, m, s=0.0: _updates(
+        n, b, e, m, s, train=lambda: n - int(n * s)), "rounds the training part down"),
+    "13-pytorch-convention": (13, lambda n, b, e, m, s=0.0: _updates(n, b, e, 1 - m, s),
+                              "conventions swapped"),
+    "14-torch-epsilon": (14, lambda layer: _twin(layer, eps=1e-5), "epsilon"),
+    "14-momentum-as-is": (14, lambda layer: _twin(layer, momentum=layer.momentum), "conventions"),
+    "15-dropout-on": (15, lambda model, name, x: _statistics(model, name, x, training=True),
+                      "Dropout was on"),
+    "15-unbiased": (15, lambda model, name, x: _statistics(model, name, x, ddof=1), "unbiased"),
+    "15-output": (15, lambda model, name, x: _statistics(model, name, x, output=True), "output"),
 }
+
+
+def _updates(n, batch, epochs, momentum, split, train=None, batches=None):
+    """Exercise 13 with one step done differently."""
+    n_train = train() if train else int(np.floor(n * (1 - split)))
+    updates = epochs * (batches(n_train) if batches else -(-n_train // batch))
+    return updates, momentum ** updates
+
+
+def _twin(layer, **changes):
+    """Exercise 14's twin with a convention left as PyTorch's default or as Keras'."""
+    bn = solutions.torch_twin(layer)
+    for key, value in changes.items():
+        setattr(bn, key, value)
+    return bn
+
+
+def _statistics(model, name, x, training=False, ddof=0, output=False):
+    """Exercise 15 done with Dropout on, the unbiased variance or the layer's output."""
+    keras = _keras()
+    layer = model.get_layer(name)
+    h = keras.ops.convert_to_numpy(keras.Model(model.inputs[0], layer.output if output else layer.input)(
+        x, training=training and not output))
+    return h.mean(axis=0), h.var(axis=0, ddof=ddof)
 
 
 def _normal_decide(d, direction, min_effect, posted):
@@ -254,6 +309,8 @@ def test_wrong_answer_fails_with_a_hint(case):
     number, answer, hint = WRONG[case]
     if number == 12:
         pytest.importorskip("torch")
+    if number in (13, 14, 15):
+        _keras()
     check = getattr(course, course.EXERCISES[number][2])
     with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
         check(answer, *_extra_args(number))
