@@ -42,7 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # which varshift's layers use and which loads later (see gemm.py).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import batchnorm, elementwise, gemm, optim, window  # noqa: E402
+from . import batchnorm, elementwise, gemm, optim, threads, window  # noqa: E402
 from .window import Window  # noqa: E402
 
 __all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
@@ -55,12 +55,19 @@ if BACKEND not in ("numba", "numpy"):
     )
 
 
-def _pick(module, name):
-    return getattr(module, f"{name}_{BACKEND}")
+def _size(x, *_):
+    return x.size
+
+
+def _pick(module, name, items=_size):
+    """The kernel ``name`` of the selected backend; Numba kernels run serially on
+    fewer than ``threads.PARALLEL_MIN_ITEMS`` items (see :mod:`.threads`)."""
+    kernel = getattr(module, f"{name}_{BACKEND}")
+    return kernel if BACKEND == "numpy" else threads.sized(kernel, items)
 
 
 matmul = gemm.matmul_numpy if BACKEND == "numpy" else gemm.matmul_blas
-im2col = _pick(window, "im2col")
+im2col = _pick(window, "im2col", lambda x, window, *_: x.size * window.kernel[0] * window.kernel[1])
 col2im = _pick(window, "col2im")
 bn_moments = _pick(batchnorm, "moments")
 bn_normalize = _pick(batchnorm, "normalize")
