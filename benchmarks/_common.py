@@ -31,6 +31,20 @@ def median_ms(fn, steps, warmup=5):
     return 1000 * statistics.median(times)
 
 
+def median_wall_and_cpu_ms(fn, steps, warmup=5):
+    """Median wall and median CPU time (all threads of the process) of ``fn()`` in
+    milliseconds after ``warmup`` calls, as ``{"ms": ..., "cpu_ms": ...}``."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"ms": 1000 * statistics.median(wall), "cpu_ms": 1000 * statistics.median(cpu)}
+
+
 def print_seconds_of_second_call(fn):
     """Call ``fn`` once to warm up, time a second call, and print ``{"seconds": ...}``
     (a worker's last line, read by :func:`run_worker`)."""
