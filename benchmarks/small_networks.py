@@ -21,7 +21,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import THREAD_VARS, median_wall_and_cpu_ms, run_worker  # noqa: E402
+from _common import (  # noqa: E402
+    THREAD_VARS,
+    median_wall_and_cpu_ms,
+    run_worker,
+    torch_adam_step,
+    varshift_adam_step,
+)
 
 BATCH, LENGTH = 100, 40
 NETWORKS = ("preresnet", "densenet")
@@ -30,7 +36,6 @@ NETWORKS = ("preresnet", "densenet")
 def worker(engine, network, threads, steps):
     import numpy as np
 
-    from varshift import nn, optim
     from varshift.reproduce import networks
 
     model = getattr(networks, network)("a", 0.3, seed=0)
@@ -38,14 +43,7 @@ def worker(engine, network, threads, steps):
     x = rng.standard_normal((BATCH, 1, LENGTH)).astype(np.float32)
     y = rng.integers(0, 10, BATCH)
     if engine == "varshift":
-        opt = optim.Adam(model, lr=1e-3)
-        loss = nn.CrossEntropyLoss()
-
-        def step():
-            loss(model(x), y)
-            opt.zero_grad()
-            model.backward(loss.backward())
-            opt.step()
+        step = varshift_adam_step(model, x, y)
     else:
         import torch
 
@@ -54,15 +52,7 @@ def worker(engine, network, threads, steps):
 
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        model = to_torch(model)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss = torch.nn.CrossEntropyLoss()
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
-
-        def step():
-            opt.zero_grad()
-            loss(model(x), y).backward()
-            opt.step()
+        step = torch_adam_step(to_torch(model), torch.from_numpy(x), torch.from_numpy(y))
 
     print(json.dumps(median_wall_and_cpu_ms(step, steps, warmup=10)))
 
