@@ -192,9 +192,14 @@ class Layer:
 
     def walk(self, prefix: str = "") -> Iterator[tuple[str, "Layer"]]:
         """Yield ``(path, layer)`` for this layer and every sub-layer, depth first."""
-        yield prefix, self
-        for name, child in self.children().items():
-            yield from child.walk(_join(prefix, name))
+        stack = [(prefix, self)]  # not recursive: nested generators cost per level
+        while stack:
+            path, layer = stack.pop()
+            yield path, layer
+            children = layer.children()
+            if children:
+                stack.extend((_join(path, name), child)
+                             for name, child in reversed(children.items()))
 
     def leaves(self) -> Iterator[tuple[str, "Layer"]]:
         """Yield ``(path, layer)`` for every layer that is not a container."""
