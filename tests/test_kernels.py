@@ -170,3 +170,21 @@ def test_thread_policy_runs_small_work_serially_and_restores_the_limits():
         assert seen == [1] and set(blas_threads()) == {1}
     finally:
         one()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_windows_kernels_match(dtype, rng):
+    from varshift.kernels import pooling
+
+    windows = rng.standard_normal((6, 4, 5)).astype(dtype)
+    windows[0, :, 0] = -np.inf  # an all-padding window: tap 0
+    windows[1, 1:3, 1] = np.nan  # the first NaN is the maximum
+    windows[2, :, 2] = windows[2, 1, 2]  # ties: the first tap
+    windows[3, 0, 3] = np.nan
+    out, argmax = pooling.max_windows_numba(windows)
+    expected_out, expected_argmax = pooling.max_windows_numpy(windows)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out, expected_out)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    np.testing.assert_array_equal(pooling.max_windows_backward_numba(dout, argmax, 4),
+                                  pooling.max_windows_backward_numpy(dout, argmax, 4))

@@ -42,11 +42,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # which varshift's layers use and which loads later (see gemm.py).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import batchnorm, elementwise, gemm, optim, threads, window  # noqa: E402
+from . import batchnorm, elementwise, gemm, optim, pooling, threads, window  # noqa: E402
 from .window import Window  # noqa: E402
 
 __all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
-           "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward"]
+           "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward", "max_windows",
+           "max_windows_backward"]
 
 BACKEND = os.environ.get("VARSHIFT_KERNELS", "numba").strip().lower()
 if BACKEND not in ("numba", "numpy"):
@@ -75,3 +76,5 @@ bn_backward = _pick(batchnorm, "backward")
 adam_step = _pick(optim, "adam")
 leaky_relu = _pick(elementwise, "leaky_relu")
 leaky_relu_backward = _pick(elementwise, "leaky_relu_backward")
+max_windows = _pick(pooling, "max_windows")
+max_windows_backward = _pick(pooling, "max_windows_backward")
