@@ -34,12 +34,19 @@ _BLAS = []
 
 
 def _blas_libraries():
-    """threadpoolctl controllers of every loaded BLAS, SciPy's (the layers') included."""
+    """threadpoolctl controllers of the BLAS the layers' products use: the OpenBLAS
+    bundled with SciPy's wheels if there is one, else every loaded BLAS.
+
+    Not NumPy's bundled copy, which the layers do not use: it reads
+    ``OPENBLAS_THREAD_TIMEOUT`` before varshift can set it, so raising its thread count
+    again after every small product would wake workers that then spin for ~0.1 s.
+    """
     if not _BLAS:
         import scipy.linalg.blas  # noqa: F401 - load SciPy's OpenBLAS first
         from threadpoolctl import ThreadpoolController
 
-        _BLAS.extend(ThreadpoolController().select(user_api="blas").lib_controllers)
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        _BLAS.extend([lib for lib in libs if "scipy.libs" in lib.filepath] or libs)
     return _BLAS
 
 
