@@ -31,6 +31,52 @@ def median_ms(fn, steps, warmup=5):
     return 1000 * statistics.median(times)
 
 
+def varshift_adam_step(model, x, y):
+    """One training step of a varshift classifier: forward, backward (without the input
+    gradient, which PyTorch does not compute either), Adam with lr 1e-3."""
+    from varshift import nn, optim
+
+    opt = optim.Adam(model, lr=1e-3)
+    loss = nn.CrossEntropyLoss()
+
+    def step():
+        loss(model(x), y)
+        opt.zero_grad()
+        model.backward(loss.backward(), input_grad=False)
+        opt.step()
+
+    return step
+
+
+def torch_adam_step(model, x, y):
+    """The same step for a PyTorch classifier."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def median_wall_and_cpu_ms(fn, steps, warmup=5):
+    """Median wall and median CPU time (all threads of the process) of ``fn()`` in
+    milliseconds after ``warmup`` calls, as ``{"ms": ..., "cpu_ms": ...}``."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"ms": 1000 * statistics.median(wall), "cpu_ms": 1000 * statistics.median(cpu)}
+
+
 def print_seconds_of_second_call(fn):
     """Call ``fn`` once to warm up, time a second call, and print ``{"seconds": ...}``
     (a worker's last line, read by :func:`run_worker`)."""

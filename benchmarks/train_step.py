@@ -19,7 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import THREAD_VARS, median_ms, run_worker  # noqa: E402
+from _common import THREAD_VARS, median_ms, run_worker, torch_adam_step, varshift_adam_step  # noqa: E402
 
 BATCH = 200
 
@@ -30,21 +30,13 @@ def worker(engine, threads, steps, numpy_first):
     if engine == "varshift":
         import numpy as np
 
-        from varshift import nn, optim  # first, unless --numpy-first
-        from varshift.models import reference_convnet
+        from varshift.models import reference_convnet  # first, unless --numpy-first
 
         model = reference_convnet(dropout=0.3, seed=0)
-        opt = optim.Adam(model, lr=1e-3)
-        loss = nn.CrossEntropyLoss()
         rng = np.random.default_rng(0)
         x = rng.random((BATCH, 1, 28, 28), dtype=np.float32)
         y = rng.integers(0, 10, BATCH)
-
-        def step():
-            loss(model(x), y)
-            opt.zero_grad()
-            model.backward(loss.backward())
-            opt.step()
+        step = varshift_adam_step(model, x, y)
     else:
         import torch
         from torch import nn as tnn
@@ -55,15 +47,7 @@ def worker(engine, threads, steps, numpy_first):
             tnn.Conv2d(1, 32, 5, 2, 2), tnn.BatchNorm2d(32), tnn.LeakyReLU(0.2),
             tnn.Conv2d(32, 64, 5, 2, 2), tnn.BatchNorm2d(64), tnn.LeakyReLU(0.2), tnn.Flatten(),
             tnn.Linear(3136, 500), tnn.Tanh(), tnn.Dropout(0.3), tnn.Linear(500, 10))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss = tnn.CrossEntropyLoss()
-        x = torch.rand(BATCH, 1, 28, 28)
-        y = torch.randint(0, 10, (BATCH,))
-
-        def step():
-            opt.zero_grad()
-            loss(model(x), y).backward()
-            opt.step()
+        step = torch_adam_step(model, torch.rand(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,)))
 
     print(json.dumps({"ms": median_ms(step, steps)}))
 

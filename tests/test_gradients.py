@@ -187,3 +187,21 @@ def test_conv_batch_chunks_change_nothing(make, shape, chunk_bytes):
     for key in whole.grads:
         np.testing.assert_allclose(chunked.grads[key], whole.grads[key], rtol=1e-12)
     check(chunked, x)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Sequential(nn.Conv1D(1, 4, 3, padding="same"), nn.BatchNorm(4), nn.ReLU(),
+                           nn.Residual(nn.Sequential(nn.Conv1D(4, 4, 3, padding="same"))),
+                           nn.Concat(nn.Identity(), nn.Conv1D(4, 2, 1)), nn.GlobalAvgPool(),
+                           nn.Dense(6, 3)), (5, 1, 8)),
+    (lambda: nn.Dense(3, 2), (4, 3)),
+])
+def test_backward_without_the_input_gradient_gives_the_same_parameter_gradients(make, shape):
+    model, twin = make().initialize(0), make().initialize(0)
+    x = normal(0, shape)
+    dout = normal(1, model(x).shape)
+    twin(x)
+    assert model.backward(dout).shape == shape
+    assert twin.backward(dout, input_grad=False) is None
+    for (key, _, grad), (_, _, twin_grad) in zip(model.named_parameters(), twin.named_parameters()):
+        np.testing.assert_array_equal(twin_grad, grad, err_msg=key)

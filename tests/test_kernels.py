@@ -133,3 +133,58 @@ def test_reassociated_reductions_still_propagate_non_finite_values(shape):
     mean, var = batchnorm.moments_numba(x)
     assert np.isfinite(mean[0]) and np.isnan(mean[1]) and not np.isfinite(mean[2])
     assert np.isnan(var[1]) and not np.isfinite(var[2])
+
+
+def test_thread_policy_runs_small_work_serially_and_restores_the_limits():
+    import numba
+
+    from varshift.kernels import threads
+
+    seen = []
+
+    def kernel(x):
+        seen.append(numba.get_num_threads())
+        return x
+
+    def blas_threads():
+        return [lib.get_num_threads() for lib in threads._blas_libraries()]
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    restore = threads.limit(2)
+    try:
+        before = blas_threads()
+        run = threads.sized(kernel, lambda x: x)
+        run(threads.PARALLEL_MIN_ITEMS - 1)
+        run(threads.PARALLEL_MIN_ITEMS)
+        assert seen == [1, 2] and numba.get_num_threads() == 2
+        small = threads.blas_serial(blas_threads, 2, 2, 2)
+        large = threads.blas_serial(blas_threads, threads.PARALLEL_MIN_FLOPS, 1, 1)
+        assert small == [1] * len(before) and large == before == blas_threads()
+    finally:
+        restore()
+    one = threads.limit(1)  # a process-wide limit of one thread is never exceeded
+    try:
+        seen.clear()
+        run(threads.PARALLEL_MIN_ITEMS)
+        assert seen == [1] and set(blas_threads()) == {1}
+    finally:
+        one()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_windows_kernels_match(dtype, rng):
+    from varshift.kernels import pooling
+
+    windows = rng.standard_normal((6, 4, 5)).astype(dtype)
+    windows[0, :, 0] = -np.inf  # an all-padding window: tap 0
+    windows[1, 1:3, 1] = np.nan  # the first NaN is the maximum
+    windows[2, :, 2] = windows[2, 1, 2]  # ties: the first tap
+    windows[3, 0, 3] = np.nan
+    out, argmax = pooling.max_windows_numba(windows)
+    expected_out, expected_argmax = pooling.max_windows_numpy(windows)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out, expected_out)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    np.testing.assert_array_equal(pooling.max_windows_backward_numba(dout, argmax, 4),
+                                  pooling.max_windows_backward_numpy(dout, argmax, 4))

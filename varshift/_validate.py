@@ -156,11 +156,12 @@ def model(value, owner: str, name: str = "model"):
     return value
 
 
-def running_stats(stats: dict, dtype, where: str, limit=None) -> dict:
+def running_stats(stats: dict, dtype, where, limit=None) -> dict:
     """``stats`` (name -> array of shape (C,)) as float64 arrays, if every value is a
     number that fits ``dtype``, i.e. lies within +-``limit`` (default: the largest
     value of the NumPy dtype ``dtype``); else :class:`NonFiniteError` naming
-    ``where``, the statistic and the channel."""
+    ``where`` (a str, or a callable returning it, called only then), the statistic
+    and the channel."""
     limit = float(np.finfo(dtype).max) if limit is None else limit
     stats = {key: np.asarray(value, np.float64) for key, value in stats.items()}
     for key, value in stats.items():
@@ -168,7 +169,7 @@ def running_stats(stats: dict, dtype, where: str, limit=None) -> dict:
         if bad.any():
             c = int(np.argmax(bad))
             raise NonFiniteError(
-                f"{where}: {key} would become {value[c]:.4g} in channel {c}, beyond the "
+                f"{where() if callable(where) else where}: {key} would become {value[c]:.4g} in channel {c}, beyond the "
                 f"{dtype} range (inputs near the float limit, or weights that diverged); the "
                 f"running statistics were left unchanged")
     return stats

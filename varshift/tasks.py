@@ -62,24 +62,15 @@ class Task:
         return f"{self.label}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-def _single_threaded():
-    """Limit this process to one Numba and one BLAS thread (a BLAS product split over
-    two threads can round differently); returns a function that restores the limits."""
-    import numba
-    import scipy.linalg.blas  # noqa: F401 - load SciPy's OpenBLAS, the layers' BLAS, first
-    from threadpoolctl import threadpool_limits
-
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    limiter = threadpool_limits(1)
-    return lambda: (limiter.restore_original_limits(), numba.set_num_threads(threads))
-
-
 def execute(function: str, params: dict, options=None) -> dict:
     """Run one task's function single-threaded; its result after a JSON round trip (so
     every way of running gives the same Python types)."""
+    from .kernels import threads
+
     module, name = function.split(":")
-    restore = _single_threaded()
+    # one BLAS and one Numba thread (a BLAS product split over two threads can round
+    # differently)
+    restore = threads.limit(1)
     try:
         result = getattr(importlib.import_module(module), name)(**params, **(options or {}))
     finally:

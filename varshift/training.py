@@ -270,7 +270,7 @@ def _step(model, loss, optimizer, xb, yb, where):
         if not np.isfinite(value):
             raise NonFiniteError(f"fit: loss is {value} in {where}; {not_applied}")
         optimizer.zero_grad()
-        model.backward(loss.backward())
+        model.backward(loss.backward(), input_grad=False)
         for key, _, grad in model.named_parameters():
             if grad is not None and not np.isfinite(grad).all():
                 raise NonFiniteError(f"fit: the gradient of {key!r} is not finite in {where}; "

@@ -42,11 +42,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # which varshift's layers use and which loads later (see gemm.py).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import batchnorm, elementwise, gemm, optim, window  # noqa: E402
+from . import batchnorm, elementwise, gemm, optim, pooling, threads, window  # noqa: E402
 from .window import Window  # noqa: E402
 
 __all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
-           "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward"]
+           "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward", "max_windows",
+           "max_windows_backward"]
 
 BACKEND = os.environ.get("VARSHIFT_KERNELS", "numba").strip().lower()
 if BACKEND not in ("numba", "numpy"):
@@ -55,12 +56,19 @@ if BACKEND not in ("numba", "numpy"):
     )
 
 
-def _pick(module, name):
-    return getattr(module, f"{name}_{BACKEND}")
+def _size(x, *_):
+    return x.size
+
+
+def _pick(module, name, items=_size):
+    """The kernel ``name`` of the selected backend; Numba kernels run serially on
+    fewer than ``threads.PARALLEL_MIN_ITEMS`` items (see :mod:`.threads`)."""
+    kernel = getattr(module, f"{name}_{BACKEND}")
+    return kernel if BACKEND == "numpy" else threads.sized(kernel, items)
 
 
 matmul = gemm.matmul_numpy if BACKEND == "numpy" else gemm.matmul_blas
-im2col = _pick(window, "im2col")
+im2col = _pick(window, "im2col", lambda x, window, *_: x.size * window.kernel[0] * window.kernel[1])
 col2im = _pick(window, "col2im")
 bn_moments = _pick(batchnorm, "moments")
 bn_normalize = _pick(batchnorm, "normalize")
@@ -68,3 +76,5 @@ bn_backward = _pick(batchnorm, "backward")
 adam_step = _pick(optim, "adam")
 leaky_relu = _pick(elementwise, "leaky_relu")
 leaky_relu_backward = _pick(elementwise, "leaky_relu_backward")
+max_windows = _pick(pooling, "max_windows")
+max_windows_backward = _pick(pooling, "max_windows_backward")

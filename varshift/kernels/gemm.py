@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import threads
+
 __all__ = ["matmul_numpy", "matmul_blas"]
 
 _GEMM = {}
@@ -35,7 +37,8 @@ def matmul_blas(a, b):
     """``a @ b`` for 2-D float32/float64 arrays of one dtype, C-contiguous result.
 
     Computes ``c^T = b^T a^T`` in Fortran order, so that C- or F-contiguous operands
-    (e.g. ``w.T`` views) are passed to BLAS without copies.
+    (e.g. ``w.T`` views) are passed to BLAS without copies. Small products run on one
+    BLAS thread (:func:`varshift.kernels.threads.blas_serial`).
     """
     if a.dtype != b.dtype or a.dtype.char not in "fd" or 0 in a.shape or 0 in b.shape:
         return a @ b
@@ -45,5 +48,7 @@ def matmul_blas(a, b):
         _GEMM.update(f=blas.sgemm, d=blas.dgemm)
     first, trans_first = _fortran_operand(b)
     second, trans_second = _fortran_operand(a)
-    return _GEMM[a.dtype.char](1.0, first, second, trans_a=trans_first,
-                               trans_b=trans_second).T
+    return threads.blas_serial(
+        lambda: _GEMM[a.dtype.char](1.0, first, second, trans_a=trans_first,
+                                    trans_b=trans_second).T,
+        a.shape[0], b.shape[1], a.shape[1])

@@ -76,10 +76,10 @@ class Sequential(_Container):
         self._out_shape = np.shape(x)
         return x
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         self._check_backward()
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+        for i in range(len(self.layers) - 1, -1, -1):
+            dout = self.layers[i].backward(dout, input_grad=input_grad or i > 0)
         return dout
 
     def __repr__(self):
@@ -126,10 +126,11 @@ class Residual(_Container):
         self._out_shape = out.shape
         return out + skip
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         self._check_backward()
-        skip = dout if self.shortcut is None else self.shortcut.backward(dout)
-        return self.body.backward(dout) + skip
+        skip = dout if self.shortcut is None else self.shortcut.backward(dout, input_grad)
+        dx = self.body.backward(dout, input_grad)
+        return dx + skip if input_grad else None
 
     def __repr__(self):
         short = "" if self.shortcut is None else f",\n  shortcut={self.shortcut!r}"
@@ -174,10 +175,11 @@ class Concat(_Container):
         self._out_shape = out.shape
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         self._check_backward()
         parts = np.split(np.asarray(dout), self._splits, axis=1)
-        return sum(branch.backward(part) for branch, part in zip(self.branches, parts))
+        dxs = [branch.backward(part, input_grad) for branch, part in zip(self.branches, parts)]
+        return sum(dxs) if input_grad else None
 
     def __repr__(self):
         inner = ",\n".join("  " + repr(b).replace("\n", "\n  ") for b in self.branches)

@@ -103,16 +103,17 @@ class _Conv(Layer):
         w2 = self.params["weight"].reshape(o, -1)
         dout3 = dout.reshape(n, o, -1)
         dw2 = np.zeros_like(w2)
-        dx = np.empty(x4_shape, dtype=dout.dtype)
+        dx = np.empty(x4_shape, dtype=dout.dtype) if self._input_grad else None
         for chunk, chunk_cols in zip(self._chunks(x4_shape, dout.itemsize), cols):
             dout2 = dout3[chunk].transpose(1, 0, 2).reshape(o, -1)
             dw2 += kernels.matmul(dout2, chunk_cols.T)
-            dcols = kernels.matmul(w2.T, dout2)
-            dx[chunk] = kernels.col2im(dcols, dx[chunk].shape, self.window)
+            if dx is not None:
+                dcols = kernels.matmul(w2.T, dout2)
+                dx[chunk] = kernels.col2im(dcols, dx[chunk].shape, self.window)
         grads = {"weight": dw2.reshape(self.params["weight"].shape)}
         if self.bias:
             grads["bias"] = dout3.sum(axis=(0, 2))
-        return dx.reshape(x_shape), grads
+        return (None if dx is None else dx.reshape(x_shape)), grads
 
 
 def _as_4d_shape(shape):

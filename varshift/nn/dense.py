@@ -62,4 +62,5 @@ class Dense(Layer):
         grads = {"weight": kernels.matmul(dout.T, x)}
         if self.bias:
             grads["bias"] = dout.sum(axis=0)
-        return kernels.matmul(dout, self.params["weight"]), grads
+        dx = kernels.matmul(dout, self.params["weight"]) if self._input_grad else None
+        return dx, grads

@@ -5,7 +5,8 @@ A layer owns three dicts of arrays, keyed like PyTorch: ``params`` (trained),
 such as BatchNorm's running statistics). Subclasses implement the cs231n contract
 
 * ``_forward(x) -> (out, cache)``: the output and whatever backward needs;
-* ``_backward(dout, cache) -> (dx, grads)``: pure, given the cache;
+* ``_backward(dout, cache) -> (dx, grads)``: pure, given the cache (``dx`` may be
+  None when ``self._input_grad`` is False, see :meth:`Layer.backward`);
 
 and the base class adds input checks, dtype handling, modes, state dicts, configs for
 saving, and the random streams of stochastic layers. Containers override
@@ -66,6 +67,7 @@ class Layer:
         self._cache = None
         self._out_shape = None
         self._hooks: list = []
+        self._input_grad = True  # whether the running backward needs dx (see backward)
 
     # ------------------------------------------------------------------ compute
     def forward(self, x):
@@ -104,7 +106,7 @@ class Layer:
         self._hooks.append(hook)
         return HookHandle(self._hooks, hook)
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         """Input gradient for the output gradient ``dout`` of the last forward.
 
         Fills (overwrites) ``self.grads``; each forward is followed by at most one
@@ -113,18 +115,23 @@ class Layer:
         Parameters
         ----------
         dout : array_like, shape of the last output
+        input_grad : bool, default True
+            Compute the input gradient. Training needs only the parameter gradients:
+            with False, layers skip the input gradient's work where it has its own
+            (convolution, dense) and None is returned.
 
         Returns
         -------
-        dx : ndarray, shape of the last input
+        dx : ndarray, shape of the last input, or None
         """
         dout = self._prepare_dout(dout)
+        self._input_grad = input_grad
         dx, grads = self._backward(dout, self._cache)
         for key, grad in grads.items():
             self.grads[key] = np.asarray(grad, dtype=self.params[key].dtype).reshape(
                 self.params[key].shape
             )
-        return dx
+        return dx if input_grad else None
 
     def _forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -185,9 +192,14 @@ class Layer:
 
     def walk(self, prefix: str = "") -> Iterator[tuple[str, "Layer"]]:
         """Yield ``(path, layer)`` for this layer and every sub-layer, depth first."""
-        yield prefix, self
-        for name, child in self.children().items():
-            yield from child.walk(_join(prefix, name))
+        stack = [(prefix, self)]  # not recursive: nested generators cost per level
+        while stack:
+            path, layer = stack.pop()
+            yield path, layer
+            children = layer.children()
+            if children:
+                stack.extend((_join(path, name), child)
+                             for name, child in reversed(children.items()))
 
     def leaves(self) -> Iterator[tuple[str, "Layer"]]:
         """Yield ``(path, layer)`` for every layer that is not a container."""

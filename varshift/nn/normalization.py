@@ -163,8 +163,9 @@ class BatchNorm(Layer):
             If a value is NaN or does not fit the layer's dtype (e.g. the variance of
             inputs near the float32 limit); nothing is written then.
         """
+        # describe() (a repr) only for an error: it costs more than a small layer's step
         stats = running_stats({"running_mean": mean, "running_var": var}, self.dtype,
-                              self.describe())
+                              self.describe)
         for key, value in stats.items():
             self.buffers[key][...] = value
         self.buffers["num_batches_tracked"][...] = num_batches_tracked

@@ -80,13 +80,10 @@ class _MaxPool(_Pool):
     pad_value = -np.inf
 
     def _reduce(self, windows):
-        argmax = windows.argmax(axis=1)[:, None]
-        return np.take_along_axis(windows, argmax, axis=1), argmax
+        return kernels.max_windows(windows)
 
     def _expand(self, dout, windows_shape, argmax):
-        dwindows = np.zeros(windows_shape, dtype=dout.dtype)
-        np.put_along_axis(dwindows, argmax, dout, axis=1)
-        return dwindows
+        return kernels.max_windows_backward(dout, argmax, windows_shape[1])
 
 
 class _AvgPool(_Pool):

@@ -1,0 +1,120 @@
+"""Thread policy: how many threads a kernel or a BLAS product may use.
+
+Two limits apply to every call. The process-wide one is set with :func:`limit` (e.g.
+one thread in every :mod:`varshift.tasks` task) and is never exceeded. Below it, each
+call chooses by its amount of work: a Numba kernel on fewer than
+:data:`PARALLEL_MIN_ITEMS` values, or a product of fewer than
+:data:`PARALLEL_MIN_FLOPS` multiply-adds, runs on the calling thread alone.
+
+Why: waking a second thread costs tens of microseconds on an idle machine and up to a
+scheduler time slice when another process holds the other core, while the kernels of
+the small 1-D networks take 5-50 microseconds; and OpenBLAS's calling thread waits for
+its workers by spinning, burning a core it may not own (a PreResNet step at batch 100
+took 100x longer with two threads than with one while two other processes ran).
+
+A serial call uses the same compiled code as a parallel call limited to one thread,
+so single-threaded results do not depend on this policy.
+"""
+
+from __future__ import annotations
+
+import numba
+
+__all__ = ["PARALLEL_MIN_ITEMS", "PARALLEL_MIN_FLOPS", "limit", "sized", "blas_serial"]
+
+PARALLEL_MIN_ITEMS = 1 << 18
+"""Values (of the largest array a Numba kernel reads or writes) below which it runs
+serially: ~0.1 ms of work for the element-wise kernels."""
+
+PARALLEL_MIN_FLOPS = 1 << 25
+"""Multiply-adds ``m * n * k`` below which a product runs on one BLAS thread: ~0.5 ms
+of single-threaded sgemm."""
+
+_BLAS = []
+
+
+def _blas_libraries():
+    """threadpoolctl controllers of the BLAS the layers' products use: the OpenBLAS
+    bundled with SciPy's wheels if there is one, else every loaded BLAS.
+
+    Not NumPy's bundled copy, which the layers do not use: it reads
+    ``OPENBLAS_THREAD_TIMEOUT`` before varshift can set it, so raising its thread count
+    again after every small product would wake workers that then spin for ~0.1 s.
+    """
+    if not _BLAS:
+        import scipy.linalg.blas  # noqa: F401 - load SciPy's OpenBLAS first
+        from threadpoolctl import ThreadpoolController
+
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        _BLAS.extend([lib for lib in libs if "scipy.libs" in lib.filepath] or libs)
+    return _BLAS
+
+
+def limit(threads: int):
+    """Limit this thread's Numba kernels and every BLAS to ``threads`` threads.
+
+    Parameters
+    ----------
+    threads : int >= 1
+        At most Numba's ``NUMBA_NUM_THREADS``.
+
+    Returns
+    -------
+    restore : callable
+        Puts back the previous limits.
+    """
+    from threadpoolctl import threadpool_limits
+
+    _blas_libraries()  # SciPy's OpenBLAS is loaded before threadpoolctl looks
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    limiter = threadpool_limits(threads)
+    return lambda: (limiter.restore_original_limits(), numba.set_num_threads(before))
+
+
+def sized(kernel, items):
+    """``kernel`` running serially when ``items(*args)`` is below
+    :data:`PARALLEL_MIN_ITEMS`.
+
+    Parameters
+    ----------
+    kernel : callable
+        Calls Numba ``parallel=True`` functions.
+    items : callable
+        The call's amount of work from its arguments.
+
+    Returns
+    -------
+    callable
+        Same signature and result as ``kernel``.
+    """
+
+    def run(*args):
+        if items(*args) >= PARALLEL_MIN_ITEMS:
+            return kernel(*args)
+        threads = numba.get_num_threads()
+        if threads == 1:
+            return kernel(*args)
+        numba.set_num_threads(1)
+        try:
+            return kernel(*args)
+        finally:
+            numba.set_num_threads(threads)
+
+    run.__name__, run.__doc__, run.__wrapped__ = kernel.__name__, kernel.__doc__, kernel
+    return run
+
+
+def blas_serial(product, m, n, k):
+    """``product()`` on one BLAS thread if ``m * n * k`` is below
+    :data:`PARALLEL_MIN_FLOPS`, else under the current limit."""
+    if m * n * k >= PARALLEL_MIN_FLOPS:
+        return product()
+    changed = [(lib, t) for lib in _blas_libraries() if (t := lib.get_num_threads()) > 1]
+    for lib, _ in changed:
+        lib.set_num_threads(1)
+    try:
+        return product()
+    finally:
+        for lib, threads in changed:
+            lib.set_num_threads(threads)
