@@ -452,4 +452,4 @@ def test_suspicious_momentum_is_explained_in_keras_convention(keras_momentum, ad
     found = [f for f in diagnose(model, data(256), batch_size=64) if f.code == "SUSPICIOUS_MOMENTUM"]
     assert [f.layer for f in found] == ["bn"]
     assert f"momentum={keras_momentum:g}" in found[0].explanation
-    assert "Keras' convention" in found[0].explanation and advice in found[0].fix
+    assert "Keras'" in found[0].explanation and advice in found[0].fix

@@ -214,20 +214,24 @@ def _layer_list(pairs, limit=6):
     return f"[{shown}{', ...' if len(pairs) > limit else ''}] ({len(pairs)} layers)"
 
 
+def keras_momentum_like_pytorch(layer, momentum):
+    """The ``SUSPICIOUS_MOMENTUM`` finding for a Keras BatchNormalization whose
+    ``momentum`` (Keras' weight of the old statistics) looks like PyTorch's."""
+    new = 1 - momentum
+    return Finding(
+        "SUSPICIOUS_MOMENTUM", layer, "warning", {"momentum": momentum, "weight_of_new_batch": new},
+        f"momentum={momentum:g} is Keras' weight of the old statistics, so each new batch "
+        f"weighs {new:.3g} and the moving statistics follow only the last few batches. "
+        f"It looks like PyTorch's momentum (the weight of the new batch), where {momentum:g} "
+        f"would mean momentum={new:.3g} in Keras.",
+        f"Use momentum={new:.3g} (Keras' default is 0.99), or recalibrate after training.")
+
+
 def _momentum(b):
     if b.momentum is None or b.moving_var is None:
         return []
     if b.momentum >= KERAS_LIKE_MOMENTUM and b.keras_momentum:
-        own = 1 - b.momentum
-        return [Finding(
-            "SUSPICIOUS_MOMENTUM", b.name, "warning",
-            {"momentum": own, "weight_of_old_statistics": own},
-            f"momentum={own:.3g} (Keras' convention: the weight of the old value) gives "
-            f"each new batch the weight {b.momentum:.3g}, so the moving statistics follow "
-            f"only the last few batches. It looks like PyTorch's momentum (the weight of "
-            f"the new batch), where {own:.3g} would mean {b.momentum:.3g} in Keras.",
-            f"Use momentum={b.momentum:.3g} (Keras' default is 0.99), or recalibrate after "
-            f"training.")]
+        return [keras_momentum_like_pytorch(b.name, 1 - b.momentum)]
     if b.momentum >= KERAS_LIKE_MOMENTUM:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.name, "warning",

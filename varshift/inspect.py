@@ -57,6 +57,7 @@ from .diagnose import (
     STALE_SHIFT,
     Finding,
     _grade,
+    keras_momentum_like_pytorch,
 )
 from .keras_file import SEQUENTIAL, ModelFileError, read_keras_file
 
@@ -482,14 +483,7 @@ def _momentum(b, steps):
     m = b.momentum
     new = 1 - m
     if new >= KERAS_LIKE_MOMENTUM:
-        return [Finding(
-            "SUSPICIOUS_MOMENTUM", b.path, "warning",
-            {"momentum": m, "weight_of_new_batch": new},
-            f"momentum={m:g} is Keras' weight of the old statistics, so each new batch "
-            f"weighs {new:.3g} and the moving statistics follow only the last few batches. "
-            f"It looks like PyTorch's momentum (the weight of the new batch), where {m:g} "
-            f"would mean momentum={new:.3g} in Keras.",
-            f"Use momentum={new:.3g} (Keras' default is 0.99).")]
+        return [keras_momentum_like_pytorch(b.path, m)]
     if m >= 1:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.path, "warning", {"momentum": m},
