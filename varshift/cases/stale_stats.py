@@ -301,8 +301,8 @@ def _result(runs, settings, seconds):
     conclusion = (
         f"{verdict(claims)} {off_regime(regimes)}Never-updated running statistics (mean 0, "
         f"variance 1) cost "
-        f"{pct(conv, 'recalibrated') - pct(conv, 'eval'):.1f} points in the convnet "
-        f"({pct(conv, 'eval'):.1f}% in inference mode) and "
+        f"{pct(conv, 'recalibrated') - pct(conv, 'eval'):.1f} points against recalibrated "
+        f"statistics in the convnet ({pct(conv, 'eval'):.1f}% in inference mode) and "
         f"{pct(mlp, 'recalibrated') - pct(mlp, 'eval'):.1f} in the sigmoid MLP "
         f"({pct(mlp, 'eval'):.1f}%) after {question_steps} steps: the damage depends on how far "
         f"the real statistics are from the initial ones (first BatchNorm input: sd "
