@@ -70,11 +70,10 @@ def setup(threads=1):
     """
     import matplotlib.pyplot as plt
     import numba
-    import scipy.linalg.blas  # noqa: F401 - load SciPy's OpenBLAS (the layers' BLAS) first
-    from threadpoolctl import threadpool_limits
 
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    threadpool_limits(threads)
+    from varshift.kernels import threads as thread_policy
+
+    thread_policy.limit(min(threads, numba.config.NUMBA_NUM_THREADS))
     np.set_printoptions(precision=4, suppress=True)
     plt.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3,
                          "legend.fontsize": "small", "figure.constrained_layout.use": True})
