@@ -107,6 +107,21 @@ def test_leaky_relu_kernels_match(slope, dtype, rng):
                                   elementwise.leaky_relu_backward_numpy(d, x, dtype(slope)))
 
 
+@pytest.mark.parametrize("alpha", [1.0, 0.3, 2.5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elu_kernels_match_bit_for_bit(alpha, dtype, rng):
+    from varshift.kernels import elementwise
+    x = (3 * rng.standard_normal((4, 5, 50))).astype(dtype)
+    x[0, 0, :4] = [0.0, -0.0, np.nan, -np.inf]
+    d = rng.standard_normal(x.shape).astype(dtype)
+    out = elementwise.elu_numba(x, alpha)
+    expected = elementwise.elu_numpy(x, dtype(alpha))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))  # also -0, NaN
+    np.testing.assert_array_equal(elementwise.elu_backward_numba(d, x, out, alpha).view(np.uint8),
+                                  elementwise.elu_backward_numpy(d, x, expected, dtype(alpha)).view(np.uint8))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["cc", "fc", "cf", "ff", "strided"])
 def test_blas_matmul_matches_numpy(dtype, layout, rng):

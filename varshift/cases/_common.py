@@ -13,6 +13,7 @@ regime*, whatever its interval. Checks that are true by construction are
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import textwrap
@@ -401,11 +402,22 @@ def digest(model) -> str:
 
 # ------------------------------------------------------------------ data and training
 def mnist_subset(data_dir, n_train, n_test):
-    """The first ``n_train`` MNIST training and ``n_test`` test images (all if None)."""
+    """The first ``n_train`` MNIST training and ``n_test`` test images (all if None), as
+    read-only views of MNIST loaded once per process (a worker runs many tasks)."""
+    if isinstance(data_dir, list):  # several folders to search (hashable for the cache)
+        data_dir = tuple(data_dir)
+    x_train, y_train, x_test, y_test = _mnist(data_dir)
+    return x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test]
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist(data_dir):
     from ..datasets import load_mnist
 
-    x_train, y_train, x_test, y_test = load_mnist(data_dir)
-    return x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test]
+    arrays = load_mnist(data_dir)
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
 
 
 def train(model, data, *, epochs, batch_size, lr, seed, validation_data=None):

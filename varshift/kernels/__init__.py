@@ -46,7 +46,8 @@ from . import batchnorm, elementwise, gemm, optim, pooling, threads, window  # n
 from .window import Window  # noqa: E402
 
 __all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
-           "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward", "max_windows",
+           "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
+           "max_windows",
            "max_windows_backward"]
 
 BACKEND = os.environ.get("VARSHIFT_KERNELS", "numba").strip().lower()
@@ -76,5 +77,7 @@ bn_backward = _pick(batchnorm, "backward")
 adam_step = _pick(optim, "adam")
 leaky_relu = _pick(elementwise, "leaky_relu")
 leaky_relu_backward = _pick(elementwise, "leaky_relu_backward")
+elu = _pick(elementwise, "elu")
+elu_backward = _pick(elementwise, "elu_backward")
 max_windows = _pick(pooling, "max_windows")
 max_windows_backward = _pick(pooling, "max_windows_backward")

@@ -70,14 +70,14 @@ def _max_windows(windows):
     out = np.empty((p_, 1, q_), dtype=windows.dtype)
     argmax = np.empty((p_, 1, q_), dtype=np.int64)
     for p in prange(p_):
-        for q in range(q_):
-            best, k = windows[p, 0, q], 0
-            for t in range(1, t_):
-                v = windows[p, t, q]
+        out[p, 0] = windows[p, 0]
+        argmax[p, 0] = 0
+        for t in range(1, t_):  # taps outside, positions inside: contiguous rows (2x)
+            for q in range(q_):
+                v, best = windows[p, t, q], out[p, 0, q]
                 if v > best or (v != v and best == best):  # the first NaN wins, as argmax
-                    best, k = v, t
-            out[p, 0, q] = best
-            argmax[p, 0, q] = k
+                    out[p, 0, q] = v
+                    argmax[p, 0, q] = t
     return out, argmax
 
 

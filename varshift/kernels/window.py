@@ -124,7 +124,8 @@ def im2col_numba(x, window: Window, pad_value=0.0):
     Same contract as :func:`im2col_numpy`.
     """
     oh, ow = window.output_size(*x.shape[2:])
-    return _im2col(np.ascontiguousarray(x), *window.args, oh, ow, x.dtype.type(pad_value))
+    kernel = _im2col_runs if window.stride[1] == 1 else _im2col_gather
+    return kernel(np.ascontiguousarray(x), *window.args, oh, ow, x.dtype.type(pad_value))
 
 
 def col2im_numba(cols, x_shape, window: Window):
@@ -144,8 +145,20 @@ def _valid(n_out, stride, offset, size):
     return min(lo, hi), hi
 
 
+@njit(inline="always")
+def _tap_offsets(offsets, i, j, h_, w_, sh, sw, ph, pw, dh, dw, oh, ow):
+    """``offsets[p * ow + q]``: where tap ``(i, j)`` of output ``(p, q)`` reads in an
+    (h_, w_) input plane, -1 in the padding."""
+    for p in range(oh):
+        h = p * sh + i * dh - ph
+        for q in range(ow):
+            w = q * sw + j * dw - pw
+            offsets[p * ow + q] = h * w_ + w if 0 <= h < h_ and 0 <= w < w_ else -1
+
+
 @njit(parallel=True, cache=True)
-def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value):
+def _im2col_runs(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value):
+    """im2col for width stride 1: each output row reads a contiguous run of the input."""
     n_, c_, h_, w_ = x.shape
     plane = oh * ow
     width = n_ * plane
@@ -170,30 +183,56 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value):
                     x_row = x_plane + (p * sh + i * dh - ph) * w_
                     for q in range(q0):  # loops: a few values, cheaper than slice views
                         dst[start + q] = pad_value
-                    if sw == 1:  # a contiguous run: a slice copy vectorises (2x for 1-D layers)
-                        dst[start + q0:start + q1] = src[x_row + q0:x_row + q1]
-                    else:
-                        for q in range(q0, q1):
-                            dst[start + q] = src[x_row + q * sw]
+                    # a slice copy vectorises (2x for 1-D layers)
+                    dst[start + q0:start + q1] = src[x_row + q0:x_row + q1]
                     for q in range(q1, ow):
                         dst[start + q] = pad_value
     return cols
 
 
 @njit(parallel=True, cache=True)
+def _im2col_gather(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, pad_value):
+    """im2col for any stride: a table of the plane's read offsets per tap, then one
+    flat gather per (tap, sample) (1.3x faster than row runs of a few strided values)."""
+    n_, c_, h_, w_ = x.shape
+    plane = oh * ow
+    width = n_ * plane
+    cols = np.empty((c_ * kh * kw, width), dtype=x.dtype)
+    src = x.reshape(-1)
+    dst = cols.reshape(-1)
+    for ci in prange(c_ * kh):
+        c, i = ci // kh, ci % kh
+        offsets = np.empty(plane, np.int64)
+        for j in range(kw):
+            _tap_offsets(offsets, i, j, h_, w_, sh, sw, ph, pw, dh, dw, oh, ow)
+            row = (ci * kw + j) * width
+            for n in range(n_):
+                x_plane = (n * c_ + c) * h_ * w_
+                start = row + n * plane
+                for k in range(plane):
+                    at = offsets[k]
+                    dst[start + k] = src[x_plane + at] if at >= 0 else pad_value
+    return cols
+
+
+@njit(parallel=True, cache=True)
 def _col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     plane = oh * ow
+    width = n_ * plane
     dx = np.zeros((n_, c_, h_, w_), dtype=cols.dtype)
+    dst = dx.reshape(-1)
+    src = cols.reshape(-1)
     for c in prange(c_):  # a channel per task: no two tasks write the same dx element
+        offsets = np.empty(plane, np.int64)
         for i in range(kh):
-            p0, p1 = _valid(oh, sh, i * dh - ph, h_)
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                q0, q1 = _valid(ow, sw, j * dw - pw, w_)
+            for j in range(kw):  # taps in order: each dx element sums them as im2col_numpy
+                _tap_offsets(offsets, i, j, h_, w_, sh, sw, ph, pw, dh, dw, oh, ow)
+                row = ((c * kh + i) * kw + j) * width
                 for n in range(n_):
-                    for p in range(p0, p1):
-                        h = p * sh + i * dh - ph
-                        start = n * plane + p * ow
-                        for q in range(q0, q1):
-                            dx[n, c, h, q * sw + j * dw - pw] += cols[row, start + q]
+                    x_plane = (n * c_ + c) * h_ * w_
+                    start = row + n * plane
+                    for k in range(plane):
+                        at = offsets[k]
+                        if at >= 0:
+                            dst[x_plane + at] += src[start + k]
     return dx

@@ -54,13 +54,12 @@ class ELU(_Activation):
         self.alpha = real(alpha, "alpha", "ELU", 0, low_open=True)
 
     def _forward(self, x):
-        alpha = self.dtype.type(self.alpha)
-        out = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
-        return out, (x > 0, out)
+        out = kernels.elu(x, self.alpha)
+        return out, (x, out)
 
     def _backward(self, dout, cache):
-        positive, out = cache
-        return np.where(positive, dout, dout * (out + self.dtype.type(self.alpha))), {}
+        x, out = cache
+        return kernels.elu_backward(dout, x, out, self.alpha), {}
 
 
 class Tanh(_Activation):
