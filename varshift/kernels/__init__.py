@@ -45,10 +45,9 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from . import batchnorm, elementwise, gemm, optim, pooling, threads, window  # noqa: E402
 from .window import Window  # noqa: E402
 
-__all__ = ["Window", "BACKEND", "matmul", "im2col", "col2im", "bn_moments", "bn_normalize",
+__all__ = ["Window", "BACKEND", "matmul", "add_bias_nchw", "im2col", "col2im", "bn_moments", "bn_normalize",
            "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
-           "max_windows",
-           "max_windows_backward"]
+           "max_pool", "max_windows_backward"]
 
 BACKEND = os.environ.get("VARSHIFT_KERNELS", "numba").strip().lower()
 if BACKEND not in ("numba", "numpy"):
@@ -69,6 +68,7 @@ def _pick(module, name, items=_size):
 
 
 matmul = gemm.matmul_numpy if BACKEND == "numpy" else gemm.matmul_blas
+add_bias_nchw = _pick(gemm, "add_bias_nchw")
 im2col = _pick(window, "im2col", lambda x, window, *_: x.size * window.kernel[0] * window.kernel[1])
 col2im = _pick(window, "col2im")
 bn_moments = _pick(batchnorm, "moments")
@@ -79,5 +79,5 @@ leaky_relu = _pick(elementwise, "leaky_relu")
 leaky_relu_backward = _pick(elementwise, "leaky_relu_backward")
 elu = _pick(elementwise, "elu")
 elu_backward = _pick(elementwise, "elu_backward")
-max_windows = _pick(pooling, "max_windows")
+max_pool = _pick(pooling, "max_pool")
 max_windows_backward = _pick(pooling, "max_windows_backward")

@@ -88,12 +88,12 @@ class _Conv(Layer):
         out_size = self.window.output_size(*x4.shape[2:])
         w2 = self.params["weight"].reshape(o, -1)
         out = np.empty((n, o, out_size[0] * out_size[1]), dtype=x.dtype)
-        bias = self.params["bias"][:, None] if self.bias else x.dtype.type(0)
+        bias = self.params["bias"] if self.bias else np.zeros(o, x.dtype)
         cols = []
         for chunk in self._chunks(x4.shape, x4.itemsize):
             cols.append(kernels.im2col(x4[chunk], self.window))
             res = kernels.matmul(w2, cols[-1]).reshape(o, -1, out.shape[2])
-            np.add(res.transpose(1, 0, 2), bias, out=out[chunk])
+            kernels.add_bias_nchw(res, bias, out[chunk])
         return out.reshape(n, o, *out_size[2 - self.dims:]), (x.shape, cols)
 
     def _backward(self, dout, cache):
