@@ -187,21 +187,6 @@ def test_thread_policy_runs_small_work_serially_and_restores_the_limits():
         one()
 
 
-@given(geometries(), st.sampled_from([np.float32, np.float64]))
-def test_max_pool_kernels_match(geom, dtype):
-    from varshift.kernels import pooling
-
-    win, (n, c, h, w) = geom
-    image = np.random.default_rng(0).standard_normal((1, n * c, h, w)).astype(dtype)
-    image[0, 0, 0, :2] = np.nan  # the first NaN is the maximum
-    image[0, -1, -1, -1] = -np.inf
-    out, argmax = pooling.max_pool_numba(image, win)
-    expected_out, expected_argmax = pooling.max_pool_numpy(image, win)
-    assert out.dtype == dtype
-    np.testing.assert_array_equal(argmax, expected_argmax)
-    np.testing.assert_array_equal(out, expected_out)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_windows_kernels_match(dtype, rng):
     from varshift.kernels import pooling
@@ -211,9 +196,10 @@ def test_max_windows_kernels_match(dtype, rng):
     windows[1, 1:3, 1] = np.nan  # the first NaN is the maximum
     windows[2, :, 2] = windows[2, 1, 2]  # ties: the first tap
     windows[3, 0, 3] = np.nan
-    out, argmax = pooling.max_windows_numpy(windows)
-    assert argmax[0, 0, 0] == 0 and argmax[1, 0, 1] == 1 and argmax[2, 0, 2] == 0
-    assert argmax[3, 0, 3] == 0 and np.isnan(out[1, 0, 1])
+    out, argmax = pooling.max_windows_numba(windows)
+    expected_out, expected_argmax = pooling.max_windows_numpy(windows)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(out, expected_out)
     dout = rng.standard_normal(out.shape).astype(dtype)
     np.testing.assert_array_equal(pooling.max_windows_backward_numba(dout, argmax, 4),
                                   pooling.max_windows_backward_numpy(dout, argmax, 4))

@@ -47,7 +47,7 @@ from .window import Window  # noqa: E402
 
 __all__ = ["Window", "BACKEND", "matmul", "add_bias_nchw", "im2col", "col2im", "bn_moments", "bn_normalize",
            "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
-           "max_pool", "max_windows_backward"]
+           "max_windows", "max_windows_backward"]
 
 BACKEND = os.environ.get("VARSHIFT_KERNELS", "numba").strip().lower()
 if BACKEND not in ("numba", "numpy"):
@@ -79,5 +79,5 @@ leaky_relu = _pick(elementwise, "leaky_relu")
 leaky_relu_backward = _pick(elementwise, "leaky_relu_backward")
 elu = _pick(elementwise, "elu")
 elu_backward = _pick(elementwise, "elu_backward")
-max_pool = _pick(pooling, "max_pool")
+max_windows = _pick(pooling, "max_windows")
 max_windows_backward = _pick(pooling, "max_windows_backward")

@@ -1,9 +1,8 @@
 """Pooling and reshaping layers: max and average pooling, global average pooling,
 flatten.
 
-Max and average pooling view (N, C, *S) as one image with N * C channels and reduce
-over each window: max pooling reads the windows in place (``kernels.max_pool``),
-average pooling builds the window columns with the same im2col as convolution.
+Max and average pooling view (N, C, *S) as one image with N * C channels, build its
+window columns with the same im2col as convolution, and reduce over the window.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ class _Pool(Layer):
 
     kind = "pool"
     dims = 2
+    pad_value = 0.0
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -61,9 +61,11 @@ class _Pool(Layer):
         x4 = _as_4d(x)
         image = x4.reshape(1, n * c, *x4.shape[2:])
         out_size = self.window.output_size(*x4.shape[2:])
-        out, cache = self._reduce(image)
-        windows_shape = (n * c, int(np.prod(self.kernel_size)), out_size[0] * out_size[1])
-        return out.reshape(n, c, *out_size[2 - self.dims:]), (x.shape, windows_shape, cache)
+        # rows of cols are (plane, tap); as (N * C, taps, positions) the window is axis 1
+        cols = kernels.im2col(image, self.window, self.pad_value)
+        windows = cols.reshape(n * c, -1, out_size[0] * out_size[1])
+        out, cache = self._reduce(windows)
+        return out.reshape(n, c, *out_size[2 - self.dims:]), (x.shape, windows.shape, cache)
 
     def _backward(self, dout, cache):
         x_shape, windows_shape, reduce_cache = cache
@@ -75,18 +77,18 @@ class _Pool(Layer):
 
 
 class _MaxPool(_Pool):
-    def _reduce(self, image):
-        return kernels.max_pool(image, self.window)
+    pad_value = -np.inf
+
+    def _reduce(self, windows):
+        return kernels.max_windows(windows)
 
     def _expand(self, dout, windows_shape, argmax):
         return kernels.max_windows_backward(dout, argmax, windows_shape[1])
 
 
 class _AvgPool(_Pool):
-    def _reduce(self, image):
-        # rows of the columns are (plane, tap): as (P, taps, positions) the window is axis 1
-        cols = kernels.im2col(image, self.window)
-        return cols.reshape(image.shape[1], -1, cols.shape[1]).mean(axis=1), None
+    def _reduce(self, windows):
+        return windows.mean(axis=1), None
 
     def _expand(self, dout, windows_shape, _):
         return np.broadcast_to(dout / windows_shape[1], windows_shape)
