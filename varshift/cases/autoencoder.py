@@ -144,6 +144,15 @@ def train_run(batch, epochs, seed) -> dict:
             "mean_gap": float(np.mean(np.abs(bn.moving_mean - bn.real_mean) / np.sqrt(bn.real_var)))}
 
 
+def tasks(quick=True, *, seeds=None, schedules=SCHEDULES, seed=0, data_dir=None) -> list:
+    """The training runs :func:`run` computes with the same arguments, as
+    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
+    return [Task(f"cases/{NAME}/b{batch}-e{epochs}/seed{s}", f"{__name__}:train_run",
+                 {"batch": batch, "epochs": epochs, "seed": s})
+            for batch, epochs in schedules
+            for s in range(seed, seed + (seeds or (20 if quick else 100)))]
+
+
 def run(quick=True, *, seeds=None, schedules=SCHEDULES, seed=0, jobs=1, client=None, cache=None,
         progress=False, data_dir=None) -> AutoencoderResult:
     """Train the autoencoder with and without BatchNorm over many seeds and each
@@ -176,10 +185,8 @@ def run(quick=True, *, seeds=None, schedules=SCHEDULES, seed=0, jobs=1, client=N
     start = time.perf_counter()
     seeds = seeds or (20 if quick else 100)
     schedules = [tuple(s) for s in schedules]
-    tasks = [Task(f"cases/{NAME}/b{batch}-e{epochs}/seed{s}", f"{__name__}:train_run",
-                  {"batch": batch, "epochs": epochs, "seed": s})
-             for batch, epochs in schedules for s in range(seed, seed + seeds)]
-    records = iter(run_tasks(tasks, jobs=jobs, client=client, cache=cache, progress=progress))
+    records = iter(run_tasks(tasks(quick, seeds=seeds, schedules=schedules, seed=seed),
+                             jobs=jobs, client=client, cache=cache, progress=progress))
     runs = {_label(*schedule): [next(records) for _ in range(seeds)] for schedule in schedules}
     settings = dict(seeds=seeds, samples=SAMPLES, lr=LR,
                     schedules="; ".join(_label(*s) for s in schedules),

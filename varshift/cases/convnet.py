@@ -145,6 +145,21 @@ def train_run(config, seed, epochs, n_train, n_test, n_stats, data_dir=None) -> 
     return record
 
 
+def _params(quick, epochs, n_train, n_test):
+    return {"epochs": epochs or (2 if quick else 3), "n_train": n_train or (6000 if quick else 60000),
+            "n_test": n_test or (1000 if quick else 10000), "n_stats": 2000 if quick else 10000}
+
+
+def tasks(quick=True, *, seeds=None, epochs=None, n_train=None, n_test=None, data_dir=None,
+          seed=0) -> list:
+    """The training runs :func:`run` computes with the same arguments, as
+    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
+    params = _params(quick, epochs, n_train, n_test)
+    return [Task(f"cases/{NAME}/{slug(name)}/seed{s}", f"{__name__}:train_run",
+                 {"config": name, "seed": s, **params}, {"data_dir": data_dir})
+            for name in CONFIGS for s in range(seed, seed + (seeds or 5))]
+
+
 def run(quick=True, *, seeds=None, epochs=None, n_train=None, n_test=None, data_dir=None,
         seed=0, jobs=1, client=None, cache=None, progress=False) -> ConvnetResult:
     """Train the five configurations over several seeds and measure them.
@@ -185,12 +200,10 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, n_test=None, data_
     """
     start = time.perf_counter()
     seeds = seeds or 5
-    params = {"epochs": epochs or (2 if quick else 3), "n_train": n_train or (6000 if quick else 60000),
-              "n_test": n_test or (1000 if quick else 10000), "n_stats": 2000 if quick else 10000}
-    tasks = [Task(f"cases/{NAME}/{slug(name)}/seed{s}", f"{__name__}:train_run",
-                  {"config": name, "seed": s, **params}, {"data_dir": data_dir})
-             for name in CONFIGS for s in range(seed, seed + seeds)]
-    records = iter(run_tasks(tasks, jobs=jobs, client=client, cache=cache, progress=progress))
+    params = _params(quick, epochs, n_train, n_test)
+    records = iter(run_tasks(tasks(quick, seeds=seeds, epochs=epochs, n_train=n_train,
+                                   n_test=n_test, data_dir=data_dir, seed=seed),
+                             jobs=jobs, client=client, cache=cache, progress=progress))
     runs = {name: [next(records) for _ in range(seeds)] for name in CONFIGS}
     settings = dict(seeds=seeds, epochs=params["epochs"], train_images=params["n_train"],
                     test_images=params["n_test"], lr=f"{LR:g} ({FAST_LR:g} in the last row)",

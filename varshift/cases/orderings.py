@@ -160,6 +160,29 @@ def train_run(order, seed, epochs, n_train, n_test, n_stats, data_dir=None) -> d
             "running_factor": [b.attribution["running_stats"] for b in report.bn]}
 
 
+def _orders(orders):
+    orders = list(orders or POSTED)
+    unknown = [o for o in orders if o not in POSTED]
+    if unknown:
+        raise ValueError(f"unknown ordering(s) {unknown}; choose from {list(POSTED)}")
+    return orders
+
+
+def _params(quick, epochs, n_train, n_test):
+    return {"epochs": epochs or (1 if quick else 20), "n_train": n_train or (6000 if quick else 60000),
+            "n_test": n_test or (1000 if quick else 10000), "n_stats": 1000 if quick else 10000}
+
+
+def tasks(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, n_test=None,
+          data_dir=None, seed=0) -> list:
+    """The training runs :func:`run` computes with the same arguments, as
+    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
+    params = _params(quick, epochs, n_train, n_test)
+    return [Task(f"cases/{NAME}/{order}/seed{s}", f"{__name__}:train_run",
+                 {"order": order, "seed": s, **params}, {"data_dir": data_dir})
+            for order in _orders(orders) for s in range(seed, seed + (seeds or 3))]
+
+
 def run(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, n_test=None,
         data_dir=None, seed=0, jobs=1, client=None, cache=None, progress=False) -> OrderingsResult:
     """Train every ordering over several seeds; test loss and accuracy, measured shift.
@@ -201,16 +224,11 @@ def run(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, n_tes
     """
     start = time.perf_counter()
     seeds = seeds or 3
-    orders = list(orders or POSTED)
-    unknown = [o for o in orders if o not in POSTED]
-    if unknown:
-        raise ValueError(f"unknown ordering(s) {unknown}; choose from {list(POSTED)}")
-    params = {"epochs": epochs or (1 if quick else 20), "n_train": n_train or (6000 if quick else 60000),
-              "n_test": n_test or (1000 if quick else 10000), "n_stats": 1000 if quick else 10000}
-    tasks = [Task(f"cases/{NAME}/{order}/seed{s}", f"{__name__}:train_run",
-                  {"order": order, "seed": s, **params}, {"data_dir": data_dir})
-             for order in orders for s in range(seed, seed + seeds)]
-    records = iter(run_tasks(tasks, jobs=jobs, client=client, cache=cache, progress=progress))
+    orders = _orders(orders)
+    params = _params(quick, epochs, n_train, n_test)
+    records = iter(run_tasks(tasks(quick, seeds=seeds, epochs=epochs, n_train=n_train,
+                                   orders=orders, n_test=n_test, data_dir=data_dir, seed=seed),
+                             jobs=jobs, client=client, cache=cache, progress=progress))
     runs = {order: [next(records) for _ in range(seeds)] for order in orders}
     settings = dict(seeds=seeds, epochs=params["epochs"], train_images=params["n_train"],
                     test_images=params["n_test"], batch=BATCH, lr=LR,

@@ -159,6 +159,30 @@ def train_run(network, variant, steps, seed, n_test, n_stats, data_dir=None) -> 
             "findings": _worst(findings), "weights": digest(model)}
 
 
+_KEYS = [(network, variant) for network in NETWORKS for variant in VARIANTS]
+
+
+def _steps(steps, question_steps):
+    return {v: (question_steps or 600) if v == QUESTION_VARIANT else (steps or 100)
+            for v in VARIANTS}
+
+
+def _params(quick, n_test):
+    return {"n_test": n_test or (1000 if quick else 10000), "n_stats": 2000 if quick else 10000}
+
+
+def tasks(quick=True, *, seeds=None, steps=None, question_steps=None, n_test=None, data_dir=None,
+          seed=0) -> list:
+    """The training runs :func:`run` computes with the same arguments, as
+    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
+    steps_of, params = _steps(steps, question_steps), _params(quick, n_test)
+    return [Task(f"cases/{NAME}/{slug(network)}/{slug(variant)}/seed{s}", f"{__name__}:train_run",
+                 {"network": network, "variant": variant, "steps": steps_of[variant], "seed": s,
+                  **params}, {"data_dir": data_dir})
+            for network, variant in _KEYS
+            for s in range(seed, seed + (seeds or (3 if quick else 5)))]
+
+
 def run(quick=True, *, seeds=None, steps=None, question_steps=None, n_test=None, data_dir=None,
         seed=0, jobs=1, client=None, cache=None, progress=False) -> StaleStatsResult:
     """Train two networks with Keras-style BatchNorm and each running-average variant;
@@ -205,16 +229,12 @@ def run(quick=True, *, seeds=None, steps=None, question_steps=None, n_test=None,
     """
     start = time.perf_counter()
     seeds = seeds or (3 if quick else 5)
-    steps_of = {v: (question_steps or 600) if v == QUESTION_VARIANT else (steps or 100)
-                for v in VARIANTS}
-    params = {"n_test": n_test or (1000 if quick else 10000), "n_stats": 2000 if quick else 10000}
-    keys = [(network, variant) for network in NETWORKS for variant in VARIANTS]
-    tasks = [Task(f"cases/{NAME}/{slug(network)}/{slug(variant)}/seed{s}", f"{__name__}:train_run",
-                  {"network": network, "variant": variant, "steps": steps_of[variant], "seed": s,
-                   **params}, {"data_dir": data_dir})
-             for network, variant in keys for s in range(seed, seed + seeds)]
-    records = iter(run_tasks(tasks, jobs=jobs, client=client, cache=cache, progress=progress))
-    runs = {f"{network}, {variant}": [next(records) for _ in range(seeds)] for network, variant in keys}
+    steps_of, params = _steps(steps, question_steps), _params(quick, n_test)
+    records = iter(run_tasks(tasks(quick, seeds=seeds, steps=steps, question_steps=question_steps,
+                                   n_test=n_test, data_dir=data_dir, seed=seed),
+                             jobs=jobs, client=client, cache=cache, progress=progress))
+    runs = {f"{network}, {variant}": [next(records) for _ in range(seeds)]
+            for network, variant in _KEYS}
     settings = dict(seeds=seeds, steps=steps_of["momentum 0.99"],
                     question_steps=steps_of[QUESTION_VARIANT], batch=BATCH, lr=LR,
                     test_images=params["n_test"],

@@ -85,7 +85,8 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
                   client=client, data_dir=data_dir, progress=progress)
     results, skipped, seconds = [], [], {}
     try:
-        ctx.prefetch([n for n in names if n in FIGURES and n != "width"])
+        ctx.prefetch([n for n in names if n in FIGURES and n != "width"],
+                     _case_tasks([n for n in names if n in CASES], data_dir, seed))
     except DataMissing as err:  # pragma: no cover - only "width" needs MNIST
         skipped.append(("prefetch", str(err)))
     for i, name in enumerate(names, 1):
@@ -119,3 +120,17 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     write_timings(out, seconds)
     write_report(out, skipped, settings.describe() + "; case studies in their quick mode")
     return results, skipped
+
+
+def _case_tasks(names, data_dir, seed):
+    """The training runs of the case studies ``names`` in their quick mode, to compute
+    with the figures' in one batch; none if MNIST is missing (each case then reports it
+    when it runs)."""
+    from ..cases import CASES
+    from ..datasets import load_mnist
+
+    try:
+        load_mnist(data_dir)
+    except FileNotFoundError:
+        return []
+    return [task for name in names for task in CASES[name].tasks(True, data_dir=data_dir, seed=seed)]

@@ -70,8 +70,9 @@ class Context:
         self.seconds.update(seconds)
         return [results[t.key] for t in task_list]
 
-    def prefetch(self, names):
-        """Compute every task the named figures need in one batch (full parallelism)."""
+    def prefetch(self, names, extra=()):
+        """Compute every task the named figures need, and the ``extra`` tasks (first:
+        the case studies' longer runs), in one batch: full parallelism to the end."""
         wanted = []
         if any(n in NETWORK_FIGURES for n in names):
             wanted += plan.network_tasks(self.settings)
@@ -80,8 +81,9 @@ class Context:
         if "width" in names:
             self._check_mnist()
             wanted += plan.width_tasks(self.settings, self.data_dir)
+        wanted = [*extra, *sorted(wanted, key=lambda t: t.params["seed"])]
         if wanted:
-            self.run(sorted(wanted, key=lambda t: t.params["seed"]))
+            self.run(wanted)
 
     def network(self, arch, placement, rate, noise="dropout"):
         """Per-seed results of one network setting."""
