@@ -462,6 +462,41 @@ def test_reproduce_includes_cases_in_the_report(tmp_path):
     assert "**Conclusion.**" in report and "Case-study statements (6)" in report
 
 
+@pytest.mark.parametrize("name", sorted(cases.CASES))
+def test_case_tasks_are_the_runs_its_run_computes(name, monkeypatch):
+    module, seen = cases.CASES[name], []
+
+    class Captured(Exception):
+        pass
+
+    def capture(tasks, **_):
+        seen.extend(tasks)
+        raise Captured
+
+    monkeypatch.setattr(module, "run_tasks", capture)
+    for quick, options in ((True, {}), (False, {"seeds": 2, "seed": 3})):
+        seen.clear()
+        with pytest.raises(Captured):
+            module.run(quick, data_dir="somewhere", **options)
+        planned = module.tasks(quick, data_dir="somewhere", **options)
+        assert len(planned) == len(seen) > 0
+        assert [(t.key, t.function, t.options) for t in planned] == \
+            [(t.key, t.function, t.options) for t in seen]
+
+
+def test_reproduce_computes_case_runs_in_the_figures_batch(tmp_path, monkeypatch):
+    from varshift import reproduce
+
+    batches = []
+    prefetch = reproduce.Context.prefetch
+    monkeypatch.setattr(reproduce.Context, "prefetch",
+                        lambda self, names, extra=(): (batches.append([t.key for t in extra]),
+                                                       prefetch(self, names, extra))[1])
+    reproduce.run(tmp_path, quick=True, only=["linear-autoencoder"], progress=False)
+    assert batches == [[t.key for t in autoencoder.tasks(True)]]
+    assert len(list((tmp_path / "tasks" / "cases").rglob("*.json"))) == len(batches[0])
+
+
 def test_cases_needing_mnist_are_skipped_with_instructions(tmp_path, monkeypatch):
     from varshift import reproduce
 

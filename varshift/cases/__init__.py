@@ -2,8 +2,10 @@
 measurements over several seeds.
 
 Each case module has ``run(quick=True, ...)`` returning a :class:`CaseResult` with
-``summary()`` and ``plot(ax=None)``; :func:`run` runs one by name, :data:`CASES` lists
-them and :func:`load` reads a saved result back. Every statement is judged with the
+``summary()`` and ``plot(ax=None)``, and ``tasks(quick=True, ...)``, the training runs
+that ``run`` with the same arguments computes (``varshift reproduce`` computes them in
+one batch with the figures'); :func:`run` runs one by name, :data:`CASES` lists them
+and :func:`load` reads a saved result back. Every statement is judged with the
 protocol of :mod:`varshift.verdicts` (paired 95 % intervals over seeds; *not tested at
 the posted regime* where the runs are not in the regime the statement was posted in;
 sanity checks apart). Every training run is a :class:`varshift.tasks.Task`, so a case
