@@ -84,11 +84,13 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     ctx = Context(settings, cache=Path(cache) if cache is not None else out / "tasks", jobs=jobs,
                   client=client, data_dir=data_dir, progress=progress)
     results, skipped, seconds = [], [], {}
-    try:
-        ctx.prefetch([n for n in names if n in FIGURES and n != "width"],
-                     _case_tasks([n for n in names if n in CASES], data_dir, seed))
-    except DataMissing as err:  # pragma: no cover - only "width" needs MNIST
-        skipped.append(("prefetch", str(err)))
+    # one batch of every training run (full parallelism to the end), without those
+    # that read MNIST if it is missing: their figure or case reports it
+    mnist = _have_mnist(data_dir)
+    ctx.prefetch([n for n in names if n in FIGURES and (n != "width" or mnist)],
+                 [task for name in names if name in CASES
+                  for task in CASES[name].tasks(True, data_dir=data_dir, seed=seed)
+                  if mnist or "data_dir" not in task.options])
     for i, name in enumerate(names, 1):
         if progress:
             print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
@@ -122,17 +124,11 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     return results, skipped
 
 
-def _case_tasks(names, data_dir, seed):
-    """The training runs of the case studies ``names`` in their quick mode, to compute
-    with the figures' in one batch; without those that read MNIST (a ``data_dir``
-    option) if it is missing: their case reports it when it runs."""
-    from ..cases import CASES
+def _have_mnist(data_dir):
     from ..datasets import load_mnist
 
     try:
         load_mnist(data_dir)
-        have_mnist = True
     except FileNotFoundError:
-        have_mnist = False
-    return [task for name in names for task in CASES[name].tasks(True, data_dir=data_dir, seed=seed)
-            if have_mnist or "data_dir" not in task.options]
+        return False
+    return True
