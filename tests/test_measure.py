@@ -103,6 +103,33 @@ def test_measuring_never_changes_the_model(model, seed):
     assert [(layer.training, layer._cache, layer._out_shape, len(layer._hooks)) for layer in layers] == state
 
 
+@pytest.mark.parametrize("container", ["residual", "concat", "nested"])
+def test_passes_share_the_layers_before_the_noise_inside_containers(container):
+    def body():
+        return nn.Sequential(nn.BatchNorm(2), nn.ReLU(), nn.Dropout(0.5), nn.Conv1D(2, 2, 3, padding=1))
+
+    model = {"residual": lambda: nn.Residual(body()),
+             "concat": lambda: nn.Concat(body(), nn.Identity()),
+             "nested": lambda: nn.Sequential(nn.Conv1D(2, 2, 1), nn.Residual(nn.Sequential(
+                 nn.Residual(body()), nn.BatchNorm(2))))}[container]()
+    model.initialize(0)
+    x = np.random.default_rng(0).standard_normal((32, 2, 5)).astype(np.float32)
+    calls = {}
+    for _, layer in model.walk():
+        layer.add_hook(lambda layer, x, out: calls.update({id(layer): calls.get(id(layer), 0) + 1}))
+    report = measure(model, x, batch_size=len(x))
+    layers = dict(model.walk())
+    first_bn = next(path for path, layer in layers.items() if isinstance(layer, nn.BatchNorm))
+    relu = next(layer for layer in layers.values() if isinstance(layer, nn.ReLU))
+    # eval apart; train and nodrop together up to the Dropout, apart after it
+    assert calls[id(layers[first_bn])] == 2 and calls[id(relu)] == 2
+    conv = next(layer for path, layer in layers.items() if isinstance(layer, nn.Conv1D) and
+                path.endswith("3"))
+    assert calls[id(conv)] == 3
+    bn = next(b for b in report.bn if b.name == first_bn)
+    np.testing.assert_array_equal(bn.train_var, bn.nodrop_var)
+
+
 def test_measure_is_deterministic_given_the_seed():
     x, y = blobs(500)
     model = trained(dropout_before_bn(), (x, y), epochs=1)

@@ -29,8 +29,8 @@ BatchNorm kept in inference mode while the rest trains (frozen-BatchNorm fine-tu
 Nothing of the model changes: parameters, buffers, random state, modes, hooks (and a
 varshift model's forward caches) are restored, and Dropout masks come from random
 state seeded by ``seed``. Where passes agree (the same input, and the same behaviour of
-a layer in both modes, as before the first Dropout), a layer of a Sequential varshift
-model is computed once for all of them.
+a layer in both modes, as before the first Dropout), a layer of a varshift model is
+computed once for all of them, also inside Residual and Concat blocks.
 """
 
 from __future__ import annotations

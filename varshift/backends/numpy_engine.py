@@ -1,10 +1,11 @@
 """The backend of varshift's own models (:mod:`varshift.nn`).
 
 Everything is structural here: layers have stable paths (``'2.body.0'``), kinds, and
-a forward order equal to :meth:`~varshift.nn.layer.Layer.walk`'s. Its fast path: in a
-:class:`~varshift.nn.Sequential` model the passes run stage by stage (the root's
-layers), and a stage is computed once for all passes that give it the same input and
-behave alike in it (as before the first Dropout).
+a forward order equal to :meth:`~varshift.nn.layer.Layer.walk`'s. Its fast path: the
+passes run layer by layer, and a layer is computed once for all passes that give it
+the same input and behave alike in it (as before the first Dropout); a Sequential,
+Residual or Concat whose passes share an input but not their behaviour inside is run
+child by child, so that they share what comes before the noise.
 """
 
 from __future__ import annotations
@@ -184,32 +185,60 @@ class NumpyBackend(Backend):
                 handle.remove()
 
     def run_passes(self, x, passes):
-        """Run every pass on batch ``x`` stage by stage (the root's layers), computing
-        each stage once for all passes that give it the same input and behave alike
-        in it."""
-        stages = self.model.layers if isinstance(self.model, Sequential) else [self.model]
-        values = {name: x for name in passes}
-        for stage in stages:
-            groups = {}
-            for name, modes in passes.items():
-                behaviour = _behaviour(stage, modes)
-                key = (id(values[name]), behaviour) if behaviour is not None else (name,)
-                groups.setdefault(key, []).append(name)
-            new_values = {}
-            for group in groups.values():
-                modes = passes[group[0]]
-                _set_modes(stage, modes)
-                updates_stats = modes.batchnorm and any(
-                    isinstance(sub, BatchNorm) and sub.track_running_stats
-                    for _, sub in stage.walk())
-                self._passes = tuple(group)
-                out = stage(values[group[0]])
-                if updates_stats:
-                    self.model.load_state_dict(self._pristine, strict=False)  # undo updates
-                for name in group:
-                    new_values[name] = out
-            values = new_values
+        """Run every pass on batch ``x``, computing each layer once for all passes that
+        give it the same input and behave alike in it (as before the first Dropout),
+        also inside Sequential, Residual and Concat containers."""
+        self._run(self.model, {name: x for name in passes}, passes)
         self._passes = ()
+
+    def _run(self, layer, values, passes):
+        """``{pass: output of layer}`` for the inputs ``values`` (``{pass: input}``)."""
+        groups = {}
+        for name, modes in passes.items():
+            behaviour = _behaviour(layer, modes)
+            key = (id(values[name]), behaviour) if behaviour is not None else (name,)
+            groups.setdefault(key, []).append(name)
+        groups = list(groups.values())
+        same_input = {id(values[name]) for name in passes}
+        if len(groups) > len(same_input) and isinstance(layer, (Sequential, Residual, Concat)):
+            return self._run_inside(layer, values, passes)  # passes share a prefix inside
+        out = {}
+        for group in groups:
+            modes = passes[group[0]]
+            _set_modes(layer, modes)
+            self._passes = tuple(group)
+            result = layer(values[group[0]])
+            if modes.batchnorm and any(isinstance(sub, BatchNorm) and sub.track_running_stats
+                                       for _, sub in layer.walk()):
+                self.model.load_state_dict(self._pristine, strict=False)  # undo updates
+            out.update(dict.fromkeys(group, result))
+        return out
+
+    def _run_inside(self, layer, values, passes):
+        """:meth:`_run` for a container, child by child; its output is formed (and its
+        hooks called) once per distinct input and children's outputs."""
+        if isinstance(layer, Sequential):
+            out = values
+            for child in layer.layers:
+                out = self._run(child, out, passes)
+            branches, join = [out], lambda _, outputs: outputs[0]
+        else:
+            children = layer.branches if isinstance(layer, Concat) else [
+                child for child in (layer.body, layer.shortcut) if child is not None]
+            branches = [self._run(child, values, passes) for child in children]
+            join = layer._join
+        groups = {}
+        for name in passes:
+            key = (id(values[name]), *(id(branch[name]) for branch in branches))
+            groups.setdefault(key, []).append(name)
+        joined = {}
+        for group in groups.values():
+            x = values[group[0]]
+            out = join(x, [branch[group[0]] for branch in branches])
+            self._passes = tuple(group)
+            layer._notify(x, out)
+            joined.update(dict.fromkeys(group, out))
+        return joined
 
     def output(self, x, modes):
         _set_modes(self.model, modes)

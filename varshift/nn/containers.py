@@ -116,8 +116,13 @@ class Residual(_Container):
         return named
 
     def forward(self, x):
-        out = self.body(x)
-        skip = np.asarray(x, dtype=out.dtype) if self.shortcut is None else self.shortcut(x)
+        return self._join(x, [self.body(x)] + ([] if self.shortcut is None else [self.shortcut(x)]))
+
+    def _join(self, x, outputs):
+        """``body(x) + shortcut(x)`` from the branch outputs ``[body(x)]`` (identity
+        shortcut) or ``[body(x), shortcut(x)]``."""
+        out = outputs[0]
+        skip = np.asarray(x, dtype=out.dtype) if len(outputs) == 1 else outputs[1]
         if out.shape != skip.shape:
             raise ValueError(
                 f"{self.describe()}: body output {out.shape} and shortcut output "
@@ -163,7 +168,10 @@ class Concat(_Container):
         return {str(i): branch for i, branch in enumerate(self.branches)}
 
     def forward(self, x):
-        outs = [branch(x) for branch in self.branches]
+        return self._join(x, [branch(x) for branch in self.branches])
+
+    def _join(self, x, outs):
+        """The branch outputs ``outs`` concatenated along channels."""
         shapes = {(o.shape[0], *o.shape[2:]) for o in outs}
         if len(shapes) != 1 or min(o.ndim for o in outs) < 2:
             raise ValueError(

@@ -88,9 +88,13 @@ class Layer:
 
     def __call__(self, x):
         out = self.forward(x)
+        self._notify(x, out)
+        return out
+
+    def _notify(self, x, out):
+        """Call the hooks with an input and its output."""
         for hook in self._hooks:
             hook(self, x, out)
-        return out
 
     def add_hook(self, hook) -> "HookHandle":
         """Call ``hook(layer, x, out)`` after every call of this layer.
