@@ -86,7 +86,7 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     results, skipped, seconds = [], [], {}
     # one batch of every training run (full parallelism to the end), without those
     # that read MNIST if it is missing: their figure or case reports it
-    mnist = _have_mnist(data_dir)
+    mnist = ctx.mnist_missing is None
     ctx.prefetch([n for n in names if n in FIGURES and (n != "width" or mnist)],
                  [task for name in names if name in CASES
                   for task in CASES[name].tasks(True, data_dir=data_dir, seed=seed)
@@ -123,12 +123,3 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     write_report(out, skipped, settings.describe() + "; case studies in their quick mode")
     return results, skipped
 
-
-def _have_mnist(data_dir):
-    from ..datasets import load_mnist
-
-    try:
-        load_mnist(data_dir)
-    except FileNotFoundError:
-        return False
-    return True

@@ -10,6 +10,7 @@ comparison over seeds judged by :mod:`varshift.verdicts`; bands and error bars a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from matplotlib.ticker import NullLocator
@@ -90,14 +91,21 @@ class Context:
         return self.run([plan.network_task(self.settings, arch, placement, rate, s, noise)
                          for s in self.settings.seed_list])
 
-    def _check_mnist(self):
+    @cached_property
+    def mnist_missing(self):
+        """None if the MNIST files are found, else why not (looked up once per run)."""
         from ..datasets import load_mnist
 
         try:
             load_mnist(self.data_dir)
         except FileNotFoundError as err:
-            raise DataMissing(str(err).splitlines()[0] + " Provide them with --data-dir or "
-                              "VARSHIFT_DATA (see the README).") from err
+            return (str(err).splitlines()[0] + " Provide them with --data-dir or VARSHIFT_DATA "
+                    "(see the README).")
+        return None
+
+    def _check_mnist(self):
+        if self.mnist_missing is not None:
+            raise DataMissing(self.mnist_missing)
 
 
 # ------------------------------------------------------------------ helpers
