@@ -10,10 +10,37 @@ import time
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def run_worker(script, args, threads, extra_env=None):
+BLAS_PIN_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+"""Set on some machines (this project's among them) to pin OpenBLAS to an older kernel
+family, because older OpenBLAS builds fail on newer processors. A current NumPy or
+SciPy then runs, e.g., Haswell's AVX2 products on an AVX-512 processor; PyTorch, whose
+products are oneDNN's and MKL's, is not affected. Benchmarks run varshift both ways."""
+
+
+def blas_pinned():
+    """Whether this environment pins OpenBLAS's kernel (see :data:`BLAS_PIN_VARS`)."""
+    return any(v in os.environ for v in BLAS_PIN_VARS)
+
+
+def blas_kernel():
+    """The kernel family (threadpoolctl's 'architecture') of the OpenBLAS that
+    varshift's layers use, SciPy's: e.g. 'Haswell' or 'SkylakeX'."""
+    import scipy.linalg.blas  # noqa: F401 - loads SciPy's OpenBLAS
+    from threadpoolctl import threadpool_info
+
+    libs = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
+    scipys = [i for i in libs if "scipy" in i.get("filepath", "")] or libs
+    return scipys[0].get("architecture", "?") if scipys else "no OpenBLAS"
+
+
+def run_worker(script, args, threads, extra_env=None, native_blas=False):
     """Run ``script --worker ...`` in a fresh interpreter with ``threads`` threads;
-    return the last line of its stdout (JSON)."""
+    return the last line of its stdout (JSON). ``native_blas=True`` unsets
+    :data:`BLAS_PIN_VARS` in that process only, so OpenBLAS picks its kernel for this
+    processor."""
     env = dict(os.environ, **{v: str(threads) for v in THREAD_VARS}, **(extra_env or {}))
+    for var in BLAS_PIN_VARS if native_blas else ():
+        env.pop(var, None)
     out = subprocess.run([sys.executable, script, "--worker", *args, "--threads", str(threads)],
                          env=env, check=True, capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]

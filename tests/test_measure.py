@@ -130,6 +130,35 @@ def test_passes_share_the_layers_before_the_noise_inside_containers(container):
     np.testing.assert_array_equal(bn.train_var, bn.nodrop_var)
 
 
+
+@pytest.mark.parametrize("container", ["sequential", "residual", "concat"])
+def test_each_batch_sees_the_original_running_statistics(container):
+    """The train-mode passes update running statistics; they are put back after every
+    call, so the inference statistics of every batch equal a direct computation."""
+    def block():
+        return nn.Sequential(nn.Conv1D(2, 2, 3, padding=1), nn.BatchNorm(2, momentum=0.9),
+                             nn.ReLU(), nn.Dropout(0.5))
+
+    inner = {"sequential": lambda: nn.Sequential(block(), block()),
+             "residual": lambda: nn.Residual(nn.Sequential(block(), block())),
+             "concat": lambda: nn.Sequential(nn.Concat(block(), block()),
+                                             nn.Conv1D(4, 2, 1))}[container]()
+    model = nn.Sequential(inner, nn.BatchNorm(2, momentum=0.9), seed=0)
+    x = np.random.default_rng(1).standard_normal((40, 2, 6)).astype(np.float32)
+    model(x)  # running statistics away from their initial values
+    report = measure(model, x, batch_size=8)  # 5 batches, each updating them in train mode
+    seen = {}
+    for path, layer in model.walk():
+        if isinstance(layer, nn.BatchNorm):
+            layer.add_hook(lambda layer, inputs, out, path=path: seen.setdefault(path, inputs))
+    model.eval()(x)
+    assert len(report.bn) == len(seen) == 3
+    for bn in report.bn:
+        direct = seen[bn.name].astype(np.float64)
+        np.testing.assert_allclose(bn.real_mean, direct.mean((0, 2)), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(bn.real_var, direct.var((0, 2), ddof=1), rtol=1e-5)
+
+
 def test_measure_is_deterministic_given_the_seed():
     x, y = blobs(500)
     model = trained(dropout_before_bn(), (x, y), epochs=1)

@@ -108,6 +108,7 @@ class NumpyBackend(Backend):
     def __init__(self, model):
         super().__init__(model)
         self._layers = dict(model.walk())
+        self._paths = {id(layer): path for path, layer in self._layers.items()}
         self._pristine = None  # buffers at the start of preserved()
         self._passes = ()      # the passes a forward computes, for the hooks
 
@@ -208,11 +209,20 @@ class NumpyBackend(Backend):
             _set_modes(layer, modes)
             self._passes = tuple(group)
             result = layer(values[group[0]])
-            if modes.batchnorm and any(isinstance(sub, BatchNorm) and sub.track_running_stats
-                                       for _, sub in layer.walk()):
-                self.model.load_state_dict(self._pristine, strict=False)  # undo updates
+            if modes.batchnorm:
+                self._undo_updates(layer)
             out.update(dict.fromkeys(group, result))
         return out
+
+    def _undo_updates(self, layer):
+        """Copy back the running statistics that a train-mode call of ``layer`` updated,
+        from the start of :meth:`preserved` (only ``layer``'s own BatchNorm layers: a
+        whole-model reload per BatchNorm call made a pass quadratic in the depth)."""
+        for _, sub in layer.walk():
+            if isinstance(sub, BatchNorm) and sub.track_running_stats:
+                path = self._paths[id(sub)]
+                for key, value in sub.buffers.items():
+                    np.copyto(value, self._pristine[_join(path, key)], casting="unsafe")
 
     def _run_inside(self, layer, values, passes):
         """:meth:`_run` for a container, child by child; its output is formed (and its
