@@ -3,6 +3,7 @@ belong in benchmarks, not in tests)."""
 
 import json
 import os
+import platform
 import sys
 
 import pytest
@@ -32,7 +33,9 @@ def test_native_blas_unsets_the_pin_in_the_worker_alone(worker, monkeypatch):
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
     assert _common.blas_pinned()
     pinned, native = worker(), worker(native_blas=True)
-    assert pinned["pin"] == ["Haswell", "512"] and pinned["blas"] == "Haswell"
+    assert pinned["pin"] == ["Haswell", "512"]
+    if platform.machine() in ("x86_64", "AMD64"):  # a kernel family of x86 processors
+        assert pinned["blas"] == "Haswell"
     assert native["pin"] == [None, None] and native["threads"] == "1"
     assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"  # the caller's environment is kept
     assert isinstance(native["blas"], str) and native["blas"]
