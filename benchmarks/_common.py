@@ -12,9 +12,11 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 
 BLAS_PIN_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 """Set on some machines (this project's among them) to pin OpenBLAS to an older kernel
-family, because older OpenBLAS builds fail on newer processors. A current NumPy or
-SciPy then runs, e.g., Haswell's AVX2 products on an AVX-512 processor; PyTorch, whose
-products are oneDNN's and MKL's, is not affected. Benchmarks run varshift both ways."""
+family, because older OpenBLAS builds compute wrong results or crash on newer
+processors. A current NumPy or SciPy then runs, e.g., Haswell's AVX2 products on an
+AVX-512 processor; PyTorch, whose products are oneDNN's and MKL's, is not affected.
+``train_step.py`` and ``measure.py`` run varshift both ways; the other benchmarks run
+it as the environment says."""
 
 
 def blas_pinned():
