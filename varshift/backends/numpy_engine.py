@@ -218,9 +218,8 @@ class NumpyBackend(Backend):
         """Copy back the running statistics that a train-mode call of ``layer`` updated,
         from the start of :meth:`preserved` (only ``layer``'s own BatchNorm layers: a
         whole-model reload per BatchNorm call made a pass quadratic in the depth)."""
-        for _, sub in layer.walk():
+        for path, sub in layer.walk(self._paths[id(layer)]):
             if isinstance(sub, BatchNorm) and sub.track_running_stats:
-                path = self._paths[id(sub)]
                 for key, value in sub.buffers.items():
                     np.copyto(value, self._pristine[_join(path, key)], casting="unsafe")
 
