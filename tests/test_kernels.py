@@ -46,6 +46,35 @@ def test_col2im_numba_matches_numpy_and_is_the_adjoint(geom, dtype):
     assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
 
 
+@given(geometries(), st.sampled_from([np.float32, np.float64]))
+def test_im2row_is_im2col_channels_last_and_numba_matches_numpy(geom, dtype):
+    win, shape = geom
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    rows = window.im2row_numpy(x, win)
+    n, c = shape[:2]
+    kh, kw = win.kernel
+    cols = window.im2col_numpy(x, win).reshape(c, kh, kw, -1)
+    np.testing.assert_array_equal(rows, cols.transpose(3, 1, 2, 0).reshape(rows.shape))
+    got = window.im2row_numba(x, win)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, rows)
+
+
+@given(geometries(), st.sampled_from([np.float32, np.float64]))
+def test_row2im_numba_matches_numpy_and_is_the_adjoint(geom, dtype):
+    win, shape = geom
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    rows = rng.standard_normal(window.im2row_numpy(x, win).shape)
+    dx = window.row2im_numba(rows.astype(dtype), shape, win)
+    assert dx.dtype == dtype
+    # both sum each element's taps in the same order
+    np.testing.assert_array_equal(dx, window.row2im_numpy(rows.astype(dtype), shape, win))
+    lhs = np.sum(window.im2row_numpy(x, win) * rows)
+    rhs = np.sum(x * window.row2im_numpy(rows, shape, win))
+    assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
+
+
 def test_window_output_size_matches_pytorch_formula():
     win = Window((3, 5), (2, 1), ((1, 1), (0, 2)), (1, 2))
     assert win.output_size(10, 12) == ((10 + 2 - 2 - 1) // 2 + 1, (12 + 2 - 8 - 1) // 1 + 1)
@@ -206,15 +235,17 @@ def test_max_windows_kernels_match(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_add_bias_nchw_kernels_match(dtype, rng):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_add_bias_nchw_kernels_match(dtype, channels_last, rng):
     from varshift.kernels import gemm
 
-    product = rng.standard_normal((4, 3, 7)).astype(dtype)
+    product = rng.standard_normal((3, 7, 4) if channels_last else (4, 3, 7)).astype(dtype)
     product[0, 0, 0] = -0.0  # + a zero bias gives +0, in both
+    view = product.transpose(0, 2, 1) if channels_last else product.transpose(1, 0, 2)
     bias = rng.standard_normal(4).astype(dtype)
     for b in (bias, np.zeros_like(bias)):
         got, expected = (np.empty((3, 4, 7), dtype) for _ in range(2))
-        gemm.add_bias_nchw_numba(product, b, got)
-        gemm.add_bias_nchw_numpy(product, b, expected)
+        gemm.add_bias_nchw_numba(product, b, got, channels_last)
+        gemm.add_bias_nchw_numpy(product, b, expected, channels_last)
         np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
-        np.testing.assert_array_equal(got, product.transpose(1, 0, 2) + b[:, None])
+        np.testing.assert_array_equal(got, view + b[:, None])

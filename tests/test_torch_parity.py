@@ -50,6 +50,9 @@ LAYERS = {
     "conv2d": (lambda: nn.Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
                (2, 3, 8, 7)),
     "conv2d-same": (lambda: nn.Conv2D(2, 3, 4, padding="same", dilation=2), (2, 2, 9, 8)),
+    # width stride 2: the channels-last im2row path
+    "conv2d-channels-last": (lambda: nn.Conv2D(3, 4, (2, 3), stride=(1, 2), padding=(0, 1),
+                                               dilation=(2, 1)), (2, 3, 7, 9)),
     "batchnorm-2d": (lambda: nn.BatchNorm(5), (6, 5)),
     "batchnorm-3d": (lambda: nn.BatchNorm(3, momentum=None), (4, 3, 5)),
     "batchnorm-4d": (lambda: nn.BatchNorm(3, eps=1e-3, momentum=0.3), (2, 3, 4, 5)),

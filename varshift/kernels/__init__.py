@@ -45,7 +45,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from . import batchnorm, elementwise, gemm, optim, pooling, threads, window  # noqa: E402
 from .window import Window  # noqa: E402
 
-__all__ = ["Window", "BACKEND", "matmul", "add_bias_nchw", "im2col", "col2im", "bn_moments", "bn_normalize",
+__all__ = ["Window", "BACKEND", "matmul", "add_bias_nchw", "im2col", "col2im", "im2row", "row2im", "bn_moments", "bn_normalize",
            "bn_backward", "adam_step", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
            "max_windows", "max_windows_backward"]
 
@@ -71,6 +71,8 @@ matmul = gemm.matmul_numpy if BACKEND == "numpy" else gemm.matmul_blas
 add_bias_nchw = _pick(gemm, "add_bias_nchw")
 im2col = _pick(window, "im2col", lambda x, window, *_: x.size * window.kernel[0] * window.kernel[1])
 col2im = _pick(window, "col2im")
+im2row = _pick(window, "im2row", lambda x, window: x.size * window.kernel[0] * window.kernel[1])
+row2im = _pick(window, "row2im")
 bn_moments = _pick(batchnorm, "moments")
 bn_normalize = _pick(batchnorm, "normalize")
 bn_backward = _pick(batchnorm, "backward")

@@ -1,8 +1,8 @@
 """Matrix products for the layers: ``matmul_numpy`` (``a @ b``, the reference) and
 ``matmul_blas``, which calls SciPy's BLAS ``sgemm``/``dgemm`` directly; and
-``add_bias_nchw_*``, which turns a convolution's product (C_out, N, S) into its
-output (N, C_out, S) plus the bias (a fused Numba pass is 3-4x faster than NumPy's
-transposed add).
+``add_bias_nchw_*``, which turns a convolution's product, (C_out, N, S) or
+channels-last (N, S, C_out), into its output (N, C_out, S) plus the bias (a fused Numba pass is 3-4x
+faster than NumPy's transposed add).
 
 Why not NumPy's ``@``: NumPy's OpenBLAS starts its threads when NumPy is imported,
 usually before varshift, and they then spin for ~0.1 s after every product, taking a
@@ -58,29 +58,42 @@ def matmul_blas(a, b):
         a.shape[0], b.shape[1], a.shape[1])
 
 
-def add_bias_nchw_numpy(product, bias, out):
-    """``out[n, o, s] = product[o, n, s] + bias[o]``.
+def add_bias_nchw_numpy(product, bias, out, channels_last=False):
+    """``out[n, o, s] = product[o, n, s] + bias[o]``, or ``product[n, s, o] + bias[o]``
+    with ``channels_last``.
 
     Parameters
     ----------
-    product : ndarray of shape (C_out, N, S)
+    product : ndarray of shape (C_out, N, S), or (N, S, C_out) with ``channels_last``
     bias : ndarray of shape (C_out,)
     out : ndarray of shape (N, C_out, S), C-contiguous
         Written in place.
+    channels_last : bool, default False
     """
-    np.add(product.transpose(1, 0, 2), bias[:, None], out=out)
+    view = product.transpose(0, 2, 1) if channels_last else product.transpose(1, 0, 2)
+    np.add(view, bias[:, None], out=out)
 
 
-def add_bias_nchw_numba(product, bias, out):
+def add_bias_nchw_numba(product, bias, out, channels_last=False):
     """Numba version of :func:`add_bias_nchw_numpy`."""
-    _add_bias_nchw(np.ascontiguousarray(product), bias, out)
+    kernel = _add_bias_from_nsc if channels_last else _add_bias_from_cns
+    kernel(np.ascontiguousarray(product), bias, out)
 
 
 @njit(parallel=True, cache=True)
-def _add_bias_nchw(product, bias, out):
+def _add_bias_from_cns(product, bias, out):
     o_, n_, s_ = product.shape
     for n in prange(n_):
         for o in range(o_):
             b = bias[o]
             for s in range(s_):
                 out[n, o, s] = product[o, n, s] + b
+
+
+@njit(parallel=True, cache=True)
+def _add_bias_from_nsc(product, bias, out):
+    n_, s_, o_ = product.shape
+    for n in prange(n_):
+        for s in range(s_):  # reads contiguous channels, writes with stride S
+            for o in range(o_):
+                out[n, o, s] = product[n, s, o] + bias[o]

@@ -7,8 +7,14 @@ at every output position. A convolution is then one GEMM ``W.reshape(O, -1) @ co
 and a pooling a reduction over the rows of a single-channel view. 1-D layers use the
 same kernels with H = 1.
 
+im2row is the channels-last alternative: a row matrix of shape (N * OH * OW,
+KH * KW * C) whose row ``(n * OH + p) * OW + q`` is the patch of output ``(p, q)`` of
+sample ``n``, column ``(i * KW + j) * C + c``. Each patch is copied as KH runs of
+KW * C contiguous values of a padded channels-last copy of the input, whatever the
+stride, where im2col gathers single values at a stride > 1. row2im is its adjoint.
+
 Two implementations are kept: ``*_numpy`` (strided slices, the readable reference and
-test oracle) and ``*_numba`` (parallel over channels, the default).
+test oracle) and ``*_numba`` (parallel over channels or samples, the default).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["Window", "im2col_numpy", "col2im_numpy", "im2col_numba", "col2im_numba"]
+__all__ = ["Window", "im2col_numpy", "col2im_numpy", "im2col_numba", "col2im_numba",
+           "im2row_numpy", "row2im_numpy", "im2row_numba", "row2im_numba"]
 
 
 @dataclass(frozen=True)
@@ -232,3 +239,139 @@ def _col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
                         if at >= 0:
                             dst[x_plane + at] += src[start + k]
     return dx
+
+
+def im2row_numpy(x, window: Window):
+    """Row matrix of ``x`` for ``window``, channels last (NumPy reference).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, H, W)
+    window : Window
+
+    Returns
+    -------
+    rows : ndarray of shape (N * OH * OW, KH * KW * C)
+        ``rows[(n * OH + p) * OW + q, (i * KW + j) * C + c] =
+        x[n, c, p * sh + i * dh - ph, q * sw + j * dw - pw]``, zero in the padding.
+    """
+    n, c, h, w = x.shape
+    kh, kw, sh, sw, _, _, dh, dw = window.args
+    oh, ow = window.output_size(h, w)
+    xp = np.pad(x, ((0, 0), (0, 0), *window.padding)).transpose(0, 2, 3, 1)
+    rows = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows[:, :, :, i, j] = xp[:, _taps(i, dh, sh, oh), _taps(j, dw, sw, ow)]
+    return rows.reshape(n * oh * ow, kh * kw * c)
+
+
+def row2im_numpy(rows, x_shape, window: Window):
+    """Adjoint of :func:`im2row_numpy`: scatter-add rows back to an input.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (N * OH * OW, KH * KW * C)
+    x_shape : tuple of int
+        ``(N, C, H, W)`` of the input that produced ``rows``.
+    window : Window
+
+    Returns
+    -------
+    dx : ndarray of shape (N, C, H, W)
+    """
+    n, c, h, w = x_shape
+    kh, kw, sh, sw, ph, pw, dh, dw = window.args
+    oh, ow = window.output_size(h, w)
+    (_, pb), (_, pr) = window.padding
+    dxp = np.zeros((n, h + ph + pb, w + pw + pr, c), dtype=rows.dtype)
+    rows = rows.reshape(n, oh, ow, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):  # taps in order, as row2im_numba sums them
+            dxp[:, _taps(i, dh, sh, oh), _taps(j, dw, sw, ow)] += rows[:, :, :, i, j]
+    return dxp[:, ph : ph + h, pw : pw + w].transpose(0, 3, 1, 2).copy()
+
+
+def _taps(k, dilation, stride, n_out):
+    """Slice of a padded axis that tap ``k`` reads at the ``n_out`` outputs."""
+    return slice(k * dilation, k * dilation + stride * (n_out - 1) + 1, stride)
+
+
+def im2row_numba(x, window: Window):
+    """Row matrix of ``x`` for ``window``, channels last (Numba, parallel over
+    samples).
+
+    Same contract as :func:`im2row_numpy`.
+    """
+    n, c, h, w = x.shape
+    kh, kw = window.kernel
+    oh, ow = window.output_size(h, w)
+    (top, bottom), (left, right) = window.padding
+    xp = np.empty((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
+    rows = np.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
+    _im2row(np.ascontiguousarray(x), xp, rows, *window.args, oh, ow)
+    return rows
+
+
+def row2im_numba(rows, x_shape, window: Window):
+    """Adjoint of :func:`im2row_numba` (Numba, parallel over samples).
+
+    Same contract as :func:`row2im_numpy`.
+    """
+    n, c, h, w = x_shape
+    oh, ow = window.output_size(h, w)
+    (top, bottom), (left, right) = window.padding
+    dxp = np.empty((n, h + top + bottom, w + left + right, c), dtype=rows.dtype)
+    dx = np.empty(x_shape, dtype=rows.dtype)
+    _row2im(np.ascontiguousarray(rows), dxp, dx, *window.args, oh, ow)
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def _im2row(x, xp, rows, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Per sample: the padded channels-last copy ``xp[n]``, then each patch as ``kh``
+    runs of ``kw * c`` values (``kh * kw`` runs of ``c`` with a width dilation)."""
+    n_, c_, h_, w_ = x.shape
+    _, hp, wp, _ = xp.shape
+    run = kw * c_ if dw == 1 else c_
+    pieces = 1 if dw == 1 else kw
+    dst = rows.reshape(-1)
+    for n in prange(n_):
+        xp[n] = 0
+        for c in range(c_):
+            for h in range(h_):
+                for w in range(w_):
+                    xp[n, h + ph, w + pw, c] = x[n, c, h, w]
+        src = xp[n].reshape(-1)
+        for p in range(oh):
+            for q in range(ow):
+                at = ((n * oh + p) * ow + q) * kh * kw * c_
+                for i in range(kh):
+                    for j in range(pieces):
+                        s = ((p * sh + i * dh) * wp + q * sw + j * dw) * c_
+                        dst[at:at + run] = src[s:s + run]
+                        at += run
+
+
+@njit(parallel=True, cache=True)
+def _row2im(rows, dxp, dx, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Per sample: add each tap's runs of ``c`` values into ``dxp[n]``, taps in order
+    (so each element sums them as :func:`row2im_numpy`), then crop to ``dx[n]``."""
+    n_, c_, h_, w_ = dx.shape
+    _, hp, wp, _ = dxp.shape
+    for n in prange(n_):
+        dxp[n] = 0
+        dst = dxp[n].reshape(-1)
+        for i in range(kh):
+            for j in range(kw):
+                col = (i * kw + j) * c_
+                for p in range(oh):
+                    for q in range(ow):
+                        r = (n * oh + p) * ow + q
+                        d = ((p * sh + i * dh) * wp + q * sw + j * dw) * c_
+                        for c in range(c_):
+                            dst[d + c] += rows[r, col + c]
+        for c in range(c_):
+            for h in range(h_):
+                for w in range(w_):
+                    dx[n, c, h, w] = dxp[n, h + ph, w + pw, c]

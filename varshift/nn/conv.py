@@ -1,4 +1,5 @@
-"""1-D and 2-D convolution as im2col followed by one GEMM."""
+"""1-D and 2-D convolution as im2col (or its channels-last twin im2row) followed by one
+GEMM."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ class _Conv(Layer):
     Input (N, C_in, *S) with S = (L,) or (H, W); weight (C_out, C_in, *K);
     output (N, C_out, *S_out). A 1-D input is treated as a 2-D one of height 1.
 
+    Attributes
+    ----------
+    channels_last : bool
+        True when the width stride is above 1: the layer then builds its patches with
+        im2row instead of im2col (see Notes).
+
     Notes
     -----
     With ``cols = im2col(x)`` of shape (C_in * prod(K), N * prod(S_out)) and
@@ -25,7 +32,16 @@ class _Conv(Layer):
     ``dW2 = dout2 cols^T``, ``db = sum dout``, ``dx = col2im(W2^T dout2)``, where
     ``dout2`` is ``dout`` as (C_out, N * prod(S_out)).
 
-    The batch is processed in chunks whose columns take about ``chunk_bytes``, so
+    A layer whose width stride is above 1 (:attr:`channels_last`) uses the row matrix
+    ``rows = im2row(x)`` of shape (N * prod(S_out), prod(K) * C_in) instead, with the
+    weight's columns ordered to match (``W2 = weight`` moved to (C_out, *K, C_in)):
+    ``out = (rows W2^T)^T + b``, ``dW2 = dout2 rows``, ``dx = row2im(dout2^T W2)``.
+    im2col gathers single values at such a stride while im2row copies runs of
+    ``K_w * C_in``: the reference convnet's second convolution builds its patches 2.8x
+    faster and its forward product is 15% faster as (N * prod(S_out), C_out). The
+    two layouts sum each output in a different order, so they round differently.
+
+    The batch is processed in chunks whose patches take about ``chunk_bytes``, so
     that they are still in cache when the GEMM reads them (25% faster for the
     reference convnet's second convolution than one 31 MB column matrix).
     """
@@ -55,6 +71,7 @@ class _Conv(Layer):
         self.bias = flag(bias, "bias", owner)
         self.window = spatial_window(n, self.kernel_size, self.stride, self.padding,
                                      self.dilation)
+        self.channels_last = self.stride[-1] > 1
         shape = (self.out_channels, self.in_channels, *self.kernel_size)
         self.params["weight"] = np.zeros(shape, self.dtype)
         if self.bias:
@@ -82,35 +99,65 @@ class _Conv(Layer):
         step = max(1, self.chunk_bytes // per_sample)
         return [slice(start, start + step) for start in range(0, shape4[0], step)]
 
+    def _weight_matrix(self):
+        """The weight as W2 of shape (C_out, prod(K) * C_in), columns in the order of
+        the patches (see Notes)."""
+        weight = self.params["weight"]
+        o = self.out_channels
+        if not self.channels_last:
+            return weight.reshape(o, -1)
+        kernel4 = weight.reshape(o, self.in_channels, *self.window.kernel)
+        return kernel4.transpose(0, 2, 3, 1).reshape(o, -1)
+
+    def _weight_grad(self, dw2):
+        """Inverse of :meth:`_weight_matrix` for the gradient."""
+        if not self.channels_last:
+            return dw2.reshape(self.params["weight"].shape)
+        dw4 = dw2.reshape(self.out_channels, *self.window.kernel, self.in_channels)
+        return np.ascontiguousarray(dw4.transpose(0, 3, 1, 2)).reshape(self.params["weight"].shape)
+
     def _forward(self, x):
         x4 = _as_4d(x)
         n, o = x.shape[0], self.out_channels
         out_size = self.window.output_size(*x4.shape[2:])
-        w2 = self.params["weight"].reshape(o, -1)
-        out = np.empty((n, o, out_size[0] * out_size[1]), dtype=x.dtype)
+        length = out_size[0] * out_size[1]
+        w2 = self._weight_matrix()
+        out = np.empty((n, o, length), dtype=x.dtype)
         bias = self.params["bias"] if self.bias else np.zeros(o, x.dtype)
-        cols = []
+        patches = []
         for chunk in self._chunks(x4.shape, x4.itemsize):
-            cols.append(kernels.im2col(x4[chunk], self.window))
-            res = kernels.matmul(w2, cols[-1]).reshape(o, -1, out.shape[2])
-            kernels.add_bias_nchw(res, bias, out[chunk])
-        return out.reshape(n, o, *out_size[2 - self.dims:]), (x.shape, cols)
+            if self.channels_last:
+                patches.append(kernels.im2row(x4[chunk], self.window))
+                res = kernels.matmul(patches[-1], w2.T).reshape(-1, length, o)
+            else:
+                patches.append(kernels.im2col(x4[chunk], self.window))
+                res = kernels.matmul(w2, patches[-1]).reshape(o, -1, length)
+            kernels.add_bias_nchw(res, bias, out[chunk], self.channels_last)
+        return out.reshape(n, o, *out_size[2 - self.dims:]), (x.shape, patches)
 
     def _backward(self, dout, cache):
-        x_shape, cols = cache
+        x_shape, patches = cache
         x4_shape = _as_4d_shape(x_shape)
         n, o = dout.shape[:2]
-        w2 = self.params["weight"].reshape(o, -1)
+        w2 = self._weight_matrix()
         dout3 = dout.reshape(n, o, -1)
         dw2 = np.zeros_like(w2)
         dx = np.empty(x4_shape, dtype=dout.dtype) if self._input_grad else None
-        for chunk, chunk_cols in zip(self._chunks(x4_shape, dout.itemsize), cols):
+        for chunk, chunk_patches in zip(self._chunks(x4_shape, dout.itemsize), patches):
             dout2 = dout3[chunk].transpose(1, 0, 2).reshape(o, -1)
-            dw2 += kernels.matmul(dout2, chunk_cols.T)
-            if dx is not None:
-                dcols = kernels.matmul(w2.T, dout2)
-                dx[chunk] = kernels.col2im(dcols, dx[chunk].shape, self.window)
-        grads = {"weight": dw2.reshape(self.params["weight"].shape)}
+            if self.channels_last:
+                dw2 += kernels.matmul(dout2, chunk_patches)
+            else:
+                dw2 += kernels.matmul(dout2, chunk_patches.T)
+            if dx is None:
+                continue
+            if self.channels_last:
+                dx[chunk] = kernels.row2im(kernels.matmul(dout2.T, w2), dx[chunk].shape,
+                                           self.window)
+            else:
+                dx[chunk] = kernels.col2im(kernels.matmul(w2.T, dout2), dx[chunk].shape,
+                                           self.window)
+        grads = {"weight": self._weight_grad(dw2)}
         if self.bias:
             grads["bias"] = dout3.sum(axis=(0, 2))
         return (None if dx is None else dx.reshape(x_shape)), grads
