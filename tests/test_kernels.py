@@ -216,6 +216,56 @@ def test_thread_policy_runs_small_work_serially_and_restores_the_limits():
         one()
 
 
+def test_batched_calls_switch_threads_once_and_restore_them(monkeypatch):
+    import numba
+
+    from varshift.kernels import threads
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    seen, sets = [], []
+    real_set = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: (sets.append(n), real_set(n))[1])
+
+    def blas_threads():
+        return [lib.get_num_threads() for lib in threads._blas_libraries()]
+
+    run = threads.sized(lambda x: seen.append(numba.get_num_threads()), lambda x: x)
+    small, large = threads.PARALLEL_MIN_ITEMS - 1, threads.PARALLEL_MIN_ITEMS
+
+    @threads.batched
+    def work(nested, fail=False):
+        run(small)
+        run(small)
+        blas_in_small = threads.blas_serial(blas_threads, 2, 2, 2)
+        if nested:
+            work(False)  # an inner batched call gives nothing back itself
+        run(large)
+        run(small)
+        if fail:
+            raise RuntimeError("boom")
+        return blas_in_small
+
+    restore = threads.limit(2)
+    try:
+        before = blas_threads()
+        sets.clear()
+        assert work(True) == [1] * len(before)
+        # no switch between consecutive serial kernels (the nested call's included):
+        # to 1 at the first, back to 2 for each large kernel and to 1 after it, and
+        # back to 2 when the outermost call returns
+        assert seen == [1, 1, 1, 1, 2, 1, 2, 1] and sets == [1, 2, 1, 2, 1, 2]
+        assert numba.get_num_threads() == 2 and blas_threads() == before
+        with pytest.raises(RuntimeError):
+            work(False, fail=True)
+        assert numba.get_num_threads() == 2 and blas_threads() == before
+        seen.clear()
+        run(small)  # outside a batched call: switched and given back per call
+        assert seen == [1] and numba.get_num_threads() == 2
+    finally:
+        restore()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_windows_kernels_match(dtype, rng):
     from varshift.kernels import pooling

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate, kernels
+from .kernels import threads
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
@@ -38,6 +39,7 @@ class Optimizer:
         """Set every gradient of the model to zero."""
         self.model.zero_grad()
 
+    @threads.batched
     def step(self) -> None:
         """Update every parameter that has a gradient, in place."""
         for key, param, grad in self.model.named_parameters():

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from .._validate import seed as check_seed
+from ..kernels import threads
 
 __all__ = ["Layer", "HookHandle", "modes", "preserved", "layer_to_config", "layer_from_config"]
 
@@ -86,6 +87,7 @@ class Layer:
         self._out_shape = out.shape
         return out
 
+    @threads.batched
     def __call__(self, x):
         out = self.forward(x)
         self._notify(x, out)
@@ -110,6 +112,7 @@ class Layer:
         self._hooks.append(hook)
         return HookHandle(self._hooks, hook)
 
+    @threads.batched
     def backward(self, dout, input_grad=True):
         """Input gradient for the output gradient ``dout`` of the last forward.
 
