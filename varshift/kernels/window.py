@@ -69,6 +69,11 @@ class Window:
         return (*self.kernel, *self.stride, top, left, *self.dilation)
 
 
+def _taps(k, dilation, stride, n_out):
+    """Slice of a padded axis that tap ``k`` reads at the ``n_out`` outputs."""
+    return slice(k * dilation, k * dilation + stride * (n_out - 1) + 1, stride)
+
+
 def im2col_numpy(x, window: Window, pad_value=0.0):
     """Column matrix of ``x`` for ``window`` (NumPy reference).
 
@@ -91,9 +96,8 @@ def im2col_numpy(x, window: Window, pad_value=0.0):
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
-            cols_ = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-            cols[:, i, j] = xp[:, :, rows, cols_].transpose(1, 0, 2, 3)
+            tap = xp[:, :, _taps(i, dh, sh, oh), _taps(j, dw, sw, ow)]
+            cols[:, i, j] = tap.transpose(1, 0, 2, 3)
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
@@ -119,9 +123,8 @@ def col2im_numpy(cols, x_shape, window: Window):
     cols = cols.reshape(c, kh, kw, n, oh, ow)
     for i in range(kh):
         for j in range(kw):
-            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
-            cols_ = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
-            dxp[:, :, rows, cols_] += cols[:, i, j].transpose(1, 0, 2, 3)
+            tap = (slice(None), slice(None), _taps(i, dh, sh, oh), _taps(j, dw, sw, ow))
+            dxp[tap] += cols[:, i, j].transpose(1, 0, 2, 3)
     return dxp[:, :, ph : ph + h, pw : pw + w].copy()
 
 
@@ -290,11 +293,6 @@ def row2im_numpy(rows, x_shape, window: Window):
         for j in range(kw):  # taps in order, as row2im_numba sums them
             dxp[:, _taps(i, dh, sh, oh), _taps(j, dw, sw, ow)] += rows[:, :, :, i, j]
     return dxp[:, ph : ph + h, pw : pw + w].transpose(0, 3, 1, 2).copy()
-
-
-def _taps(k, dilation, stride, n_out):
-    """Slice of a padded axis that tap ``k`` reads at the ``n_out`` outputs."""
-    return slice(k * dilation, k * dilation + stride * (n_out - 1) + 1, stride)
 
 
 def im2row_numba(x, window: Window):
