@@ -1,4 +1,5 @@
-"""Sliding windows: im2col and its adjoint col2im, for convolution and pooling.
+"""Sliding windows: im2col and its adjoint col2im, for convolution and pooling, and
+their channels-last twins im2row and row2im, for strided convolution.
 
 A 2-D window geometry (kernel, stride, padding, dilation) turns an input of shape
 (N, C, H, W) into a column matrix of shape (C * KH * KW, N * OH * OW): row

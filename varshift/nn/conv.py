@@ -37,9 +37,10 @@ class _Conv(Layer):
     weight's columns ordered to match (``W2 = weight`` moved to (C_out, *K, C_in)):
     ``out = (rows W2^T)^T + b``, ``dW2 = dout2 rows``, ``dx = row2im(dout2^T W2)``.
     im2col gathers single values at such a stride while im2row copies runs of
-    ``K_w * C_in``: the reference convnet's second convolution builds its patches 2.8x
-    faster and its forward product is 15% faster as (N * prod(S_out), C_out). The
-    two layouts sum each output in a different order, so they round differently.
+    ``K_w * C_in``: building the patches of the reference convnet's second convolution
+    is 2.8x faster, and its forward GEMM, computed with output shape
+    (N * prod(S_out), C_out), 15% faster. The two layouts sum each output in a
+    different order, so they round differently.
 
     The batch is processed in chunks whose patches take about ``chunk_bytes``, so
     that they are still in cache when the GEMM reads them (25% faster for the
