@@ -39,6 +39,9 @@ def main(rank, world, port, out):
             Path(out).write_text(merged.to_json())
             Path(out).with_suffix(".whole.json").write_text(
                 varshift.measure(model, x, batch_size=100).to_json())
+        # leave together: a rank that tears its group down while the other still works
+        # can abort in Gloo's shutdown ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
