@@ -1,8 +1,8 @@
 """Matrix products for the layers: ``matmul_numpy`` (``a @ b``, the reference) and
 ``matmul_blas``, which calls SciPy's BLAS ``sgemm``/``dgemm`` directly; and
 ``add_bias_nchw_*``, which turns a convolution's product, (C_out, N, S) or
-channels-last (N, S, C_out), into its output (N, C_out, S) plus the bias (a fused Numba pass is 3-4x
-faster than NumPy's transposed add).
+channels-last (N, S, C_out), into its output (N, C_out, S) plus the bias (a fused Numba
+pass is 3-4x faster than NumPy's transposed add).
 
 Why not NumPy's ``@``: NumPy's OpenBLAS starts its threads when NumPy is imported,
 usually before varshift, and they then spin for ~0.1 s after every product, taking a

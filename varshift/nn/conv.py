@@ -148,16 +148,14 @@ class _Conv(Layer):
             dout2 = dout3[chunk].transpose(1, 0, 2).reshape(o, -1)
             if self.channels_last:
                 dw2 += kernels.matmul(dout2, chunk_patches)
+                if dx is not None:
+                    dpatches = kernels.matmul(dout2.T, w2)
+                    dx[chunk] = kernels.row2im(dpatches, dx[chunk].shape, self.window)
             else:
                 dw2 += kernels.matmul(dout2, chunk_patches.T)
-            if dx is None:
-                continue
-            if self.channels_last:
-                dx[chunk] = kernels.row2im(kernels.matmul(dout2.T, w2), dx[chunk].shape,
-                                           self.window)
-            else:
-                dx[chunk] = kernels.col2im(kernels.matmul(w2.T, dout2), dx[chunk].shape,
-                                           self.window)
+                if dx is not None:
+                    dpatches = kernels.matmul(w2.T, dout2)
+                    dx[chunk] = kernels.col2im(dpatches, dx[chunk].shape, self.window)
         grads = {"weight": self._weight_grad(dw2)}
         if self.bias:
             grads["bias"] = dout3.sum(axis=(0, 2))
