@@ -391,18 +391,6 @@ def python(code, env, cwd=None):
                           env={**os.environ, "PYTHONPATH": path, **env}, timeout=120)
 
 
-def test_numba_caches_in_a_user_folder_not_in_the_package(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["XDG_CACHE_HOME"] = str(tmp_path)
-    code = "import numba, varshift; print(numba.config.CACHE_DIR)"
-    for first in ("", "import numba; "):  # also when the user imported Numba first
-        out = subprocess.run([sys.executable, "-c", first + code], capture_output=True, text=True,
-                             env={**env, "PYTHONPATH": str(ROOT)}, timeout=120)
-        assert out.stdout.strip() == str(tmp_path / "varshift" / "numba"), out.stderr
-    out = python(code, {"NUMBA_CACHE_DIR": str(tmp_path / "mine")})
-    assert out.stdout.strip() == str(tmp_path / "mine")  # the user's choice wins
-
-
 def test_cli_finds_shared_data_like_the_tests_and_downloads_on_request(
         tmp_path, monkeypatch, capsys, mnist_dir):
     from varshift import datasets

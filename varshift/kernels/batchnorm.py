@@ -15,7 +15,9 @@ with L = 1, L or H * W, and statistics run over the M = N * L values of a channe
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import njit
 
 __all__ = [
     "moments_numpy",

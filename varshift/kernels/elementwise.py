@@ -9,7 +9,9 @@ in the last bit), so both give identical results.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import njit
 
 __all__ = ["leaky_relu_numpy", "leaky_relu_backward_numpy", "leaky_relu_numba",
            "leaky_relu_backward_numba", "elu_numpy", "elu_backward_numpy", "elu_numba",

@@ -7,16 +7,17 @@ pass is 3-4x faster than NumPy's transposed add).
 Why not NumPy's ``@``: NumPy's OpenBLAS starts its threads when NumPy is imported,
 usually before varshift, and they then spin for ~0.1 s after every product, taking a
 core from the Numba kernel that follows (a training step was 1.35x slower). SciPy's
-OpenBLAS is a separate instance that is loaded only at the first product, after
-:mod:`varshift.kernels` has asked for a short spin (``OPENBLAS_THREAD_TIMEOUT``).
+OpenBLAS is a separate instance that is loaded only at the first product, by
+:func:`varshift.kernels.threads.load_runtimes`, asking for a short spin.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from . import threads
+from .jit import njit
 
 __all__ = ["matmul_numpy", "matmul_blas", "add_bias_nchw_numpy", "add_bias_nchw_numba"]
 
@@ -47,7 +48,8 @@ def matmul_blas(a, b):
     if a.dtype != b.dtype or a.dtype.char not in "fd" or 0 in a.shape or 0 in b.shape:
         return a @ b
     if not _GEMM:
-        from scipy.linalg import blas  # first load of SciPy's OpenBLAS: see module doc
+        threads.load_runtimes()  # first load of SciPy's OpenBLAS: see module doc
+        from scipy.linalg import blas
 
         _GEMM.update(f=blas.sgemm, d=blas.dgemm)
     first, trans_first = _fortran_operand(b)

@@ -13,7 +13,9 @@ networks' pooling).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import njit
 
 __all__ = ["max_windows_numpy", "max_windows_backward_numpy", "max_windows_numba",
            "max_windows_backward_numba"]

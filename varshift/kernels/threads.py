@@ -15,6 +15,15 @@ took 100x longer with two threads than with one while two other processes ran).
 A serial call uses the same compiled code as a parallel call limited to one thread,
 so single-threaded results do not depend on this policy.
 
+The two thread runtimes varshift's kernels use, Numba's OpenMP layer and the OpenBLAS
+bundled with SciPy, are loaded by :func:`load_runtimes` before the first kernel or
+product, with their workers asked to sleep rather than spin when idle
+(``OMP_WAIT_POLICY=PASSIVE``, ``OPENBLAS_THREAD_TIMEOUT=4``, unless the user set them):
+on 2 cores spinning workers take the core the next kernel needs (a convnet training
+step took 3x longer without). Each runtime reads these variables once, when it loads,
+so they are set only for that moment and then removed again; the process's
+environment is as before. A runtime the process had loaded before keeps its settings.
+
 Switching Numba and OpenBLAS to one thread and back costs 1-2 microseconds a call, 3-5 %
 of a small network's step. Inside a :func:`batched` call (a model's forward and
 backward, an optimizer step) a serial call therefore leaves them at one thread for the
@@ -25,12 +34,14 @@ the outermost batched call returns.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import threading
 
 import numba
 
 __all__ = ["PARALLEL_MIN_ITEMS", "PARALLEL_MIN_FLOPS", "limit", "sized", "blas_serial",
-           "batched"]
+           "batched", "load_runtimes"]
 
 PARALLEL_MIN_ITEMS = 1 << 18
 """Values (of the largest array a Numba kernel reads or writes) below which it runs
@@ -41,6 +52,40 @@ PARALLEL_MIN_FLOPS = 1 << 25
 of single-threaded sgemm."""
 
 _BLAS = []
+
+#: Read by the runtimes when they load: idle workers sleep (OpenMP) or stop spinning
+#: after the shortest wait OpenBLAS allows.
+QUIET_WORKERS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+
+_LOADED = []
+_LOADING = threading.Lock()
+
+
+def load_runtimes() -> None:
+    """Load SciPy's OpenBLAS and start Numba's threading layer, once per process, with
+    :data:`QUIET_WORKERS` in the environment while they load (where the user has not
+    set those variables) and removed right after. PyTorch's thread count, which
+    starting Numba's OpenMP layer can change, is put back."""
+    if _LOADED:
+        return
+    with _LOADING:
+        if _LOADED:
+            return
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else None
+        added = {k: v for k, v in QUIET_WORKERS.items() if k not in os.environ}
+        os.environ.update(added)
+        try:
+            import scipy.linalg.blas  # noqa: F401
+            from numba.np.ufunc.parallel import _launch_threads
+
+            _launch_threads()
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
+            if torch is not None and torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
+        _LOADED.append(True)
 
 
 class _Lazy(threading.local):
@@ -118,10 +163,10 @@ def _blas_libraries():
     again after every small product would wake workers that then spin for ~0.1 s.
     """
     if not _BLAS:
-        import scipy.linalg.blas  # noqa: F401 - load SciPy's OpenBLAS first
-        from threadpoolctl import ThreadpoolController
+        load_runtimes()  # SciPy's OpenBLAS is loaded before threadpoolctl looks
+        from .._process import thread_controller
 
-        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        libs = thread_controller().select(user_api="blas").lib_controllers
         _BLAS.extend([lib for lib in libs if "scipy.libs" in lib.filepath] or libs)
     return _BLAS
 
@@ -139,9 +184,9 @@ def limit(threads: int):
     restore : callable
         Puts back the previous limits.
     """
+    _blas_libraries()  # threadpoolctl imported without its environment change
     from threadpoolctl import threadpool_limits
 
-    _blas_libraries()  # SciPy's OpenBLAS is loaded before threadpoolctl looks
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     limiter = threadpool_limits(threads)
@@ -166,6 +211,8 @@ def sized(kernel, items):
     """
 
     def run(*args):
+        if not _LOADED:
+            load_runtimes()
         if items(*args) >= PARALLEL_MIN_ITEMS:
             _numba_back()
             return kernel(*args)

@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import njit
 
 __all__ = ["Window", "im2col_numpy", "col2im_numpy", "im2col_numba", "col2im_numba",
            "im2row_numpy", "row2im_numpy", "im2row_numba", "row2im_numba"]
