@@ -49,7 +49,7 @@ def state(model):
     modules = list(model.modules())
     return {
         "tensors": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "identity": [id(t) for t in model.state_dict(keep_vars=True).values()],
+        "identity": {k: id(t) for k, t in model.state_dict(keep_vars=True).items()},
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
         "training": [m.training for m in modules],
@@ -72,7 +72,9 @@ def assert_same_state(model, before, except_running_stats=False):
         assert value.dtype == now.dtype and torch.equal(
             value.view(torch.uint8) if value.dim() else value, now.view(torch.uint8)
             if now.dim() else now), key
-    assert after["identity"] == before["identity"]
+    # recalibrate's new statistics come in new tensors (a graph built before keeps the old)
+    assert {k: v for k, v in after["identity"].items() if not k.endswith(skip)} == \
+        {k: v for k, v in before["identity"].items() if not k.endswith(skip)}
     for name in ("requires_grad", "training", "attributes", "hooks"):
         assert after[name] == before[name], name
     assert len(after["grads"]) == len(before["grads"]) and all(

@@ -6,9 +6,12 @@ import copy
 
 import numpy as np
 
+from ._process import public
+
 __all__ = ["gradcheck"]
 
 
+@public("layer")
 def gradcheck(layer, x, *, eps=1e-6, seed=0, atol=1e-3, details=False):
     """Compare backward with float64 central differences.
 

@@ -44,6 +44,7 @@ import numpy as np
 from . import _validate
 from ._data import Batches
 from ._files import atomic_write
+from ._process import public
 from ._progress import progress_bar
 from .backends import Modes, backend_for
 from .nn.layer import preserved
@@ -444,6 +445,7 @@ class _Statistics:
         return next(store[name].channels for store in self.outputs.values() if name in store)
 
 
+@public()
 def measure(model, data, *, batch_size=256, seed=0, progress=False, input_key=None) -> Report:
     """Measure train-mode and inference-mode statistics of every layer, and the
     variance shift of every BatchNorm layer.

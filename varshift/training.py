@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _validate
 from ._data import batch_bounds
+from ._process import public
 from ._progress import progress_bar
 from ._validate import NonFiniteError
 from .nn.layer import modes, preserved
@@ -88,6 +89,7 @@ def _check_loss(loss, owner):
                         f"nn.MSELoss()), got {_validate.shown(loss)}")
 
 
+@public()
 def evaluate(model, data, loss, batch_size=256, *, batchnorm="eval", dropout="eval", seed=0):
     """Loss (and accuracy for a classification loss), by default in inference mode.
 
@@ -142,6 +144,7 @@ def evaluate(model, data, loss, batch_size=256, *, batchnorm="eval", dropout="ev
     return result
 
 
+@public()
 def fit(model, data, loss, optimizer, epochs=1, batch_size=32, seed=0, progress=False, *,
         validation_data=None, eval_train=True, drop_last=False):
     """Train ``model`` with mini-batches; return the per-epoch :class:`History`.

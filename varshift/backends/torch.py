@@ -36,11 +36,14 @@ What cannot be controlled
     DistributedDataParallel wrapper.
 
 State
-    :meth:`TorchBackend.preserved` keeps a copy of every parameter (on the CPU) and
-    buffer while it runs, and puts back parameters, buffers, every module's
-    ``training`` flag and the torch random state (CPU, and CUDA where initialised);
-    varshift's own hooks are removed. Batches go to the module's device, floating
-    inputs in its parameters' dtype.
+    :meth:`TorchBackend.preserved` keeps a copy of every parameter (on the CPU) while
+    it runs, runs the passes on clones of the buffers, and puts back parameters, the
+    user's own buffer tensors (never written to, so that an autograd graph built
+    before stays valid), every module's ``training`` flag and the torch random state
+    (CPU, and CUDA where initialised); varshift's own hooks are removed.
+    :func:`~varshift.recalibrate` leaves the new running statistics in new tensors,
+    for the same reason. Batches go to the module's device, floating inputs in its
+    parameters' dtype. Modules on the ``meta`` device (no data) are refused.
 """
 
 from __future__ import annotations
@@ -235,35 +238,55 @@ class _Saved:
     """What a forward pass can change in a module tree: modes, parameters, buffers,
     and the torch random state.
 
+    The passes work on clones of the buffers, put in the modules' places: the user's
+    own buffer tensors are never written, so an autograd graph built before, which
+    saved them (a BatchNorm in inference mode saves its running statistics), stays
+    valid.
+
     Attributes
     ----------
-    params, buffers : list
-        ``[store, key, tensor, copy]`` per tensor.
+    params : list
+        ``[store, key, tensor, copy]`` per parameter.
+    buffers : list
+        ``(store, key, tensor)`` per buffer, the user's tensors.
     """
 
     def __init__(self, modules):
         self.training = [(m, m.training) for m in modules]
         self.stores = [(store, set(store)) for m in modules for store in (m._parameters,
                                                                            m._buffers)]
-        slots = [(m, store, key, t) for m in modules for store in (m._parameters, m._buffers)
-                 for key, t in store.items() if t is not None]
-        self.params = _copies((s, k, t) for m, s, k, t in slots if s is m._parameters)
-        self.buffers = _copies((s, k, t) for m, s, k, t in slots if s is m._buffers)
+        self.params = _copies((m._parameters, key, t) for m in modules
+                              for key, t in m._parameters.items() if t is not None)
+        self.buffers = [(m._buffers, key, t) for m in modules
+                        for key, t in m._buffers.items() if t is not None]
+        with torch.no_grad():
+            for store, key, t in self.buffers:
+                store[key] = t.clone()
         self.rng = torch.get_rng_state()
         self.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                          and torch.cuda.is_initialized() else None)
 
     def restore(self, buffers=True):
-        """Put everything back (the buffers only if ``buffers``)."""
+        """Put everything back. With ``buffers`` False, a buffer whose value changed
+        keeps its new value, in a new tensor (the user's tensor is left as it was)."""
         for m, training in self.training:
             m.training = training
         for store, keys in self.stores:
             for key in set(store) - keys:
                 del store[key]
-        _put_back(self.params + (self.buffers if buffers else []))
+        _put_back(self.params)
+        for store, key, tensor in self.buffers:
+            if buffers or _same(store.get(key), tensor):
+                store[key] = tensor
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _same(a, b) -> bool:
+    """Whether tensors ``a`` and ``b`` hold the same bits (False if ``a`` is None)."""
+    return (a is not None and a.shape == b.shape and a.dtype == b.dtype
+            and torch.equal(_bits(a.detach()), _bits(b.detach())))
 
 
 class TorchBackend(CallTracking):
@@ -280,7 +303,7 @@ class TorchBackend(CallTracking):
     ------
     ValueError
         If a lazy module is not initialised yet (its first forward pass would draw
-        its parameters, changing the model).
+        its parameters, changing the model), or a module is on the ``meta`` device.
     """
 
     hidden_noise_possible = True
@@ -294,6 +317,12 @@ class TorchBackend(CallTracking):
                 raise ValueError(f"{owner}: module {name or '(model)'!r} ({type(m).__name__}) "
                                  f"is lazy and not initialised yet; run one forward pass "
                                  f"(model(x)) first, which sets its shapes")
+            if any(t.is_meta for t in itertools.chain(m.parameters(recurse=False),
+                                                      m.buffers(recurse=False))):
+                raise ValueError(f"{owner}: module {name or '(model)'!r} ({type(m).__name__}) "
+                                 f"is on the 'meta' device, which holds shapes but no values; "
+                                 f"load its weights first (e.g. model.to_empty(device='cpu') "
+                                 f"then model.load_state_dict(...))")
         self._names = {m: name for name, m in self._modules.items()}
         self._info = {name: _info(name, m) for name, m in self._modules.items()}
         self._bn = {name: m for name, m in self._modules.items() if isinstance(m, _BatchNorm)}
@@ -381,7 +410,7 @@ class TorchBackend(CallTracking):
     # ------------------------------------------------------------------ state
     def _save(self):
         saved = _Saved(self._modules.values())
-        return saved, _copies((store, key, t) for store, key, t, _ in saved.buffers)
+        return saved, _copies((store, key, store[key]) for store, key, _ in saved.buffers)
 
     def _reseed(self):
         """Seed torch's random state from the next of the session's seeds (not from
