@@ -325,6 +325,19 @@ class Layer:
         Returns
         -------
         self
+
+        Raises
+        ------
+        KeyError
+            With ``strict``, for missing or unexpected keys.
+        TypeError
+            For a value that is not numeric.
+        ValueError
+            For a value of the wrong shape, or one the model's dtype cannot hold
+            unchanged: a finite float that would become infinite (1e300 in a float32
+            model), or a value for an integer buffer (``num_batches_tracked``) that is
+            not a whole number in its range (NaN, inf, 2.5, 2**64); the message names
+            the key and the value.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict: state must be a mapping of keys to arrays (a "
@@ -347,10 +360,10 @@ class Layer:
                 )
             if value.dtype.kind not in "biuf":
                 raise TypeError(f"load_state_dict: {key!r} has non-numeric dtype {value.dtype}")
-            staged[key] = value
+            staged[key] = _cast(value, store[name].dtype, key)
         for key, value in staged.items():
             store, name = slots[key]
-            np.copyto(store[name], value, casting="unsafe")
+            store[name][...] = value
         return self
 
     # ------------------------------------------------------------------ randomness
@@ -427,6 +440,34 @@ def _is_default(value, default) -> bool:
     if isinstance(value, tuple) and not isinstance(default, tuple):
         return all(v == default for v in value)
     return value == default
+
+
+def _cast(value, dtype, key):
+    """``value`` (a numeric array) as ``dtype``, or ValueError naming ``key`` and the
+    first value that the cast would change beyond rounding: a finite number that
+    overflows to inf, or for an integer dtype a value that is not a whole number in its
+    range (which a cast would wrap or turn into the smallest integer)."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if value.dtype.kind == "f":
+            # info.max + 1 is a power of two, exact in any float, unlike info.max
+            fits = (np.isfinite(value) & (value == np.trunc(value)) & (value >= info.min)
+                    & (value < float(int(info.max) + 1)))
+        else:
+            fits = (value >= info.min) & (value <= info.max)
+        cast = None
+        expected = f"whole numbers in [{info.min}, {info.max}] ({dtype})"
+    else:
+        with np.errstate(over="ignore"):
+            cast = value.astype(dtype)
+        fits = np.isfinite(cast) | ~np.isfinite(value)
+        expected = f"numbers within the {dtype} range (+-{np.finfo(dtype).max:.4g})"
+    if not fits.all():
+        index = np.unravel_index(np.argmin(fits), value.shape)
+        where = f" at index {tuple(int(i) for i in index)}" if value.ndim else ""
+        raise ValueError(f"load_state_dict: {key!r} must hold {expected}, got "
+                         f"{value[index].item()!r}{where}")
+    return value.astype(dtype) if cast is None else cast
 
 
 def _to_numpy(value):
@@ -547,7 +588,25 @@ def layer_to_config(layer: Layer) -> dict:
 
 
 def layer_from_config(config: dict) -> Layer:
-    """Rebuild a layer from :func:`layer_to_config` output (parameters freshly drawn)."""
+    """Rebuild a layer from :func:`layer_to_config` output (parameters freshly drawn).
+
+    Raises
+    ------
+    ValueError
+        If a layer class is unknown, or layers are nested more than ``MAX_NESTING``
+        deep (a damaged file, not a model).
+    """
+    return _from_config(config, 0)
+
+
+#: Layers nested in layers (containers in containers) that :func:`layer_from_config`
+#: rebuilds at most.
+MAX_NESTING = 50
+
+
+def _from_config(config, depth):
+    if depth > MAX_NESTING:
+        raise ValueError(f"layers are nested more than {MAX_NESTING} deep (the limit)")
     try:
         cls = _REGISTRY[config["class"]]
     except KeyError:
@@ -556,7 +615,7 @@ def layer_from_config(config: dict) -> Layer:
     for name, p in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or name not in config["args"]:
             continue
-        value = _decode(config["args"][name])
+        value = _decode(config["args"][name], depth + 1)
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
             positional = list(value)
         else:
@@ -574,9 +633,9 @@ def _encode(value):
     return value
 
 
-def _decode(value):
+def _decode(value, depth):
     if isinstance(value, dict) and "class" in value:
-        return layer_from_config(value)
+        return _from_config(value, depth)
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [_decode(v, depth) for v in value]
     return value
