@@ -16,7 +16,8 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["NonFiniteError", "shown", "integer", "real", "fraction", "int_tuple", "seed",
-           "flag", "choice", "path", "model", "running_stats", "reraise_with_context"]
+           "flag", "choice", "path", "model", "running_stats", "damaged_stats",
+           "reraise_with_context"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -156,16 +157,19 @@ def model(value, owner: str, name: str = "model"):
     return value
 
 
-def running_stats(stats: dict, dtype, where, limit=None) -> dict:
+def running_stats(stats: dict, dtype, where, limit=None, exempt=None) -> dict:
     """``stats`` (name -> array of shape (C,)) as float64 arrays, if every value is a
     number that fits ``dtype``, i.e. lies within +-``limit`` (default: the largest
     value of the NumPy dtype ``dtype``); else :class:`NonFiniteError` naming
     ``where`` (a str, or a callable returning it, called only then), the statistic
-    and the channel."""
+    and the channel. Channels where the boolean mask ``exempt`` is True are not
+    checked."""
     limit = float(np.finfo(dtype).max) if limit is None else limit
     stats = {key: np.asarray(value, np.float64) for key, value in stats.items()}
     for key, value in stats.items():
         bad = ~(np.abs(value) <= limit)  # also NaN
+        if exempt is not None:
+            bad &= ~exempt
         if bad.any():
             c = int(np.argmax(bad))
             raise NonFiniteError(
@@ -173,6 +177,33 @@ def running_stats(stats: dict, dtype, where, limit=None) -> dict:
                 f"{dtype} range (inputs near the float limit, or weights that diverged); the "
                 f"running statistics were left unchanged")
     return stats
+
+
+def damaged_stats(mean, var) -> dict:
+    """What is wrong with running statistics that no BatchNorm update can produce: a
+    NaN or infinite mean or variance, a negative variance (a damaged or hand-edited
+    file, a buffer written by hand).
+
+    Parameters
+    ----------
+    mean, var : array_like of shape (C,)
+
+    Returns
+    -------
+    dict of (str, str) to ndarray
+        ``('running_mean', 'NaN')``, ``('running_var', 'negative')``, ... (statistic,
+        problem; the problems are 'NaN', 'infinite' and 'negative') -> the indices of the
+        channels concerned; only the problems found, so empty for sound statistics.
+    """
+    problems = {}
+    for name, value in (("running_mean", mean), ("running_var", var)):
+        value = np.asarray(value, np.float64)
+        masks = {"NaN": np.isnan(value), "infinite": np.isinf(value)}
+        if name == "running_var":
+            masks["negative"] = value < 0
+        problems.update({(name, what): np.flatnonzero(mask)
+                         for what, mask in masks.items() if mask.any()})
+    return problems
 
 
 @contextmanager

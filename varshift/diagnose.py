@@ -45,9 +45,10 @@ class Finding:
     ----------
     code : str
         ``DROPOUT_BEFORE_BN``, ``STALE_RUNNING_STATS``, ``STATS_AT_INIT``,
-        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT``, ``SUSPICIOUS_MOMENTUM`` or
-        ``EVAL_NOT_DETERMINISTIC``; from a saved Keras file (:func:`varshift.inspect`)
-        also ``STATS_NEAR_INIT``, ``BAD_MOVING_STATS`` and ``FROZEN_BATCHNORM``.
+        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT``, ``SUSPICIOUS_MOMENTUM``,
+        ``EVAL_NOT_DETERMINISTIC`` or ``DAMAGED_RUNNING_STATS``; from a saved Keras
+        file (:func:`varshift.inspect`) also ``STATS_NEAR_INIT``, ``BAD_MOVING_STATS``
+        and ``FROZEN_BATCHNORM``.
     layer : str
         Path of the layer concerned ('' for the whole model).
     severity : {'error', 'warning', 'info'}
@@ -129,9 +130,13 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
 
     Notes
     -----
-    Codes: ``DROPOUT_BEFORE_BN`` (a Dropout-like layer feeds a BatchNorm and the
-    measured Dropout-attributed shift confirms it), ``STALE_RUNNING_STATS`` (running
-    statistics far from the train-mode statistics of the current weights),
+    Codes: ``DAMAGED_RUNNING_STATS`` (a running mean or variance that is NaN or
+    infinite, or a negative running variance: values no update produces, from a
+    damaged file or a diverged run; the variance shift of that layer, and the
+    inference statistics after it, are undefined then), ``DROPOUT_BEFORE_BN`` (a
+    Dropout-like layer feeds a BatchNorm and the measured Dropout-attributed shift
+    confirms it), ``STALE_RUNNING_STATS`` (running statistics far from the train-mode
+    statistics of the current weights),
     ``STATS_AT_INIT`` (running mean 0 and variance 1 untouched), ``SMALL_BATCH_STATS``
     (too few values per channel per batch), ``EVAL_BATCH_DEPENDENT`` (inference-mode
     outputs change with batch composition), ``SUSPICIOUS_MOMENTUM`` (a momentum that
@@ -168,10 +173,11 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     findings = []
     for b in report.bn:
         findings += _momentum(b)
+        damaged = _damaged(b)
         at_init = _at_init(b)
-        findings += at_init
+        findings += damaged + at_init
         findings += _dropout(b, upstream.get(b.name, []), backend)
-        if not at_init and not b.frozen:
+        if not (damaged or at_init or b.frozen):
             findings += _stale(b)
         findings += _small_batch(b, shapes.get(b.name), train_batch_size or report.batch_size)
     if noise > 0:
@@ -202,7 +208,7 @@ def _check_report(report, backend):
         current = (backend.running_stats(path) or (None, None))[:2]
         for name, stored, now in zip(("mean", "var"), (b.moving_mean, b.moving_var), current):
             if (stored is None) != (now is None) or (
-                    now is not None and not np.array_equal(stored, now)):
+                    now is not None and not np.array_equal(stored, now, equal_nan=True)):
                 raise ValueError(
                     f"diagnose: report was measured with other running statistics (running_"
                     f"{name} of BatchNorm {path!r} differs): it describes this model before "
@@ -254,6 +260,36 @@ def _momentum(b):
             "would mean: keep only the last batch).",
             "Use PyTorch's default momentum=0.1, or momentum=None for a cumulative average.")]
     return []
+
+
+def _damaged(b):
+    if b.moving_var is None:
+        return []
+    problems = _validate.damaged_stats(b.moving_mean, b.moving_var)
+    evidence = {f"{stat}_{what.lower()}_channels": _channel_list(where)
+                for (stat, what), where in problems.items()}
+    damage = [f"{stat} is {what} in channel{'s' if len(where) > 1 else ''} "
+              f"{_channel_list(where)}" for (stat, what), where in problems.items()]
+    if b.num_batches_tracked is not None and b.num_batches_tracked < 0:
+        evidence["num_batches_tracked"] = b.num_batches_tracked
+        damage.append(f"num_batches_tracked is negative ({b.num_batches_tracked})")
+    if not damage:
+        return []
+    return [Finding(
+        "DAMAGED_RUNNING_STATS", b.name, "error", evidence,
+        f"The running statistics hold values no BatchNorm update produces: "
+        f"{'; '.join(damage)}. Inference normalises with them, so its outputs in these "
+        f"channels (and in every layer after this one) are NaN or meaningless, and this "
+        f"layer's variance shift is undefined. Usual causes: a damaged or hand-edited "
+        f"model file, a training run that diverged, buffers written by hand.",
+        "varshift.recalibrate(model, training_data) (on the command line: varshift "
+        "recalibrate MODEL DATA -o FIXED.npz) replaces them by exact statistics.")]
+
+
+def _channel_list(channels, limit=8) -> str:
+    """Channel indices for a message: all of them, or the first ``limit`` and the count."""
+    shown = ", ".join(str(c) for c in channels[:limit])
+    return shown if len(channels) <= limit else f"{shown}, ... ({len(channels)} channels)"
 
 
 def _at_init(b):
@@ -350,6 +386,8 @@ def _batch_dependence(backend, x, seed, culprits):
     with backend.preserved(seed), np.errstate(all="ignore"):
         whole = backend.output(x, EVAL)
         parts = np.concatenate([backend.output(x[:half], EVAL), backend.output(x[half:], EVAL)])
+    if not (np.isfinite(whole).all() and np.isfinite(parts).all()):
+        return []  # nothing to compare (damaged running statistics, reported as such)
     scale = max(float(np.max(np.abs(whole))), 1e-12)
     change = float(np.max(np.abs(whole - parts)) / scale)
     if not change > BATCH_DEPENDENCE:

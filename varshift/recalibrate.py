@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import _validate
 from ._progress import progress_bar
 from .backends import Modes, backend_for
@@ -41,7 +43,7 @@ class Recalibration:
         lines = ["BatchNorm recalibration (shift = max(real/moving, moving/real))",
                  f"{'#':>3} {'layer':<14} {'shift before':>12} {'shift after':>12}"]
         for b, a in zip(self.before.bn, self.after.bn):
-            lines.append(f"{b.index:>3} {b.name:<14} {b.shift:>12.4f} {a.shift:>12.4f}")
+            lines.append(f"{b.index:>3} {b.name:<14} {_shown(b)} {_shown(a)}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -56,6 +58,14 @@ class Recalibration:
         plot_bn_shift(self.after, ax=ax, label="after recalibration")
         ax.set_title("Variance shift before and after recalibration")
         return ax
+
+
+def _shown(b) -> str:
+    """The shift of BatchNorm ``b`` (a BatchNormStats) for the table: 'damaged' for
+    damaged running statistics, 'undefined' for NaN (after a damaged layer)."""
+    if b.moving_var is not None and _validate.damaged_stats(b.moving_mean, b.moving_var):
+        return f"{'damaged':>12}"
+    return f"{'undefined':>12}" if np.isnan(b.shift) else f"{b.shift:>12.4f}"
 
 
 def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, seed=0,
@@ -110,7 +120,11 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     variance, or for a Keras model the population variance, Keras' convention), and
     ``num_batches_tracked`` the number of batches (Keras has no counter). If anything fails (also the "after"
     report, or ``KeyboardInterrupt``), the model's original statistics are restored;
-    nothing else of the model changes in any case.
+    nothing else of the model changes in any case. Damaged running statistics (NaN,
+    infinite, a negative variance: :func:`~varshift.diagnose`'s
+    ``DAMAGED_RUNNING_STATS``) are replaced like any others; their shift in the
+    "before" report is undefined (NaN or infinite, "damaged" in the printed table),
+    and so may be the shifts of the layers after them.
     """
     backend = backend_for(model, "recalibrate")
     _validate.choice(dropout, "dropout", "recalibrate", ("off", "on"))
@@ -150,8 +164,11 @@ def _recalibrate_layer(backend, bn, batches, dropout, progress):
     moments, count = RunningMoments(bn.num_features), 0
     for i, x in enumerate(progress_bar(batches, progress, batches.num_batches,
                                        f"recalibrate {bn.name}")):
+        # the pass also runs bn itself, with its old (maybe damaged) statistics: a
+        # NaN there is no concern, and a non-finite result is refused when written
         with _validate.reraise_with_context(f"recalibrate: data batch {i} of shape "
-                                            f"{tuple(x.shape)}"):
+                                            f"{tuple(x.shape)}"), \
+                np.errstate(over="ignore", invalid="ignore"):
             seen = backend.batchnorm_input(bn.name, x, modes)
         moments = moments.merge(seen)
         count += seen.count > 0

@@ -141,13 +141,21 @@ class BatchNorm(Layer):
     def _update_running_stats(self, mean, var, count):
         """Exponential (or, with momentum None, cumulative) average, in place."""
         tracked = int(self.buffers["num_batches_tracked"]) + 1
-        weight = 1.0 / tracked if self.momentum is None else self.momentum
+        # a damaged (negative) count restarts the cumulative average with this batch
+        weight = 1.0 / max(tracked, 1) if self.momentum is None else self.momentum
         if self.unbiased:
             var = var * count / (count - 1)
-        # the running buffer's own dtype for the decayed part, as PyTorch's in-place update
-        new = [(1.0 - weight) * self.buffers[key] + weight * batch
-               for key, batch in (("running_mean", mean), ("running_var", var))]
-        self.set_running_stats(*new, tracked)
+        old = [self.buffers["running_mean"], self.buffers["running_var"]]
+        # the running buffer's own dtype for the decayed part, as PyTorch's in-place
+        # update; weight 1 keeps only the batch (also over a NaN or inf, where 0 * inf
+        # would be NaN)
+        new = [batch if weight == 1 else (1.0 - weight) * running + weight * batch
+               for running, batch in zip(old, (mean, var))]
+        # channels damaged before (NaN or inf, e.g. loaded from a damaged file) may stay
+        # so, as in PyTorch: the check is for values this update pushes out of range;
+        # varshift.diagnose reports the damage and varshift.recalibrate replaces it
+        damaged = ~(np.isfinite(old[0]) & np.isfinite(old[1]))
+        self._write_running_stats(*new, tracked, damaged)
 
     def set_running_stats(self, mean, var, num_batches_tracked) -> None:
         """Replace ``running_mean``, ``running_var`` and ``num_batches_tracked``.
@@ -163,9 +171,14 @@ class BatchNorm(Layer):
             If a value is NaN or does not fit the layer's dtype (e.g. the variance of
             inputs near the float32 limit); nothing is written then.
         """
+        self._write_running_stats(mean, var, num_batches_tracked)
+
+    def _write_running_stats(self, mean, var, num_batches_tracked, exempt=None):
+        """:meth:`set_running_stats`, not checking the channels where ``exempt`` (a
+        boolean mask of shape (C,)) is True."""
         # describe() (a repr) only for an error: it costs more than a small layer's step
         stats = running_stats({"running_mean": mean, "running_var": var}, self.dtype,
-                              self.describe)
+                              self.describe, exempt=exempt)
         for key, value in stats.items():
             self.buffers[key][...] = value
         self.buffers["num_batches_tracked"][...] = num_batches_tracked
