@@ -2,12 +2,13 @@
 
 import copy
 import sys
+import warnings
 
 import numpy as np
 import pytest
 from helpers import blobs, dropout_before_bn, trained
 
-from varshift import evaluate, measure, nn, recalibrate
+from varshift import diagnose, evaluate, measure, nn, recalibrate
 
 
 def test_after_shift_is_one_on_the_same_data_and_only_running_stats_change():
@@ -115,3 +116,20 @@ def test_without_reports_the_statistics_are_the_same():
     assert "no reports" in str(quiet)
     with pytest.raises(ValueError, match="no reports"):
         quiet.plot()
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e-38])
+def test_variances_below_the_dtype_range_warn_and_are_not_called_stale(scale):
+    x = (np.random.default_rng(0).standard_normal((400, 4)) * scale).astype(np.float32)
+    model = nn.Sequential(nn.BatchNorm(4), nn.Dense(4, 2), seed=0)
+    with pytest.warns(UserWarning, match=r"recalibrate: BatchNorm '0': the variance of channels "
+                                         r"0, 1, 2, 3 is too small for the layer's dtype .*"
+                                         r"outputs are unaffected") as caught:
+        recalibrate(model, x)
+    assert caught[0].filename == __file__  # the user's line
+    assert diagnose(model, x) == []
+    twin = nn.Sequential(nn.BatchNorm(4), nn.Dense(4, 2), seed=0).astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # float64 holds these variances
+        result = recalibrate(twin, x.astype(np.float64))
+    assert result.after.bn[0].shift == pytest.approx(1.0)

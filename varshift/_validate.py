@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 from contextlib import contextmanager
 
 import numpy as np
 
 __all__ = ["NonFiniteError", "shown", "integer", "real", "fraction", "int_tuple", "seed",
            "flag", "choice", "path", "model", "running_stats", "damaged_stats",
-           "reraise_with_context"]
+           "reraise_with_context", "user_stacklevel"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -217,3 +218,14 @@ def reraise_with_context(prefix: str):
         if type(err) not in (ValueError, TypeError, RuntimeError):
             raise
         raise type(err)(f"{prefix}: {err}") from err
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for :func:`warnings.warn`, called in the function that calls
+    this, that attributes the warning to the first caller outside varshift (the
+    user's line), however deep inside varshift the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == \
+            __name__.partition(".")[0]:
+        frame, level = frame.f_back, level + 1
+    return level

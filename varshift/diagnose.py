@@ -17,7 +17,7 @@ from ._json import json_ready
 from .backends import backend_for
 from .backends.numpy_engine import dropout_upstream_of_batchnorm
 from .measure import EVAL, Report, inference_noise, measure_with
-from .stats import deviation_in_stds, symmetric_shift
+from .stats import deviation_in_stds, ratio, symmetric_shift
 
 __all__ = ["diagnose", "Finding", "dropout_upstream_of_batchnorm"]
 
@@ -136,7 +136,9 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     inference statistics after it, are undefined then), ``DROPOUT_BEFORE_BN`` (a
     Dropout-like layer feeds a BatchNorm and the measured Dropout-attributed shift
     confirms it), ``STALE_RUNNING_STATS`` (running statistics far from the train-mode
-    statistics of the current weights),
+    statistics of the current weights, graded on what normalisation divides by, the
+    variance plus ``eps``, so variances far below ``eps`` or below the smallest
+    normal number of the buffer's dtype do not make statistics stale),
     ``STATS_AT_INIT`` (running mean 0 and variance 1 untouched), ``SMALL_BATCH_STATS``
     (too few values per channel per batch), ``EVAL_BATCH_DEPENDENT`` (inference-mode
     outputs change with batch composition), ``SUSPICIOUS_MOMENTUM`` (a momentum that
@@ -336,15 +338,17 @@ def _dropout(b, noise_paths, backend):
 def _stale(b):
     if b.moving_var is None:
         return []
-    ratio = b.attribution["running_stats"]
-    shift = symmetric_shift(ratio)
-    drift = float(np.mean(deviation_in_stds(b.train_mean, b.moving_mean, b.moving_var)))
+    # graded on what normalisation divides by, var + eps: a variance far below eps
+    # (also one that underflowed in the buffer's dtype) changes no output
+    shift = symmetric_shift(ratio(np.mean(b.train_var) + b.eps, np.mean(b.moving_var) + b.eps))
+    drift = float(np.mean(deviation_in_stds(b.train_mean, b.moving_mean, b.moving_var + b.eps)))
     grades = [g for g in (_grade(shift, STALE_SHIFT), _grade(drift, STALE_MEAN)) if g]
     if not grades:
         return []
     severity = "error" if "error" in grades else "warning"
-    evidence = {"train_over_moving_var": ratio, "var_shift": shift, "mean_drift_std": drift,
-                "momentum": b.momentum, "num_batches_tracked": b.num_batches_tracked}
+    evidence = {"train_over_moving_var": b.attribution["running_stats"], "var_shift": shift,
+                "mean_drift_std": drift, "momentum": b.momentum,
+                "num_batches_tracked": b.num_batches_tracked}
     if b.momentum and b.num_batches_tracked is not None:
         evidence["initial_value_weight_left"] = float((1 - b.momentum) ** b.num_batches_tracked)
     return [Finding(

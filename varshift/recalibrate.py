@@ -8,6 +8,7 @@ network order, so that each layer sees the already recalibrated layers upstream.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,21 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         For bad arguments (naming them), checked before anything changes, and for
         statistics that are not finite or do not fit the model's dtype.
 
+    Warns
+    -----
+    UserWarning
+        If a variance is too small for the buffer's dtype (inputs of scale 1e-20 in
+        float32: the variance underflows to 0 or to a subnormal number and is stored
+        with a relative error above :data:`UNDERFLOW_TOLERANCE`), naming the layer and
+        the channels. A warning, not an error: the stored value is the closest the
+        dtype holds, and normalisation divides by ``sqrt(var + eps)``, where such a
+        variance is negligible unless ``eps`` is as small (the message says which), so
+        the recalibrated model computes what exact statistics would give; refusing
+        would leave the old statistics in place. Only the variance shift of that layer
+        (a ratio to the stored variance) is then meaningless: measured right after
+        recalibrating it is far from 1 or infinite. :func:`~varshift.diagnose` does not
+        call such statistics stale.
+
     Notes
     -----
     For BatchNorm layer k in forward order, with layers 0..k-1 already recalibrated
@@ -175,5 +191,32 @@ def _recalibrate_layer(backend, bn, batches, dropout, progress):
     if moments.count < 2:
         raise ValueError(f"recalibrate: BatchNorm {bn.name!r} saw {moments.count:.0f} value(s) "
                          f"per channel of data; a variance needs at least 2 (give more samples)")
-    backend.set_running_stats(bn.name, moments.mean, moments.var(ddof=1 if bn.unbiased else 0),
-                              int(count))
+    var = moments.var(ddof=1 if bn.unbiased else 0)
+    backend.set_running_stats(bn.name, moments.mean, var, int(count))
+    _warn_underflow(bn, var, backend.running_stats(bn.name)[1])
+
+
+#: Relative error of a stored running variance beyond which it underflowed: rounding
+#: to float32 (6e-8) or float16 (5e-4) stays below it.
+UNDERFLOW_TOLERANCE = 1e-3
+
+
+def _warn_underflow(bn, var, stored):
+    """Warn if the running variance ``stored`` lost the computed ``var`` (float64) to
+    the buffer's dtype: 0 or a subnormal number for a positive variance."""
+    lost = np.flatnonzero(np.abs(stored - var) > UNDERFLOW_TOLERANCE * var)
+    if lost.size:
+        c = lost[0]
+        # normalisation divides by sqrt(var + eps): an error far below eps changes nothing
+        effect = ("outputs are unaffected (normalisation adds eps={:g}, far larger)"
+                  if np.max(np.abs(stored - var)[lost]) < 1e-6 * bn.eps else
+                  "inference outputs of these channels differ from exact statistics "
+                  "(normalisation adds only eps={:g})").format(bn.eps)
+        warnings.warn(
+            f"recalibrate: BatchNorm {bn.name!r}: the variance of channel"
+            f"{'s' if lost.size > 1 else ''} {', '.join(map(str, lost[:8]))}"
+            f"{', ...' if lost.size > 8 else ''} is too small for the layer's dtype (channel "
+            f"{c}: {var[c]:.4g}, stored as {stored[c]:.4g}; the inputs are of scale "
+            f"{np.sqrt(var[c]):.2g}): {effect}, and this layer's variance shift is "
+            f"meaningless; scale the inputs, or use float64", UserWarning,
+            stacklevel=_validate.user_stacklevel())
