@@ -1,9 +1,14 @@
 """The command line, run as a user would."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from varshift.cli import main
 
@@ -77,7 +82,8 @@ def test_measure_diagnose_recalibrate_commands(tmp_path):
 def test_command_errors_have_exit_code_2(tmp_path):
     model, npy, _ = _model_and_data(tmp_path)
     out = run("measure", str(tmp_path / "missing.npz"), str(npy))
-    assert out.returncode == 2 and "No such file" in out.stderr
+    assert out.returncode == 2
+    assert out.stderr == f"varshift: error: MODEL: no such file {str(tmp_path / 'missing.npz')!r}\n"
     out = run("measure", str(model), "cifar")
     assert out.returncode == 2 and "DATA must be 'mnist'" in out.stderr
     out = run("measure", str(npy), str(npy))
@@ -113,3 +119,149 @@ def test_measure_on_mnist1d(tmp_path):
     out = run("measure", str(tmp_path / "m1d.npz"), "mnist1d", "--limit", "300", "-q", "--json")
     assert out.returncode == 0, out.stderr
     assert '"num_samples": 300' in out.stdout
+
+
+# --------------------------------------------------------------- issue 21: the user's files
+@pytest.fixture
+def files(tmp_path):
+    model, npy, _ = _model_and_data(tmp_path)
+    return model, npy
+
+
+def unwritable_folder(tmp_path):
+    """A folder this process cannot write to (for root, which may write anywhere a
+    mode allows, one the kernel refuses)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    if os.access(folder, os.W_OK):
+        folder = Path("/proc/self")
+        if not folder.is_dir() or os.access(folder, os.W_OK):
+            pytest.skip("no folder here is unwritable for this user")
+    return folder
+
+
+def made_folder(path):
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("target, message", [
+    (lambda tmp, name: tmp / "missing" / name, "folder {parent!r} does not exist"),
+    (lambda tmp, name: tmp / "x.npy" / name, "{parent!r} is not a folder"),
+    (lambda tmp, name: made_folder(tmp / name), "it is a folder; give a file name"),
+    (lambda tmp, name: tmp / ("n" * 252 + name[-4:]), "the file name is 256 bytes long, the "
+                                                      "folder allows"),
+    (lambda tmp, name: unwritable_folder(tmp) / name, "folder {parent!r} is not writable"),
+])
+@pytest.mark.parametrize("command, option, name", [
+    (["recalibrate", "{model}", "{data}"], "-o", "out.npz"),
+    (["measure", "{model}", "{data}"], "--plot", "out.png"),
+    (["demo"], "-o", "out.npz"),
+])
+def test_output_paths_are_checked_before_anything_is_read(files, tmp_path, capsys, target,
+                                                          message, command, option, name):
+    _, npy = files
+    path = target(tmp_path, name)
+    missing = tmp_path / "no-model.npz"  # not read: the output is checked first
+    argv = [a.format(model=missing, data=npy) for a in command] + [option, str(path)]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    shown = "-o/--output" if option == "-o" else option
+    assert exit_.value.code == 2, err
+    assert f"error: {shown}: cannot write {str(path)!r}: " in err
+    assert message.format(parent=str(path.parent)) in err
+
+
+def test_a_file_name_of_the_longest_allowed_length_is_written(files, tmp_path, capsys):
+    model, npy = files
+    name = "n" * 251 + ".npz"  # 255 bytes, the usual limit; the temporary file is shortened
+    assert main(["recalibrate", str(model), str(npy), "-o", str(tmp_path / name), "-q"]) == 0
+    assert (tmp_path / name).stat().st_size > 0
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.npz", "x.npy", "d.npz", name])
+
+
+SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+
+import numpy as np
+
+
+def slow(f, **arrays):  # 4 MB written, then the signal comes
+    f.write(b"PK" + bytes(4 << 20))
+    f.flush()
+    Path(sys.argv[1]).touch()
+    time.sleep(120)
+
+
+np.savez = slow
+from varshift.cli import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_writing_removes_the_unfinished_file(files, tmp_path, signum):
+    model, npy = files
+    out, marker = tmp_path / "out" / "fixed.npz", tmp_path / "writing"
+    out.parent.mkdir()
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(marker), "recalibrate",
+                             str(model), str(npy), "-o", str(out), "-q"],
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": path})
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no write"
+        assert [p.name for p in out.parent.iterdir()][0].endswith(".tmp")  # mid-write
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err
+    assert f"varshift: stopped by {name}; files not completely written were removed" in err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_the_signal_handlers_are_the_callers_again_afterwards(files, tmp_path, capsys):
+    model, npy = files
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)]
+    assert main(["measure", str(model), str(npy), "-q"]) == 0
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)] == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (lambda m, x, tmp: ["measure", str(tmp / "x.npz"), x], "MODEL: no such file {tmp}/x.npz"),
+    (lambda m, x, tmp: ["measure", str(tmp), x], "MODEL: {tmp} is a folder; give a file"),
+    (lambda m, x, tmp: ["diagnose", m, str(tmp / "nope.npy")], "DATA: no such file {tmp}/nope.npy"),
+    (lambda m, x, tmp: ["recalibrate", m, str(tmp / "dir.npy"), "-o", m],
+     "DATA: {tmp}/dir.npy is a folder; give a file"),
+    (lambda m, x, tmp: ["measure", m, str(tmp / "zero.npy")],
+     "DATA: {tmp}/zero.npy is not a regular file"),
+    (lambda m, x, tmp: ["measure", str(tmp / "zero.npz"), x],
+     "MODEL: {tmp}/zero.npz is not a regular file"),
+    (lambda m, x, tmp: ["inspect", str(tmp / "m.keras")], "MODEL: no such file {tmp}/m.keras"),
+])
+def test_unreadable_input_files_name_the_argument(files, tmp_path, capsys, argv, message):
+    model, npy = files
+    (tmp_path / "dir.npy").mkdir()
+    for name in ("zero.npy", "zero.npz"):
+        (tmp_path / name).symlink_to("/dev/zero")  # would be read until memory runs out
+    assert main(argv(str(model), str(npy), tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err == "varshift: error: " + re.sub(r"(\{tmp\}\S*)", lambda m: repr(
+        m.group(1).format(tmp=tmp_path)), message) + "\n"
+
+
+def test_an_unreadable_model_file_names_the_argument(files, capsys):
+    model, npy = files
+    model.chmod(0)
+    if os.access(model, os.R_OK):
+        pytest.skip("this user reads files whatever their mode")
+    assert main(["measure", str(model), str(npy)]) == 2
+    assert capsys.readouterr().err == f"varshift: error: MODEL: permission denied: cannot read {str(model)!r}\n"

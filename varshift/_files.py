@@ -8,7 +8,56 @@ import os
 import tempfile
 from contextlib import contextmanager
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "check_writable"]
+
+#: Characters that :func:`tempfile.mkstemp` adds to the prefix and suffix of a
+#: temporary name: the random part and the suffix ``.tmp``.
+_TEMP_EXTRA = 8 + len(".tmp")
+
+
+def check_writable(path, owner: str = "write") -> str:
+    """Check, before any work, that a file can be written at ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    owner : str
+        Function or option name for error messages.
+
+    Returns
+    -------
+    str
+        The absolute path of the folder that will hold the file.
+
+    Raises
+    ------
+    OSError
+        ``IsADirectoryError`` if ``path`` is a folder, ``FileNotFoundError`` or
+        ``NotADirectoryError`` if its folder does not exist or is not a folder,
+        ``PermissionError`` if the folder is not writable, and ``OSError`` (errno
+        ENAMETOOLONG) for a file name longer than the folder allows; the message names
+        ``owner`` and ``path``.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    shown = os.path.dirname(path) or "."
+
+    def fail(error, code, why):
+        raise error(code, f"{owner}: cannot write {path!r}: {why}")
+
+    if os.path.isdir(path):
+        fail(IsADirectoryError, errno.EISDIR, "it is a folder; give a file name")
+    if not os.path.isdir(folder):
+        if os.path.exists(folder):
+            fail(NotADirectoryError, errno.ENOTDIR, f"{shown!r} is not a folder")
+        fail(FileNotFoundError, errno.ENOENT, f"folder {shown!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(PermissionError, errno.EACCES, f"folder {shown!r} is not writable")
+    size, limit = len(os.fsencode(os.path.basename(path))), _name_max(folder)
+    if size > limit:
+        fail(OSError, errno.ENAMETOOLONG, f"the file name is {size} bytes long, the folder "
+                                          f"allows {limit}")
+    return folder
 
 
 @contextmanager
@@ -21,7 +70,7 @@ def atomic_write(path, mode: str = "wb", owner: str = "write"):
     path : str or os.PathLike
     mode : {'wb', 'w'}
     owner : str
-        Function name for error messages.
+        Function or option name for error messages.
 
     Yields
     ------
@@ -30,15 +79,21 @@ def atomic_write(path, mode: str = "wb", owner: str = "write"):
     Raises
     ------
     OSError
-        If the folder does not exist or is not writable, or ``path`` is a folder;
-        the message names ``path``.
+        As :func:`check_writable`, or if the temporary file cannot be created; the
+        message names ``path``.
+
+    Notes
+    -----
+    The temporary file is hidden (``.NAME.XXXXXXXX.tmp``), with ``NAME`` shortened so
+    that the whole name fits the folder's limit (``PC_NAME_MAX``, else 255 bytes). It
+    is deleted on any exception, ``KeyboardInterrupt`` and ``SystemExit`` included;
+    the command line turns SIGTERM and SIGHUP into such an exception while it runs.
+    Only SIGKILL or a crash of the interpreter leaves it behind.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, f"{owner}: cannot write {path!r}: it is a folder")
+    folder = check_writable(path, owner)
     try:
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path, folder),
                                     suffix=".tmp")
     except OSError as err:
         raise type(err)(err.errno, f"{owner}: cannot write {path!r}: {err.strerror}") from err
@@ -55,6 +110,23 @@ def atomic_write(path, mode: str = "wb", owner: str = "write"):
         except FileNotFoundError:
             pass
         raise
+
+
+def _name_max(folder) -> int:
+    """Longest file name in bytes that ``folder`` allows (255 where it cannot be asked)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
+        return 255
+
+
+def _temp_prefix(path, folder) -> str:
+    """``'.NAME.'`` for the temporary file of ``path``, NAME cut (by whole characters)
+    so that the temporary name fits the folder's limit."""
+    name, room = os.path.basename(path), _name_max(folder) - _TEMP_EXTRA - len("..")
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}."
 
 
 def _mode_for(path) -> int:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
+import stat
 import sys
 import textwrap
+import threading
 import time
+from contextlib import contextmanager
 
 from . import __version__
 
@@ -78,19 +83,19 @@ def _load_data(spec, args, split=None):
         x_train, _, x_test, _ = _load_mnist(args) if spec == "mnist" else load_mnist1d()
         x = x_train if split == "train" else x_test
     elif spec.endswith((".npy", ".npz")):
-        try:
-            x = np.load(spec, allow_pickle=False)
-            if isinstance(x, np.lib.npyio.NpzFile):
-                with x as data:
-                    key = next((k for k in ("x", "x_train", "inputs") if k in data.files), None)
-                    if key is None:
-                        raise ValueError(f"expected an array named 'x', 'x_train' or 'inputs', "
-                                         f"found {data.files}")
-                    x = data[key]
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-            raise ValueError(f"cannot read DATA {spec!r}: {err}") from err
+        with _reading("DATA", spec):
+            try:
+                x = np.load(spec, allow_pickle=False)
+                if isinstance(x, np.lib.npyio.NpzFile):
+                    with x as data:
+                        key = next((k for k in ("x", "x_train", "inputs") if k in data.files),
+                                   None)
+                        if key is None:
+                            raise ValueError(f"expected an array named 'x', 'x_train' or "
+                                             f"'inputs', found {data.files}")
+                        x = data[key]
+            except (EOFError, ValueError, zipfile.BadZipFile) as err:
+                raise ValueError(f"cannot read DATA {spec!r}: {err}") from err
     else:
         raise ValueError(f"DATA must be 'mnist', 'mnist1d', an .npy or an .npz file, got {spec!r}")
     if args.limit:
@@ -98,6 +103,35 @@ def _load_data(spec, args, split=None):
     if args.flatten:
         x = x.reshape(len(x), -1)
     return x
+
+
+@contextmanager
+def _reading(argument, path):
+    """Read the user's file ``path``, given as ``argument`` (e.g. 'MODEL'): only a
+    regular file (not a folder, a device or a pipe, which could be read forever), and
+    any OSError on the way as a ValueError naming the argument and the file (exit
+    code 2)."""
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a folder; give a file" if stat.S_ISDIR(mode) else "not a regular file"
+            raise ValueError(f"{argument}: {path!r} is {what}")
+        yield
+    except OSError as err:
+        why = {errno.ENOENT: f"no such file {path!r}",
+               errno.EISDIR: f"{path!r} is a folder; give a file",
+               errno.EACCES: f"permission denied: cannot read {path!r}",
+               errno.EPERM: f"permission denied: cannot read {path!r}"}.get(
+            err.errno, f"cannot read {path!r}: {err.strerror or err}")
+        raise ValueError(f"{argument}: {why}") from err
+
+
+def _load_model(args):
+    """The model file MODEL (``varshift.load``)."""
+    from . import load
+
+    with _reading("MODEL", args.model):
+        return load(args.model)
 
 
 def _progress(args) -> bool:
@@ -127,9 +161,9 @@ def _plot_format(path):
 
 
 def _measure(args) -> int:
-    from . import load, measure
+    from . import measure
 
-    model = load(args.model)
+    model = _load_model(args)
     report = measure(model, _load_data(args.data, args), batch_size=args.batch_size,
                      seed=args.seed, progress=_progress(args))
     print(report.to_json(indent=1) if args.json else report)
@@ -141,9 +175,9 @@ def _measure(args) -> int:
 def _diagnose(args) -> int:
     import json
 
-    from . import diagnose, load
+    from . import diagnose
 
-    model = load(args.model)
+    model = _load_model(args)
     findings = diagnose(model, _load_data(args.data, args), batch_size=args.batch_size,
                         train_batch_size=args.train_batch_size, seed=args.seed,
                         progress=_progress(args))
@@ -164,15 +198,16 @@ def _findings_exit_code(findings) -> int:
 def _inspect(args) -> int:
     from .inspect import inspect
 
-    result = inspect(args.model)
+    with _reading("MODEL", args.model):
+        result = inspect(args.model)
     print(result.to_json(indent=1) if args.json else result)
     return _findings_exit_code(result.findings)
 
 
 def _recalibrate(args) -> int:
-    from . import load, recalibrate, save
+    from . import recalibrate, save
 
-    model = load(args.model)
+    model = _load_model(args)
     holdout = _load_data(args.data, args, split=args.holdout_split) if args.holdout_split else None
     result = recalibrate(model, _load_data(args.data, args), batch_size=args.batch_size,
                          dropout=args.dropout, holdout=holdout, seed=args.seed,
@@ -352,12 +387,15 @@ def _check_options(args) -> None:
         if _plot_format(args.plot) not in (None, *formats):
             error(f"--plot {args.plot!r}: the file name must end in one of "
                          f"{', '.join('.' + f for f in sorted(formats))}")
-    for name in ("output", "plot"):
+    from ._files import check_writable
+
+    for name, option in (("output", "-o/--output"), ("plot", "--plot")):
         path = getattr(args, name, None)
-        if path and os.path.isdir(path):
-            error(f"--{name} {path!r} is a folder; give a file name")
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            error(f"--{name} {path!r}: folder {os.path.dirname(path)!r} does not exist")
+        if path:
+            try:
+                check_writable(path, option)
+            except OSError as err:
+                error(err.strerror)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -501,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--markdown", action="store_true", help="summary as Markdown")
     c.add_argument("--plot", metavar="FILE.png", help="also draw the case's figure")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    c.set_defaults(run=_case)
+    c.set_defaults(run=_case, usage_error=c.error)
 
     i = sub.add_parser("inspect", **fmt, help="a saved Keras model (.keras or .h5): BatchNorm "
                                              "statistics, dropout positions, findings")
@@ -512,25 +550,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived while a command ran (see :func:`stopping_on_signals`).
+
+    A BaseException, like KeyboardInterrupt, so that only clean-up code catches it.
+
+    Attributes
+    ----------
+    signum : int
+    """
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: Signals that stop a command as Ctrl-C does, where the platform has them.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+@contextmanager
+def stopping_on_signals():
+    """Within the block, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread,
+    so that, as for Ctrl-C, half-written output files are deleted (``atomic_write``)
+    and models put back; the previous handlers are restored on exit. Outside the main
+    thread (where Python cannot set handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        for other in STOP_SIGNALS:  # a second signal must not interrupt the clean-up
+            signal.signal(other, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():  # None: set outside Python
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 def main(argv=None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
     if hasattr(args, "usage_error"):
         _check_options(args)
     try:
-        return args.run(args)
+        with stopping_on_signals():
+            return args.run(args)
     except FloatingPointError as err:  # also NonFiniteError: numbers diverged while running
         print(f"varshift: error: {err}", file=sys.stderr)
         return 1
-    except (OSError, ImportError) as err:
-        print(f"varshift: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as err:
+    except (OSError, ImportError, ValueError, TypeError) as err:
         print(f"varshift: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("varshift: interrupted", file=sys.stderr)
         return 130
+    except Stopped as stop:
+        print(f"varshift: stopped by {signal.Signals(stop.signum).name}; files not "
+              f"completely written were removed", file=sys.stderr)
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":  # pragma: no cover
