@@ -76,9 +76,6 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     if unknown:
         raise ValueError(f"unknown figure(s) or case(s) {unknown}; choose from "
                          f"{list(FIGURES) + list(CASES)}")
-    import matplotlib
-
-    matplotlib.use("Agg")
     out = default_out(quick) if out is None else Path(out)
     settings = Settings(quick=quick, seeds=seeds, seed=seed)
     ctx = Context(settings, cache=Path(cache) if cache is not None else out / "tasks", jobs=jobs,

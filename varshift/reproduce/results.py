@@ -17,11 +17,14 @@ __all__ = ["FigureResult", "mean_sd", "new_figure", "save_figure", "write_figure
 
 def new_figure(rows, cols, width=5.2, height=3.6):
     """A figure of ``rows`` x ``cols`` panels, each ``width`` x ``height`` inches;
-    returns ``(figure, axes)`` with axes always 2-D."""
-    import matplotlib.pyplot as plt
+    returns ``(figure, axes)`` with axes always 2-D.
 
-    return plt.subplots(rows, cols, figsize=(width * cols, height * rows),
-                        constrained_layout=True, squeeze=False)
+    A plain :class:`matplotlib.figure.Figure`, not one of pyplot's: it needs no
+    backend (the user's is left as it is) and is not shown by an interactive one."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    return figure, figure.subplots(rows, cols, squeeze=False)
 
 
 def mean_sd(values):
