@@ -29,7 +29,15 @@ def tiny(monkeypatch):
 
 
 def test_analytic_figures_are_sanity_checks_that_pass(tmp_path):
-    results, skipped = reproduce.run(tmp_path, quick=True, only=ANALYTIC)
+    import matplotlib
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's backend, other than the Agg that run() once forced
+    try:
+        results, skipped = reproduce.run(tmp_path, quick=True, only=ANALYTIC)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
     assert skipped == [] and len(results) == 4
     for result in results:
         for path in files_of(tmp_path, result.name):
