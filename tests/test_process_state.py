@@ -302,3 +302,24 @@ def test_one_thread_may_nest_calls_and_other_models_run_in_parallel():
     for t in threads:
         t.join(120)
     assert errors == []
+
+
+def test_a_torch_module_in_use_by_another_thread_is_refused():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.3),
+                                torch.nn.BatchNorm1d(16))
+    x = torch.randn(300, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches, results = _Blocking(x), {}
+    held = threading.Thread(target=lambda: results.update(report=measure(model, batches)))
+    held.start()
+    try:
+        assert batches.started.wait(60)
+        with pytest.raises(ModelInUseError, match=r"recalibrate: the model BatchNorm1d.*in use "
+                                                  r"by varshift.measure in another thread"):
+            recalibrate(model[2], torch.randn(50, 16))  # a layer of the model in use
+    finally:
+        batches.release.set()
+        held.join(60)
+    assert isinstance(results.get("report"), varshift.Report)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _validate
 from ._json import json_ready
+from ._process import public
 from .backends import backend_for
 from .backends.numpy_engine import dropout_upstream_of_batchnorm
 from .measure import EVAL, Report, inference_noise, measure_with
@@ -90,6 +91,7 @@ def _grade(value, thresholds):
     return "error" if value >= error else "warning" if value >= warning else None
 
 
+@public()
 def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, report=None,
              progress=False, input_key=None) -> list:
     """Check a model's BatchNorm layers for the problems users run into.

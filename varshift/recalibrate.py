@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validate
+from ._process import public
 from ._progress import progress_bar
 from .backends import Modes, backend_for
 from .measure import Report, measure_with
@@ -69,6 +70,7 @@ def _shown(b) -> str:
     return f"{'undefined':>12}" if np.isnan(b.shift) else f"{b.shift:>12.4f}"
 
 
+@public()
 def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, seed=0,
                 progress=False, reports=True, input_key=None) -> Recalibration:
     """Replace every BatchNorm's running statistics by exact population statistics.
