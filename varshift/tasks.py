@@ -24,7 +24,7 @@ from pathlib import Path
 from ._files import atomic_write
 from ._json import json_ready
 
-__all__ = ["Task", "run", "execute", "SINGLE_THREAD_ENV"]
+__all__ = ["Task", "run", "cached", "execute", "SINGLE_THREAD_ENV"]
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
                      "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -106,6 +106,25 @@ def _store(cache, task, result, seconds):
         f.write(json.dumps({"key": task.key, "function": task.function,
                             "params": json_ready(task.params), "seconds": seconds,
                             "result": result}, sort_keys=True) + "\n")
+
+
+def cached(tasks, cache) -> dict:
+    """The stored records of those ``tasks`` already in ``cache``; computes nothing.
+
+    Parameters
+    ----------
+    tasks : iterable of Task
+    cache : str or Path
+        Folder of per-task result files, as given to :func:`run`.
+
+    Returns
+    -------
+    dict
+        ``key -> {"result": ..., "seconds": ..., ...}`` (the stored file) for every
+        task whose file exists and matches its function and parameters.
+    """
+    cache = Path(cache)
+    return {task.key: stored for task in tasks if (stored := _load(cache, task)) is not None}
 
 
 def run(tasks, cache=None, *, jobs=1, client=None, progress=False):
