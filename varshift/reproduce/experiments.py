@@ -171,7 +171,7 @@ def _flips(model, x, y, seed, keep=4):
 
 
 def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dropout",
-                  lr=3e-3, batch_size=100, track=False, momentum=None):
+                  lr=3e-3, batch_size=100, track=False, momentum=None, n_train=None):
     """Train one 1-D network on MNIST-1D and measure it (one task of the sweep).
 
     Parameters
@@ -194,6 +194,9 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
         2,000 training samples) and the test error after every epoch.
     momentum : float, optional
         BatchNorm momentum (PyTorch convention); default the layers' 0.1.
+    n_train : int, optional
+        Train (and measure, recalibrate, count flips) on the first ``n_train``
+        training sequences only; the test set stays the same. Default: all of them.
 
     Returns
     -------
@@ -206,6 +209,7 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
         measured ratio), ``weights`` (per weight layer: d, cos^2, d cos^2), ``flips``.
     """
     x, y, x_test, y_test = mnist1d(num_samples)
+    x, y = x[:n_train], y[:n_train]  # n_train None: all
     model = ARCHITECTURES[arch](placement, rate, noise=noise)
     if momentum is not None:
         for _, layer in model.walk():

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from ..tasks import Task
 
-__all__ = ["Settings", "SWEEP_RATES", "HEAD_RATES", "UOUT_BETAS", "EQUAL_VARIANCE",
-           "network_task", "network_tasks", "width_tasks", "stale_tasks"]
+__all__ = ["Settings", "SWEEP_RATES", "HEAD_RATES", "UOUT_BETAS", "EQUAL_VARIANCE", "PILOT_ARMS",
+           "PILOT_BLOCKS", "network_task", "network_tasks", "pilot_tasks", "width_tasks",
+           "stale_tasks"]
 
 SWEEP_RATES = (0.1, 0.3, 0.5, 0.7)
 """Drop rates of the placement sweep (Li et al.'s Fig. 4; 0.0 is the baseline)."""
@@ -24,6 +25,10 @@ EQUAL_VARIANCE = (("uout", 1.0), ("dropout", 0.25))
 """Uout(beta=1) and Dropout(0.25) have the same noise variance, 1/3, at (a) and (b)."""
 TRACKED = {(0.0, "a"), (0.5, "a"), (0.5, "b")}
 """(rate, placement) of the Dropout runs whose accuracy is tracked every epoch."""
+PILOT_ARMS = (("a", 0.0), ("a", 0.5), ("b", 0.5))
+"""(placement, drop rate) of the power pilot: the baseline and Dropout 0.5 at (a) and (b)."""
+PILOT_BLOCKS = (("PreResNet", 10), ("WRN", 5), ("DenseNet", 5))
+"""Order of the power pilot: so many seeds of each architecture, in turn, block after block."""
 
 _EXPERIMENTS = "varshift.reproduce.experiments"
 
@@ -41,16 +46,24 @@ class Settings:
         Seeds per setting (default 3 quick, 5 full).
     seed : int, default 0
         First seed.
+    train_sequences : int, optional
+        Train on the first ``train_sequences`` training sequences only (the harder
+        regime of ``docs/power-analysis.md``); the test set and the number of updates
+        stay those of all training sequences (the epochs grow to match). Default: all.
     """
 
     quick: bool = True
     seeds: int | None = None
     seed: int = 0
+    train_sequences: int | None = None
 
     def __post_init__(self):
         if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
                                        or self.seeds < 2):
             raise ValueError(f"seeds must be an integer >= 2 (intervals need two), got {self.seeds!r}")
+        n, most = self.train_sequences, self.num_samples * 4 // 5
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 100 <= n <= most):
+            raise ValueError(f"train_sequences must be an integer in [100, {most}], got {n!r}")
 
     @property
     def n_seeds(self) -> int:
@@ -62,7 +75,10 @@ class Settings:
 
     @property
     def epochs(self) -> int:
-        return 10 if self.quick else 30
+        epochs = 10 if self.quick else 30
+        if self.train_sequences is None:
+            return epochs
+        return round(epochs * (self.num_samples * 4 // 5) / self.train_sequences)
 
     @property
     def num_samples(self) -> int:
@@ -73,11 +89,11 @@ class Settings:
         return ["PreResNet"] if self.quick else ["PreResNet", "WRN", "DenseNet"]
 
     def describe(self) -> str:
+        train = self.train_sequences or self.num_samples * 4 // 5
         return (f"{'quick' if self.quick else 'full'} mode: {', '.join(self.architectures)}; "
                 f"{self.n_seeds} seeds ({self.seed}-{self.seed + self.n_seeds - 1}); "
                 f"{self.epochs} epochs of Adam (lr 3e-3, cosine decay to 0, batch 100) on "
-                f"{self.num_samples * 4 // 5:,} MNIST-1D training sequences, "
-                f"{self.num_samples // 5:,} test sequences")
+                f"{train:,} MNIST-1D training sequences, {self.num_samples // 5:,} test sequences")
 
 
 def network_task(settings, arch, placement, rate, seed, noise="dropout"):
@@ -85,10 +101,12 @@ def network_task(settings, arch, placement, rate, seed, noise="dropout"):
     if rate == 0:
         placement, noise = "a", "dropout"  # one baseline network serves every arm
     label = f"network/{arch}/{'base' if rate == 0 else f'{noise}-{placement}-{rate:g}'}/seed{seed}"
+    # n_train only in the harder regime: the quick and full runs keep their keys
+    subset = {} if settings.train_sequences is None else {"n_train": settings.train_sequences}
     return Task(label, f"{_EXPERIMENTS}:train_network", {
         "arch": arch, "placement": placement, "rate": rate, "noise": noise, "seed": seed,
         "epochs": settings.epochs, "num_samples": settings.num_samples,
-        "track": (rate, placement) in TRACKED and noise == "dropout"})
+        "track": (rate, placement) in TRACKED and noise == "dropout", **subset})
 
 
 def network_tasks(settings):
@@ -103,6 +121,19 @@ def network_tasks(settings):
              for s in settings.seed_list for arch in settings.architectures  # has whole seeds
              for pl, r, noise in arms]
     return list({t.key: t for t in tasks}.values())
+
+
+def pilot_tasks(settings, blocks=1):
+    """The power pilot's runs (:data:`PILOT_ARMS`) in the order of :data:`PILOT_BLOCKS`:
+    block ``b`` gives each architecture its next seeds (from ``settings.seed``), seed by
+    seed, so a stopped pilot has whole seeds and PreResNet first."""
+    tasks, first = [], {arch: settings.seed for arch, _ in PILOT_BLOCKS}
+    for _ in range(blocks):
+        for arch, n in PILOT_BLOCKS:
+            tasks += [network_task(settings, arch, pl, rate, s)
+                      for s in range(first[arch], first[arch] + n) for pl, rate in PILOT_ARMS]
+            first[arch] += n
+    return tasks
 
 
 def width_tasks(settings, data_dir=None):
