@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from contextlib import contextmanager
 
 import numpy as np
 
 from . import _validate
 from ._files import atomic_write
+from ._json import loads
+from ._safe_read import MAX_TEXT_BYTES, ModelFileError, read_arrays
 from .nn.layer import Layer, _encode, layer_from_config, layer_to_config
 
 __all__ = ["save", "load"]
@@ -107,37 +108,46 @@ def load(path) -> Layer:
 
     Raises
     ------
-    FileNotFoundError, IsADirectoryError, PermissionError
+    FileNotFoundError, PermissionError
         If the file cannot be opened.
-    ValueError
-        If the file is not a varshift model (a foreign or truncated file, or one
-        from a newer format version) or an entry of it is corrupt; the message names
-        the file and the entry.
+    ModelFileError
+        (a ValueError) If the file is not a regular file or not a varshift model (a
+        foreign or truncated file, or one from a newer format version), an entry of it
+        is corrupt, or it is beyond the reading limits; the message names the file and
+        the entry.
+
+    Notes
+    -----
+    Nothing is unpickled, and declared sizes are checked before anything is allocated
+    (:func:`varshift._safe_read.read_arrays`: at most ``MAX_ARRAY_VALUES`` values per
+    array, all of them in the file); the metadata is a JSON text of at most
+    ``MAX_TEXT_BYTES`` nested at most ``MAX_JSON_DEPTH`` deep.
     """
     path = os.fspath(_validate.path(path, "path", "load"))
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array (.npy), not an .npz archive")
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise ValueError(f"load: cannot read {path!r} as a varshift model ({err}); "
-                         f"the file is truncated or not a varshift .npz file") from err
+        arrays = read_arrays(path)
+    except ModelFileError as err:
+        raise ModelFileError(f"load: cannot read a varshift model: {err}; the file is "
+                             f"truncated or not a varshift .npz file") from err
+    if not isinstance(arrays, dict):
+        raise ModelFileError(f"load: cannot read {path!r} as a varshift model: it holds a "
+                             f"single array (.npy), not an .npz archive")
     if _META not in arrays:
-        raise ValueError(f"load: {path!r} is not a varshift model (no {_META!r} entry)")
+        raise ModelFileError(f"load: {path!r} is not a varshift model (no {_META!r} entry)")
+    text = arrays.pop(_META)
+    if text.shape != () or text.dtype.kind != "U" or text.dtype.itemsize > 4 * MAX_TEXT_BYTES:
+        raise ModelFileError(f"load: {path!r} has a corrupt {_META!r} entry (expected a JSON "
+                             f"text, got an array of shape {text.shape} and dtype {text.dtype})")
     try:
-        meta = json.loads(str(arrays.pop(_META)))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"load: {path!r} has a corrupt {_META!r} entry ({err})") from err
+        meta = loads(str(text), f"load: {path!r}: its {_META!r} entry")
+    except ValueError as err:
+        raise ModelFileError(str(err)) from err
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT \
             or not isinstance(meta.get("version"), int):
-        raise ValueError(f"load: {path!r} is not a varshift model file")
+        raise ModelFileError(f"load: {path!r} is not a varshift model file")
     if meta["version"] > _VERSION:
-        raise ValueError(f"load: {path!r} has format version {meta['version']}; this "
-                         f"varshift reads up to {_VERSION}, upgrade varshift")
+        raise ModelFileError(f"load: {path!r} has format version {meta['version']}; this "
+                             f"varshift reads up to {_VERSION}, upgrade varshift")
     with _entry(path, "architecture"):
         model = layer_from_config(meta["architecture"])
     with _entry(path, "dtype"):
@@ -157,14 +167,15 @@ def load(path) -> Layer:
 
 @contextmanager
 def _entry(path, entry, problem=None):
-    """Turn any error while applying metadata ``entry`` into a ValueError naming the
+    """Turn any error while applying metadata ``entry`` into a ModelFileError naming the
     file and the entry."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-        detail = str(err)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+            MemoryError) as err:
+        detail = str(err) or type(err).__name__
         if isinstance(err, KeyError) and err.args:  # a missing key, or load_state_dict's message
             key = err.args[0]
             detail = key if isinstance(key, str) and " " in key else f"missing {key!r}"
         what = problem or f"its {entry!r} entry is corrupt"
-        raise ValueError(f"load: {path!r} cannot be loaded: {what} ({detail})") from err
+        raise ModelFileError(f"load: {path!r} cannot be loaded: {what} ({detail})") from err
