@@ -59,7 +59,7 @@ from .diagnose import (
     _grade,
     keras_momentum_like_pytorch,
 )
-from .keras_file import SEQUENTIAL, ModelFileError, read_keras_file
+from .keras_file import SEQUENTIAL, ModelFileError, checked_setting, read_keras_file
 
 __all__ = ["inspect", "Inspection", "BatchNormInfo", "DropoutInfo", "ModelFileError"]
 
@@ -137,8 +137,9 @@ class BatchNormInfo:
             finite = a[np.isfinite(a)].astype(np.float64)
             if not finite.size:
                 return {"min": float("nan"), "mean": float("nan"), "max": float("nan")}
-            return {"min": float(finite.min()), "mean": float(finite.mean()),
-                    "max": float(finite.max())}
+            with np.errstate(over="ignore"):  # a mean of values near the float64 limit is inf
+                mean = float(finite.mean())
+            return {"min": float(finite.min()), "mean": mean, "max": float(finite.max())}
 
         var = self.moving_variance
         return {"moving_mean": summary(self.moving_mean), "moving_variance": summary(var),
@@ -322,10 +323,13 @@ def inspect(path) -> Inspection:
 
     Raises
     ------
-    FileNotFoundError
-        If there is no such file.
+    FileNotFoundError, PermissionError
+        If the file cannot be opened.
     ModelFileError
-        (a ValueError) If the file is not a Keras model or is damaged.
+        (``varshift.ModelFileError``, a ValueError) If the file is not a regular file or
+        not a Keras model, is damaged, holds a setting of the wrong type, or is beyond
+        the reading limits (see :func:`varshift.keras_file.read_keras_file`); the message
+        names the file and the entry or setting.
     ImportError
         If h5py (``pip install 'varshift[keras]'``) is missing.
 
@@ -350,17 +354,17 @@ def inspect(path) -> Inspection:
     visit(model, True)
     index = {layer.path: i for i, layer in enumerate(order)}
     graph = _Graph(model)
-    batchnorms = [BatchNormInfo(
-        layer.path, index[layer.path], layer.config.get("axis", -1),
-        float(layer.config.get("momentum", 0.99)), float(layer.config.get("epsilon", 1e-3)),
-        bool(layer.config.get("center", True)), bool(layer.config.get("scale", True)),
+    batchnorms = [BatchNormInfo(  # settings checked by read_keras_file
+        layer.path, index[layer.path], layer.config["axis"], float(layer.config["momentum"]),
+        float(layer.config["epsilon"]), layer.config["center"], layer.config["scale"],
         trainable[layer.path], np.asarray(layer.weights["moving_mean"]).ravel(),
         np.asarray(layer.weights["moving_variance"]).ravel())
         for layer in order if layer.is_batchnorm]
     dropouts = []
     for layer in order:
         if layer.class_name in DROPOUT_LIKE:
-            rate = layer.config.get(DROPOUT_LIKE[layer.class_name])
+            rate = checked_setting(layer.config, DROPOUT_LIKE[layer.class_name], "number", None,
+                                   layer.where)
             dropouts.append(DropoutInfo(
                 layer.path, index[layer.path], layer.class_name,
                 None if rate is None else float(rate),
@@ -519,14 +523,15 @@ def _at_init(b, steps):
 def _near_init(b, steps):
     """``STATS_NEAR_INIT`` from the step count where it applies, else from the distance
     of the statistics to 0/1."""
+    var = b.moving_variance.astype(np.float64)
+    if not (np.all(var > 0) and np.all(np.isfinite(var)) and np.all(np.isfinite(b.moving_mean))):
+        return []  # BAD_MOVING_STATS
     found = _near_init_by_count(b, steps) if steps else None
     return _near_init_by_distance(b) if found is None else found
 
 
 def _near_init_by_distance(b):
     var = b.moving_variance.astype(np.float64)
-    if not (np.all(var > 0) and np.all(np.isfinite(var)) and np.all(np.isfinite(b.moving_mean))):
-        return []  # BAD_MOVING_STATS
     if max(np.max(np.abs(b.moving_mean)), np.max(np.abs(np.log(var)))) > NEAR_INIT_DISTANCE:
         return []
     return [Finding(
@@ -545,20 +550,23 @@ def _near_init_by_distance(b):
 
 def _near_init_by_count(b, steps):
     """Findings from ``w = momentum ** steps``; None if ``steps`` updates from 0/1
-    cannot have produced the statistics (the count does not apply to this layer)."""
-    w = float(b.momentum ** steps)
-    if w >= 1:
+    cannot have produced the statistics (the count does not apply to this layer), or the
+    momentum is outside [0, 1) (no moving average forgets its start then)."""
+    if not 0 <= b.momentum < 1:
         return None
+    w = float(b.momentum ** steps)
     evidence = {"optimizer_iterations": steps, "momentum": b.momentum, "init_weight_left": w}
     grades = [_grade(w, NEAR_INIT_WEIGHT)]
-    data_var = (b.moving_variance.astype(np.float64) - w) / (1 - w)
+    mean, var = b.moving_mean.astype(np.float64), b.moving_variance.astype(np.float64)
+    data_var = (var - w) / (1 - w)
     if np.all(data_var > 0):
-        ratio = float(np.mean(b.moving_variance) / np.mean(data_var))
-        drift = np.abs(b.moving_mean / (1 - w) - b.moving_mean) / np.sqrt(b.moving_variance)
-        evidence.update(estimated_data_var=float(np.mean(data_var)),
-                        moving_var=float(np.mean(b.moving_variance)),
-                        estimated_var_shift=max(ratio, 1 / ratio),
-                        estimated_mean_drift_std=float(np.mean(drift)))
+        with np.errstate(all="ignore"):  # statistics near the float64 limits: inf or nan
+            data_mean, var_mean = np.mean(data_var), np.mean(var)
+            ratio = var_mean / data_mean
+            drift = np.mean(np.abs(mean / (1 - w) - mean) / np.sqrt(var))
+            evidence.update(estimated_data_var=float(data_mean), moving_var=float(var_mean),
+                            estimated_var_shift=float(np.fmax(ratio, 1 / ratio)),
+                            estimated_mean_drift_std=float(drift))
         grades += [_grade(evidence["estimated_var_shift"], STALE_SHIFT),
                    _grade(evidence["estimated_mean_drift_std"], STALE_MEAN)]
     elif w > 0:

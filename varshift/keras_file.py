@@ -28,17 +28,44 @@ the file is executed: no pickles, no Lambda code):
 
 The Keras 3 ``.npz`` weights variant (``model.weights.npz``) stores pickled Python
 objects, so it is refused rather than unpickled.
+
+Files are treated as hostile: only regular files are read, zip members and JSON within
+the caps of :mod:`varshift._safe_read` and :mod:`varshift._json`, every config setting
+that is used is type-checked, and libhdf5 runs in a child process (:class:`_Hdf5`) that
+follows hard links only, refuses external storage and virtual datasets, checks each
+dataset's dtype and shape and each attribute's type and declared size before reading it,
+and is killed after ``HDF5_TIME_LIMIT`` seconds. Every problem is a
+:class:`ModelFileError` naming the file and the entry.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import queue
 import re
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ._json import loads
+from ._safe_read import (
+    MAX_INFLATED_BYTES,
+    MAX_TEXT_BYTES,
+    ModelFileError,
+    member_info,
+    member_window,
+    open_regular,
+    read_member,
+    zip_archive,
+)
+from ._validate import shown
 
 __all__ = ["KerasLayer", "KerasFile", "ModelFileError", "read_keras_file"]
 
@@ -50,10 +77,16 @@ BATCHNORM = {"BatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2
              "SyncBatchNormalization"}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ITERATION_NAMES = ("iteration", "iterations", "iter")
-
-
-class ModelFileError(ValueError):
-    """A file that is not a readable Keras model (the message names the file)."""
+#: Seconds the HDF5 part of one file may take, the child process's start included.
+HDF5_TIME_LIMIT = 60.0
+#: Bytes the HDF5 child may allocate beyond what it holds after starting (plus the
+#: HDF5 file itself when it comes from a deflated archive member).
+HDF5_MEMORY_LIMIT = 2**30
+#: Values in one BatchNormalization variable (its channels) read at most.
+MAX_CHANNELS = 2**24
+#: Bytes of one reply line from the HDF5 child.
+_MAX_REPLY_LINE = 2**16
+_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_hdf5_server.py")
 
 
 @dataclass
@@ -68,7 +101,9 @@ class KerasLayer:
         Names from the top model down, joined with '/' ('' for the top model).
     class_name : str
     config : dict
-        The layer's own config (``momentum``, ``rate``, ...).
+        The layer's own config (``momentum``, ``rate``, ...); a BatchNormalization's
+        settings that varshift reads (``_BATCHNORM_SETTINGS``) are checked and filled in
+        with Keras' defaults.
     trainable : bool
         The config's ``trainable`` flag of this layer alone.
     inbound : list of str
@@ -79,6 +114,8 @@ class KerasLayer:
         A functional model's input and output layer names.
     weights : dict of str to ndarray
         Variables by name, for BatchNormalization layers (``moving_mean``, shape (C,), ...).
+    where : str
+        The file, config entry and layer, to start error messages about its settings.
     """
 
     name: str
@@ -91,6 +128,7 @@ class KerasLayer:
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     weights: dict = field(default_factory=dict)
+    where: str = ""
 
     @property
     def is_container(self) -> bool:
@@ -148,11 +186,10 @@ class KerasFile:
 
 def _h5py():
     try:
-        import h5py
+        import h5py  # noqa: F401  (the child process reads the file; this checks it can)
     except ImportError as err:
         raise ImportError("reading Keras model files needs h5py: "
                           "pip install 'varshift[keras]'") from err
-    return h5py
 
 
 def read_keras_file(path) -> KerasFile:
@@ -168,28 +205,33 @@ def read_keras_file(path) -> KerasFile:
 
     Raises
     ------
-    FileNotFoundError
-        If there is no such file.
+    FileNotFoundError, PermissionError
+        If the file cannot be opened.
     ModelFileError
-        (a ValueError) If the file is not a Keras model, or its config and weights
-        do not fit together; the message names the file and what is wrong.
+        (a ValueError) If the file is not a regular file or not a Keras model, is
+        damaged, is beyond the reading limits, or its config and weights do not fit
+        together; the message names the file and the entry or setting.
     ImportError
         If h5py is not installed.
+
+    Notes
+    -----
+    The file is read within bounds: JSON members of at most ``MAX_TEXT_BYTES``
+    after decompression and ``MAX_JSON_DEPTH`` levels of nesting
+    (:mod:`varshift._safe_read`, :mod:`varshift._json`), BatchNormalization variables
+    of at most ``MAX_CHANNELS`` values, and the HDF5 part in a child process with
+    ``HDF5_TIME_LIMIT`` seconds and ``HDF5_MEMORY_LIMIT`` bytes (see
+    :class:`_Hdf5`).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path!r}: no such file")
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path!r} is a directory, not a .keras or .h5 model file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as err:
-        raise ModelFileError(f"{path!r}: cannot be read ({err.strerror})") from err
-    if zipfile.is_zipfile(path):
-        return _read_archive(path)
+    with open_regular(path) as f:
+        head = f.read(8)
+        f.seek(0)
+        if zipfile.is_zipfile(f):
+            return _read_archive(f, path)
+        size = os.fstat(f.fileno()).st_size
     if head == _HDF5_SIGNATURE:
-        return _read_legacy_h5(path)
+        return _read_legacy_h5(path, size)
     if head.startswith(b"PK"):
         raise ModelFileError(f"{path!r}: damaged or truncated zip archive (no central "
                              f"directory)")
@@ -197,85 +239,155 @@ def read_keras_file(path) -> KerasFile:
                          f".h5 model (it starts with {head!r})")
 
 
-def _read_archive(path) -> KerasFile:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = set(zf.namelist())
-            if "config.json" not in members:
-                if "__varshift__.npy" in members:
-                    raise ModelFileError(
-                        f"{path!r} is a varshift model (varshift.save), not a Keras file: "
-                        f"use 'varshift measure/diagnose' on it")
-                raise ModelFileError(f"{path!r} is a zip archive without config.json, not a "
-                                     f"Keras .keras file (members: {sorted(members)[:10]})")
-            config = _json(zf.read("config.json"), path, "config.json")
-            metadata = (_json(zf.read("metadata.json"), path, "metadata.json")
-                        if "metadata.json" in members else {})
-            model = _parse_tree(config, path)
-            if "model.weights.h5" in members:
-                with zf.open("model.weights.h5") as raw:
-                    iterations = _attach_archive_weights(model, raw, path)
-            elif "model.weights.npz" in members:
+def _read_archive(f, path) -> KerasFile:
+    size = os.fstat(f.fileno()).st_size
+    with zip_archive(f, path) as zf:
+        members = set(zf.namelist())
+        if "config.json" not in members:
+            if "__varshift__.npy" in members:
+                raise ModelFileError(
+                    f"{path!r} is a varshift model (varshift.save), not a Keras file: "
+                    f"use 'varshift measure/diagnose' on it")
+            raise ModelFileError(f"{path!r} is a zip archive without config.json, not a "
+                                 f"Keras .keras file (members: {sorted(members)[:10]})")
+        model = _parse_tree(_json_member(zf, "config.json", path, size), path, "config.json")
+        metadata = (_json_member(zf, "metadata.json", path, size)
+                    if "metadata.json" in members else {})
+        if not isinstance(metadata, dict):
+            raise ModelFileError(f"{path!r}: metadata.json must hold a JSON object, got "
+                                 f"{shown(metadata)}")
+        version = checked_setting(metadata, "keras_version", "text", None,
+                                  f"{path!r}: metadata.json")
+        if "model.weights.h5" not in members:
+            if "model.weights.npz" in members:
                 raise ModelFileError(
                     f"{path!r} stores its weights as model.weights.npz, which holds pickled "
                     f"Python objects; varshift does not unpickle files. Save the model again "
                     f"with model.save('model.keras') (HDF5 weights)")
-            else:
-                raise ModelFileError(f"{path!r} has no model.weights.h5 (members: "
-                                     f"{sorted(members)})")
-    except zipfile.BadZipFile as err:
-        raise ModelFileError(f"{path!r}: damaged zip archive ({err})") from err
-    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+            raise ModelFileError(f"{path!r} has no model.weights.h5 (members: "
+                                 f"{sorted(members)})")
+        info = member_info(zf, "model.weights.h5", path, size)
+        if info.compress_type == zipfile.ZIP_STORED:
+            start, length = member_window(f, info, path)
+            source = {"file": path, "start": start, "length": length}
+        else:
+            source = read_member(zf, info, path, MAX_INFLATED_BYTES)
+    with _Hdf5(path, "model.weights.h5", source) as h5:
+        _attach_group(model, h5, [])
+        iterations = _step_count(h5, ["optimizer", "vars", "0"])
     return KerasFile(path, "keras", version, model, iterations)
+
+
+def _json_member(zf, name, path, size):
+    info = member_info(zf, name, path, size)
+    return _json(read_member(zf, info, path, MAX_TEXT_BYTES), path, name)
 
 
 def _json(raw, path, what):
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path!r}: {what} is not valid JSON ({err})") from err
+        return loads(raw, f"{path!r}: {what}")
+    except ValueError as err:
+        raise ModelFileError(str(err)) from err
 
 
-def _history_names(obj) -> list:
+#: How each setting that varshift reads is checked: (test, what the message expects).
+_KINDS = {
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "flag": (lambda v: isinstance(v, bool), "true or false"),
+    "number": (lambda v: _is_number(v), "a finite number"),
+    "nonnegative": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "axis": (lambda v: _is_int(v) or (isinstance(v, list) and bool(v) and all(map(_is_int, v))),
+             "an integer or a list of integers"),
+    "object": (lambda v: isinstance(v, dict), "a JSON object"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+}
+#: BatchNormalization settings varshift reads, their kinds and Keras' defaults.
+_BATCHNORM_SETTINGS = {"axis": ("axis", -1), "momentum": ("number", 0.99),
+                       "epsilon": ("nonnegative", 1e-3), "center": ("flag", True),
+                       "scale": ("flag", True), "renorm": ("flag", False)}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def checked_setting(mapping, key, kind, default, where):
+    """``mapping[key]``, or ``default`` where it is absent or null, checked to be of
+    ``kind`` (a key of ``_KINDS``); else ModelFileError naming ``where`` (the file and
+    the layer) and the setting."""
+    value = mapping.get(key)
+    if value is None:
+        return default
+    test, expected = _KINDS[kind]
+    if not test(value):
+        raise ModelFileError(f"{where}: setting {key!r} must be {expected}, got {shown(value)}")
+    return value
+
+
+def _history_names(obj, where) -> list:
     """Layer names referenced by a piece of functional config: ``keras_history``
     entries (Keras 3) and ``[name, node_index, tensor_index, ...]`` lists (Keras 2)."""
     if isinstance(obj, dict):
         if "keras_history" in obj:
-            return [obj["keras_history"][0]]
-        return [n for v in obj.values() for n in _history_names(v)]
+            history = obj["keras_history"]
+            if not (isinstance(history, list) and history and isinstance(history[0], str)):
+                raise ModelFileError(f"{where}: setting 'keras_history' must be a list "
+                                     f"starting with a layer name, got {shown(history)}")
+            return [history[0]]
+        return [n for v in obj.values() for n in _history_names(v, where)]
     if isinstance(obj, list):
-        if len(obj) >= 3 and isinstance(obj[0], str) and isinstance(obj[1], int):
+        if len(obj) >= 3 and isinstance(obj[0], str) and _is_int(obj[1]):
             return [obj[0]]
-        return [n for v in obj for n in _history_names(v)]
+        return [n for v in obj for n in _history_names(v, where)]
     return []
 
 
-def _parse_tree(entry, path) -> KerasLayer:
-    try:
-        return _parse(entry, None)
-    except (KeyError, TypeError, AttributeError, IndexError) as err:
-        raise ModelFileError(f"{path!r}: unexpected model config structure "
-                             f"({type(err).__name__}: {err})") from err
+def _parse_tree(entry, path, what) -> KerasLayer:
+    if not isinstance(entry, dict):
+        raise ModelFileError(f"{path!r}: {what}: unexpected model config structure (a model "
+                             f"must be a JSON object, got {shown(entry)})")
+    return _parse(entry, None, f"{path!r}: {what}")
 
 
-def _parse(entry, parent) -> KerasLayer:
+def _parse(entry, parent, where) -> KerasLayer:
     """The layer tree of a config entry; ``parent`` is the parent's path, None for the
-    top model (whose path is '')."""
-    cfg = entry.get("config") or {}
-    name = cfg.get("name") or entry.get("name") or entry["class_name"]
+    top model (whose path is ''). Every setting read is checked (``checked_setting``),
+    a BatchNormalization's filled with Keras' defaults."""
+    if not isinstance(entry, dict):
+        raise ModelFileError(f"{where}: unexpected model config structure (a layer of "
+                             f"{parent or 'the model'!r} must be a JSON object, got "
+                             f"{shown(entry)})")
+    class_name = checked_setting(entry, "class_name", "text", None, where)
+    if class_name is None:
+        raise ModelFileError(f"{where}: unexpected model config structure (a layer of "
+                             f"{parent or 'the model'!r} has no 'class_name')")
+    cfg = checked_setting(entry, "config", "object", {}, where)
+    name = checked_setting(cfg, "name", "text", None, where) or checked_setting(
+        entry, "name", "text", None, where) or class_name
     path = "" if parent is None else f"{parent}/{name}" if parent else name
-    layer = KerasLayer(name=name, path=path, class_name=entry["class_name"], config=cfg,
-                       trainable=bool(cfg.get("trainable", True)),
-                       inbound=list(dict.fromkeys(_history_names(entry.get("inbound_nodes", [])))))
+    here = f"{where}: layer {path or name!r}"
+    if class_name in BATCHNORM:
+        cfg = {**cfg, **{key: checked_setting(cfg, key, kind, default, here)
+                         for key, (kind, default) in _BATCHNORM_SETTINGS.items()}}
+    layer = KerasLayer(name=name, path=path, class_name=class_name, config=cfg,
+                       trainable=checked_setting(cfg, "trainable", "flag", True, here),
+                       inbound=list(dict.fromkeys(_history_names(entry.get("inbound_nodes", []),
+                                                                 here))), where=here)
     if layer.is_container:
-        layer.children = [_parse(child, path) for child in cfg["layers"]]
-        layer.inputs = _history_names(cfg.get("input_layers", []))
-        layer.outputs = _history_names(cfg.get("output_layers", []))
+        layers = checked_setting(cfg, "layers", "list", [], here)
+        layer.children = [_parse(child, path, where) for child in layers]
+        layer.inputs = _history_names(cfg.get("input_layers", []), here)
+        layer.outputs = _history_names(cfg.get("output_layers", []), here)
     return layer
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
 def _snake_case(name) -> str:
@@ -289,40 +401,181 @@ def _has_batchnorm(layer) -> bool:
     return any(sub.is_batchnorm for sub in layer.walk())
 
 
-def _attach_archive_weights(model, raw, path):
-    """Fill the BatchNormalization weights of ``model`` from a ``model.weights.h5``
-    file object; returns the optimizer's step count (or None)."""
-    h5py = _h5py()
+class _Hdf5:
+    """An HDF5 file read by a child process (``varshift/_hdf5_server.py``), so that
+    libhdf5 crashing or looping on a damaged file costs the child, not the caller.
+
+    The child gets ``HDF5_TIME_LIMIT`` seconds in all (its start included) and
+    ``HDF5_MEMORY_LIMIT`` bytes of memory beyond its start (Linux); it follows hard
+    links only and reads a dataset only if it is not virtual, has no external storage,
+    and has the expected dtype and shape, a string attribute only if its HDF5 type and
+    declared size fit. Every failure is a ModelFileError naming the file, ``what``
+    (the HDF5 file's role) and the object.
+
+    Parameters
+    ----------
+    path : str
+        The model file (for messages).
+    what : str
+        'model.weights.h5' or 'HDF5 file'.
+    source : dict or bytes
+        ``{"file", "start", "length"}``: the HDF5 file is those bytes of a regular
+        file; bytes: the HDF5 file itself (a deflated archive member).
+    """
+
+    def __init__(self, path, what, source):
+        _h5py()
+        self.where = f"{path!r}: {what}"  # messages start with it
+        self._deadline = time.monotonic() + HDF5_TIME_LIMIT
+        self._replies = queue.Queue()
+        boot = ("import json, runpy, sys; sys.path[:] = json.loads(sys.argv[1]); "
+                "runpy.run_path(sys.argv[2], run_name='__main__')")
+        self._child = subprocess.Popen(
+            [sys.executable, "-I", "-c", boot, json.dumps(sys.path), _SERVER],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        threading.Thread(target=self._receive, daemon=True).start()
+        data = b"" if isinstance(source, dict) else source
+        opening = source if isinstance(source, dict) else {"bytes": len(data)}
+        try:
+            self._ask({**opening, "memory": HDF5_MEMORY_LIMIT + len(data)}, data, "/")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """End the child (it exits when its input closes; killed after a second)."""
+        try:
+            self._child.stdin.close()
+            self._child.wait(timeout=1)
+        except (OSError, subprocess.TimeoutExpired):
+            self._child.kill()
+            self._child.wait()
+
+    def _receive(self):
+        """Read the child's replies (a JSON line and its payload) into the queue; None at
+        its end."""
+        out = self._child.stdout
+        try:
+            while line := out.readline(_MAX_REPLY_LINE):
+                header = json.loads(line)
+                payload = out.read(header["nbytes"])
+                if len(payload) != header["nbytes"]:
+                    break
+                self._replies.put((header, payload))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        self._replies.put(None)
+
+    def _ask(self, request, payload, obj):
+        """Send one request; its reply's (header, payload), or ModelFileError naming
+        ``obj`` on the child's refusal, crash or time-out."""
+        try:
+            self._child.stdin.write(json.dumps(request).encode() + b"\n" + payload)
+            self._child.stdin.flush()
+        except OSError:
+            pass  # the child died: its reply is None
+        try:
+            reply = self._replies.get(timeout=max(0.0, self._deadline - time.monotonic()))
+        except queue.Empty:
+            self._child.kill()
+            raise ModelFileError(
+                f"{self.where}: reading {obj} took longer than {HDF5_TIME_LIMIT:g} s (the "
+                f"limit); the HDF5 library is stuck on a damaged file") from None
+        if reply is None:
+            self._child.kill()
+            code = self._child.wait()
+            raise ModelFileError(
+                f"{self.where}: reading {obj} made the HDF5 library fail (child exit status "
+                f"{code}: a crash on a damaged file, or out of memory)")
+        header, payload = reply
+        if "error" in header:
+            if header.get("import"):
+                raise ImportError(f"reading Keras model files needs h5py: {header['error']}")
+            raise ModelFileError(f"{self.where}: {obj}: {header['error']}")
+        return header, payload
+
+    def node(self, parts) -> dict:
+        """What is at ``parts`` (a list of names): {'kind': None} if nothing; else 'kind'
+        ('group', 'dataset' or 'other'), 'attrs' (attribute names), and 'members' (a
+        group's) or 'shape' and 'dtype' (a dataset's)."""
+        obj = "/" + "/".join(parts)
+        return _loads_reply(self._ask({"op": "node", "path": parts}, b"", obj)[1], obj)
+
+    def strings(self, parts, name) -> list:
+        """A string attribute (scalar or 1-D) as a list of str."""
+        obj = f"attribute {name!r} of /{'/'.join(parts)}"
+        values = _loads_reply(self._ask({"op": "strings", "path": parts, "name": name}, b"",
+                                        obj)[1], obj)
+        if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+            raise ModelFileError(f"{self.where}: {obj}: not a list of strings")
+        return values
+
+    def array(self, parts, kind):
+        """A dataset: ``kind`` 'vector' (a 1-D float array of 1 to ``MAX_CHANNELS``
+        values, as float) or 'count' (an integer scalar, as int)."""
+        obj = "/" + "/".join(parts)
+        header, payload = self._ask({"op": "array", "path": parts, "kind": kind,
+                                     "most": MAX_CHANNELS}, b"", obj)
+        try:
+            dtype = np.dtype(header["dtype"])
+            values = np.frombuffer(payload, dtype).reshape(header["shape"]).copy()
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFileError(f"{self.where}: {obj}: malformed reply ({err})") from err
+        if kind == "count":
+            if dtype.kind not in "iu" or values.shape != ():
+                raise ModelFileError(f"{self.where}: {obj}: not an integer scalar")
+            return int(values)
+        if dtype.kind != "f" or values.ndim != 1 or not 1 <= values.size <= MAX_CHANNELS:
+            raise ModelFileError(f"{self.where}: {obj}: not a 1-D float array")
+        return values
+
+
+def _loads_reply(payload, obj):
     try:
-        h5 = h5py.File(raw, "r")
-    except OSError as err:
-        raise ModelFileError(f"{path!r}: model.weights.h5 is not a readable HDF5 file "
-                             f"({err})") from err
-    with h5:
-        _attach_group(model, h5, path, h5py)
-        step = h5.get("optimizer/vars/0")
-        return _step_count(step, h5py)
+        return json.loads(payload)
+    except ValueError as err:
+        raise ModelFileError(f"{obj}: malformed reply from the HDF5 child ({err})") from err
 
 
-def _attach_group(layer, group, path, h5py):
+def _attach_group(layer, h5, parts):
+    """Fill the BatchNormalization weights of ``layer`` and its sub-layers from the
+    ``model.weights.h5`` group at ``parts``."""
     if layer.is_batchnorm:
-        variables = group.get("vars")
-        keys = sorted(variables.keys(), key=int) if variables is not None else []
+        variables = h5.node(parts + ["vars"])
+        keys = variables.get("members", []) if variables["kind"] == "group" else []
+        if not all(k.isdigit() for k in keys):
+            raise ModelFileError(f"{h5.where}: /{'/'.join(parts + ['vars'])} of "
+                                 f"BatchNormalization {layer.path!r} has members {keys[:10]}; "
+                                 f"expected 0, 1, ...")
+        keys = sorted(keys, key=int)
         names = layer.batchnorm_variables()
         if len(keys) != len(names):
             raise ModelFileError(
-                f"{path!r}: BatchNormalization {layer.path!r} has {len(keys)} variables in "
-                f"model.weights.h5 ({group.name}), its config implies {len(names)} ({names})")
-        layer.weights = {n: np.asarray(variables[k][()]) for n, k in zip(names, keys)}
+                f"{h5.where}: BatchNormalization {layer.path!r} has {len(keys)} variables in "
+                f"/{'/'.join(parts + ['vars'])}, its config implies {len(names)} ({names})")
+        layer.weights = _batchnorm_weights(h5, layer, {n: parts + ["vars", k]
+                                                       for n, k in zip(names, keys)})
     if not layer.is_container or not _has_batchnorm(layer):
         return
-    key = next((k for k in ("layers", "_layer_checkpoint_dependencies") if k in group), None)
+    members = h5.node(parts).get("members", [])
+    key = next((k for k in ("layers", "_layer_checkpoint_dependencies") if k in members), None)
     if key is None:
-        raise ModelFileError(f"{path!r}: model.weights.h5 has no layer groups under "
-                             f"{group.name!r} for the model {layer.name!r}")
-    nested = group[key]
-    by_name = {_text(g["vars"].attrs["name"]): g for g in nested.values()
-               if isinstance(g, h5py.Group) and "vars" in g and "name" in g["vars"].attrs}
+        raise ModelFileError(f"{h5.where}: no layer groups under /{'/'.join(parts)} for the "
+                             f"model {layer.name!r}")
+    nested = parts + [key]
+    groups = h5.node(nested).get("members", [])
+    by_name = {}
+    for member in groups:
+        variables = h5.node(nested + [member, "vars"])
+        if variables["kind"] == "group" and "name" in variables["attrs"]:
+            for name in h5.strings(nested + [member, "vars"], "name")[:1]:
+                by_name[name] = member
     counts = {}
     for child in layer.saved_children():
         generated = _snake_case(child.class_name)
@@ -331,76 +584,98 @@ def _attach_group(layer, group, path, h5py):
             generated = f"{generated}_{counts[generated]}"
         else:
             counts[generated] = 0
-        sub = by_name.get(child.name, nested.get(generated))
+        sub = by_name.get(child.name, generated if generated in groups else None)
         if sub is None:
             if _has_batchnorm(child):
-                raise ModelFileError(f"{path!r}: no weights for layer {child.path!r} in "
-                                     f"model.weights.h5 (looked for {nested.name}/{generated})")
+                raise ModelFileError(f"{h5.where}: no weights for layer {child.path!r} "
+                                     f"(looked for /{'/'.join(nested)}/{generated})")
             continue
-        _attach_group(child, sub, path, h5py)
+        _attach_group(child, h5, nested + [sub])
 
 
-def _step_count(dataset, h5py):
-    """The integer scalar in ``dataset`` (an optimizer's iterations), else None."""
-    if (isinstance(dataset, h5py.Dataset) and dataset.shape == ()
-            and np.issubdtype(dataset.dtype, np.integer)):
-        return int(dataset[()])
-    return None
+def _batchnorm_weights(h5, layer, locations) -> dict:
+    """The variables of BatchNormalization ``layer`` (name -> list of names in the HDF5
+    file), each a 1-D float array, all of one length."""
+    weights = {name: h5.array(parts, "vector") for name, parts in locations.items()}
+    lengths = {name: value.size for name, value in weights.items()}
+    if len(set(lengths.values())) > 1:
+        raise ModelFileError(f"{h5.where}: the variables of BatchNormalization "
+                             f"{layer.path!r} differ in length: {lengths}")
+    return weights
 
 
-def _attr_names(group, name) -> list:
+def _step_count(h5, parts):
+    """The optimizer's step count: the integer scalar dataset at ``parts``, else None;
+    ModelFileError if it is negative."""
+    found = h5.node(parts)
+    if found["kind"] != "dataset" or found["shape"] != [] or np.dtype(found["dtype"]).kind not in "iu":
+        return None
+    steps = h5.array(parts, "count")
+    if steps < 0:
+        raise ModelFileError(f"{h5.where}: /{'/'.join(parts)}: the optimizer's step count is "
+                             f"{steps}; it cannot be negative")
+    return steps
+
+
+def _attr_names(h5, parts, found, name) -> list:
     """A list-of-strings attribute, also when Keras split it into ``name0``, ``name1``, ...
     (attributes larger than HDF5's 64 KB object header)."""
-    if name in group.attrs:
-        return [_text(v) for v in group.attrs[name]]
+    if name in found["attrs"]:
+        return h5.strings(parts, name)
     chunks = []
-    while f"{name}{len(chunks)}" in group.attrs:
-        chunks.append(group.attrs[f"{name}{len(chunks)}"])
-    return [_text(v) for chunk in chunks for v in chunk]
+    while f"{name}{len(chunks)}" in found["attrs"]:
+        chunks.append(h5.strings(parts, f"{name}{len(chunks)}"))
+    return [v for chunk in chunks for v in chunk]
 
 
-def _read_legacy_h5(path) -> KerasFile:
-    h5py = _h5py()
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as err:
-        raise ModelFileError(f"{path!r}: not a readable HDF5 file ({err})") from err
-    with h5:
-        if "model_config" not in h5.attrs:
+def _split(name) -> list:
+    """The HDF5 path ``name`` as a list of link names."""
+    return [part for part in name.split("/") if part]
+
+
+def _read_legacy_h5(path, size) -> KerasFile:
+    with _Hdf5(path, "HDF5 file", {"file": path, "start": 0, "length": size}) as h5:
+        root = h5.node([])
+        if "model_config" not in root["attrs"]:
             raise ModelFileError(
                 f"{path!r}: HDF5 file without a model config (attribute 'model_config'); "
                 f"weights alone (save_weights) do not say which layer is which: save the "
                 f"whole model (model.save)")
-        model = _parse_tree(_json(_text(h5.attrs["model_config"]), path,
-                                  "the model_config attribute"), path)
-        weights = h5.get("model_weights")
-        if not isinstance(weights, h5py.Group):
+        config = h5.strings([], "model_config")
+        if len(config) != 1:
+            raise ModelFileError(f"{path!r}: the model_config attribute holds {len(config)} "
+                                 f"strings; expected one")
+        model = _parse_tree(_json(config[0], path, "the model_config attribute"), path,
+                            "the model_config attribute")
+        if h5.node(["model_weights"])["kind"] != "group":
             raise ModelFileError(f"{path!r}: HDF5 model without a 'model_weights' group")
         for child in model.saved_children() if model.is_container else [model]:
             if _has_batchnorm(child):
-                _attach_legacy(child, weights, path)
+                _attach_legacy(child, h5, path)
         iterations = None
-        optimizer = h5.get("optimizer_weights")
-        if isinstance(optimizer, h5py.Group):
-            for name in _attr_names(optimizer, "weight_names"):
+        optimizer = h5.node(["optimizer_weights"])
+        if optimizer["kind"] == "group":
+            for name in _attr_names(h5, ["optimizer_weights"], optimizer, "weight_names"):
                 if name.split("/")[-1].split(":")[0] in _ITERATION_NAMES:
-                    iterations = _step_count(optimizer.get(name), h5py)
-        version = h5.attrs.get("keras_version")
-    return KerasFile(path, "h5", None if version is None else _text(version), model, iterations)
+                    iterations = _step_count(h5, ["optimizer_weights", *_split(name)])
+        version = (h5.strings([], "keras_version")[:1] or [None])[0] \
+            if "keras_version" in root["attrs"] else None
+    return KerasFile(path, "h5", version, model, iterations)
 
 
-def _attach_legacy(top_layer, weights, path):
+def _attach_legacy(top_layer, h5, path):
     """Fill the BatchNormalization weights under one top-level layer's group, whose
     ``weight_names`` end in ``LAYER/VARIABLE`` (``:0`` suffixes in Keras 2)."""
-    group = weights.get(top_layer.name)
-    if group is None:
+    parts = ["model_weights", top_layer.name]
+    group = h5.node(parts)
+    if group["kind"] != "group":
         raise ModelFileError(f"{path!r}: no group 'model_weights/{top_layer.name}' for the "
                              f"layer {top_layer.path!r}")
     found = {}
-    for name in _attr_names(group, "weight_names"):
-        parts = name.split("/")
-        owner = parts[-2] if len(parts) > 1 else top_layer.name
-        found.setdefault(owner, {})[parts[-1].split(":")[0]] = name
+    for name in _attr_names(h5, parts, group, "weight_names"):
+        names = _split(name)
+        owner = names[-2] if len(names) > 1 else top_layer.name
+        found.setdefault(owner, {})[names[-1].split(":")[0] if names else ""] = names
     for bn in (sub for sub in top_layer.walk() if sub.is_batchnorm):
         names = bn.batchnorm_variables()
         stored = found.get(bn.name, {})
@@ -408,4 +683,4 @@ def _attach_legacy(top_layer, weights, path):
         if missing:
             raise ModelFileError(f"{path!r}: BatchNormalization {bn.path!r} lacks {missing} "
                                  f"in model_weights/{top_layer.name} (found {sorted(stored)})")
-        bn.weights = {n: np.asarray(group[stored[n]][()]) for n in names}
+        bn.weights = _batchnorm_weights(h5, bn, {n: parts + stored[n] for n in names})
