@@ -4,23 +4,34 @@ picked by a rule declared before any run, and the pilot's training runs.
 Run it from the repository root with ``python -m varshift.reproduce.pilot`` (``--jobs``,
 ``--blocks``): every finished run is stored in :data:`CACHE` at once, so a second call
 resumes where the first stopped, and the rule gives the same size again (its runs are
-cached too).
+cached too). ``--report`` computes nothing: it reads the finished runs of the full run
+and of the pilot, writes :data:`REPORT` (the power table of both, as JSON) and prints
+it as Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
 from .. import tasks as _tasks
+from .._files import atomic_write
+from .._json import json_ready
+from . import power
 from .plan import Settings, network_task, pilot_tasks
 
-__all__ = ["CACHE", "FIRST_SIZE", "BAND", "regime_size", "calibration_tasks", "choose", "main"]
+__all__ = ["CACHE", "REPORT", "FIRST_SIZE", "BAND", "regime_size", "calibration_tasks", "choose",
+           "load_runs", "report", "markdown", "main"]
 
 CACHE = Path("figures/power/tasks")
 """Where the pilot's runs are cached (relative to the repository root)."""
+FULL_CACHE = Path("figures/tasks")
+"""The committed full run's cache (the first pilot)."""
+REPORT = Path("figures/power/power.json")
+"""The power table of the full run and of the pilot."""
 FIRST_SIZE = 2000
 """Training sequences tried first."""
 BAND = (4.0, 8.0)
@@ -74,6 +85,99 @@ def choose(cache=CACHE, jobs=1, progress=False):
     return Settings(quick=False, train_sequences=regime_size(error)), error
 
 
+def load_runs(settings, cache, claims=power.CLAIMS, seeds=range(1000)):
+    """The finished runs of every arm of ``claims`` under ``settings`` (nothing is
+    computed).
+
+    Returns
+    -------
+    runs : dict
+        ``(arch, arm) -> {seed: result}``, as :func:`power.analyse` takes it.
+    seconds : dict
+        ``(arch, arm) -> list of the runs' wall seconds``, as stored with them.
+    """
+    wanted = {(arch, arm, s): network_task(settings, arch, arm[0], arm[1], s, arm[2])
+              for c in claims for arch, arm in c.arms for s in seeds}
+    stored = _tasks.cached(wanted.values(), cache)
+    runs, seconds = {}, {}
+    for (arch, arm, s), task in wanted.items():
+        if task.key in stored:
+            runs.setdefault((arch, arm), {})[s] = stored[task.key]["result"]
+            seconds.setdefault((arch, arm), []).append(stored[task.key]["seconds"])
+    return runs, seconds
+
+
+def _rounded(value):
+    """``value`` with floats to 6 significant digits (the same table on another SciPy)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+def report(out=REPORT, regimes=None):
+    """Write the power table of each regime to ``out`` (sorted keys, atomic).
+
+    Parameters
+    ----------
+    out : str or Path
+    regimes : dict, optional
+        ``name -> (settings, cache)``; default the full run (:data:`FULL_CACHE`) and
+        the regime :func:`choose` picks from the cached calibration runs.
+
+    Returns
+    -------
+    dict
+        ``name -> {"settings", "baseline", "minutes_per_task", "rows"}``: the
+        settings described, the mean no-Dropout test error per architecture, the
+        median minutes per run per architecture and arm, and :func:`power.analyse`'s
+        rows.
+    """
+    if regimes is None:
+        regimes = {"full run": (Settings(quick=False), FULL_CACHE),
+                   "pilot": (choose(CACHE)[0], CACHE)}
+    tables = {}
+    for name, (settings, cache) in regimes.items():
+        runs, seconds = load_runs(settings, cache)
+        tables[name] = {
+            "settings": settings.describe().split("; ", 2)[-1],
+            "baseline": {arch: float(np.mean([r["test_error"] for r in v.values()]))
+                         for (arch, arm), v in runs.items() if arm == power.BASE},
+            "minutes_per_task": {f"{arch} {'/'.join(map(str, arm))}": float(np.median(v)) / 60
+                                 for (arch, arm), v in seconds.items()},
+            "runs": {f"{arch} {'/'.join(map(str, arm))}": len(v) for (arch, arm), v in runs.items()},
+            "rows": power.analyse(power.CLAIMS, runs)}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "w", owner="pilot.report") as f:
+        f.write(json.dumps(_rounded(json_ready(tables)), sort_keys=True, indent=1) + "\n")
+    return tables
+
+
+def _num(value, spec=".2f"):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows):
+    """A power table in Markdown: one line per claim with a pilot (or a verdict in
+    advance)."""
+    lines = ["| claim | n | paired sd | paper effect, scaled | MDE (Holm) at 10 / 20 / 30 | "
+             "seeds needed (0.05 / Holm) | in advance |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["testable"] is None:
+            continue
+        grid = " / ".join(_num(v) for v in r["mde_grid"].values()) if r["mde_grid"] else (
+            f"power at n: {_num(r['power']['holm'])}" if r["power"] else "-")
+        seeds = r["seeds"] or {}
+        need = " / ".join(str(seeds.get(k) or ">10,000") for k in ("alpha", "holm")) if seeds else "-"
+        effect = ("0 (margin 0.5)" if r["margin"] is not None else
+                  f"{_num(r['paper'])}, {_num(r['scaled'])}" if r["paper"] is not None else "none")
+        verdict = "testable" if r["testable"] else f"**not testable**: {r['why']}"
+        lines.append(f"| {r['text']} | {r['n']} | {_num(r['sd'])} | {effect} | {grid} | {need} | {verdict} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     """Command line: choose the regime, then run the pilot's blocks of seeds."""
     parser = argparse.ArgumentParser(prog="python -m varshift.reproduce.pilot",
@@ -82,7 +186,14 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="local worker processes")
     parser.add_argument("--blocks", type=int, default=3,
                         help="blocks of seeds (plan.PILOT_BLOCKS per block)")
+    parser.add_argument("--report", action="store_true",
+                        help=f"write {REPORT} from the finished runs and print it")
     args = parser.parse_args(argv)
+    if args.report:
+        for name, table in report().items():
+            print(f"## {name}: {table['settings']}\n\nbaseline test error: {table['baseline']}\n\n"
+                  f"{markdown(table['rows'])}\n")
+        return
     settings, error = choose(args.cache, args.jobs, progress=True)
     print(f"PreResNet without Dropout at {FIRST_SIZE} training sequences, seeds "
           f"{CALIBRATION_SEEDS}: {error:.2f} % test error; regime: {settings.describe()}",
