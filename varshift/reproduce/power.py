@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ALPHA", "POWER", "BUDGET", "PAPER_BASELINE", "PAPER", "Term", "AccuracyClaim",
-           "CLAIMS", "power", "equivalence_power", "min_effect", "seeds_needed", "holm_alpha",
+           "CLAIMS", "power", "equivalence_power", "min_effect", "seeds_needed", "holm_alpha", "sd_upper",
            "differences", "paper_effect", "scaled_effect", "analyse"]
 
 ALPHA = 0.05
@@ -300,6 +300,17 @@ def holm_alpha(m, alpha=ALPHA):
     return alpha / m
 
 
+def sd_upper(sd, n, confidence=0.8):
+    """One-sided upper confidence bound of a true sd from a sample sd of ``n`` values:
+    ``sd * sqrt((n - 1) / chi2_{1 - confidence, n - 1})`` (a pilot's sd is itself
+    uncertain; planning with this bound gives the wanted power with probability
+    ``confidence`` over pilots, Browne 1995)."""
+    from scipy import stats
+
+    _check(sd, n)
+    return float(sd * np.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1)))
+
+
 # ------------------------------------------------------------------ claims from a pilot
 def _value(result, quantity):
     if quantity == "test":
@@ -380,8 +391,10 @@ def analyse(claims, runs, alpha=ALPHA, power_=POWER, budget=BUDGET, grid=(10, 20
         (smallest effect detectable, ``{"alpha": ..., "holm": ...}``, at the pilot's
         n), ``mde_grid`` (Holm, at ``grid``), ``power`` (equivalence claims: the power
         at the pilot's n and the paper's effect 0, instead of ``mde``), ``seeds``
-        (``{"alpha", "holm"}``), ``testable`` (bool, or None without a pilot) and
-        ``why``.
+        (``{"alpha", "holm"}``), ``seeds_upper`` (at Holm's alpha, planning with
+        :func:`sd_upper` instead of the sd: a check, not the decision), ``testable``
+        (bool, or None without a pilot; decided on the sd itself, at Holm's alpha)
+        and ``why``.
     """
     holm = holm_alpha(len(claims), alpha)
     archs = {t.arch for c in claims for t in c.terms}
@@ -394,7 +407,7 @@ def analyse(claims, runs, alpha=ALPHA, power_=POWER, budget=BUDGET, grid=(10, 20
         row = {"figure": claim.figure, "text": claim.text, "direction": claim.direction,
                "margin": claim.margin, "n": len(seeds), "mean": None, "sd": None,
                "paper": effect, "source": source, "scaled": None, "mde": None, "mde_grid": None,
-               "power": None, "seeds": None, "testable": None, "why": "no pilot runs of its arms at this regime"}
+               "power": None, "seeds": None, "seeds_upper": None, "testable": None, "why": "no pilot runs of its arms at this regime"}
         rows.append(row)
         if len(seeds) < 3 or not all(t.arch in baseline for t in claim.terms):
             continue
@@ -420,6 +433,8 @@ def analyse(claims, runs, alpha=ALPHA, power_=POWER, budget=BUDGET, grid=(10, 20
             continue
         row["seeds"] = {k: seeds_needed(scaled, sd, a, power_, claim.margin, most=10_000)
                         for k, a in levels.items()}
+        row["seeds_upper"] = seeds_needed(scaled, sd_upper(sd, len(seeds)), holm, power_,
+                                          claim.margin, most=10_000)
         need = row["seeds"]["holm"]
         row["testable"] = need is not None and need <= budget
         row["why"] = (f"{need} seeds at Holm's alpha" if row["testable"] else
