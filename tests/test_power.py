@@ -84,6 +84,14 @@ def test_seeds_needed_search_is_the_smallest(effect, sd, margin):
         n for n in range(2, 1000) if reach(n) >= 0.8)
 
 
+def test_sd_upper_bound_covers_the_true_sd_as_often_as_asked():
+    rng = np.random.default_rng(3)
+    sds = rng.normal(0, 1.0, size=(4000, 5)).std(axis=1, ddof=1)
+    covered = np.mean([power.sd_upper(s, 5) >= 1.0 for s in sds])
+    assert covered == pytest.approx(0.8, abs=4 * np.sqrt(0.16 / 4000))
+    assert power.sd_upper(1.0, 5) == pytest.approx(np.sqrt(4 / stats.chi2.ppf(0.2, 4)))
+
+
 def test_seeds_needed_gives_none_when_out_of_reach():
     assert power.seeds_needed(0.0, 1.0) is None
     assert power.seeds_needed(0.01, 1.0, most=100) is None
@@ -157,7 +165,7 @@ def test_analyse_marks_claims_in_advance():
     ours = 5.02 + 0.35  # the fake baseline's mean over seeds 0-7
     assert row["n"] == 8 and row["scaled"] == pytest.approx((8.42 - 5.02) * ours / 5.02)
     assert row["testable"] and row["seeds"]["holm"] <= 30
-    assert row["seeds"]["alpha"] <= row["seeds"]["holm"]
+    assert row["seeds"]["alpha"] <= row["seeds"]["holm"] <= row["seeds_upper"]
     assert row["mde"]["alpha"] < row["mde"]["holm"] and set(row["mde_grid"]) == {"10", "20", "30"}
     recal_b = rows["PreResNet: re-estimating the statistics lowers the test error at (b) 0.5"]
     assert recal_b["scaled"] == pytest.approx((5.77 - 5.85) * ours / 5.02)
@@ -202,3 +210,29 @@ def test_cached_reads_only_what_is_stored(tmp_path):
          "result": {"value": 5.0}}))
     got = tasks.cached([done, missing], tmp_path)
     assert list(got) == [done.key] and got[done.key]["seconds"] == 1.5
+
+
+def test_report_reads_a_pilot_cache_and_writes_the_same_bytes(tmp_path):
+    settings = plan.Settings(quick=False, train_sequences=1000)
+    cache = tmp_path / "tasks"
+    runs = fake_runs("PreResNet", {BASE: 3.5, A5: 6.0, B5: 4.0}, seeds=range(4))
+    runs[("PreResNet", A5)][2]["test_error"] += 0.5  # a paired sd above 0
+    for (arch, arm), by_seed in runs.items():
+        for seed, result in by_seed.items():
+            task = plan.network_task(settings, arch, arm[0], arm[1], seed, arm[2])
+            path = cache / f"{task.key}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": task.key, "function": task.function,
+                                        "params": task.params, "seconds": 60.0 + seed,
+                                        "result": result}))
+    out = tmp_path / "power.json"
+    table = pilot.report(out, {"pilot": (settings, cache)})["pilot"]
+    assert table["baseline"] == {"PreResNet": pytest.approx(3.65)}
+    assert table["minutes_per_task"]["PreResNet a/0.5/dropout"] == pytest.approx(61.5 / 60)
+    rows = {r["text"]: r for r in table["rows"]}
+    assert rows["PreResNet: drop 0.5 at (a) raises the test error"]["n"] == 4
+    assert rows["WRN: drop 0.5 at (a) raises the test error"]["testable"] is None
+    first = out.read_bytes()
+    pilot.report(out, {"pilot": (settings, cache)})
+    assert out.read_bytes() == first
+    assert "| PreResNet: drop 0.5 at (a) raises the test error | 4 |" in pilot.markdown(table["rows"])

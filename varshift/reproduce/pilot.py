@@ -163,14 +163,16 @@ def markdown(rows):
     """A power table in Markdown: one line per claim with a pilot (or a verdict in
     advance)."""
     lines = ["| claim | n | paired sd | paper effect, scaled | MDE (Holm) at 10 / 20 / 30 | "
-             "seeds needed (0.05 / Holm) | in advance |", "|---|---|---|---|---|---|---|"]
+             "seeds needed (0.05 / Holm / Holm at the sd's 80 % bound) | in advance |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["testable"] is None:
             continue
         grid = " / ".join(_num(v) for v in r["mde_grid"].values()) if r["mde_grid"] else (
             f"power at n: {_num(r['power']['holm'])}" if r["power"] else "-")
-        seeds = r["seeds"] or {}
-        need = " / ".join(str(seeds.get(k) or ">10,000") for k in ("alpha", "holm")) if seeds else "-"
+        seeds = r["seeds"]
+        need = " / ".join(str(n or ">10,000") for n in (seeds["alpha"], seeds["holm"], r["seeds_upper"])
+                          ) if r["seeds"] else "-"
         effect = ("0 (margin 0.5)" if r["margin"] is not None else
                   f"{_num(r['paper'])}, {_num(r['scaled'])}" if r["paper"] is not None else "none")
         verdict = "testable" if r["testable"] else f"**not testable**: {r['why']}"
