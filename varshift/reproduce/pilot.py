@@ -159,24 +159,26 @@ def _num(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
 
 
-def markdown(rows):
-    """A power table in Markdown: one line per claim with a pilot (or a verdict in
-    advance)."""
-    lines = ["| claim | n | paired sd | paper effect, scaled | MDE (Holm) at 10 / 20 / 30 | "
-             "seeds needed (0.05 / Holm / Holm at the sd's 80 % bound) | in advance |",
+def markdown(rows, budget=power.BUDGET):
+    """A power table in Markdown: one line per claim with a pilot, its verdict in
+    advance last (reasons: ``> budget`` seeds needed at Holm's alpha, ``no effect``:
+    the paper gives no number, ``effect 0 or reversed``: the paper's own effect)."""
+    lines = ["| claim | n | paired sd | MDE at n: 0.05 / Holm; at 30: Holm | paper, scaled | "
+             "seeds: 0.05 / Holm / Holm at the sd's 80 % bound | in advance |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["testable"] is None:
             continue
-        grid = " / ".join(_num(v) for v in r["mde_grid"].values()) if r["mde_grid"] else (
-            f"power at n: {_num(r['power']['holm'])}" if r["power"] else "-")
-        seeds = r["seeds"]
-        need = " / ".join(str(n or ">10,000") for n in (seeds["alpha"], seeds["holm"], r["seeds_upper"])
-                          ) if r["seeds"] else "-"
-        effect = ("0 (margin 0.5)" if r["margin"] is not None else
-                  f"{_num(r['paper'])}, {_num(r['scaled'])}" if r["paper"] is not None else "none")
-        verdict = "testable" if r["testable"] else f"**not testable**: {r['why']}"
-        lines.append(f"| {r['text']} | {r['n']} | {_num(r['sd'])} | {effect} | {grid} | {need} | {verdict} |")
+        if r["margin"] is not None:
+            mde, effect = f"power at n: {_num(r['power']['alpha'])} / {_num(r['power']['holm'])}", "0 (margin 0.5)"
+        else:
+            mde = f"{_num(r['mde']['alpha'])} / {_num(r['mde']['holm'])}; {_num(r['mde_grid']['30'])}"
+            effect = f"{_num(r['paper'])}, {_num(r['scaled'])}" if r["paper"] is not None else "none"
+        need = " / ".join(str(n or ">10,000") for n in (r["seeds"]["alpha"], r["seeds"]["holm"],
+                                                        r["seeds_upper"])) if r["seeds"] else "-"
+        verdict = ("testable" if r["testable"] else "**not testable**: " + (
+            f"> {budget}" if r["seeds"] else "no effect" if r["paper"] is None else "effect 0 or reversed"))
+        lines.append(f"| {r['text']} | {r['n']} | {_num(r['sd'])} | {mde} | {effect} | {need} | {verdict} |")
     return "\n".join(lines)
 
 
