@@ -8,7 +8,7 @@ import pytest
 from helpers import blobs, dropout_before_bn, trained
 
 import varshift
-from varshift import NonFiniteError, diagnose, fit, nn, optim, recalibrate
+from varshift import diagnose, fit, nn, optim, recalibrate
 from varshift.cli import main
 
 
@@ -39,12 +39,6 @@ def with_values(array, values):
     return array
 
 
-#: measure refuses NaN inference outputs, also those that damaged running statistics
-#: cause (NonFiniteError), until measure_with skips that check for a model with damaged
-#: statistics (issue 21's hand-over); then these tests pass and this mark goes.
-NEEDS_MEASURE_CHANGE = pytest.mark.xfail(raises=NonFiniteError, strict=True,
-                                         reason="measure_with refuses NaN inference outputs")
-
 DAMAGE = {
     "NaN variance": ("running_var", {3: np.nan}, "running_var is NaN in channel 3"),
     "infinite variance": ("running_var", {7: np.inf}, "running_var is infinite in channel 7"),
@@ -56,9 +50,7 @@ DAMAGE = {
 
 
 # --------------------------------------------------------------- damaged running statistics
-@pytest.mark.parametrize("stat, values, message", [
-    pytest.param(*case, id=name, marks=() if name == "infinite variance" else NEEDS_MEASURE_CHANGE)
-    for name, case in DAMAGE.items()])
+@pytest.mark.parametrize("stat, values, message", list(DAMAGE.values()), ids=list(DAMAGE))
 def test_damaged_running_stats_are_diagnosed_and_recalibrate_replaces_them(
         saved, stat, values, message):
     path, x, _ = saved
@@ -80,8 +72,6 @@ def test_damaged_running_stats_are_diagnosed_and_recalibrate_replaces_them(
     assert "DAMAGED_RUNNING_STATS" not in {f.code for f in diagnose(model, x)}
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True,  # the command line exits 1
-                   reason="measure_with refuses NaN inference outputs")
 def test_damaged_file_diagnose_exits_3_and_recalibrate_writes_the_repair(saved, tmp_path, capsys):
     path, x, npy = saved
     with np.load(path) as file:
@@ -119,7 +109,6 @@ def test_training_over_damaged_statistics_fails_nothing(momentum, tracked, stays
     assert int(model[1].buffers["num_batches_tracked"]) == tracked + 4
 
 
-@NEEDS_MEASURE_CHANGE
 def test_damaged_torch_statistics_are_diagnosed_and_repaired():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -138,7 +127,6 @@ def test_damaged_torch_statistics_are_diagnosed_and_repaired():
     assert "DAMAGED_RUNNING_STATS" not in {f.code for f in diagnose(model, x)}
 
 
-@NEEDS_MEASURE_CHANGE
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' torch backend
 def test_damaged_keras_statistics_are_diagnosed_and_repaired():
     os.environ.setdefault("KERAS_BACKEND", "torch")  # as test_keras_backend.py

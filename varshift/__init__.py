@@ -20,6 +20,7 @@ take any ``torch.nn.Module`` or Keras 3 model; torch or keras is imported only t
 
 from . import datasets, nn, optim
 from ._process import ModelInUseError
+from ._safe_read import ModelFileError
 from ._validate import NonFiniteError
 from .diagnose import Finding, diagnose
 from .gradcheck import gradcheck
@@ -33,4 +34,5 @@ __version__ = "0.1.0"
 
 __all__ = ["nn", "optim", "datasets", "fit", "evaluate", "History", "gradcheck", "save",
            "load", "measure", "Report", "recalibrate", "Recalibration", "diagnose", "Finding",
-           "NonFiniteError", "ModelInUseError", "inspect", "Inspection", "__version__"]
+           "NonFiniteError", "ModelInUseError", "ModelFileError", "inspect", "Inspection",
+           "__version__"]

@@ -44,8 +44,10 @@ import numpy as np
 from . import _validate
 from ._data import Batches
 from ._files import atomic_write
+from ._json import loads
 from ._process import public
 from ._progress import progress_bar
+from ._safe_read import read_text
 from .backends import Modes, backend_for
 from .nn.layer import preserved
 from .stats import RunningMoments, deviation_in_stds, ratio, symmetric_shift
@@ -304,19 +306,20 @@ class Report:
         Raises
         ------
         OSError
-            If the file cannot be read.
+            If the file cannot be opened.
         ValueError
-            If the text is not a report's JSON (naming the file, if one was given).
+            If the text is not a report's JSON (naming the file, if one was given),
+            the file is not a regular file or holds more than ``MAX_TEXT_BYTES``, or
+            the JSON is nested more than ``MAX_JSON_DEPTH`` deep.
         """
         text = str(text_or_path)
         source = "text"
         if not text.lstrip().startswith("{"):
             source = repr(text)
-            with open(text) as f:
-                text = f.read()
+            text = read_text(text, "Report.from_json")
         try:
-            return cls.from_dict(json.loads(text))
-        except ValueError as err:  # also json.JSONDecodeError
+            return cls.from_dict(loads(text, "the JSON"))
+        except (ValueError, OverflowError) as err:  # also json.JSONDecodeError
             raise ValueError(f"Report.from_json: {source} is not a varshift report's JSON "
                              f"({err})") from err
 
@@ -538,7 +541,7 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
                       f"one batch differ by {noise:.3g} of its scale): some noise does not "
                       f"follow the modules' training flags, e.g. F.dropout(x, p, "
                       f"training=True) in a forward method; the inference statistics include "
-                      f"it", UncontrolledNoiseWarning, stacklevel=3)
+                      f"it", UncontrolledNoiseWarning, stacklevel=_validate.user_stacklevel())
 
     layers = []
     for info in backend.layers():
@@ -557,8 +560,12 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
             *(stats.moments("inputs", p, info.name, info.num_features)
               for p in ("eval", "train", "nodrop")), frozen=info.frozen,
             keras_momentum=info.keras_momentum))
+    # inference outputs after a BatchNorm with damaged running statistics are NaN by
+    # that damage (diagnose reports it, recalibrate replaces it), not by divergence
+    damaged = any(_validate.damaged_stats(b.moving_mean, b.moving_var)
+                  for b in bn if b.moving_var is not None)
     for record in layers:
-        _check_finite(record)
+        _check_finite(record, ("train",) if damaged else ("train", "eval"))
     return Report(layers, bn, num_samples, seen_batch_size, seed)
 
 
@@ -578,8 +585,8 @@ def inference_noise(backend, x) -> float:
         return float(np.nan_to_num(np.max(np.abs(first - second)[~same]), nan=np.inf)) / scale
 
 
-def _check_finite(record: LayerStats):
-    for name in ("train", "eval"):
+def _check_finite(record: LayerStats, modes):
+    for name in modes:
         moments = getattr(record, name)
         if not (np.all(np.isfinite(moments.mean)) and np.all(np.isfinite(moments.m2))):
             raise _validate.NonFiniteError(
