@@ -265,3 +265,51 @@ def test_an_unreadable_model_file_names_the_argument(files, capsys):
         pytest.skip("this user reads files whatever their mode")
     assert main(["measure", str(model), str(npy)]) == 2
     assert capsys.readouterr().err == f"varshift: error: MODEL: permission denied: cannot read {str(model)!r}\n"
+
+
+def _npy_declaring(path, shape):
+    """An .npy file whose header declares ``shape`` but holds 16 bytes of data."""
+    header = repr({"descr": "<f4", "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+                     + bytes(16))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: _npy_declaring(tmp / "huge.npy", (2**20, 2**20)),
+     "declares an array of shape (1048576, 1048576)"),
+    (lambda tmp: _npy_declaring(tmp / "short.npy", (100, 20)), "truncated or damaged"),
+    (lambda tmp: (tmp / "bad.npz").write_bytes(b"PK\x03\x04 not a zip") and tmp / "bad.npz",
+     "bad.npz"),
+])
+def test_damaged_or_hostile_data_files_give_a_clear_error(files, tmp_path, capsys, make,
+                                                         message):
+    model, _ = files
+    data = make(tmp_path)
+    assert main(["measure", str(model), str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"varshift: error: cannot read DATA {str(data)!r}: ") and message in err
+
+
+def test_only_the_inputs_of_a_data_archive_are_read(files, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    model, npy = files
+    x = np.load(npy)
+    np.savez(tmp_path / "d.npz", labels=np.zeros(len(x)), x_train=x)
+    from varshift import _safe_read
+
+    read, original = [], _safe_read._read_npy
+
+    def spy(f, available, where):
+        read.append(where)
+        return original(f, available, where)
+
+    monkeypatch.setattr(_safe_read, "_read_npy", spy)
+    assert main(["measure", str(model), str(tmp_path / "d.npz"), "-q"]) == 0
+    data = [where for where in read if "d.npz" in where]  # (the model file is read too)
+    assert len(data) == 1 and "x_train" in data[0]
+    np.savez(tmp_path / "none.npz", labels=np.zeros(3))
+    assert main(["measure", str(model), str(tmp_path / "none.npz")]) == 2
+    assert "expected an array named 'x', 'x_train' or 'inputs'" in capsys.readouterr().err

@@ -175,9 +175,16 @@ def read_text(path, owner) -> str:
         raise ModelFileError(f"{owner}: {os.fspath(path)!r} is not UTF-8 text ({err})") from err
 
 
-def read_arrays(path):
+def read_arrays(path, keys=None):
     """Read an ``.npy`` file (an ndarray) or an ``.npz`` archive (a dict of name ->
     ndarray) without pickles, checking every declared size first.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    keys : collection of str, optional
+        For an archive, read only the entries of these names (those present); the
+        others are not read. Default: every entry.
 
     Raises
     ------
@@ -201,6 +208,8 @@ def read_arrays(path):
             size = _size(f)
             for info in zf.infolist():
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if keys is not None and key not in keys:
+                    continue
                 info = member_info(zf, info.filename, path, size)
                 where = f"{path!r}: entry {key!r}"
                 bound = (info.file_size if info.compress_type == zipfile.ZIP_STORED

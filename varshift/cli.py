@@ -72,10 +72,6 @@ def _mnist_folder(args):
 
 def _load_data(spec, args, split=None):
     """Inputs named by DATA on the command line, as an array."""
-    import zipfile
-
-    import numpy as np
-
     split = split or args.split or "train"
     if spec in ("mnist", "mnist1d"):
         from .datasets import load_mnist1d
@@ -83,19 +79,20 @@ def _load_data(spec, args, split=None):
         x_train, _, x_test, _ = _load_mnist(args) if spec == "mnist" else load_mnist1d()
         x = x_train if split == "train" else x_test
     elif spec.endswith((".npy", ".npz")):
+        from ._safe_read import read_arrays
+
+        names = ("x", "x_train", "inputs")
         with _reading("DATA", spec):
             try:
-                x = np.load(spec, allow_pickle=False)
-                if isinstance(x, np.lib.npyio.NpzFile):
-                    with x as data:
-                        key = next((k for k in ("x", "x_train", "inputs") if k in data.files),
-                                   None)
-                        if key is None:
-                            raise ValueError(f"expected an array named 'x', 'x_train' or "
-                                             f"'inputs', found {data.files}")
-                        x = data[key]
-            except (EOFError, ValueError, zipfile.BadZipFile) as err:
+                x = read_arrays(spec, keys=names)
+            except ValueError as err:  # also ModelFileError: a damaged or hostile file
                 raise ValueError(f"cannot read DATA {spec!r}: {err}") from err
+        if isinstance(x, dict):
+            key = next((k for k in names if k in x), None)
+            if key is None:
+                raise ValueError(f"cannot read DATA {spec!r}: expected an array named 'x', "
+                                 f"'x_train' or 'inputs' in the archive")
+            x = x[key]
     else:
         raise ValueError(f"DATA must be 'mnist', 'mnist1d', an .npy or an .npz file, got {spec!r}")
     if args.limit:
