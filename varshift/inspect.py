@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._json import json_ready
+from ._process import public
 from .diagnose import (
     _SEVERITY_ORDER,
     DROPOUT_SHIFT,
@@ -308,6 +309,7 @@ def _triple(s) -> str:
     return f"{s['min']:.3g} / {s['mean']:.3g} / {s['max']:.3g}"
 
 
+@public(None)
 def inspect(path) -> Inspection:
     """Report a saved Keras model's BatchNormalization and dropout-like layers and what
     is visibly wrong with them, without Keras.

@@ -12,6 +12,7 @@ import numpy as np
 from . import _validate
 from ._files import atomic_write
 from ._json import loads
+from ._process import public
 from ._safe_read import MAX_TEXT_BYTES, ModelFileError, read_arrays
 from .nn.layer import Layer, _encode, layer_from_config, layer_to_config
 
@@ -22,6 +23,7 @@ _VERSION = 1
 _META = "__varshift__"
 
 
+@public()
 def save(model: Layer, path) -> None:
     """Write ``model`` to ``path`` (an ``.npz`` file; the suffix is not added).
 
@@ -95,6 +97,7 @@ def _holds_layers(value) -> bool:
     return isinstance(value, Layer)
 
 
+@public(None)
 def load(path) -> Layer:
     """Read a model written by :func:`save`.
 
@@ -152,7 +155,7 @@ def load(path) -> Layer:
         model = layer_from_config(meta["architecture"])
     with _entry(path, "dtype"):
         model.astype(meta["dtype"])
-    with _entry(path, "arrays", "the parameter and buffer arrays do not match the architecture"):
+    with _entry(path, "arrays", "an array does not fit the model"):
         model.load_state_dict(arrays)
     with _entry(path, "rng"):
         model.set_rng_state(meta["rng"])
