@@ -102,7 +102,7 @@ from varshift import nn
 nn.Sequential(nn.Dense(4, 3), nn.BatchNorm(3), seed=0)(np.ones((5, 4), np.float32))
 print(repr(os.environ.get("NUMBA_CACHE_DIR")), repr(numba.config.CACHE_DIR))
 """
-    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "VARSHIFT_KERNELS": "numba"}
     clean = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -110,8 +110,8 @@ print(repr(os.environ.get("NUMBA_CACHE_DIR")), repr(numba.config.CACHE_DIR))
     assert out.stdout.split() == ["None", "''"], out.stderr[-2000:]
     assert list((tmp_path / "xdg" / "varshift" / "numba").rglob("*.nbi"))
     assert not list((ROOT / "varshift").rglob("*.nbi"))
-    run_python(code, {"NUMBA_CACHE_DIR": str(tmp_path / "mine")})  # the user's choice wins
-    assert list((tmp_path / "mine").rglob("*.nbi"))
+    run_python(code, {"NUMBA_CACHE_DIR": str(tmp_path / "mine"), "VARSHIFT_KERNELS": "numba"})
+    assert list((tmp_path / "mine").rglob("*.nbi"))  # the user's choice wins
 
 
 @pytest.mark.slow
