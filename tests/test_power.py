@@ -180,6 +180,13 @@ def test_regime_rule():
     assert pilot.regime_size(2.37) == 1000 and pilot.regime_size(8.01) == 4000
 
 
+def test_the_rule_reads_its_committed_runs_without_computing(tmp_path):
+    settings, error = pilot.choose(FIGURES / "power" / "tasks", compute=False)
+    assert settings.train_sequences == 1000 and error == pytest.approx(2.3667, abs=1e-3)
+    with pytest.raises(FileNotFoundError, match="run the pilot first"):
+        pilot.choose(tmp_path, compute=False)
+
+
 def test_harder_regime_keeps_the_full_runs_keys():
     full = plan.Settings(quick=False)
     hard = plan.Settings(quick=False, train_sequences=1000)

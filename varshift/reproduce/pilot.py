@@ -69,8 +69,16 @@ def calibration_tasks():
     return [network_task(settings, "PreResNet", "a", 0.0, s) for s in CALIBRATION_SEEDS]
 
 
-def choose(cache=CACHE, jobs=1, progress=False):
+def choose(cache=CACHE, jobs=1, progress=False, compute=True):
     """Run (or read back) :func:`calibration_tasks` and apply :func:`regime_size`.
+
+    Parameters
+    ----------
+    cache : str or Path
+    jobs : int, default 1
+    progress : bool, default False
+    compute : bool, default True
+        False: only read the cached runs (FileNotFoundError if one is missing).
 
     Returns
     -------
@@ -80,7 +88,12 @@ def choose(cache=CACHE, jobs=1, progress=False):
         The mean test error (%) the rule looked at.
     """
     runs = calibration_tasks()
-    results, _ = _tasks.run(runs, cache, jobs=jobs, progress=progress)
+    if compute:
+        results, _ = _tasks.run(runs, cache, jobs=jobs, progress=progress)
+    else:
+        results = {k: v["result"] for k, v in _tasks.cached(runs, cache).items()}
+        if len(results) < len(runs):
+            raise FileNotFoundError(f"the size rule's runs are not all in {cache}: run the pilot first")
     error = float(np.mean([results[t.key]["test_error"] for t in runs]))
     return Settings(quick=False, train_sequences=regime_size(error)), error
 
@@ -136,7 +149,7 @@ def report(out=REPORT, regimes=None):
     """
     if regimes is None:
         regimes = {"full run": (Settings(quick=False), FULL_CACHE),
-                   "pilot": (choose(CACHE)[0], CACHE)}
+                   "pilot": (choose(CACHE, compute=False)[0], CACHE)}
     tables = {}
     for name, (settings, cache) in regimes.items():
         runs, seconds = load_runs(settings, cache)
