@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import varshift
 from varshift.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +197,7 @@ def slow(f, **arrays):  # 4 MB written, then the signal comes
 
 
 np.savez = slow
+import varshift
 from varshift.cli import main
 
 sys.exit(main(sys.argv[2:]))
@@ -313,3 +315,39 @@ def test_only_the_inputs_of_a_data_archive_are_read(files, tmp_path, capsys, mon
     np.savez(tmp_path / "none.npz", labels=np.zeros(3))
     assert main(["measure", str(model), str(tmp_path / "none.npz")]) == 2
     assert "expected an array named 'x', 'x_train' or 'inputs'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", [
+    lambda tmp: os.mkfifo(tmp / "out.npz") or tmp / "out.npz",
+    lambda tmp: (tmp / "out.npz").symlink_to("/dev/null") or tmp / "out.npz",
+    lambda tmp: Path("/dev/null"),
+], ids=["fifo", "link to a device", "device"])
+def test_an_output_that_is_not_a_regular_file_is_never_replaced(files, tmp_path, capsys, make):
+    model, npy = files
+    out = make(tmp_path)
+    kind = os.stat(out).st_mode
+    with pytest.raises(SystemExit) as exit_:
+        main(["recalibrate", str(model), str(npy), "-q", "-o", str(out)])
+    assert exit_.value.code == 2
+    assert f"error: -o/--output: cannot write {str(out)!r}: it exists and is not a regular " \
+        "file" in capsys.readouterr().err
+    assert os.stat(out).st_mode == kind and not os.path.isfile(out)
+    with pytest.raises(FileExistsError, match="save: cannot write"):
+        varshift.save(varshift.load(model), out)
+    assert os.stat(out).st_mode == kind
+
+
+def test_an_output_link_to_a_regular_file_writes_that_file(files, tmp_path):
+    model, npy = files
+    (tmp_path / "real.npz").write_bytes(b"old")
+    (tmp_path / "link.npz").symlink_to(tmp_path / "real.npz")
+    assert main(["recalibrate", str(model), str(npy), "-q", "-o", str(tmp_path / "link.npz")]) == 0
+    assert (tmp_path / "link.npz").is_symlink() and varshift.load(tmp_path / "real.npz")
+
+
+def test_an_empty_output_name_is_refused_before_computing(files, tmp_path, capsys):
+    _, npy = files
+    with pytest.raises(SystemExit) as exit_:
+        main(["recalibrate", str(tmp_path / "no-model.npz"), str(npy), "-q", "-o", ""])
+    assert exit_.value.code == 2  # before the (missing) model is read
+    assert "error: -o/--output: cannot write '': no file name given" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 
@@ -27,37 +28,47 @@ def check_writable(path, owner: str = "write") -> str:
     Returns
     -------
     str
-        The absolute path of the folder that will hold the file.
+        The file that will be written: ``path`` made absolute, or, where ``path`` is a
+        symbolic link, the file it points to (the link stays a link).
 
     Raises
     ------
     OSError
-        ``IsADirectoryError`` if ``path`` is a folder, ``FileNotFoundError`` or
-        ``NotADirectoryError`` if its folder does not exist or is not a folder,
-        ``PermissionError`` if the folder is not writable, and ``OSError`` (errno
-        ENAMETOOLONG) for a file name longer than the folder allows; the message names
-        ``owner`` and ``path``.
+        ``FileNotFoundError`` for an empty path, ``IsADirectoryError`` if ``path`` is a
+        folder, ``FileExistsError`` if it is something other than a regular file (a
+        device such as ``/dev/null``, a FIFO, a socket: a file written atomically
+        replaces what is there, so it would be replaced by a regular file),
+        ``FileNotFoundError`` or ``NotADirectoryError`` if its folder does not exist or
+        is not a folder, ``PermissionError`` if the folder is not writable, and
+        ``OSError`` (errno ENAMETOOLONG) for a file name longer than the folder allows;
+        the message names ``owner`` and ``path``.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    shown = os.path.dirname(path) or "."
 
     def fail(error, code, why):
         raise error(code, f"{owner}: cannot write {path!r}: {why}")
 
-    if os.path.isdir(path):
+    if not path:
+        fail(FileNotFoundError, errno.ENOENT, "no file name given")
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    shown = os.path.dirname(path) or "."
+    if os.path.isdir(target):
         fail(IsADirectoryError, errno.EISDIR, "it is a folder; give a file name")
+    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+        fail(FileExistsError, errno.EEXIST, "it exists and is not a regular file (a device, "
+                                            "a FIFO or a socket), which writing would replace")
     if not os.path.isdir(folder):
         if os.path.exists(folder):
             fail(NotADirectoryError, errno.ENOTDIR, f"{shown!r} is not a folder")
         fail(FileNotFoundError, errno.ENOENT, f"folder {shown!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         fail(PermissionError, errno.EACCES, f"folder {shown!r} is not writable")
-    size, limit = len(os.fsencode(os.path.basename(path))), _name_max(folder)
+    size, limit = len(os.fsencode(os.path.basename(target))), _name_max(folder)
     if size > limit:
         fail(OSError, errno.ENAMETOOLONG, f"the file name is {size} bytes long, the folder "
                                           f"allows {limit}")
-    return folder
+    return target
 
 
 @contextmanager
@@ -91,9 +102,10 @@ def atomic_write(path, mode: str = "wb", owner: str = "write"):
     Only SIGKILL or a crash of the interpreter leaves it behind.
     """
     path = os.fspath(path)
-    folder = check_writable(path, owner)
+    target = check_writable(path, owner)
+    folder = os.path.dirname(target)
     try:
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path, folder),
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target, folder),
                                     suffix=".tmp")
     except OSError as err:
         raise type(err)(err.errno, f"{owner}: cannot write {path!r}: {err.strerror}") from err
@@ -102,8 +114,8 @@ def atomic_write(path, mode: str = "wb", owner: str = "write"):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temp, _mode_for(path))
-        os.replace(temp, path)
+        os.chmod(temp, _mode_for(target))
+        os.replace(temp, target)
     except BaseException:
         try:
             os.unlink(temp)

@@ -388,7 +388,7 @@ def _check_options(args) -> None:
 
     for name, option in (("output", "-o/--output"), ("plot", "--plot")):
         path = getattr(args, name, None)
-        if path:
+        if path is not None:  # '' too: no file name given
             try:
                 check_writable(path, option)
             except OSError as err:
