@@ -323,3 +323,40 @@ def test_a_torch_module_in_use_by_another_thread_is_refused():
         held.join(60)
     assert isinstance(results.get("report"), varshift.Report)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_draws_other_threads_make_during_a_call_are_not_undone():
+    """The global states are put back around the user's data iteration only, not around
+    the whole call: a thread drawing meanwhile must not see its numbers again."""
+    model, (x, _) = dropout_before_bn(), blobs(2000)
+    batches = [x[i:i + 50] for i in range(0, len(x), 50)]
+    drawn, stop = [], threading.Event()
+
+    def user():
+        while not stop.is_set():
+            drawn.append((np.random.random(), random.random()))  # noqa: NPY002
+
+    thread = threading.Thread(target=user)
+    thread.start()
+    try:
+        for _ in range(3):
+            measure(model, batches)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert len(drawn) > 100 and len(set(drawn)) == len(drawn)
+
+
+def test_a_users_dataset_drawing_augmentations_leaves_the_global_states_as_they_were():
+    model, (x, _) = dropout_before_bn(), blobs(400)
+
+    class Augmented:
+        def __iter__(self):
+            for i in range(0, len(x), 100):
+                yield x[i:i + 100] + np.float32(np.random.normal()) \
+                    + np.float32(random.random())  # noqa: NPY002
+
+    before = global_states()
+    for call in (measure, diagnose, recalibrate):
+        call(model, Augmented())
+    assert global_states() == before

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validate
+from ._process import iterate_keeping_random_states, random_states_kept
 
 __all__ = ["Batches", "batch_bounds"]
 
@@ -84,7 +85,10 @@ class Batches:
 
     @property
     def reiterable(self) -> bool:
-        return self._array is not None or iter(self._iterable) is not self._iterable
+        if self._array is not None:
+            return True
+        with random_states_kept():  # a DataLoader's iterator draws a seed
+            return iter(self._iterable) is not self._iterable
 
     def __iter__(self):
         for batch in self._batches():
@@ -98,7 +102,7 @@ class Batches:
                 yield self._to_model(self._array[start:stop])
             return
         seen = 0
-        for i, item in enumerate(self._iterable):
+        for i, item in enumerate(iterate_keeping_random_states(self._iterable)):
             what = f"{self.name} batch {i}"
             with _validate.reraise_with_context(f"{self.owner}: {what}"):
                 batch = self._as_batch(self._input_of(item))

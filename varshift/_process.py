@@ -3,9 +3,6 @@
 Every public function that runs a model or reads a file is decorated with
 :func:`public`. Around the call it
 
-- saves and puts back the global random states: Python's :mod:`random`, NumPy's legacy
-  global generator, and torch's (CPU, and CUDA where initialised) where torch is
-  imported. Iterating a ``DataLoader`` draws from torch's, for example;
 - saves and puts back the thread counts: every OpenMP and BLAS runtime threadpoolctl
   finds, Numba's (where its threading layer has started) and torch's;
 - refuses a second call on a model that a call in another thread is using
@@ -14,6 +11,14 @@ Every public function that runs a model or reads a file is decorated with
 
 Nested public calls (``diagnose`` calling ``measure``) do the work once, in the
 outermost call.
+
+The user's data are iterated through :func:`iterate_keeping_random_states`, which puts
+back the global random states (Python's :mod:`random`, NumPy's legacy global generator,
+torch's) after creating the iterator and after every item: a ``DataLoader`` draws its
+base seed from torch's generator, and a user's dataset may draw augmentations from any
+of them. Only those moments are undone, so draws that other threads make meanwhile
+are not repeated. (The torch and Keras backends seed torch's generator for the model's
+own noise while they run it, and put it back afterwards.)
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import numpy as np
 
 from . import _validate
 
-__all__ = ["public", "ModelInUseError", "thread_controller"]
+__all__ = ["public", "ModelInUseError", "thread_controller", "iterate_keeping_random_states",
+           "random_states_kept"]
 
 
 class ModelInUseError(RuntimeError):
@@ -70,7 +76,6 @@ def public(model_argument: str | None = "model"):
                         stack.enter_context(_exclusive(bound.arguments[model_argument],
                                                        func.__name__))
                 if depth == 0:
-                    stack.enter_context(_random_states_kept())
                     stack.enter_context(_thread_counts_kept())
                 _DEPTH.value = depth + 1
                 try:
@@ -132,8 +137,22 @@ def _exclusive(model, owner):
 
 
 # ---------------------------------------------------------------------- random states
+def iterate_keeping_random_states(iterable):
+    """Yield the items of the user's ``iterable``, putting back the global random states
+    after ``iter()`` and after each ``next()`` (see the module docstring)."""
+    with random_states_kept():
+        iterator = iter(iterable)
+    while True:
+        with random_states_kept():
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
 @contextmanager
-def _random_states_kept():
+def random_states_kept():
     """Put back the global random states of Python, NumPy and torch on exit."""
     python, legacy = random.getstate(), np.random.get_state()  # noqa: NPY002
     torch = sys.modules.get("torch")
