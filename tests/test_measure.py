@@ -267,3 +267,35 @@ def test_data_forms_agree_and_large_batches_work():
     assert as_array.num_samples == 301 and as_list.num_samples == 301  # the 1-sample tail folded in
     assert as_generator.num_samples == 300
     assert measure(model, x, batch_size=10_000).num_samples == 301
+
+
+def _report_json():
+    model = nn.Sequential(nn.Dense(6, 4), nn.BatchNorm(4), seed=0)
+    return measure(model, np.random.default_rng(0).standard_normal((32, 6)).astype(np.float32)
+                   ).to_json()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["bn"][0].update(moving_mean="fast"), r"bn\[0\].moving_mean must be a list of "
+                                                      r"numbers, got 'fast'"),
+    (lambda d: d["bn"][0].update(name=None), r"bn\[0\].name must be a string, got None"),
+    (lambda d: d["bn"][0].update(moving_var=[1.0]), r"bn\[0\].moving_var has 1 values, its "
+                                                    r"num_features is 4"),
+    (lambda d: d["layers"][1].update(shape="x"), r"layers\[1\].shape must be a list of integers"),
+    (lambda d: d["layers"][0]["train"].update(mean=[True]), r"layers\[0\].train must be moments"),
+    (lambda d: d.update(num_samples=2.5), r"the report.num_samples must be an integer"),
+    (lambda d: d.pop("bn"), r"the report: missing 'bn'"),
+])
+def test_a_report_json_with_wrong_typed_fields_names_the_field(edit, message):
+    d = json.loads(_report_json())
+    edit(d)
+    with pytest.raises(ValueError, match="Report.from_json: text is not a varshift report's "
+                                         "JSON .*" + message):
+        Report.from_json(json.dumps(d))
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "1" + "0" * 5000,
+                                  '{"layers": ' * 5000])
+def test_hostile_report_texts_are_value_errors_not_file_names(text):
+    with pytest.raises(ValueError, match="Report.from_json: text is not a varshift report's"):
+        Report.from_json(text)

@@ -360,3 +360,14 @@ def test_a_users_dataset_drawing_augmentations_leaves_the_global_states_as_they_
     for call in (measure, diagnose, recalibrate):
         call(model, Augmented())
     assert global_states() == before
+
+
+@pytest.mark.parametrize("wrap, message", [
+    (lambda t: t, "measure: data is on the 'meta' device"),
+    (lambda t: [t], "measure: data batch 0: it is on the 'meta' device"),
+])
+def test_data_on_the_meta_device_gets_a_clear_error(wrap, message):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match=message):
+        measure(model, wrap(torch.randn(8, 6, device="meta")))

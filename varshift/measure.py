@@ -36,6 +36,7 @@ computed once for all of them, also inside Residual and Concat blocks.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -285,6 +286,7 @@ class Report:
 
     @classmethod
     def _from_dict(cls, d):
+        _check_report_dict(d)
         layers = [LayerStats(r["name"], r["kind"], r["layer"], tuple(r["shape"]),
                              RunningMoments.from_dict(r["train"]),
                              RunningMoments.from_dict(r["eval"])) for r in d["layers"]]
@@ -301,7 +303,8 @@ class Report:
 
     @classmethod
     def from_json(cls, text_or_path) -> "Report":
-        """Inverse of :meth:`to_json` (JSON text or a path to a file holding it).
+        """Inverse of :meth:`to_json` (JSON text or a path to a file holding it: a
+        path-like object, or a one-line string not starting with ``{`` or ``[``).
 
         Raises
         ------
@@ -312,9 +315,10 @@ class Report:
             the file is not a regular file or holds more than ``MAX_TEXT_BYTES``, or
             the JSON is nested more than ``MAX_JSON_DEPTH`` deep.
         """
-        text = str(text_or_path)
+        text = os.fspath(text_or_path) if isinstance(text_or_path, os.PathLike) \
+            else str(text_or_path)
         source = "text"
-        if not text.lstrip().startswith("{"):
+        if isinstance(text_or_path, os.PathLike) or _looks_like_a_path(text):
             source = repr(text)
             text = read_text(text, "Report.from_json")
         try:
@@ -379,6 +383,83 @@ class Report:
         if kind == "layers":
             return plots.plot_layer_variance(self, ax=ax)
         raise ValueError(f"Report.plot: kind must be 'shift', 'channels' or 'layers', got {kind!r}")
+
+
+def _looks_like_a_path(text) -> bool:
+    """Whether ``Report.from_json``'s string argument names a file rather than holding
+    JSON: one short line that does not start like a JSON object or array."""
+    return not text.lstrip().startswith(("{", "[")) and "\n" not in text and len(text) < 4096
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_vector(value) -> bool:
+    """A list of numbers (None standing for NaN, as :meth:`Report.to_json` writes it)."""
+    return isinstance(value, list) and all(v is None or _is_number(v) for v in value)
+
+
+def _is_moments(value) -> bool:
+    return (isinstance(value, dict) and _is_number(value.get("count"))
+            and _is_vector(value.get("mean")) and _is_vector(value.get("m2"))
+            and len(value["mean"]) == len(value["m2"]))
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+_MOMENTS = (_is_moments, "moments {count, mean, m2}", False)
+#: The fields of a report's dict: name -> (check, what it must be, may be None).
+_REPORT_FIELDS = {"layers": (lambda v: isinstance(v, list), "a list", False),
+                  "bn": (lambda v: isinstance(v, list), "a list", False),
+                  "num_samples": (_is_int, "an integer", False),
+                  "batch_size": (_is_int, "an integer", True),
+                  "seed": (_is_int, "an integer", True)}
+_LAYER_FIELDS = {"name": (_is_text, "a string", False),
+                 "kind": (_is_text, "a string", False),
+                 "layer": (_is_text, "a string", False),
+                 "shape": (lambda v: isinstance(v, list) and all(map(_is_int, v)),
+                           "a list of integers", False),
+                 "train": _MOMENTS, "eval": _MOMENTS}
+_BN_FIELDS = {"name": (_is_text, "a string", False),
+              "index": (_is_int, "an integer", False),
+              "num_features": (lambda v: _is_int(v) and v >= 1, "a positive integer", False),
+              "momentum": (_is_number, "a number", True),
+              "eps": (_is_number, "a number", False),
+              "num_batches_tracked": (_is_int, "an integer", True),
+              "moving_mean": (_is_vector, "a list of numbers", True),
+              "moving_var": (_is_vector, "a list of numbers", True),
+              "real": _MOMENTS, "train": _MOMENTS, "nodrop": _MOMENTS}
+
+
+def _check_fields(record, where, fields):
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} must be an object, got {_validate.shown(record)}")
+    for key, (check, expected, optional) in fields.items():
+        if key not in record:
+            raise ValueError(f"{where}: missing {key!r}")
+        value = record[key]
+        if not (value is None and optional) and not check(value):
+            raise ValueError(f"{where}.{key} must be {expected}, got {_validate.shown(value)}")
+
+
+def _check_report_dict(d):
+    """ValueError naming the first field of ``d`` that a report's dict cannot hold."""
+    _check_fields(d, "the report", _REPORT_FIELDS)
+    for i, record in enumerate(d["layers"]):
+        _check_fields(record, f"layers[{i}]", _LAYER_FIELDS)
+    for i, record in enumerate(d["bn"]):
+        _check_fields(record, f"bn[{i}]", _BN_FIELDS)
+        for key in ("moving_mean", "moving_var"):
+            if record[key] is not None and len(record[key]) != record["num_features"]:
+                raise ValueError(f"bn[{i}].{key} has {len(record[key])} values, its "
+                                 f"num_features is {record['num_features']}")
 
 
 def _same(a, b):

@@ -148,16 +148,22 @@ class TorchBatches(Batches):
         except TypeError:
             return None
 
-    def _is_array(self, value):
-        return isinstance(value, (np.ndarray, torch.Tensor))
-
     def _input_of(self, item):
         if isinstance(item, (tuple, list)) and item and self._is_array(item[0]):
             return item[0]
         return super()._input_of(item)
 
+    def _is_array(self, value):
+        if isinstance(value, torch.Tensor) and value.is_meta:
+            raise ValueError(f"{self.owner}: {self.name} is on the 'meta' device, which holds "
+                             f"shapes but no values; pass tensors with data")
+        return isinstance(value, (np.ndarray, torch.Tensor))
+
     def _as_batch(self, batch):
         if isinstance(batch, torch.Tensor):
+            if batch.is_meta:
+                raise ValueError("it is on the 'meta' device, which holds shapes but no "
+                                 "values; pass tensors with data")
             return batch
         return np.asarray(batch)
 
