@@ -182,3 +182,19 @@ def test_values_that_fit_load_unchanged(saved, tmp_path):
     np.testing.assert_array_equal(model[0].params["weight"], weight.astype(np.float32))
     assert np.isnan(model[4].buffers["running_var"][0])
     assert int(model[4].buffers["num_batches_tracked"]) == 12
+
+
+@pytest.mark.parametrize("framework", ["varshift", "torch"])
+def test_inputs_whose_variance_overflows_the_batch_statistics_are_refused(framework):
+    """At scale 1e30 a float32 BatchNorm's batch variance overflows: PyTorch's layer then
+    outputs zeros (finite), which gave a report with an infinite shift and no warning."""
+    x = np.random.default_rng(0).standard_normal((256, 6)).astype(np.float32) * np.float32(1e30)
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        model, x = torch.nn.Sequential(torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 2)), \
+            torch.from_numpy(x)
+    else:
+        model = nn.Sequential(nn.BatchNorm(6), nn.Dense(6, 2), seed=0)
+    for call in (varshift.measure, diagnose):
+        with pytest.raises(varshift.NonFiniteError, match=r"BatchNorm '0'|BatchNorm\(6\)"):
+            call(model, x, batch_size=64)

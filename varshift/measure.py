@@ -633,8 +633,8 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
                                  stats.shapes[info.name],
                                  *(stats.moments("outputs", p, info.name, channels)
                                    for p in ("train", "eval"))))
-    bn = []
-    for i, info in enumerate(backend.batchnorms()):
+    bn, infos = [], backend.batchnorms()
+    for i, info in enumerate(infos):
         mean, var, tracked = backend.running_stats(info.name) or (None, None, None)
         bn.append(BatchNormStats(
             info.name, i, info.num_features, info.momentum, info.eps, tracked, mean, var,
@@ -647,6 +647,8 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
                   for b in bn if b.moving_var is not None)
     for record in layers:
         _check_finite(record, ("train",) if damaged else ("train", "eval"))
+    for b, info in zip(bn, infos):
+        _check_in_range(b, info)
     return Report(layers, bn, num_samples, seen_batch_size, seed)
 
 
@@ -664,6 +666,21 @@ def inference_noise(backend, x) -> float:
                 1e-12)
     with np.errstate(invalid="ignore"):
         return float(np.nan_to_num(np.max(np.abs(first - second)[~same]), nan=np.inf)) / scale
+
+
+def _check_in_range(b: BatchNormStats, info):
+    """NonFiniteError where a BatchNorm's train-mode batch statistics overflow its dtype
+    (its output is then meaningless, e.g. all zeros, though finite)."""
+    if b.frozen:
+        return
+    largest = max(float(np.nanmax(b.train_var, initial=0)), float(np.nanmax(b.nodrop_var,
+                                                                           initial=0)))
+    if largest > info.largest:
+        raise _validate.NonFiniteError(
+            f"measure: BatchNorm {b.name!r} receives inputs whose variance ({largest:.3g}) "
+            f"is beyond what its batch statistics can hold ({info.largest:.3g}): they "
+            f"overflow in train mode, so its train-mode outputs are meaningless; scale the "
+            f"inputs down")
 
 
 def _check_finite(record: LayerStats, modes):

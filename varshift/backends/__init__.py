@@ -23,6 +23,8 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+
 from .. import _validate
 
 __all__ = ["Modes", "LayerInfo", "BatchNormInfo", "Backend", "backend_for"]
@@ -100,6 +102,9 @@ class BatchNormInfo:
     keras_momentum : bool
         The layer's own ``momentum`` argument is Keras' (the weight of the old value,
         ``1 - momentum`` here); findings quote it in that convention.
+    largest : float
+        The largest value the layer's batch statistics can hold (the maximum of the
+        dtype it computes them in; default float32's).
     """
 
     name: str
@@ -111,6 +116,7 @@ class BatchNormInfo:
     frozen: bool = False
     unbiased: bool = True
     keras_momentum: bool = False
+    largest: float = float(np.finfo(np.float32).max)
 
 
 class Backend(ABC):

@@ -166,6 +166,16 @@ def _no_grad():
     return nullcontext()
 
 
+def _float_dtype(name):
+    """The NumPy float dtype of a Keras dtype name (float32 for a NumPy-less one such as
+    bfloat16, whose range float32's matches)."""
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        return np.float32
+    return dtype if dtype.kind == "f" else np.float32
+
+
 def _torch_rng():
     """torch's CPU random state where Keras runs on torch (its unseeded dropout draws
     from it), else None."""
@@ -302,7 +312,8 @@ class KerasBackend(CallTracking):
     def batchnorms(self):
         return [BatchNormInfo(name, self._channels[name], 1.0 - m.momentum, m.epsilon,
                               bool(m.center or m.scale), True, frozen=not m.trainable,
-                              unbiased=False, keras_momentum=True)
+                              unbiased=False, keras_momentum=True,
+                              largest=float(np.finfo(_float_dtype(m.compute_dtype)).max))
                 for name, m in ((name, self._bn[name]) for name in self._bn_order)]
 
     def noise_upstream(self, x):

@@ -120,7 +120,8 @@ class NumpyBackend(Backend):
 
     def batchnorms(self):
         return [BatchNormInfo(path, layer.num_features, layer.momentum, layer.eps,
-                              layer.affine, layer.track_running_stats)
+                              layer.affine, layer.track_running_stats,
+                              largest=float(np.finfo(self.model.dtype).max))
                 for path, layer in self._layers.items() if isinstance(layer, BatchNorm)]
 
     def trace(self, x):

@@ -360,7 +360,7 @@ class TorchBackend(CallTracking):
     def batchnorms(self):
         return [BatchNormInfo(name, m.num_features, m.momentum, m.eps, m.affine,
                               m.running_mean is not None and m.running_var is not None,
-                              self._frozen[name])
+                              self._frozen[name], largest=torch.finfo(self.dtype).max)
                 for name, m in ((name, self._bn[name]) for name in self._bn_order)]
 
     def noise_upstream(self, x):
