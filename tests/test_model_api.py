@@ -173,3 +173,22 @@ def test_reference_convnet_batchnorm_conventions():
     assert plain(x).shape == keras_style(x).shape == (2, 10)
     with pytest.raises(ValueError, match="batchnorm must be 'pytorch', 'keras' or None, got 'tf'"):
         reference_convnet(batchnorm="tf")
+
+
+def test_a_small_file_declaring_a_huge_layer_is_refused_before_building_it(tmp_path):
+    """A 7 kB file whose architecture declares Dense(20000, 20000) made load initialise
+    1.6 GB (15 s, 4.8 GB resident) before it found that the arrays do not fit."""
+    import json
+
+    varshift.save(nn.Sequential(nn.Dense(6, 16), seed=0), tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays.pop("__varshift__")))
+    meta["architecture"]["args"]["layers"][0]["args"].update(in_features=20000,
+                                                              out_features=20000)
+    np.savez(tmp_path / "big.npz", __varshift__=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(varshift.ModelFileError, match=r"'architecture' entry is corrupt \(the "
+                                                      r"layers declare more parameter and "
+                                                      r"buffer values than the 112 the file"):
+        varshift.load(tmp_path / "big.npz")  # raised as the layer adds its weight, before
+        # drawing its 4e8 values

@@ -152,7 +152,8 @@ def load(path) -> Layer:
         raise ModelFileError(f"load: {path!r} has format version {meta['version']}; this "
                              f"varshift reads up to {_VERSION}, upgrade varshift")
     with _entry(path, "architecture"):
-        model = layer_from_config(meta["architecture"])
+        model = layer_from_config(meta["architecture"],
+                                  max_values=sum(int(a.size) for a in arrays.values()))
     with _entry(path, "dtype"):
         model.astype(meta["dtype"])
     with _entry(path, "arrays", "an array does not fit the model"):

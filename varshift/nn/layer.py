@@ -15,6 +15,7 @@ saving, and the random streams of stochastic layers. Containers override
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -60,9 +61,9 @@ class Layer:
 
     def __init__(self):
         self.training = True
-        self.params: dict[str, np.ndarray] = {}
+        self.params: dict[str, np.ndarray] = _Arrays()
         self.grads: dict[str, np.ndarray] = {}
-        self.buffers: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = _Arrays()
         self.name = ""
         self._dtype = np.dtype(np.float32)
         self._cache = None
@@ -587,16 +588,49 @@ def layer_to_config(layer: Layer) -> dict:
             "args": {k: _encode(v) for k, v in layer.get_config().items()}}
 
 
-def layer_from_config(config: dict) -> Layer:
+def layer_from_config(config: dict, max_values: int | None = None) -> Layer:
     """Rebuild a layer from :func:`layer_to_config` output (parameters freshly drawn).
+
+    Parameters
+    ----------
+    config : dict
+    max_values : int, optional
+        Refuse an architecture whose parameters and buffers hold more values than this
+        (:func:`varshift.load` passes what the file holds), before drawing them: a
+        small damaged file must not make varshift initialise gigabytes.
 
     Raises
     ------
     ValueError
-        If a layer class is unknown, or layers are nested more than ``MAX_NESTING``
-        deep (a damaged file, not a model).
+        If a layer class is unknown, layers are nested more than ``MAX_NESTING`` deep,
+        or the layers declare more than ``max_values`` values (a damaged file, not a
+        model).
     """
-    return _from_config(config, 0)
+    token = _BUDGET.set(None if max_values is None else [max_values, max_values])
+    try:
+        return _from_config(config, 0)
+    finally:
+        _BUDGET.reset(token)
+
+
+#: ``[values left, values allowed]`` while :func:`layer_from_config` builds under a limit.
+_BUDGET = contextvars.ContextVar("varshift_layer_budget", default=None)
+
+
+class _Arrays(dict):
+    """A layer's parameters or buffers by name; counts the values added against
+    :func:`layer_from_config`'s ``max_values`` (as a layer's constructor adds them,
+    before it draws them)."""
+
+    def __setitem__(self, key, value):
+        budget = _BUDGET.get()
+        if budget is not None and key not in self:
+            budget[0] -= int(np.size(value))
+            if budget[0] < 0:
+                raise ValueError(f"the layers declare more parameter and buffer values than "
+                                 f"the {budget[1]} the file holds (at {key!r} of shape "
+                                 f"{np.shape(value)})")
+        super().__setitem__(key, value)
 
 
 #: Layers nested in layers (containers in containers) that :func:`layer_from_config`
