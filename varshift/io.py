@@ -152,8 +152,7 @@ def load(path) -> Layer:
         raise ModelFileError(f"load: {path!r} has format version {meta['version']}; this "
                              f"varshift reads up to {_VERSION}, upgrade varshift")
     with _entry(path, "architecture"):
-        model = layer_from_config(meta["architecture"],
-                                  max_values=sum(int(a.size) for a in arrays.values()))
+        model = layer_from_config(meta["architecture"], max_values=_build_limit(arrays))
     with _entry(path, "dtype"):
         model.astype(meta["dtype"])
     with _entry(path, "arrays", "an array does not fit the model"):
@@ -167,6 +166,13 @@ def load(path) -> Layer:
                 raise TypeError(f"layer {name!r}: expected true or false, got {training!r}")
             layers[name].training = training
     return model
+
+
+def _build_limit(arrays) -> int:
+    """Values the architecture may declare, for arrays of these sizes: twice theirs plus
+    2**20, so that a missing or misshapen array is named by ``load_state_dict`` while a
+    small file cannot make varshift draw gigabytes of initial weights."""
+    return 2 * sum(int(a.size) for a in arrays.values()) + 2**20
 
 
 @contextmanager

@@ -627,9 +627,9 @@ class _Arrays(dict):
         if budget is not None and key not in self:
             budget[0] -= int(np.size(value))
             if budget[0] < 0:
-                raise ValueError(f"the layers declare more parameter and buffer values than "
-                                 f"the {budget[1]} the file holds (at {key!r} of shape "
-                                 f"{np.shape(value)})")
+                raise ValueError(f"the layers declare more than {budget[1]} parameter and "
+                                 f"buffer values, more than the file can hold (at {key!r} "
+                                 f"of shape {np.shape(value)})")
         super().__setitem__(key, value)
 
 
