@@ -65,34 +65,25 @@ print(json.dumps({"import": after_import == before, "calls": dict(os.environ) ==
                    "changed": []}
 
 
-def test_the_runtimes_varshift_loads_get_quiet_workers_only_while_they_load():
-    """The two variables that make idle workers sleep are in the environment only while
-    SciPy's OpenBLAS and Numba's OpenMP layer load (each reads them then), and a
-    user's own setting is kept."""
+def test_the_runtimes_load_with_the_environment_as_the_user_left_it():
+    """varshift sets no variable even for a moment while its thread runtimes load
+    (glibc's setenv is not safe beside other threads)."""
     code = """
 import os
 from unittest import mock
 import varshift
 from varshift.kernels import threads
-seen = {}
 import numba.np.ufunc.parallel as parallel
+before, seen = dict(os.environ), {}
 launch = parallel._launch_threads
 def spy():
-    seen.update({k: os.environ.get(k) for k in threads.QUIET_WORKERS})
+    seen.update(os.environ)
     launch()
 with mock.patch.object(parallel, "_launch_threads", spy):
     threads.load_runtimes()
-print(seen["OMP_WAIT_POLICY"], seen["OPENBLAS_THREAD_TIMEOUT"],
-      os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+print(seen == before == dict(os.environ))
 """
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
-                                                              "OPENBLAS_THREAD_TIMEOUT")}
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env={**clean, "PYTHONPATH": path})
-    assert out.stdout.split() == ["PASSIVE", "4", "None", "None"], out.stderr[-2000:]
-    mine = run_python(code, {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "7"})
-    assert mine.split() == ["ACTIVE", "7", "ACTIVE", "7"]
+    assert run_python(code).split() == ["True"]
 
 
 def test_numba_kernels_cache_in_a_user_folder_without_setting_numba_cache_dir(tmp_path):

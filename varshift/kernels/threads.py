@@ -17,12 +17,11 @@ so single-threaded results do not depend on this policy.
 
 The two thread runtimes varshift's kernels use, Numba's OpenMP layer and the OpenBLAS
 bundled with SciPy, are loaded by :func:`load_runtimes` before the first kernel or
-product, with their workers asked to sleep rather than spin when idle
-(``OMP_WAIT_POLICY=PASSIVE``, ``OPENBLAS_THREAD_TIMEOUT=4``, unless the user set them):
-on 2 cores spinning workers take the core the next kernel needs (a convnet training
-step took 3x longer without). Each runtime reads these variables once, when it loads,
-so they are set only for that moment and then removed again; the process's
-environment is as before. A runtime the process had loaded before keeps its settings.
+product, with the process's environment as it is: varshift sets no variable, so its
+workers wait as the user's settings say (``OMP_WAIT_POLICY``,
+``OPENBLAS_THREAD_TIMEOUT``). On 2 cores with another process busy, spinning idle
+workers made a convnet training step up to 3x slower; a user who wants them to sleep
+sets ``OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=4`` before starting Python.
 
 Switching Numba and OpenBLAS to one thread and back costs 1-2 microseconds a call, 3-5 %
 of a small network's step. Inside a :func:`batched` call (a model's forward and
@@ -34,7 +33,6 @@ the outermost batched call returns.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import threading
 
@@ -53,19 +51,14 @@ of single-threaded sgemm."""
 
 _BLAS = []
 
-#: Read by the runtimes when they load: idle workers sleep (OpenMP) or stop spinning
-#: after the shortest wait OpenBLAS allows.
-QUIET_WORKERS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
-
 _LOADED = []
 _LOADING = threading.Lock()
 
 
 def load_runtimes() -> None:
-    """Load SciPy's OpenBLAS and start Numba's threading layer, once per process, with
-    :data:`QUIET_WORKERS` in the environment while they load (where the user has not
-    set those variables) and removed right after. PyTorch's thread count, which
-    starting Numba's OpenMP layer can change, is put back."""
+    """Load SciPy's OpenBLAS and start Numba's threading layer, once per process.
+    PyTorch's thread count, which starting Numba's OpenMP layer can change, is put
+    back."""
     if _LOADED:
         return
     with _LOADING:
@@ -73,16 +66,12 @@ def load_runtimes() -> None:
             return
         torch = sys.modules.get("torch")
         torch_threads = torch.get_num_threads() if torch is not None else None
-        added = {k: v for k, v in QUIET_WORKERS.items() if k not in os.environ}
-        os.environ.update(added)
         try:
             import scipy.linalg.blas  # noqa: F401
             from numba.np.ufunc.parallel import _launch_threads
 
             _launch_threads()
         finally:
-            for key in added:
-                os.environ.pop(key, None)
             if torch is not None and torch.get_num_threads() != torch_threads:
                 torch.set_num_threads(torch_threads)
         _LOADED.append(True)
