@@ -5,7 +5,7 @@ import pytest
 from helpers import blobs, dropout_before_bn, healthy, trained
 
 from varshift import diagnose, nn, recalibrate
-from varshift.diagnose import dropout_upstream_of_batchnorm
+from varshift.diagnosis import dropout_upstream_of_batchnorm
 
 
 @pytest.fixture(scope="module")

@@ -461,4 +461,4 @@ def test_huge_declared_layers_are_refused_not_a_memory_error(tmp_path, model_fil
 def test_model_file_error_is_exported_and_a_value_error():
     assert varshift.ModelFileError is ModelFileError and issubclass(ModelFileError, ValueError)
     assert "ModelFileError" in varshift.__all__
-    assert sys.modules["varshift.inspect"].ModelFileError is ModelFileError
+    assert sys.modules["varshift.inspection"].ModelFileError is ModelFileError

@@ -12,7 +12,7 @@ import pytest
 
 import varshift
 from varshift.cli import main
-from varshift.inspect import Inspection, ModelFileError, inspect
+from varshift.inspection import Inspection, ModelFileError, inspect
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' torch backend
 

@@ -18,7 +18,7 @@ from keras import layers as L  # noqa: E402
 
 import varshift  # noqa: E402
 from varshift import diagnose, measure, nn, recalibrate  # noqa: E402
-from varshift.measure import UncontrolledNoiseWarning  # noqa: E402
+from varshift.measurement import UncontrolledNoiseWarning  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' torch backend
 

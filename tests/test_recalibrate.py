@@ -73,7 +73,7 @@ def test_argument_errors_and_failure_restores_the_model(monkeypatch):
     with pytest.raises(TypeError, match="one-shot iterator"):
         recalibrate(model, iter([x]))
     before = model.state_dict()
-    module = sys.modules["varshift.recalibrate"]  # the function shadows the module name
+    module = sys.modules["varshift.recalibration"]
 
     calls = []
 

@@ -15,7 +15,7 @@ from torchvision_like import SMALL  # noqa: E402
 
 import varshift  # noqa: E402
 from varshift import diagnose, measure, recalibrate  # noqa: E402
-from varshift.measure import UncontrolledNoiseWarning  # noqa: E402
+from varshift.measurement import UncontrolledNoiseWarning  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_update_bn_keeps_dropouts_variance_recalibrate_removes_it(trained_mlp, x
 
 
 def test_recalibrate_restores_the_statistics_when_it_fails(trained_mlp, x, monkeypatch):
-    module = sys.modules["varshift.recalibrate"]
+    module = sys.modules["varshift.recalibration"]
     model = copy.deepcopy(trained_mlp)
     model.add_module("7", nn.BatchNorm1d(2))
     before = state(model)

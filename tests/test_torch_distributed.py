@@ -1,4 +1,4 @@
-"""varshift.torch.all_merge over torch.distributed ranks: 2 CPU processes, gloo, on the
+"""varshift.distributed.all_merge over torch.distributed ranks: 2 CPU processes, gloo, on the
 loopback interface only, bounded in time."""
 
 import os
@@ -60,7 +60,7 @@ def test_reports_merged_over_two_ranks_equal_the_single_process_report(tmp_path)
 
 
 def test_all_merge_needs_a_report_and_a_process_group():
-    from varshift.torch import all_merge
+    from varshift.distributed import all_merge
 
     with pytest.raises(TypeError, match="all_merge: report must be a varshift Report"):
         all_merge({"bn": []})

@@ -26,7 +26,7 @@ def model_and_data():
 
 def main(rank, world, port, out):
     import varshift
-    from varshift.torch import all_merge
+    from varshift.distributed import all_merge
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

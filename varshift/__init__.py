@@ -11,7 +11,7 @@ theory      Li et al.'s closed forms and a Monte Carlo check
 plots       paper-style plots (each takes ax=None and returns the Axes)
 reproduce   ``varshift reproduce``: the paper's figures and claims at small scale
 cases       posted questions answered with measurements (``varshift case NAME``)
-torch       helpers for PyTorch users (``all_merge`` across torch.distributed ranks)
+distributed ``all_merge``: one report from torch.distributed ranks' shards (imports torch)
 
 (import these five explicitly, e.g. ``from varshift import cases``: they are not
 loaded by ``import varshift``. ``measure``, ``diagnose`` and ``recalibrate`` also
@@ -22,12 +22,12 @@ from . import datasets, nn, optim
 from ._process import ModelInUseError
 from ._safe_read import ModelFileError
 from ._validate import NonFiniteError
-from .diagnose import Finding, diagnose
-from .gradcheck import gradcheck
-from .inspect import Inspection, inspect
+from .diagnosis import Finding, diagnose
+from .gradient_check import gradcheck
+from .inspection import Inspection, inspect
 from .io import load, save
-from .measure import Report, measure
-from .recalibrate import Recalibration, recalibrate
+from .measurement import Report, measure
+from .recalibration import Recalibration, recalibrate
 from .training import History, evaluate, fit
 
 __version__ = "0.1.0"

@@ -193,7 +193,7 @@ def _findings_exit_code(findings) -> int:
 
 
 def _inspect(args) -> int:
-    from .inspect import inspect
+    from .inspection import inspect
 
     with _reading("MODEL", args.model):
         result = inspect(args.model)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from . import _validate
-from .measure import Report
+from .measurement import Report
 
 __all__ = ["all_merge"]
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from ._json import json_ready
 from ._process import public
-from .diagnose import (
+from .diagnosis import (
     _SEVERITY_ORDER,
     DROPOUT_SHIFT,
     KERAS_LIKE_MOMENTUM,

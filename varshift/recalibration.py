@@ -17,7 +17,7 @@ from . import _validate
 from ._process import public
 from ._progress import progress_bar
 from .backends import Modes, backend_for
-from .measure import Report, measure_with
+from .measurement import Report, measure_with
 from .stats import RunningMoments
 
 __all__ = ["recalibrate", "Recalibration"]

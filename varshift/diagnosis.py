@@ -1,7 +1,7 @@
 """``varshift.diagnose``: name what is wrong with a model's BatchNorm statistics.
 
 Each check is structural (the architecture, the layers' settings), measured (a
-:class:`~varshift.measure.Report`), or both, and produces a :class:`Finding` with the
+:class:`~varshift.measurement.Report`), or both, and produces a :class:`Finding` with the
 evidence numbers, an explanation and a suggested fix. The thresholds are the module
 constants below.
 """
@@ -17,7 +17,7 @@ from ._json import json_ready
 from ._process import public
 from .backends import backend_for
 from .backends.numpy_engine import dropout_upstream_of_batchnorm
-from .measure import EVAL, Report, inference_noise, measure_with
+from .measurement import EVAL, Report, inference_noise, measure_with
 from .stats import deviation_in_stds, ratio, symmetric_shift
 
 __all__ = ["diagnose", "Finding", "dropout_upstream_of_batchnorm"]
