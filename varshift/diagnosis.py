@@ -15,9 +15,9 @@ import numpy as np
 from . import _validate
 from ._json import json_ready
 from ._process import public
-from .backends import backend_for
+from .backends import EVAL, session_for
 from .backends.numpy_engine import dropout_upstream_of_batchnorm
-from .measurement import EVAL, Report, inference_noise, measure_with
+from .measurement import Report, inference_noise, measure_with
 from .stats import deviation_in_stds, ratio, symmetric_shift
 
 __all__ = ["diagnose", "Finding", "dropout_upstream_of_batchnorm"]
@@ -154,25 +154,25 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     not reported as stale. A Keras model's momentum is converted to this convention
     (``1 -`` Keras' momentum).
     """
-    backend = backend_for(model, "diagnose")
+    session = session_for(model, "diagnose")
     if train_batch_size is not None:
         train_batch_size = _validate.integer(train_batch_size, "train_batch_size", "diagnose")
     seed = _validate.seed(seed, "seed", "diagnose")
     progress = _validate.flag(progress, "progress", "diagnose")
-    batches = backend.batches(data, batch_size, "diagnose", input_key=input_key)
+    batches = session.batches(data, batch_size, "diagnose", input_key=input_key)
     if report is None:
-        report = measure_with(backend, batches, seed, progress, warn=False)
+        report = measure_with(session, batches, seed, progress, warn=False)
     else:
         if not isinstance(report, Report):
             raise TypeError(f"diagnose: report must be a varshift Report (from "
                             f"varshift.measure), got {_validate.shown(report)}")
-        with backend.preserved(seed):
-            backend.trace(next(iter(batches)))  # reads (only) the first batch
-        _check_report(report, backend)
+        with session.preserved(seed):
+            session.trace(next(iter(batches)))  # reads (only) the first batch
+        _check_report(report, session)
     sample = batches.first
-    with backend.preserved(seed), np.errstate(all="ignore"):
-        upstream = backend.noise_upstream(sample)
-        noise = inference_noise(backend, sample) if backend.hidden_noise_possible else 0.0
+    with session.preserved(seed), np.errstate(all="ignore"):
+        upstream = session.noise_upstream(sample)
+        noise = inference_noise(session, sample) if session.hidden_noise_possible else 0.0
     shapes = {r.name: r.shape for r in report.layers}
     findings = []
     for b in report.bn:
@@ -180,36 +180,36 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
         damaged = _damaged(b)
         at_init = _at_init(b)
         findings += damaged + at_init
-        findings += _dropout(b, upstream.get(b.name, []), backend)
+        findings += _dropout(b, upstream.get(b.name, []), session)
         if not (damaged or at_init or b.frozen):
             findings += _stale(b)
         findings += _small_batch(b, shapes.get(b.name), train_batch_size or report.batch_size)
     if noise > 0:
         findings += _not_deterministic(noise)
     else:
-        findings += _batch_dependence(backend, sample, seed,
+        findings += _batch_dependence(session, sample, seed,
                                       [b.name for b in report.bn if b.moving_var is None])
     order = {r.name: i for i, r in enumerate(report.layers)}
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], order.get(f.layer, -1)))
     return findings
 
 
-def _check_report(report, backend):
-    """ValueError unless ``report`` describes the backend's model as it is now."""
-    expected = [(layer.name, layer.kind) for layer in backend.layers()]
+def _check_report(report, session):
+    """ValueError unless ``report`` describes the session's model as it is now."""
+    expected = [(layer.name, layer.kind) for layer in session.layers()]
     got = [(r.name, r.kind) for r in report.layers]
     if got != expected:
         raise ValueError(
             f"diagnose: report describes another model: its layers are "
             f"{_layer_list(got)}, the model's are {_layer_list(expected)}; measure this "
             f"model (varshift.measure(model, data)) or leave report out")
-    for b, layer in zip(report.bn, backend.batchnorms()):
+    for b, layer in zip(report.bn, session.batchnorms()):
         path = layer.name
         if b.name != path or b.num_features != layer.num_features:
             raise ValueError(f"diagnose: report describes another model: BatchNorm {b.name!r} "
                              f"with {b.num_features} channels, the model has {path!r} with "
                              f"{layer.num_features}")
-        current = (backend.running_stats(path) or (None, None))[:2]
+        current = (session.running_stats(path) or (None, None))[:2]
         for name, stored, now in zip(("mean", "var"), (b.moving_mean, b.moving_var), current):
             if (stored is None) != (now is None) or (
                     now is not None and not np.array_equal(stored, now, equal_nan=True)):
@@ -316,7 +316,7 @@ def _at_init(b):
         "varshift.recalibrate(model, training_data) to compute the statistics now.")]
 
 
-def _dropout(b, noise_paths, backend):
+def _dropout(b, noise_paths, session):
     if not noise_paths:
         return []
     ratio = b.attribution["dropout"]
@@ -324,7 +324,7 @@ def _dropout(b, noise_paths, backend):
     severity = _grade(shift, DROPOUT_SHIFT) or "info"
     return [Finding(
         "DROPOUT_BEFORE_BN", b.name, severity,
-        {"dropout_layers": ", ".join(f"{p} ({backend.noise_description(p)})"
+        {"dropout_layers": ", ".join(f"{p} ({session.noise_description(p)})"
                                      for p in noise_paths),
          "dropout_shift": shift, "nodrop_over_train_var": ratio, "layer_shift": b.shift},
         f"Dropout-like noise ({', '.join(noise_paths)}) reaches this BatchNorm with no "
@@ -384,14 +384,14 @@ def _small_batch(b, shape, batch):
         "or Batch Renormalization; varshift.recalibrate helps the inference side.")]
 
 
-def _batch_dependence(backend, x, seed, culprits):
+def _batch_dependence(session, x, seed, culprits):
     x = x[:64]
     if len(x) < 4:
         return []
     half = len(x) // 2
-    with backend.preserved(seed), np.errstate(all="ignore"):
-        whole = backend.output(x, EVAL)
-        parts = np.concatenate([backend.output(x[:half], EVAL), backend.output(x[half:], EVAL)])
+    with session.preserved(seed), np.errstate(all="ignore"):
+        whole = session.output(x, EVAL)
+        parts = np.concatenate([session.output(x[:half], EVAL), session.output(x[half:], EVAL)])
     if not (np.isfinite(whole).all() and np.isfinite(parts).all()):
         return []  # nothing to compare (damaged running statistics, reported as such)
     scale = max(float(np.max(np.abs(whole))), 1e-12)

@@ -49,7 +49,7 @@ from ._json import loads
 from ._process import public
 from ._progress import progress_bar
 from ._safe_read import read_text
-from .backends import Modes, backend_for
+from .backends import EVAL, PASSES, Statistics, session_for
 from .nn.layer import preserved
 from .stats import RunningMoments, deviation_in_stds, ratio, symmetric_shift
 
@@ -476,57 +476,9 @@ def _nan_to_none(value):
     return value
 
 
-#: The passes of every batch (see the module docstring).
-PASSES = {
-    "eval": Modes(batchnorm=False, dropout=False, other=False),
-    "train": Modes(batchnorm=True, dropout=True, other=True),
-    "nodrop": Modes(batchnorm=True, dropout=False, other=False),
-}
-#: Inference mode.
-EVAL = PASSES["eval"]
-
-
 class UncontrolledNoiseWarning(UserWarning):
     """Inference-mode outputs of one batch differ between two runs: some noise does
     not follow the modes varshift sets (e.g. ``F.dropout(x, p, training=True)``)."""
-
-
-class _Statistics:
-    """Moments of every layer's output and every BatchNorm's input, per pass: the
-    sink of :meth:`~varshift.backends.Backend.observe`."""
-
-    def __init__(self):
-        self.outputs = {name: {} for name in PASSES}
-        self.inputs = {name: {} for name in PASSES}
-        self.shapes = {}
-
-    @staticmethod
-    def wants_output(passes):
-        """Whether layer outputs computed for ``passes`` are reported (those of the
-        train and eval passes are)."""
-        return "train" in passes or "eval" in passes
-
-    def output(self, passes, name, moments, shape):
-        self.shapes[name] = tuple(shape)
-        self._add(self.outputs, passes, name, moments)
-
-    def input(self, passes, name, moments):
-        self._add(self.inputs, passes, name, moments)
-
-    @staticmethod
-    def _add(store, passes, name, moments):
-        for pass_name in passes:
-            old = store[pass_name].get(name)
-            store[pass_name][name] = moments if old is None else old.merge(moments)
-
-    def moments(self, store, pass_name, name, channels):
-        """The moments of ``name`` in a pass (empty if it did not run there)."""
-        found = getattr(self, store)[pass_name].get(name)
-        return found if found is not None else RunningMoments(channels)
-
-    def channels(self, name):
-        """Channels of layer ``name``'s output."""
-        return next(store[name].channels for store in self.outputs.values() if name in store)
 
 
 @public()
@@ -581,20 +533,20 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False, input_key=No
     and ``num_batches_tracked`` included), modes, hooks and random state are the same
     afterwards, also when the call fails or is interrupted.
     """
-    backend = backend_for(model, "measure")
+    session = session_for(model, "measure")
     seed = _validate.seed(seed, "seed", "measure")
     progress = _validate.flag(progress, "progress", "measure")
-    batches = data if isinstance(data, Batches) else backend.batches(
+    batches = data if isinstance(data, Batches) else session.batches(
         data, batch_size, "measure", input_key=input_key)
-    return measure_with(backend, batches, seed, progress)
+    return measure_with(session, batches, seed, progress)
 
 
-def measure_with(backend, batches, seed, progress, warn=True) -> Report:
+def measure_with(session, batches, seed, progress, warn=True) -> Report:
     """:func:`measure` on checked arguments, through the model's backend.
 
     Parameters
     ----------
-    backend : varshift.backends.Backend
+    session : varshift.backends.Session
     batches : varshift._data.Batches
     seed : int or None
     progress : bool
@@ -605,18 +557,17 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
     -------
     Report
     """
-    stats = _Statistics()
+    stats = Statistics()
     num_samples, seen_batch_size, noise = 0, None, 0.0
-    with backend.preserved(seed), np.errstate(over="ignore", invalid="ignore"):
-        with backend.observe(stats):
-            for i, x in enumerate(progress_bar(batches, progress, batches.num_batches, "measure")):
-                with _validate.reraise_with_context(f"measure: {batches.name} batch {i} of "
-                                                   f"shape {tuple(x.shape)}"):
-                    backend.run_passes(x, PASSES)
-                num_samples += len(x)
-                seen_batch_size = seen_batch_size or len(x)
-        if warn and backend.hidden_noise_possible:
-            noise = inference_noise(backend, batches.first)
+    with session.preserved(seed), np.errstate(over="ignore", invalid="ignore"):
+        for i, x in enumerate(progress_bar(batches, progress, batches.num_batches, "measure")):
+            with _validate.reraise_with_context(f"measure: {batches.name} batch {i} of "
+                                               f"shape {tuple(x.shape)}"):
+                session.run_passes(x, PASSES, stats)
+            num_samples += len(x)
+            seen_batch_size = seen_batch_size or len(x)
+        if warn and session.hidden_noise_possible:
+            noise = inference_noise(session, batches.first)
     if noise > 0:
         warnings.warn(f"measure: the model's inference-mode output is random (two runs of "
                       f"one batch differ by {noise:.3g} of its scale): some noise does not "
@@ -625,7 +576,7 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
                       f"it", UncontrolledNoiseWarning, stacklevel=_validate.user_stacklevel())
 
     layers = []
-    for info in backend.layers():
+    for info in session.layers():
         if info.name not in stats.shapes:
             continue  # not called on these data
         channels = stats.channels(info.name)
@@ -633,9 +584,9 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
                                  stats.shapes[info.name],
                                  *(stats.moments("outputs", p, info.name, channels)
                                    for p in ("train", "eval"))))
-    bn, infos = [], backend.batchnorms()
+    bn, infos = [], session.batchnorms()
     for i, info in enumerate(infos):
-        mean, var, tracked = backend.running_stats(info.name) or (None, None, None)
+        mean, var, tracked = session.running_stats(info.name) or (None, None, None)
         bn.append(BatchNormStats(
             info.name, i, info.num_features, info.momentum, info.eps, tracked, mean, var,
             *(stats.moments("inputs", p, info.name, info.num_features)
@@ -652,13 +603,13 @@ def measure_with(backend, batches, seed, progress, warn=True) -> Report:
     return Report(layers, bn, num_samples, seen_batch_size, seed)
 
 
-def inference_noise(backend, x) -> float:
+def inference_noise(session, x) -> float:
     """How much two inference-mode runs of (up to 64 samples of) batch ``x`` differ:
     the largest absolute difference of the outputs over their largest absolute value
     (0 for a deterministic model; inf where only one of them is finite). Call inside
-    ``backend.preserved``."""
+    ``session.preserved``."""
     x = x[:64]
-    first, second = backend.output(x, EVAL), backend.output(x, EVAL)
+    first, second = session.output(x, EVAL), session.output(x, EVAL)
     same = (first == second) | (np.isnan(first) & np.isnan(second))
     if same.all():
         return 0.0

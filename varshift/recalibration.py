@@ -16,7 +16,7 @@ import numpy as np
 from . import _validate
 from ._process import public
 from ._progress import progress_bar
-from .backends import Modes, backend_for
+from .backends import Modes, session_for
 from .measurement import Report, measure_with
 from .stats import RunningMoments
 
@@ -144,26 +144,29 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     "before" report is undefined (NaN or infinite, "damaged" in the printed table),
     and so may be the shifts of the layers after them.
     """
-    backend = backend_for(model, "recalibrate")
+    session = session_for(model, "recalibrate")
     _validate.choice(dropout, "dropout", "recalibrate", ("off", "on"))
     seed = _validate.seed(seed, "seed", "recalibrate")
     progress = _validate.flag(progress, "progress", "recalibrate")
     reports = _validate.flag(reports, "reports", "recalibrate")
-    batches = _reiterable(backend.batches(data, batch_size, "recalibrate", input_key=input_key))
-    report_data = batches if holdout is None else backend.batches(
+    batches = _reiterable(session.batches(data, batch_size, "recalibrate", input_key=input_key))
+    report_data = batches if holdout is None else session.batches(
         holdout, batch_size, "recalibrate", name="holdout", input_key=input_key)
     if reports:
         _reiterable(report_data)
 
     def report():
-        return measure_with(backend, report_data, seed, progress) if reports else None
+        return measure_with(session, report_data, seed, progress) if reports else None
 
-    before = report()
-    with backend.preserved(seed, keep_buffers=True):
-        backend.trace(next(iter(batches)))
-        targets = [bn for bn in backend.batchnorms() if bn.track_running_stats]
+    with session.preserved(seed, keep_buffers=True):
+        session.trace(next(iter(batches)))
+        targets = [bn for bn in session.batchnorms() if bn.track_running_stats]
         for bn in targets:
-            _recalibrate_layer(backend, bn, batches, dropout, progress)
+            if bn.not_recalibrated:
+                raise ValueError(f"recalibrate: {bn.not_recalibrated}")
+        before = report()
+        for bn in targets:
+            _recalibrate_layer(session, bn, batches, dropout, progress)
         after = report()
     return Recalibration(before, after, [bn.name for bn in targets])
 
@@ -176,7 +179,7 @@ def _reiterable(batches):
     return batches
 
 
-def _recalibrate_layer(backend, bn, batches, dropout, progress):
+def _recalibrate_layer(session, bn, batches, dropout, progress):
     """Exact statistics of BatchNorm ``bn``'s input over ``batches``, written to it."""
     modes = Modes(batchnorm=False, dropout=dropout == "on", other=dropout == "on")
     moments, count = RunningMoments(bn.num_features), 0
@@ -187,15 +190,15 @@ def _recalibrate_layer(backend, bn, batches, dropout, progress):
         with _validate.reraise_with_context(f"recalibrate: data batch {i} of shape "
                                             f"{tuple(x.shape)}"), \
                 np.errstate(over="ignore", invalid="ignore"):
-            seen = backend.batchnorm_input(bn.name, x, modes)
+            seen = session.batchnorm_input(bn.name, x, modes)
         moments = moments.merge(seen)
         count += seen.count > 0
     if moments.count < 2:
         raise ValueError(f"recalibrate: BatchNorm {bn.name!r} saw {moments.count:.0f} value(s) "
                          f"per channel of data; a variance needs at least 2 (give more samples)")
     var = moments.var(ddof=1 if bn.unbiased else 0)
-    backend.set_running_stats(bn.name, moments.mean, var, int(count))
-    _warn_underflow(bn, var, backend.running_stats(bn.name)[1])
+    session.set_running_stats(bn.name, moments.mean, var, int(count))
+    _warn_underflow(bn, var, session.running_stats(bn.name)[1])
 
 
 #: Relative error of a stored running variance beyond which it underflowed: rounding

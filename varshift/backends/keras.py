@@ -17,11 +17,12 @@ Channels
     BatchNormalization's along its ``axis``. Shapes are Keras' own, e.g. ``(L, C)``.
 
 Modes
-    Keras has no per-layer mode flag: the model is called with ``training`` set to the
-    pass's mode of "other" layers (custom layers and nested models read it), and while
-    varshift measures, the ``call`` of every BatchNormalization and dropout-like layer
-    (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, GaussianNoise, AlphaDropout) is
-    wrapped to receive its own ``training`` value. A BatchNormalization with
+    Keras has no per-layer mode flag: while varshift measures, the ``call`` of every
+    layer that takes a ``training`` argument is wrapped to receive its own value, and
+    the model is called with its own. BatchNormalization and the dropout-like layers
+    (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, GaussianNoise, AlphaDropout)
+    follow their kinds' modes, every other layer the pass's mode of "other" layers.
+    A BatchNormalization with
     ``trainable=False`` runs in inference mode even with ``training=True`` in Keras 3:
     it is *frozen* and stays in inference mode in the train-mode passes, as in training.
     Keras' conventions are converted: ``momentum`` in the reports is the weight of the
@@ -32,14 +33,14 @@ Modes
 What cannot be controlled
     Noise inside a custom layer that does not follow ``training``; it is detected as
     for torch (``measure`` warns, ``diagnose`` reports ``EVAL_NOT_DETERMINISTIC``). Noise
-    in a custom layer that follows ``training`` follows the "other" mode, but only
-    dropout-like layers are found upstream of a BatchNormalization. A layer whose
+    in a custom layer that follows ``training`` follows the "other" mode, and is found
+    upstream of a BatchNormalization by its behaviour, like a Dropout. A layer whose
     ``call`` is not used (a quantized Dense, rematerialisation) is not observed. The
     model takes one input tensor. Batch Renormalization (``renorm=True``) is not
     recalibrated (its extra moving statistics would disagree).
 
 State
-    :meth:`KerasBackend.preserved` keeps a copy of every variable of the model
+    :meth:`KerasAdapter.save` keeps a copy of every variable of the model
     (weights, moving statistics, seed-generator states) and every layer's
     ``trainable`` flag, and puts back whatever differs afterwards, also after an
     exception; the wrapped ``call`` methods are removed, and on Keras' torch backend the
@@ -53,18 +54,17 @@ from __future__ import annotations
 
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import keras
 import numpy as np
 
 from .. import _validate
 from .._data import Batches
-from ..stats import RunningMoments
-from . import BatchNormInfo, LayerInfo
-from ._calls import EVAL, CallTracking, Stop
+from .adapter import Adapter, BatchNormInfo, LayerInfo
+from .modes import Kind
 
-__all__ = ["KerasBackend", "KerasBatches"]
+__all__ = ["KerasAdapter", "KerasBatches"]
 
 #: Dropout-like layers (SpatialDropout1D/2D/3D are Dropout subclasses).
 _NOISE = (keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.GaussianNoise,
@@ -77,8 +77,8 @@ _SHOWN = ("units", "filters", "kernel_size", "strides", "pool_size", "rate", "st
 #: Terminal formatting in Keras' messages (bold layer errors).
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: varshift's kind of the layers of a Keras module (``keras.src.layers.<group>``).
-_GROUP_KINDS = {"convolutional": "conv", "activations": "activation", "pooling": "pool",
-                "reshaping": "reshape"}
+_GROUP_KINDS = {"convolutional": Kind.CONV, "activations": Kind.ACTIVATION,
+                "pooling": Kind.POOL, "reshaping": Kind.RESHAPE}
 
 
 def _numpy(t) -> np.ndarray:
@@ -111,25 +111,25 @@ def _walk(model):
     return out
 
 
-def _kind(layer) -> str:
+def _kind(layer) -> Kind:
     """varshift's kind of a Keras layer."""
     if isinstance(layer, keras.layers.BatchNormalization):
-        return "batchnorm"
+        return Kind.BATCHNORM
     if isinstance(layer, _NOISE):
-        return "dropout"
+        return Kind.DROPOUT
     if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
-        return "dense"
+        return Kind.DENSE
     if _sublayers(layer):
-        return "container"
+        return Kind.CONTAINER
     parts = type(layer).__module__.split(".")
     if parts[:3] == ["keras", "src", "layers"] and len(parts) > 3:
-        return _GROUP_KINDS.get(parts[3], "layer")
-    return "layer"
+        return _GROUP_KINDS.get(parts[3], Kind.LAYER)
+    return Kind.LAYER
 
 
 def _describe(layer, kind) -> str:
     """``'Dense(units=8, activation=linear)'``: the class and its main settings."""
-    if kind == "container":
+    if kind is Kind.CONTAINER:
         return type(layer).__name__
     try:
         config = layer.get_config()
@@ -144,16 +144,6 @@ def _channel_axis(layer) -> int:
     if isinstance(layer, keras.layers.BatchNormalization):
         return layer.axis
     return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
-
-
-def _moments(array, axis) -> RunningMoments:
-    """Per-channel float64 moments of an array of shape (N, ...), channels on ``axis``."""
-    if array.ndim == 1:
-        array = array[:, None]
-    if array.dtype.kind != "f":
-        array = array.astype(np.float64)
-    moved = np.moveaxis(array, axis, 1)
-    return RunningMoments(moved.shape[1]).update(moved)
 
 
 def _no_grad():
@@ -225,23 +215,20 @@ class _Saved:
     model : keras.Layer
     layers : list of keras.Layer
         Every layer, parents first.
-    buffers : list of Variable
-        The variables :meth:`restore` may keep (the moving statistics).
     """
 
-    def __init__(self, model, layers, buffers):
+    def __init__(self, model, layers):
         self.values = [(v, _numpy(v).copy()) for v in model.variables]
         self.trainable = [(layer, layer.trainable) for layer in layers]
-        self.buffers = {id(v) for v in buffers}
         torch = _torch_rng()
         self.rng = None if torch is None else torch.get_rng_state()
 
-    def restore(self, buffers=True):
-        """Put everything back (the buffers only if ``buffers``)."""
+    def restore(self):
+        """Put everything back."""
         for layer, trainable in self.trainable:  # parents first: a model's flag is recursive
             if layer.trainable != trainable:
                 layer.trainable = trainable
-        _put_back([(v, copy) for v, copy in self.values if buffers or id(v) not in self.buffers])
+        _put_back(self.values)
         if self.rng is not None:
             _torch_rng().set_rng_state(self.rng)
 
@@ -254,28 +241,32 @@ def _put_back(values):
             variable.assign(copy)
 
 
-class KerasBackend(CallTracking):
-    """:class:`~varshift.backends.Backend` of a Keras 3 model or layer (see the module
-    docstring for names, channels, modes, what cannot be controlled, and state).
+class _Buffers:
+    """Copies of the variables a train-mode call changes (the moving statistics);
+    :meth:`restore` assigns back those that differ."""
 
-    Parameters
-    ----------
-    model : keras.Layer
-        Usually a ``keras.Model``; built (called once, or made with ``keras.Input``).
-    owner : str
-        The calling function, for error messages.
+    def __init__(self, variables):
+        self.values = [(v, _numpy(v).copy()) for v in variables]
+
+    def restore(self):
+        _put_back(self.values)
+
+
+class KerasAdapter(Adapter):
+    """:class:`~varshift.backends.adapter.Adapter` of a Keras 3 model or layer (see the
+    module docstring for names, channels, modes, what cannot be controlled, and
+    state).
 
     Raises
     ------
     ValueError
-        If a layer is not built yet (its first call would create its weights), or for
-        ``recalibrate``, if a BatchNormalization uses ``renorm=True``.
+        If a layer is not built yet (its first call would create its weights).
     """
 
     hidden_noise_possible = True
 
     def __init__(self, model, owner):
-        super().__init__(model)
+        super().__init__(model, owner)
         walked = _walk(model)
         for name, layer in walked:
             if not layer.built:
@@ -284,77 +275,86 @@ class KerasBackend(CallTracking):
                     f"built yet; call the model on a batch once (model(x)) or create it "
                     f"with keras.Input, which sets its shapes and weights")
         self._layers = dict(walked)
-        self._all = [layer for _, layer in walked]
-        self._kinds = {name: _kind(layer) for name, layer in walked}
-        self._info = {name: LayerInfo(name, kind, _describe(self._layers[name], kind))
-                      for name, kind in self._kinds.items()}
-        self._bn = {name: layer for name, layer in walked if self._kinds[name] == "batchnorm"}
-        self._channels = {name: int(m.moving_mean.shape[0]) for name, m in self._bn.items()}
-        self._noise = {name: f"{type(layer).__name__} "
-                             f"{getattr(layer, 'rate', getattr(layer, 'stddev', None))}"
-                       for name, layer in walked if self._kinds[name] == "dropout"}
-        if owner == "recalibrate":
-            for name, layer in self._bn.items():
-                if layer.renorm:
-                    raise ValueError(f"recalibrate: BatchNormalization {name!r} uses "
-                                     f"renorm=True (Batch Renormalization), whose extra moving "
-                                     f"statistics varshift does not recalibrate")
-        seeds = {id(sg.state): sg.state for layer in self._all
+        self._bn = {name: layer for name, layer in walked
+                    if isinstance(layer, keras.layers.BatchNormalization)}
+        seeds = {id(sg.state): sg.state for _, layer in walked
                  for sg in getattr(layer, "_seed_generators", [])}
         self._seed_states = list(seeds.values())
         self._buffers = [v for v in model.non_trainable_variables if id(v) not in seeds]
         self.dtype = model.dtype_policy.compute_dtype
-        self._modes = EVAL
-        self._probe = None      # noise_upstream's (active noise, inputs, outputs, replay)
-        self._unwrapped = []    # (layer, the call its instance had or None), as wrapped
+        self._interceptor, self._training, self._unwrapped = None, {}, []
 
     # ------------------------------------------------------------------ structure
-    def batchnorms(self):
-        return [BatchNormInfo(name, self._channels[name], 1.0 - m.momentum, m.epsilon,
-                              bool(m.center or m.scale), True, frozen=not m.trainable,
-                              unbiased=False, keras_momentum=True,
-                              largest=float(np.finfo(_float_dtype(m.compute_dtype)).max))
-                for name, m in ((name, self._bn[name]) for name in self._bn_order)]
+    def layers(self):
+        infos = {}
+        for name, layer in self._layers.items():
+            kind = _kind(layer)
+            noise = (f"{type(layer).__name__} "
+                     f"{getattr(layer, 'rate', getattr(layer, 'stddev', None))}"
+                     if kind is Kind.DROPOUT else None)
+            infos[name] = LayerInfo(name, kind, _describe(layer, kind), _channel_axis(layer),
+                                    noise)
+        return infos
 
-    def noise_upstream(self, x):
-        """Follows the data flow by perturbation: with every BatchNormalization
-        replaying its inference-mode output, each noise layer alone is switched on; the
-        BatchNormalization inputs it changes are downstream of it with no
-        BatchNormalization in between."""
-        x = x[:64]
-        inputs, outputs = {}, {}
-        self._probe = (None, inputs, outputs, False)
-        try:
-            self._forward(x, EVAL)
-            called = dict.fromkeys(key.partition("#")[0] for key in self._order)
-            upstream = {}
-            for noise in (name for name in called if name in self._noise):
-                changed = {}
-                self._probe = (noise, changed, outputs, True)
-                self._reseed()
-                self._forward(x, EVAL)
-                for key, value in changed.items():
-                    if value.tobytes() != inputs[key].tobytes():
-                        upstream.setdefault(key.partition("#")[0], set()).add(noise)
-        finally:
-            self._probe = None
-        return {name: sorted(found) for name, found in upstream.items()}
-
-    def noise_description(self, name):
-        return self._noise[name]
+    def batchnorm(self, name):
+        m = self._bn[name]
+        refused = (f"BatchNormalization {name!r} uses renorm=True (Batch Renormalization), "
+                   f"whose extra moving statistics varshift does not recalibrate"
+                   ) if m.renorm else None
+        return BatchNormInfo(name, int(m.moving_mean.shape[0]), 1.0 - m.momentum, m.epsilon,
+                             bool(m.center or m.scale), True, frozen=not m.trainable,
+                             unbiased=False, momentum_convention="keras",
+                             largest=float(np.finfo(_float_dtype(m.compute_dtype)).max),
+                             channel_axis=m.axis, not_recalibrated=refused)
 
     # ------------------------------------------------------------------ data
     def batches(self, data, batch_size, owner, name="data", input_key=None):
         return KerasBatches(data, batch_size, owner, name, input_key, dtype=self.dtype)
 
-    # ------------------------------------------------------------------ state
-    def _save(self):
-        return (_Saved(self.model, self._all, self._buffers),
-                [(v, _numpy(v).copy()) for v in self._buffers])
+    # ------------------------------------------------------------------ calling
+    @contextmanager
+    def intercepting(self, interceptor):
+        self._interceptor = interceptor
+        try:
+            for name, layer in self._layers.items():
+                if not isinstance(layer, _UNREPORTED):
+                    self._unwrapped.append((layer, vars(layer).get("call")))
+                    layer.call = self._wrapped(name, layer)
+            yield
+        finally:
+            for layer, own in reversed(self._unwrapped):  # the class's call, or the instance's
+                if own is None:
+                    delattr(layer, "call")
+                else:
+                    layer.call = own
+            self._unwrapped, self._interceptor = [], None
 
-    def _reseed(self):
+    def _wrapped(self, name, layer):
+        """``layer.call`` reporting to the interceptor, with the layer's own
+        ``training`` value."""
+        call, batchnorm = layer.call, isinstance(layer, keras.layers.BatchNormalization)
+
+        def wrapped(*args, **kwargs):
+            key = self._interceptor.on_enter(name)
+            if layer._call_has_training_arg:
+                kwargs["training"] = self._training[name]
+            out = None
+            if batchnorm:
+                out = self._interceptor.on_batchnorm(key, args[0] if args else kwargs["inputs"])
+            if out is None:
+                out = call(*args, **kwargs)
+            self._interceptor.on_exit(key, out)
+            return out
+
+        return wrapped
+
+    def call(self, x, training):
+        self._training = training
+        with _no_grad():
+            return self.model(x, training=training[""])
+
+    def reseed(self, sequence):
         """Seed every seed generator (and torch's, on the torch backend)."""
-        sequence = self._seeds.spawn(1)[0]
         states = sequence.generate_state(len(self._seed_states) + 1, np.uint32) >> np.uint32(1)
         for state, value in zip(self._seed_states, states):
             state.assign(np.array([value, 0]).astype(keras.backend.standardize_dtype(
@@ -363,104 +363,38 @@ class KerasBackend(CallTracking):
         if torch is not None:
             torch.manual_seed(int(states[-1]))
 
+    # ------------------------------------------------------------------ state
+    def save(self):
+        return _Saved(self.model, list(self._layers.values()))
+
+    def save_buffers(self):
+        return _Buffers(self._buffers)
+
     def running_stats(self, name):
         m = self._bn[name]
         return (_numpy(m.moving_mean).astype(np.float64),
                 _numpy(m.moving_variance).astype(np.float64), None)
 
-    def set_running_stats(self, name, mean, var, num_batches_tracked):
+    def write_running_stats(self, name, mean, var, num_batches_tracked):
         m = self._bn[name]
         dtype = np.dtype(keras.backend.standardize_dtype(m.moving_variance.dtype))
         stats = _validate.running_stats({"moving_mean": mean, "moving_variance": var}, dtype,
                                         f"BatchNormalization {name!r}")
         for key, value in stats.items():
             getattr(m, key).assign(value.astype(dtype))
-        written = {id(m.moving_mean), id(m.moving_variance)}
-        self._reference = [(v, _numpy(v).copy() if id(v) in written else copy)
-                           for v, copy in self._reference]
 
-    # ------------------------------------------------------------------ wrapped calls
-    def _intercept(self):
-        for name, layer in self._layers.items():
-            if not isinstance(layer, _UNREPORTED):
-                self._unwrapped.append((layer, vars(layer).get("call")))
-                layer.call = self._wrapped(name, layer.call)
+    # ------------------------------------------------------------------ numbers
+    def to_numpy(self, tensor):
+        return _numpy(tensor)
 
-    def _release(self):
-        """Put back each layer's ``call``: its class's, or the one its instance had."""
-        for layer, own in reversed(self._unwrapped):
-            if own is None:
-                delattr(layer, "call")
-            else:
-                layer.call = own
-        self._unwrapped = []
+    def tensors(self, output):
+        return [t for t in keras.tree.flatten(output) if keras.ops.is_tensor(t)]
 
-    def _wrapped(self, name, call):
-        """``call`` that observes the layer and, for BatchNormalization and noise
-        layers, receives the pass's ``training`` value."""
-        kind = self._kinds[name]
+    def reportable(self, output):
+        return keras.ops.is_tensor(output) and len(output.shape) > 0
 
-        def wrapped(*args, **kwargs):
-            key = self._enter(name)
-            out = None
-            if kind == "batchnorm":
-                kwargs["training"] = self._modes.batchnorm and self._layers[name].trainable
-                out = self._on_batchnorm(name, key, args[0] if args else kwargs["inputs"])
-            elif kind == "dropout":
-                kwargs["training"] = (self._modes.dropout if self._probe is None
-                                      else self._probe[0] == name)
-            if out is None:
-                out = call(*args, **kwargs)
-                self._on_output(name, key, out)
-            self._stack.pop()  # not after an exception: the stack names the failing layer
-            return out
+    def model_description(self):
+        return f"model {self.model.name!r}"
 
-        return wrapped
-
-    def _on_batchnorm(self, name, key, x):
-        """Note what BatchNorm ``name`` receives; returns the output to replay instead
-        of running it (noise_upstream), else None."""
-        if self._probe is not None:
-            _, inputs, outputs, replay = self._probe
-            inputs[key] = _numpy(x).copy()
-            return outputs[key] if replay else None
-        self._batchnorm_input(name, lambda: _moments(_numpy(x), self._layers[name].axis))
-        return None
-
-    def _on_output(self, name, key, out):
-        if not keras.ops.is_tensor(out) or len(out.shape) == 0:
-            return
-        self._order[key] = True
-        if self._probe is not None and self._kinds[name] == "batchnorm":
-            self._probe[2][key] = out
-        if self._sink is not None and self._sink.wants_output(self._passes):
-            array = _numpy(out)
-            self._sink.output(self._passes, key, _moments(array, _channel_axis(
-                self._layers[name])), tuple(array.shape[1:]))
-
-    # ------------------------------------------------------------------ computing
-    def _forward(self, x, modes):
-        """The model's output for ``x`` in ``modes`` (None if a wrapped call stopped
-        it); buffers a train-mode pass changed are put back."""
-        self._modes = modes
-        self._start_forward()
-        try:
-            with _no_grad():
-                return self.model(x, training=modes.other)
-        except Stop:
-            return None
-        except (ValueError, TypeError, RuntimeError) as err:
-            if type(err) not in (ValueError, TypeError, RuntimeError):
-                raise
-            where = (f"layer {self._stack[-1]!r} ({self._layer_info(self._stack[-1]).description})"
-                     if self._stack else f"model {self.model.name!r}")
-            raise type(err)(f"{where}: {_ANSI.sub('', str(err))}") from err
-        finally:
-            self._end_forward(modes)
-
-    def _undo_buffers(self):
-        _put_back(self._reference)
-
-    def _arrays(self, output, n):
-        return [_numpy(t).astype(np.float64) for t in keras.tree.flatten(output)
-                if keras.ops.is_tensor(t) and len(t.shape) and t.shape[0] == n]
+    def message(self, error):
+        return _ANSI.sub("", str(error))

@@ -16,15 +16,12 @@ import numpy as np
 
 from .._data import Batches
 from ..nn import BatchNorm, Concat, Residual, Sequential
-from ..nn.layer import preserved
+from ..nn.layer import Snapshot, seed_noise
 from ..stats import RunningMoments
-from . import Backend, BatchNormInfo, LayerInfo
+from .adapter import Adapter, BatchNormInfo, LayerInfo
+from .modes import Kind
 
-__all__ = ["NumpyBackend", "dropout_upstream_of_batchnorm"]
-
-
-class _Stop(Exception):
-    """Raised by a collecting hook: nothing after the layer is needed."""
+__all__ = ["NumpyAdapter", "dropout_upstream_of_batchnorm"]
 
 
 def _join(prefix, name):
@@ -61,7 +58,7 @@ def dropout_upstream_of_batchnorm(model) -> dict:
             if incoming:
                 found[path] = sorted(incoming)
             return set()
-        if layer.kind == "dropout":
+        if layer.kind is Kind.DROPOUT:
             return incoming | {path}
         return incoming
 
@@ -69,18 +66,26 @@ def dropout_upstream_of_batchnorm(model) -> dict:
     return found
 
 
-def _training(layer, modes) -> bool:
-    """The mode ``modes`` gives ``layer``."""
-    if layer.kind == "batchnorm":
-        return modes.batchnorm
-    if layer.kind == "dropout":
-        return modes.dropout
-    return modes.other
+def _noise(layer):
+    """A noise layer's type and rate (``'Dropout 0.5'``), else None."""
+    if layer.kind is not Kind.DROPOUT:
+        return None
+    return f"{type(layer).__name__} {getattr(layer, 'rate', getattr(layer, 'beta', None))}"
+
+
+class _Buffers:
+    """A model's buffers; :meth:`restore` puts them back."""
+
+    def __init__(self, model):
+        self.model, self.buffers = model, model.state_dict(params=False)
+
+    def restore(self):
+        self.model.load_state_dict(self.buffers, strict=False)
 
 
 def _set_modes(layer, modes):
     for _, sub in layer.walk():
-        sub.training = _training(sub, modes)
+        sub.training = modes.training(sub.kind)
 
 
 def _behaviour(layer, modes):
@@ -88,71 +93,107 @@ def _behaviour(layer, modes):
     for equal inputs; None when the modes make it random (active noise)."""
     signature = []
     for _, sub in layer.walk():
-        training = _training(sub, modes)
+        training = modes.training(sub.kind)
         if isinstance(sub, BatchNorm):
             signature.append(training or not sub.track_running_stats)
-        elif sub.kind == "dropout":
+        elif sub.kind is Kind.DROPOUT:
             if training:
                 return None
             signature.append(False)
     return tuple(signature)
 
 
-class NumpyBackend(Backend):
-    """:class:`~varshift.backends.Backend` of a :class:`varshift.nn.Layer` model.
+class NumpyAdapter(Adapter):
+    """:class:`~varshift.backends.adapter.Adapter` of a :class:`varshift.nn.Layer` model.
 
     Mode switches, buffers, random streams and forward caches are the engine's own;
     every noise layer is a layer (kind ``'dropout'``), so no noise can escape them.
+    The noise layers draw from one stream per session, seeded from the session's seed
+    as :func:`varshift.nn.layer.preserved` seeds them.
     """
 
-    def __init__(self, model):
-        super().__init__(model)
+    reseeds_per_batch = False
+
+    def __init__(self, model, owner):
+        super().__init__(model, owner)
         self._layers = dict(model.walk())
         self._paths = {id(layer): path for path, layer in self._layers.items()}
-        self._pristine = None  # buffers at the start of preserved()
+        self._interceptor = None
         self._passes = ()      # the passes a forward computes, for the hooks
+        self._pristine = None  # the buffers as train-mode calls must leave them
 
     # ------------------------------------------------------------------ structure
     def layers(self):
-        return [LayerInfo(path, layer.kind,
-                          repr(layer) if not layer.children() else type(layer).__name__)
-                for path, layer in self._layers.items() if not isinstance(layer, Sequential)]
+        return {path: LayerInfo(path, Kind(layer.kind),
+                                repr(layer) if not layer.children() else type(layer).__name__,
+                                noise=_noise(layer))
+                for path, layer in self._layers.items()}
 
-    def batchnorms(self):
-        return [BatchNormInfo(path, layer.num_features, layer.momentum, layer.eps,
-                              layer.affine, layer.track_running_stats,
-                              largest=float(np.finfo(self.model.dtype).max))
-                for path, layer in self._layers.items() if isinstance(layer, BatchNorm)]
+    def forward_order(self):
+        return [path for path, layer in self._layers.items()
+                if not isinstance(layer, Sequential)]
 
-    def trace(self, x):
-        """Nothing to learn: the structure gives the layers and their order."""
-
-    def noise_upstream(self, x):
-        return dropout_upstream_of_batchnorm(self.model)
-
-    def noise_description(self, name):
+    def batchnorm(self, name):
         layer = self._layers[name]
-        return f"{type(layer).__name__} {getattr(layer, 'rate', getattr(layer, 'beta', None))}"
+        return BatchNormInfo(name, layer.num_features, layer.momentum, layer.eps,
+                             layer.affine, layer.track_running_stats,
+                             largest=float(np.finfo(self.model.dtype).max))
 
     # ------------------------------------------------------------------ data
     def batches(self, data, batch_size, owner, name="data", input_key=None):
         return Batches(data, batch_size, owner, name, input_key)
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ calling
     @contextmanager
-    def preserved(self, seed, keep_buffers=False):
-        original, outer = self.model.state_dict(params=False), self._pristine
-        self._pristine = original
+    def intercepting(self, interceptor):
+        self._interceptor = interceptor
         try:
-            with preserved(self.model, seed, buffers=False):
-                yield
-        except BaseException:
-            self.model.load_state_dict(original, strict=False)
-            raise
+            yield
         finally:
-            self._pristine = outer
-        if not keep_buffers:
-            self.model.load_state_dict(original, strict=False)
+            self._interceptor = None
+
+    def call(self, x, training):
+        for path, layer in self._layers.items():
+            layer.training = training[path]
+        wrapped = [layer for path, layer in self._layers.items()
+                   if not isinstance(layer, Sequential)]
+        for layer in wrapped:
+            layer.forward = self._wrapped(layer)
+        try:
+            return self.model(x)
+        finally:
+            for layer in wrapped:
+                del layer.forward
+
+    def _wrapped(self, layer):
+        """``layer.forward``, reporting to the interceptor."""
+        forward, path = type(layer).forward.__get__(layer), self._paths[id(layer)]
+
+        def wrapped(x):
+            key = self._interceptor.on_enter(path)
+            out = None
+            if isinstance(layer, BatchNorm):
+                out = self._interceptor.on_batchnorm(key, layer._prepare_input(x))
+            if out is None:
+                out = forward(x)
+            self._interceptor.on_exit(key, out)
+            return out
+
+        return wrapped
+
+    def reseed(self, sequence):
+        """One stream per noise layer, spawned from ``sequence``."""
+        seed_noise(self.model, sequence)
+
+    # ------------------------------------------------------------------ state
+    def save(self):
+        return Snapshot(self.model)
+
+    def save_buffers(self):
+        """The buffers; the fast path also puts back from them, after a train-mode
+        call of a part of the model, only that part's BatchNorm statistics."""
+        self._pristine = _Buffers(self.model)
+        return self._pristine
 
     def running_stats(self, name):
         layer = self._layers[name]
@@ -162,36 +203,51 @@ class NumpyBackend(Backend):
                 layer.buffers["running_var"].astype(float),
                 int(layer.buffers["num_batches_tracked"]))
 
-    def set_running_stats(self, name, mean, var, num_batches_tracked):
+    def write_running_stats(self, name, mean, var, num_batches_tracked):
         self._layers[name].set_running_stats(mean, var, num_batches_tracked)
 
-    # ------------------------------------------------------------------ computing
+    # ------------------------------------------------------------------ numbers
+    def to_numpy(self, tensor):
+        return np.asarray(tensor)
+
+    def tensors(self, output):
+        return [np.asarray(output)]
+
+    def reportable(self, output):
+        return isinstance(output, np.ndarray) and output.ndim > 0
+
+    # ------------------------------------------------------------------ fast path
     @contextmanager
-    def observe(self, sink):
+    def _observed(self, statistics):
+        """Hooks reporting every layer's output and every BatchNorm's input."""
         def hook(path):
             def record(layer, x, out):
-                if sink.wants_output(self._passes):
+                if statistics.wants_output(self._passes):
                     out2 = out if out.ndim > 1 else out[:, None]
-                    sink.output(self._passes, path, RunningMoments(out2.shape[1]).update(out2),
-                                out.shape[1:])
+                    statistics.output(self._passes, path,
+                                      RunningMoments(out2.shape[1]).update(out2), out.shape[1:])
                 if isinstance(layer, BatchNorm):
-                    sink.input(self._passes, path,
-                               RunningMoments(layer.num_features).update(x))
+                    statistics.input(self._passes, path,
+                                     RunningMoments(layer.num_features).update(x))
             return record
 
-        handles = [self._layers[info.name].add_hook(hook(info.name)) for info in self.layers()]
+        handles = [self._layers[path].add_hook(hook(path)) for path in self.forward_order()]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
-    def run_passes(self, x, passes):
+    def run_passes(self, x, passes, statistics):
         """Run every pass on batch ``x``, computing each layer once for all passes that
         give it the same input and behave alike in it (as before the first Dropout),
         also inside Sequential, Residual and Concat containers."""
-        self._run(self.model, {name: x for name in passes}, passes)
-        self._passes = ()
+        try:
+            with self._observed(statistics):
+                self._run(self.model, {name: x for name in passes}, passes)
+        finally:
+            self._passes = ()
+        return True
 
     def _run(self, layer, values, passes):
         """``{pass: output of layer}`` for the inputs ``values`` (``{pass: input}``)."""
@@ -217,12 +273,12 @@ class NumpyBackend(Backend):
 
     def _undo_updates(self, layer):
         """Copy back the running statistics that a train-mode call of ``layer`` updated,
-        from the start of :meth:`preserved` (only ``layer``'s own BatchNorm layers: a
+        from the last :meth:`save_buffers` (only ``layer``'s own BatchNorm layers: a
         whole-model reload per BatchNorm call made a pass quadratic in the depth)."""
         for path, sub in layer.walk(self._paths[id(layer)]):
             if isinstance(sub, BatchNorm) and sub.track_running_stats:
                 for key, value in sub.buffers.items():
-                    np.copyto(value, self._pristine[_join(path, key)], casting="unsafe")
+                    np.copyto(value, self._pristine.buffers[_join(path, key)], casting="unsafe")
 
     def _run_inside(self, layer, values, passes):
         """:meth:`_run` for a container, child by child; its output is formed (and its
@@ -249,26 +305,3 @@ class NumpyBackend(Backend):
             layer._notify(x, out)
             joined.update(dict.fromkeys(group, out))
         return joined
-
-    def output(self, x, modes):
-        _set_modes(self.model, modes)
-        out = np.asarray(self.model(x), dtype=np.float64)
-        return out.reshape(len(out), -1)
-
-    def batchnorm_input(self, name, x, modes):
-        layer = self._layers[name]
-        moments = RunningMoments(layer.num_features)
-
-        def collect(_, inputs, __):
-            moments.update(inputs)
-            raise _Stop
-
-        handle = layer.add_hook(collect)
-        _set_modes(self.model, modes)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return moments

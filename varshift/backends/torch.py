@@ -36,7 +36,7 @@ What cannot be controlled
     DistributedDataParallel wrapper.
 
 State
-    :meth:`TorchBackend.preserved` keeps a copy of every parameter (on the CPU) while
+    :meth:`TorchAdapter.save` keeps a copy of every parameter (on the CPU) while
     it runs, runs the passes on clones of the buffers, and puts back parameters, the
     user's own buffer tensors (never written to, so that an autograd graph built
     before stays valid), every module's ``training`` flag and the torch random state
@@ -49,55 +49,52 @@ State
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.parameter import is_lazy
-from torch.overrides import TorchFunctionMode
 
 from .. import _validate
 from .._data import Batches
 from ..stats import RunningMoments
-from . import BatchNormInfo, LayerInfo
-from ._calls import TRAIN, CallTracking, Stop
+from .adapter import Adapter, BatchNormInfo, LayerInfo
+from .modes import Kind
 
-__all__ = ["TorchBackend", "TorchBatches"]
+__all__ = ["TorchAdapter", "TorchBatches"]
 
-#: Functions whose calls are noise (also when a dropout module calls them).
-_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-                      F.feature_alpha_dropout}
 #: ``forward`` methods of modules that are not reported (chains, lists, dicts).
 _UNREPORTED = {nn.Sequential.forward, nn.Module.forward}
 
 
-def _kind(module) -> str:
+def _kind(module) -> Kind:
     """varshift's kind of a torch module."""
     if isinstance(module, _BatchNorm):
-        return "batchnorm"
+        return Kind.BATCHNORM
     if isinstance(module, _DropoutNd):
-        return "dropout"
+        return Kind.DROPOUT
     if isinstance(module, _ConvNd):
-        return "conv"
+        return Kind.CONV
     if isinstance(module, nn.Linear):
-        return "dense"
+        return Kind.DENSE
     if next(module.children(), None) is not None:
-        return "container"
+        return Kind.CONTAINER
     if isinstance(module, (nn.Flatten, nn.Unflatten)):
-        return "reshape"
+        return Kind.RESHAPE
     if isinstance(module, nn.Identity):
-        return "activation"
-    return {"torch.nn.modules.activation": "activation",
-            "torch.nn.modules.pooling": "pool"}.get(type(module).__module__, "layer")
+        return Kind.ACTIVATION
+    return {"torch.nn.modules.activation": Kind.ACTIVATION,
+            "torch.nn.modules.pooling": Kind.POOL}.get(type(module).__module__, Kind.LAYER)
 
 
 def _info(name, module) -> LayerInfo:
     kind = _kind(module)
-    return LayerInfo(name, kind, type(module).__name__ if kind == "container" else repr(module))
+    return LayerInfo(name, kind, type(module).__name__ if kind is Kind.CONTAINER else repr(module),
+                     noise=f"{type(module).__name__} {module.p}" if kind is Kind.DROPOUT else None)
 
 
 def _moments(t) -> RunningMoments:
@@ -192,24 +189,6 @@ class TorchBatches(Batches):
         return int((~torch.isfinite(x)).sum())
 
 
-class _NoiseSpy(TorchFunctionMode):
-    """Notes the autograd node of every dropout function's output (observes only)."""
-
-    def __init__(self, found):
-        super().__init__()
-        self.found = found
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func not in _DROPOUT_FUNCTIONS:
-            return func(*args, **kwargs)
-        before = (args[0] if args else kwargs["input"]).grad_fn
-        out = func(*args, **kwargs)
-        if out.grad_fn is not None and out.grad_fn is not before:  # active noise
-            self.found(out.grad_fn, func, kwargs.get("p", args[1] if len(args) > 1 else 0.5))
-        return out
-
-
 def _copies(slots):
     """``[store, key, tensor, copy]`` for ``(store, key, tensor)`` triples; the copies of
     parameters are kept on the CPU."""
@@ -272,9 +251,8 @@ class _Saved:
         self.cuda_rng = (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                          and torch.cuda.is_initialized() else None)
 
-    def restore(self, buffers=True):
-        """Put everything back. With ``buffers`` False, a buffer whose value changed
-        keeps its new value, in a new tensor (the user's tensor is left as it was)."""
+    def restore(self):
+        """Put everything back (the user's own buffer tensors in their places)."""
         for m, training in self.training:
             m.training = training
         for store, keys in self.stores:
@@ -282,28 +260,27 @@ class _Saved:
                 del store[key]
         _put_back(self.params)
         for store, key, tensor in self.buffers:
-            if buffers or _same(store.get(key), tensor):
-                store[key] = tensor
+            store[key] = tensor
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
-def _same(a, b) -> bool:
-    """Whether tensors ``a`` and ``b`` hold the same bits (False if ``a`` is None)."""
-    return (a is not None and a.shape == b.shape and a.dtype == b.dtype
-            and torch.equal(_bits(a.detach()), _bits(b.detach())))
+class _Buffers:
+    """Copies of the buffers as they are now; :meth:`restore` writes back those a
+    train-mode pass changed (in the clones the passes run on)."""
+
+    def __init__(self, modules):
+        self.copies = _copies((m._buffers, key, t) for m in modules
+                              for key, t in m._buffers.items() if t is not None)
+
+    def restore(self):
+        _put_back(self.copies)
 
 
-class TorchBackend(CallTracking):
-    """:class:`~varshift.backends.Backend` of a ``torch.nn.Module`` (see the module
-    docstring for names, modes, what cannot be controlled, and state).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    owner : str
-        The calling function, for error messages.
+class TorchAdapter(Adapter):
+    """:class:`~varshift.backends.adapter.Adapter` of a ``torch.nn.Module`` (see the
+    module docstring for names, modes, what cannot be controlled, and state).
 
     Raises
     ------
@@ -313,119 +290,101 @@ class TorchBackend(CallTracking):
     """
 
     hidden_noise_possible = True
+    noun = "module"
 
     def __init__(self, model, owner):
-        super().__init__(model)
+        super().__init__(model, owner)
         self._modules = dict(model.named_modules())
         for name, m in self._modules.items():
-            if any(is_lazy(t) for t in itertools.chain(m.parameters(recurse=False),
-                                                       m.buffers(recurse=False))):
-                raise ValueError(f"{owner}: module {name or '(model)'!r} ({type(m).__name__}) "
-                                 f"is lazy and not initialised yet; run one forward pass "
-                                 f"(model(x)) first, which sets its shapes")
-            if any(t.is_meta for t in itertools.chain(m.parameters(recurse=False),
-                                                      m.buffers(recurse=False))):
-                raise ValueError(f"{owner}: module {name or '(model)'!r} ({type(m).__name__}) "
-                                 f"is on the 'meta' device, which holds shapes but no values; "
-                                 f"load its weights first (e.g. model.to_empty(device='cpu') "
-                                 f"then model.load_state_dict(...))")
+            tensors = list(itertools.chain(m.parameters(recurse=False), m.buffers(recurse=False)))
+            where = f"{owner}: module {name or '(model)'!r} ({type(m).__name__})"
+            if any(is_lazy(t) for t in tensors):
+                raise ValueError(f"{where} is lazy and not initialised yet; run one forward "
+                                 f"pass (model(x)) first, which sets its shapes")
+            if any(t.is_meta for t in tensors):
+                raise ValueError(f"{where} is on the 'meta' device, which holds shapes but no "
+                                 f"values; load its weights first (e.g. model.to_empty("
+                                 f"device='cpu') then model.load_state_dict(...))")
         self._names = {m: name for name, m in self._modules.items()}
-        self._info = {name: _info(name, m) for name, m in self._modules.items()}
         self._bn = {name: m for name, m in self._modules.items() if isinstance(m, _BatchNorm)}
-        self._channels = {name: m.num_features for name, m in self._bn.items()}
-        self._noise = {name: f"{type(m).__name__} {m.p}" for name, m in self._modules.items()
-                       if isinstance(m, _DropoutNd)}
-        self._frozen = self._find_frozen()
         first = next(itertools.chain(model.parameters(), model.buffers()), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
                           torch.get_default_dtype())
-        self._on_bn = None      # (input, output) callbacks of the data-flow trace
-        self._handles = []
-
-    def _find_frozen(self):
-        """BatchNorm name -> frozen: in inference mode inside a model in train mode, or
-        in inference mode with ``requires_grad=False`` affine parameters while other
-        parameters train."""
-        others_train = any(p.requires_grad for p in self.model.parameters())
-        frozen = {}
-        for name, m in self._bn.items():
-            own = list(m.parameters(recurse=False))
-            fixed = bool(own) and not any(p.requires_grad for p in own)
-            frozen[name] = (not m.training and m is not self.model
-                            and (self.model.training or (fixed and others_train)))
-        return frozen
+        self._interceptor, self._handles, self._pending = None, [], []
 
     # ------------------------------------------------------------------ structure
-    def batchnorms(self):
-        return [BatchNormInfo(name, m.num_features, m.momentum, m.eps, m.affine,
-                              m.running_mean is not None and m.running_var is not None,
-                              self._frozen[name], largest=torch.finfo(self.dtype).max)
-                for name, m in ((name, self._bn[name]) for name in self._bn_order)]
+    def layers(self):
+        return {name: _info(name, m) for name, m in self._modules.items()}
 
-    def noise_upstream(self, x):
-        noise, blocked, inputs = {}, set(), {}
+    def batchnorm(self, name):
+        m = self._bn[name]
+        return BatchNormInfo(name, m.num_features, m.momentum, m.eps, m.affine,
+                             m.running_mean is not None and m.running_var is not None,
+                             self._frozen(m), largest=torch.finfo(self.dtype).max)
 
-        def found(node, func, p):
-            owner = self._stack[-1] if self._stack else ""
-            name = owner.partition("#")[0]
-            if not isinstance(self._modules.get(name), _DropoutNd):
-                name = f"{owner}:{func.__name__}"
-                self._noise[name] = f"F.{func.__name__} {p}"
-            noise[node] = name
-
-        def on_bn(name, value, output):
-            if output:
-                blocked.add(value.grad_fn)
-            else:
-                inputs.setdefault(name, []).append(value.grad_fn)
-
-        x = x[:64].detach()
-        if x.is_floating_point():
-            x = x.clone().requires_grad_(True)
-        self._on_bn = on_bn
-        try:
-            with _NoiseSpy(found):
-                self._forward(x, TRAIN, grad=True)
-        finally:
-            self._on_bn = None
-        upstream = {}
-        for name, nodes in inputs.items():
-            reached, seen = set(), set()
-            stack = [n for n in nodes if n is not None]
-            while stack:
-                node = stack.pop()
-                if node in seen or node in blocked:
-                    continue
-                seen.add(node)
-                if node in noise:
-                    reached.add(noise[node])
-                stack.extend(n for n, _ in node.next_functions if n is not None)
-            if reached:
-                upstream[name] = sorted(reached)
-        return upstream
-
-    def noise_description(self, name):
-        return self._noise[name]
+    def _frozen(self, m):
+        """In inference mode inside a model in train mode, or in inference mode with
+        ``requires_grad=False`` affine parameters while other parameters train."""
+        own = list(m.parameters(recurse=False))
+        fixed = bool(own) and not any(p.requires_grad for p in own)
+        others_train = any(p.requires_grad for p in self.model.parameters())
+        return (not m.training and m is not self.model
+                and (self.model.training or (fixed and others_train)))
 
     # ------------------------------------------------------------------ data
     def batches(self, data, batch_size, owner, name="data", input_key=None):
         return TorchBatches(data, batch_size, owner, name, input_key, device=self.device,
                             dtype=self.dtype)
 
-    # ------------------------------------------------------------------ state
-    def _save(self):
-        saved = _Saved(self._modules.values())
-        return saved, _copies((store, key, store[key]) for store, key, _ in saved.buffers)
+    # ------------------------------------------------------------------ calling
+    @contextmanager
+    def intercepting(self, interceptor):
+        self._interceptor = interceptor
+        try:
+            for m in self._modules.values():
+                if type(m).forward not in _UNREPORTED:
+                    self._handles += [m.register_forward_pre_hook(self._before),
+                                      m.register_forward_hook(self._after)]
+            yield
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles, self._interceptor = [], None
 
-    def _reseed(self):
-        """Seed torch's random state from the next of the session's seeds (not from
-        random numbers the data loading draws in between: a DataLoader draws one per
-        iterator)."""
-        seed = int(self._seeds.spawn(1)[0].generate_state(1, np.uint64)[0] >> np.uint64(1))
+    def _before(self, module, args):
+        key = self._interceptor.on_enter(self._names[module])
+        replacement = None
+        if isinstance(module, _BatchNorm) and args and isinstance(args[0], torch.Tensor):
+            replacement = self._interceptor.on_batchnorm(key, args[0])
+        self._pending.append((key, replacement))
+
+    def _after(self, module, args, output):
+        key, replacement = self._pending.pop()
+        output = output if replacement is None else replacement
+        self._interceptor.on_exit(key, output)
+        return output
+
+    def call(self, x, training):
+        for name, m in self._modules.items():
+            m.training = training[name]
+        self._pending = []  # (key, replacement output) of the modules running
+        with torch.no_grad():
+            return self.model(x)
+
+    def reseed(self, sequence):
+        """Seed torch's random state (CPU, and CUDA where initialised)."""
+        seed = int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
         torch.default_generator.manual_seed(seed)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.manual_seed_all(seed)
+
+    # ------------------------------------------------------------------ state
+    def save(self):
+        return _Saved(self._modules.values())
+
+    def save_buffers(self):
+        return _Buffers(self._modules.values())
 
     def running_stats(self, name):
         m = self._bn[name]
@@ -435,85 +394,30 @@ class TorchBackend(CallTracking):
         return (m.running_mean.detach().to("cpu", torch.float64).numpy(),
                 m.running_var.detach().to("cpu", torch.float64).numpy(), tracked)
 
-    def set_running_stats(self, name, mean, var, num_batches_tracked):
+    def write_running_stats(self, name, mean, var, num_batches_tracked):
+        """Writes new tensors (the user's buffer tensors, which a graph built before
+        may have saved, are left as they were)."""
         m = self._bn[name]
         stats = _validate.running_stats({"running_mean": mean, "running_var": var},
                                         m.running_var.dtype, f"BatchNorm {name!r}",
                                         limit=torch.finfo(m.running_var.dtype).max)
-        with torch.no_grad():
-            for key, value in stats.items():
-                getattr(m, key).copy_(torch.from_numpy(value))
-            if m.num_batches_tracked is not None:
-                m.num_batches_tracked.fill_(num_batches_tracked)
-        for store, _, tensor, copy in self._reference:  # what passes must leave now
-            if store is m._buffers:
-                copy.copy_(tensor.detach())
+        for key, value in stats.items():
+            old = m._buffers[key]
+            m._buffers[key] = torch.from_numpy(value).to(device=old.device, dtype=old.dtype)
+        if m.num_batches_tracked is not None:
+            m._buffers["num_batches_tracked"] = torch.full_like(m.num_batches_tracked,
+                                                                num_batches_tracked)
 
-    # ------------------------------------------------------------------ hooks
-    def _intercept(self):
-        for m in self._modules.values():
-            if type(m).forward not in _UNREPORTED:
-                self._handles += [m.register_forward_pre_hook(self._before),
-                                  m.register_forward_hook(self._after)]
+    # ------------------------------------------------------------------ numbers
+    def to_numpy(self, tensor):
+        return tensor.detach().cpu().numpy()
 
-    def _release(self):
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def tensors(self, output):
+        return list(_tensors(output))
 
-    def _before(self, module, args):
-        name = self._names[module]
-        self._enter(name)
-        if name not in self._bn or not args or not isinstance(args[0], torch.Tensor):
-            return
-        if self._on_bn is not None:
-            self._on_bn(name, args[0], False)
-        self._batchnorm_input(name, lambda: _moments(args[0]))
+    def reportable(self, output):
+        return (isinstance(output, torch.Tensor) and output.dim() > 0
+                and not output.is_complex())
 
-    def _after(self, module, args, output):
-        key = self._stack.pop()
-        if not isinstance(output, torch.Tensor) or output.dim() == 0 or output.is_complex():
-            return
-        self._order[key] = True
-        if self._on_bn is not None and isinstance(module, _BatchNorm):
-            self._on_bn(key, output, True)
-        if self._sink is not None and self._sink.wants_output(self._passes):
-            out2 = output if output.dim() > 1 else output[:, None]
-            self._sink.output(self._passes, key, _moments(out2), tuple(output.shape[1:]))
-
-    # ------------------------------------------------------------------ computing
-    def _set_modes(self, modes):
-        for name, m in self._modules.items():
-            if isinstance(m, _BatchNorm):
-                m.training = modes.batchnorm and not self._frozen[name]
-            elif isinstance(m, _DropoutNd):
-                m.training = modes.dropout
-            else:
-                m.training = modes.other
-
-    def _forward(self, x, modes, grad=False):
-        """The model's output for ``x`` in ``modes`` (None if a hook stopped it);
-        buffers a train-mode pass changed are put back."""
-        self._set_modes(modes)
-        self._start_forward()
-        try:
-            with torch.set_grad_enabled(grad):
-                return self.model(x)
-        except Stop:
-            return None
-        except (ValueError, TypeError, RuntimeError) as err:
-            if type(err) not in (ValueError, TypeError, RuntimeError) or not self._stack:
-                raise
-            where = self._layer_info(self._stack[-1])
-            raise type(err)(f"module {where.name or '(model)'!r} ({where.description}): "
-                            f"{err}") from err
-        finally:
-            self._end_forward(modes)
-
-    def _undo_buffers(self):
-        _put_back(self._reference)
-
-    def _arrays(self, output, n):
-        return [t.detach().to("cpu", torch.float64).numpy() for t in _tensors(output)
-                if t.dim() and len(t) == n]
-
+    def moments(self, tensor, axis=1):
+        return _moments(tensor if tensor.dim() > 1 else tensor[:, None])

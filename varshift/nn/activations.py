@@ -6,13 +6,14 @@ import numpy as np
 
 from .. import kernels
 from .._validate import real
+from ..backends.modes import Kind
 from .layer import Layer
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Identity"]
 
 
 class _Activation(Layer):
-    kind = "activation"
+    kind = Kind.ACTIVATION
 
 
 class LeakyReLU(_Activation):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import seed as check_seed
+from ..backends.modes import Kind
 from .layer import Layer
 
 __all__ = ["Sequential", "Residual", "Concat"]
 
 
 class _Container(Layer):
-    kind = "container"
+    kind = Kind.CONTAINER
 
     def _adopt(self, layers, argument):
         for i, layer in enumerate(layers):

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import kernels
 from .._validate import flag, int_tuple, integer
+from ..backends.modes import Kind
 from ._args import spatial_window
 from .layer import Layer
 
@@ -47,7 +48,7 @@ class _Conv(Layer):
     reference convnet's second convolution than one 31 MB column matrix).
     """
 
-    kind = "conv"
+    kind = Kind.CONV
     dims = 2
     chunk_bytes = 1 << 22
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import kernels
 from .._validate import flag, integer
+from ..backends.modes import Kind
 from .layer import Layer
 
 __all__ = ["Dense"]
@@ -32,7 +33,7 @@ class Dense(Layer):
     ``dW = dout^T x``, ``db = sum_n dout``, ``dx = dout W``.
     """
 
-    kind = "dense"
+    kind = Kind.DENSE
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .._validate import seed as check_seed
+from ..backends.modes import Kind
 from ..kernels import threads
 
 __all__ = ["Layer", "HookHandle", "modes", "preserved", "layer_to_config", "layer_from_config"]
@@ -50,12 +51,18 @@ class Layer:
         used in error messages and reports.
     """
 
-    #: What the layer is, for mode switches and reports: 'dense', 'conv',
-    #: 'batchnorm', 'dropout', 'activation', 'pool', 'reshape' or 'container'.
-    kind = "layer"
+    #: What the layer is, for mode switches and reports
+    #: (a :class:`~varshift.backends.modes.Kind`).
+    kind = Kind.LAYER
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        try:
+            cls.kind = Kind(cls.kind)
+        except ValueError:
+            raise ValueError(f"{cls.__name__}.kind must be one of "
+                             f"{', '.join(repr(k.value) for k in Kind)}, got {cls.kind!r}"
+                             ) from None
         if not cls.__name__.startswith("_"):
             _REGISTRY[cls.__name__] = cls
 
@@ -556,22 +563,45 @@ def preserved(model, seed=0, buffers=True):
     Inside, every stochastic layer draws from a fresh stream spawned from ``seed``,
     so results are reproducible and the model's own streams are not advanced.
     """
-    layers = [layer for _, layer in model.walk()]
-    saved_buffers = model.state_dict(params=False) if buffers else None
-    saved = [(layer, layer.training, layer._cache, layer._out_shape, getattr(layer, "rng", None))
-             for layer in layers]
-    noisy = [layer for layer in layers if getattr(layer, "rng", None) is not None]
-    for layer, stream in zip(noisy, np.random.SeedSequence(seed).spawn(len(noisy))):
-        layer.rng = np.random.default_rng(stream)
+    saved = Snapshot(model, buffers)
+    seed_noise(model, np.random.SeedSequence(seed))
     try:
-        yield saved_buffers
+        yield saved.buffers
     finally:
-        for layer, training, cache, out_shape, rng in saved:
+        saved.restore()
+
+
+class Snapshot:
+    """A model's modes, random streams, forward caches and (if ``buffers``) buffers;
+    :meth:`restore` puts them back.
+
+    Attributes
+    ----------
+    buffers : dict of str to ndarray or None
+        Copies of the buffers (``state_dict(params=False)``), or None.
+    """
+
+    def __init__(self, model, buffers=True):
+        self.model = model
+        self.buffers = model.state_dict(params=False) if buffers else None
+        self.layers = [(layer, layer.training, layer._cache, layer._out_shape,
+                        getattr(layer, "rng", None)) for _, layer in model.walk()]
+
+    def restore(self):
+        for layer, training, cache, out_shape, rng in self.layers:
             layer.training, layer._cache, layer._out_shape = training, cache, out_shape
             if rng is not None:
                 layer.rng = rng
-        if buffers:
-            model.load_state_dict(saved_buffers, strict=False)
+        if self.buffers is not None:
+            self.model.load_state_dict(self.buffers, strict=False)
+
+
+def seed_noise(model, sequence):
+    """Give every stochastic layer of ``model`` a fresh stream spawned from
+    ``sequence`` (a ``numpy.random.SeedSequence``), in walk order."""
+    noisy = [layer for _, layer in model.walk() if getattr(layer, "rng", None) is not None]
+    for layer, stream in zip(noisy, sequence.spawn(len(noisy))):
+        layer.rng = np.random.default_rng(stream)
 
 
 def _as_training(argument: str, mode):

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import kernels
 from .._validate import flag, fraction, integer, real, running_stats
+from ..backends.modes import Kind
 from .layer import Layer
 
 __all__ = ["BatchNorm"]
@@ -50,7 +51,7 @@ class BatchNorm(Layer):
     Training mode with M = 1 raises, as PyTorch does: the variance of one value is 0.
     """
 
-    kind = "batchnorm"
+    kind = Kind.BATCHNORM
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, unbiased=True):

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import kernels
 from .._validate import int_tuple
+from ..backends.modes import Kind
 from ._args import spatial_window
 from .conv import _as_4d, _as_4d_shape
 from .layer import Layer
@@ -31,7 +32,7 @@ class _Pool(Layer):
         pooling with zeros that count in the mean (PyTorch's ``count_include_pad``).
     """
 
-    kind = "pool"
+    kind = Kind.POOL
     dims = 2
     pad_value = 0.0
 
@@ -132,7 +133,7 @@ class GlobalAvgPool(Layer):
     Backward spreads ``dout / prod(S)`` evenly over the spatial positions.
     """
 
-    kind = "pool"
+    kind = Kind.POOL
 
     def _check_input(self, x):
         self._expect(x, (3, 4))
@@ -149,7 +150,7 @@ class GlobalAvgPool(Layer):
 class Flatten(Layer):
     """Reshape (N, *D) to (N, prod(D)) in C order (as PyTorch's ``nn.Flatten``)."""
 
-    kind = "reshape"
+    kind = Kind.RESHAPE
 
     def _check_input(self, x):
         if x.ndim < 2:
