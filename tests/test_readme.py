@@ -11,11 +11,12 @@ README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_has_the_four_examples():
-    # the engine example runs here; the PyTorch and live Keras ones below; the Keras file
-    # one in test_inspect.py
-    assert len(BLOCKS) == 4 and "import torch" in BLOCKS[1] and "import keras" in BLOCKS[2]
+def test_readme_has_the_five_examples():
+    # the engine example runs here; the PyTorch, live Keras and Flax ones below; the Keras
+    # file one in test_inspect.py
+    assert len(BLOCKS) == 5 and "import torch" in BLOCKS[1] and "import keras" in BLOCKS[2]
     assert "varshift.recalibrate(model" in BLOCKS[3] and "import keras" in BLOCKS[3]
+    assert "from flax import nnx" in BLOCKS[4]
 
 
 def test_readme_example_runs(mnist_dir, monkeypatch, capsys):
@@ -45,3 +46,12 @@ def test_readme_keras_example_runs(monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "['STALE_RUNNING_STATS']"
     assert printed[-1].split()[-2:] == ["2.0414", "1.0112"]
+
+
+def test_readme_flax_example_runs(capsys):
+    pytest.importorskip("flax", reason="flax is not installed (pip install \".[flax]\")")
+    exec(compile(BLOCKS[4], str(README), "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "['DROPOUT_BEFORE_BN']"
+    before, after = map(float, printed[-1].split()[-2:])
+    assert before > 1.5 and abs(after - 1) < 0.02
