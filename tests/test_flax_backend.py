@@ -201,14 +201,15 @@ def test_measure_an_mlp_against_a_flax_oracle(trained_mlp, x):
     bn = model.layers[2]
     np.testing.assert_array_equal(b.moving_var, np.asarray(bn.var[...], np.float64))
     h = model.layers[0](jnp.asarray(x))  # eval mode: Dropout off, running statistics
-    mean, var = channel_stats(h)
+    mean, var = channel_stats(h, ddof=0)  # in Flax's convention: the population variance
+    assert not b.unbiased and b.framework == "flax"
     for got_mean, got_var in ((b.real_mean, b.real_var), (b.nodrop_mean, b.nodrop_var)):
         np.testing.assert_allclose(got_mean, mean, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(got_var, var, rtol=1e-6)
     out = model.layers[4](nnx.relu(eval_bn(bn, h)))
     layers = {r.name: r for r in report.layers}
     np.testing.assert_allclose(layers["layers.4"].eval.var(1), channel_stats(out)[1], rtol=1e-5)
-    np.testing.assert_allclose(layers["layers.0"].train.var(1), var, rtol=1e-6)
+    np.testing.assert_allclose(layers["layers.0"].train.var(1), channel_stats(h)[1], rtol=1e-6)
     assert b.attribution["upstream"] == pytest.approx(1.0, abs=1e-12)
     assert b.attribution["dropout"] < 0.8  # Dropout 0.5 inflates the train-mode variance
     assert measure(model, x, batch_size=BATCH).to_json() == report.to_json()  # seeded
@@ -237,7 +238,7 @@ def test_measure_a_convnet_against_a_flax_oracle(convnet, images):
         nodrop.append((h1, model.conv2(nnx.relu(batch_bn(model.bn1, h1)))))
     for k, b in enumerate(report.bn):
         for name, oracle in (("real", real), ("nodrop", nodrop)):
-            mean, var = channel_stats(jnp.concatenate([pair[k] for pair in oracle]))
+            mean, var = channel_stats(jnp.concatenate([pair[k] for pair in oracle]), ddof=0)
             np.testing.assert_allclose(getattr(b, f"{name}_mean"), mean, rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(getattr(b, f"{name}_var"), var, rtol=1e-4)
     layers = {r.name: r for r in report.layers}

@@ -50,6 +50,7 @@ from ._process import public
 from ._progress import progress_bar
 from ._safe_read import read_text
 from .backends import EVAL, PASSES, Statistics, session_for
+from .findings import momentum_words
 from .nn.layer import preserved
 from .stats import RunningMoments, deviation_in_stds, ratio, symmetric_shift
 
@@ -100,11 +101,15 @@ class LayerStats:
 
 
 def _moment(source, statistic):
-    """Property: per-channel mean, or unbiased variance, of the input in one pass."""
+    """Property: per-channel mean, or variance (in the layer's convention), of the input
+    in one pass."""
     def get(self):
         moments = getattr(self, source)
-        return moments.mean if statistic == "mean" else moments.var(1)
-    get.__doc__ = f"Per-channel {statistic} of the input in the {source!r} pass, shape (C,)."
+        return moments.mean if statistic == "mean" else moments.var(1 if self.unbiased else 0)
+    get.__doc__ = (f"Per-channel {statistic} of the input in the {source!r} pass, shape (C,)"
+                   + (" (unbiased, or the population variance where the layer's running "
+                      "variance averages those: see ``unbiased``)." if statistic == "var"
+                      else "."))
     return property(get)
 
 
@@ -126,8 +131,13 @@ class BatchNormStats:
     frozen : bool
         Kept in inference mode while the rest of the model trains (frozen-BatchNorm
         fine-tuning): its running statistics are meant to stay as they are.
-    keras_momentum : bool
-        The layer's own ``momentum`` is Keras' (``1 - momentum`` here).
+    framework : {'varshift', 'torch', 'keras', 'flax'}
+        Where the layer comes from: findings quote its momentum in that framework's
+        convention (Keras and Flax: the weight of the old value, ``1 - momentum``).
+    unbiased : bool
+        Whether the running variance estimates the unbiased variance (varshift,
+        PyTorch) or the population one (Keras, Flax); the input variances here are
+        computed alike, so that freshly recalibrated statistics have a shift of 1.
     """
 
     name: str
@@ -142,7 +152,13 @@ class BatchNormStats:
     train: RunningMoments
     nodrop: RunningMoments
     frozen: bool = False
-    keras_momentum: bool = False
+    framework: str = "varshift"
+    unbiased: bool = True
+
+    @property
+    def keras_momentum(self) -> bool:
+        """Whether the layer's framework states momentum as the old value's weight."""
+        return momentum_words(self.framework)[1] == "old"
 
     # per-channel statistics of the input (unbiased variances, as BatchNorm stores)
     real_mean = _moment("real", "mean")
@@ -263,7 +279,7 @@ class Report:
                     "nodrop": b.nodrop.to_dict(), "shift": b.shift, "var_ratio": b.var_ratio,
                     "channel_shift": arr(b.channel_shift), "mean_shift": arr(b.mean_shift),
                     "attribution": b.attribution, "frozen": b.frozen,
-                    "keras_momentum": b.keras_momentum} for b in self.bn],
+                    "framework": b.framework, "unbiased": b.unbiased} for b in self.bn],
         }
 
     def to_json(self, path=None, **kwargs) -> str:
@@ -297,7 +313,8 @@ class Report:
             None if b["moving_var"] is None else np.asarray(b["moving_var"]),
             *(RunningMoments.from_dict(b[k]) for k in ("real", "train", "nodrop")),
             frozen=bool(b.get("frozen", False)),
-            keras_momentum=bool(b.get("keras_momentum", False)))
+            framework=b.get("framework", "keras" if b.get("keras_momentum") else "varshift"),
+            unbiased=bool(b.get("unbiased", True)))
             for b in d["bn"]]
         return cls(layers, bn, d["num_samples"], d["batch_size"], d["seed"])
 
@@ -335,25 +352,30 @@ class Report:
             lines.append("The model has no BatchNorm layer: no running statistics to compare, "
                          "no variance shift in Li et al.'s sense.")
         else:
+            names = [b.name + (" (frozen)" if b.frozen else "") for b in self.bn]
+            w = max(12, *map(len, names))
             lines += ["", "BatchNorm inputs (variances averaged over channels; shift = "
-                          "max(real/moving, moving/real), 1 = none)",
-                      f"{'#':>3} {'layer':<12} {'C':>5} {'moving_var':>11} {'real_var':>11} "
+                          "max(real/moving, moving/real), 1 = none; a frozen layer keeps its "
+                          "statistics in training)",
+                      f"{'#':>3} {'layer':<{w}} {'C':>5} {'moving_var':>11} {'real_var':>11} "
                       f"{'train_var':>11} {'shift':>7} {'mean_shift':>10}   attribution of "
                       f"real/moving: upstream x dropout x running_stats"]
-            for b in self.bn:
+            for b, name in zip(self.bn, names):
                 a = b.attribution
                 moving = float(np.mean(b.moving_var)) if b.moving_var is not None else float("nan")
                 lines.append(
-                    f"{b.index:>3} {b.name:<12} {b.num_features:>5} {moving:>11.4g} "
+                    f"{b.index:>3} {name:<{w}} {b.num_features:>5} {moving:>11.4g} "
                     f"{np.mean(b.real_var):>11.4g} {np.mean(b.train_var):>11.4g} "
-                    f"{b.shift:>7.4f} {np.mean(b.mean_shift):>10.4f}   "
-                    f"{a['upstream']:.4f} x {a['dropout']:.4f} x {a['running_stats']:.4f}")
+                    f"{_ratio(b.shift, 7)} {_ratio(np.mean(b.mean_shift), 10)}   "
+                    f"{_ratio(a['upstream'])} x {_ratio(a['dropout'])} x "
+                    f"{_ratio(a['running_stats'])}")
+        w = max(12, *(len(r.name or "(model)") for r in self.layers)) if self.layers else 12
         lines += ["", "Layer outputs (variance averaged over channels)",
-                  f"{'layer':<12} {'kind':<11} {'shape':<16} {'train_var':>11} {'eval_var':>11} "
+                  f"{'layer':<{w}} {'kind':<11} {'shape':<16} {'train_var':>11} {'eval_var':>11} "
                   f"{'eval/train':>10}"]
         for r in self.layers:
-            lines.append(f"{r.name or '(model)':<12} {r.kind:<11} {str(r.shape):<16} "
-                         f"{r.train_var:>11.4g} {r.eval_var:>11.4g} {r.var_ratio:>10.4f}")
+            lines.append(f"{r.name or '(model)':<{w}} {r.kind:<11} {str(r.shape):<16} "
+                         f"{r.train_var:>11.4g} {r.eval_var:>11.4g} {_ratio(r.var_ratio, 10)}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -383,6 +405,13 @@ class Report:
         if kind == "layers":
             return plots.plot_layer_variance(self, ax=ax)
         raise ValueError(f"Report.plot: kind must be 'shift', 'channels' or 'layers', got {kind!r}")
+
+
+def _ratio(value, width=0) -> str:
+    """A ratio for a table: four decimals, or four significant digits from 10,000 on
+    (a shift of 3.8e14 is not printed as 381726078129144.5000)."""
+    text = f"{value:.4f}" if abs(value) < 1e4 or not np.isfinite(value) else f"{value:.4g}"
+    return f"{text:>{width}}"
 
 
 def _looks_like_a_path(text) -> bool:
@@ -456,6 +485,9 @@ def _check_report_dict(d):
         _check_fields(record, f"layers[{i}]", _LAYER_FIELDS)
     for i, record in enumerate(d["bn"]):
         _check_fields(record, f"bn[{i}]", _BN_FIELDS)
+        if record.get("framework", "varshift") not in ("varshift", "torch", "keras", "flax"):
+            raise ValueError(f"bn[{i}].framework must be 'varshift', 'torch', 'keras' or "
+                             f"'flax', got {_validate.shown(record['framework'])}")
         for key in ("moving_mean", "moving_var"):
             if record[key] is not None and len(record[key]) != record["num_features"]:
                 raise ValueError(f"bn[{i}].{key} has {len(record[key])} values, its "
@@ -591,7 +623,7 @@ def measure_with(session, batches, seed, progress, warn=True) -> Report:
             info.name, i, info.num_features, info.momentum, info.eps, tracked, mean, var,
             *(stats.moments("inputs", p, info.name, info.num_features)
               for p in ("eval", "train", "nodrop")), frozen=info.frozen,
-            keras_momentum=info.keras_momentum))
+            framework=info.framework, unbiased=info.unbiased))
     # inference outputs after a BatchNorm with damaged running statistics are NaN by
     # that damage (diagnose reports it, recalibrate replaces it), not by divergence
     damaged = any(_validate.damaged_stats(b.moving_mean, b.moving_var)

@@ -81,10 +81,10 @@ class BatchNormInfo:
         :func:`~varshift.recalibrate` writes ``M2 / (M - 1)``; False: the population
         variance ``M2 / M`` (Keras and Flax, whose running variances average biased
         batch variances).
-    momentum_convention : {'torch', 'keras'}
-        How the framework states ``momentum``: PyTorch's weight of the new batch, or
-        Keras' (and Flax's) weight of the old value, ``1 - momentum`` here. Findings
-        quote it in the framework's convention.
+    framework : {'varshift', 'torch', 'keras', 'flax'}
+        The framework, whose convention findings quote ``momentum`` in: the weight of
+        the new batch (varshift, PyTorch) or of the old value (Keras, Flax:
+        ``1 - momentum`` here).
     largest : float
         The largest value the layer's batch statistics can hold (the maximum of the
         dtype it computes them in; default float32's).
@@ -103,15 +103,11 @@ class BatchNormInfo:
     track_running_stats: bool
     frozen: bool = False
     unbiased: bool = True
-    momentum_convention: str = "torch"
+    framework: str = "varshift"
     largest: float = float(np.finfo(np.float32).max)
     channel_axis: int = 1
     not_recalibrated: str | None = None
 
-    @property
-    def keras_momentum(self) -> bool:
-        """Whether the framework states momentum as the weight of the old value."""
-        return self.momentum_convention == "keras"
 
 
 class Adapter(ABC):

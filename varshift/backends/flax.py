@@ -198,7 +198,7 @@ class FlaxAdapter(Adapter):
             name, int(m.num_features), 1.0 - m.momentum, m.epsilon,
             m.scale is not None or m.bias is not None, True,
             frozen=m.use_running_average is True and any(o is not m for o in self._in_train),
-            unbiased=False, momentum_convention="keras", largest=float(jnp.finfo(compute).max),
+            unbiased=False, framework="flax", largest=float(jnp.finfo(compute).max),
             channel_axis=int(np.ravel(m.axis)[0]))
 
     # ------------------------------------------------------------------ data

@@ -303,7 +303,7 @@ class KerasAdapter(Adapter):
                    ) if m.renorm else None
         return BatchNormInfo(name, int(m.moving_mean.shape[0]), 1.0 - m.momentum, m.epsilon,
                              bool(m.center or m.scale), True, frozen=not m.trainable,
-                             unbiased=False, momentum_convention="keras",
+                             unbiased=False, framework="keras",
                              largest=float(np.finfo(_float_dtype(m.compute_dtype)).max),
                              channel_axis=m.axis, not_recalibrated=refused)
 

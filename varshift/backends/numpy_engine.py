@@ -136,7 +136,7 @@ class NumpyAdapter(Adapter):
     def batchnorm(self, name):
         layer = self._layers[name]
         return BatchNormInfo(name, layer.num_features, layer.momentum, layer.eps,
-                             layer.affine, layer.track_running_stats,
+                             layer.affine, layer.track_running_stats, unbiased=layer.unbiased,
                              largest=float(np.finfo(self.model.dtype).max))
 
     # ------------------------------------------------------------------ data

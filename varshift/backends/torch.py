@@ -321,7 +321,8 @@ class TorchAdapter(Adapter):
         m = self._bn[name]
         return BatchNormInfo(name, m.num_features, m.momentum, m.eps, m.affine,
                              m.running_mean is not None and m.running_var is not None,
-                             self._frozen(m), largest=torch.finfo(self.dtype).max)
+                             self._frozen(m), framework="torch",
+                             largest=torch.finfo(self.dtype).max)
 
     def _frozen(self, m):
         """In inference mode inside a model in train mode, or in inference mode with
