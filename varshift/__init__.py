@@ -22,7 +22,8 @@ from . import datasets, nn, optim
 from ._process import ModelInUseError
 from ._safe_read import ModelFileError
 from ._validate import NonFiniteError
-from .diagnosis import Finding, diagnose
+from .diagnosis import diagnose
+from .findings import Finding
 from .gradient_check import gradcheck
 from .inspection import Inspection, inspect
 from .io import load, save

@@ -8,19 +8,17 @@ constants below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from . import _validate
-from ._json import json_ready
 from ._process import public
 from .backends import EVAL, session_for
 from .backends.numpy_engine import dropout_upstream_of_batchnorm
+from .findings import Finding, grade, in_convention, momentum_words, possessive
 from .measurement import Report, inference_noise, measure_with
 from .stats import deviation_in_stds, ratio, symmetric_shift
 
-__all__ = ["diagnose", "Finding", "dropout_upstream_of_batchnorm"]
+__all__ = ["diagnose", "dropout_upstream_of_batchnorm", "momentum_like_other_convention"]
 
 #: Dropout-attributed shift max(r, 1/r) that is reported (warning) or serious (error).
 DROPOUT_SHIFT = (1.05, 1.2)
@@ -34,62 +32,8 @@ SMALL_BATCH = (32, 8)
 BATCH_DEPENDENCE = 1e-4
 #: A momentum at least this large looks like Keras' convention used as PyTorch's.
 KERAS_LIKE_MOMENTUM = 0.5
-
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-
-
-@dataclass
-class Finding:
-    """One diagnosed problem.
-
-    Attributes
-    ----------
-    code : str
-        ``DROPOUT_BEFORE_BN``, ``STALE_RUNNING_STATS``, ``STATS_AT_INIT``,
-        ``SMALL_BATCH_STATS``, ``EVAL_BATCH_DEPENDENT``, ``SUSPICIOUS_MOMENTUM``,
-        ``EVAL_NOT_DETERMINISTIC`` or ``DAMAGED_RUNNING_STATS``; from a saved Keras
-        file (:func:`varshift.inspect`) also ``STATS_NEAR_INIT``, ``BAD_MOVING_STATS``
-        and ``FROZEN_BATCHNORM``.
-    layer : str
-        Path of the layer concerned ('' for the whole model).
-    severity : {'error', 'warning', 'info'}
-    evidence : dict
-        The numbers behind the finding.
-    explanation, fix : str
-    """
-
-    code: str
-    layer: str
-    severity: str
-    evidence: dict = field(default_factory=dict)
-    explanation: str = ""
-    fix: str = ""
-
-    def __str__(self):
-        numbers = ", ".join(f"{k}={_fmt(v)}" for k, v in self.evidence.items())
-        where = f"layer {self.layer!r}" if self.layer else "model"
-        return (f"[{self.severity}] {self.code} at {where}\n  evidence: {numbers}\n"
-                f"  {self.explanation}\n  fix: {self.fix}")
-
-    def to_dict(self) -> dict:
-        return {"code": self.code, "layer": self.layer, "severity": self.severity,
-                "evidence": {k: json_ready(v) for k, v in self.evidence.items()},
-                "explanation": self.explanation, "fix": self.fix}
-
-
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _grade(value, thresholds):
-    """'error', 'warning' or None for ``value`` against (warning, error) thresholds."""
-    warning, error = thresholds
-    if warning > error:  # smaller is worse
-        return "error" if value < error else "warning" if value < warning else None
-    return "error" if value >= error else "warning" if value >= warning else None
-
+#: Shift of the first BatchNorm beyond which its inputs' scale differs from training's.
+INPUT_SCALE_SHIFT = 100.0
 
 @public()
 def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, report=None,
@@ -174,14 +118,14 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
         upstream = session.noise_upstream(sample)
         noise = inference_noise(session, sample) if session.hidden_noise_possible else 0.0
     shapes = {r.name: r.shape for r in report.layers}
-    findings = []
+    findings = _input_scale(report.bn[0], session.adapter.to_numpy(sample)) if report.bn else []
     for b in report.bn:
         findings += _momentum(b)
         damaged = _damaged(b)
         at_init = _at_init(b)
         findings += damaged + at_init
         findings += _dropout(b, upstream.get(b.name, []), session)
-        if not (damaged or at_init or b.frozen):
+        if not (damaged or at_init or b.frozen or findings and findings[0].code == "INPUT_SCALE"):
             findings += _stale(b)
         findings += _small_batch(b, shapes.get(b.name), train_batch_size or report.batch_size)
     if noise > 0:
@@ -190,7 +134,7 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
         findings += _batch_dependence(session, sample, seed,
                                       [b.name for b in report.bn if b.moving_var is None])
     order = {r.name: i for i, r in enumerate(report.layers)}
-    findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], order.get(f.layer, -1)))
+    findings.sort(key=lambda f: (f.rank, order.get(f.layer, -1)))
     return findings
 
 
@@ -224,45 +168,49 @@ def _layer_list(pairs, limit=6):
     return f"[{shown}{', ...' if len(pairs) > limit else ''}] ({len(pairs)} layers)"
 
 
-def keras_momentum_like_pytorch(layer, momentum):
-    """The ``SUSPICIOUS_MOMENTUM`` finding for a Keras BatchNormalization whose
-    ``momentum`` (Keras' weight of the old statistics) looks like PyTorch's."""
+def momentum_like_other_convention(layer, momentum, framework):
+    """The ``SUSPICIOUS_MOMENTUM`` finding for a layer of a framework whose ``momentum``
+    is the weight of the old value (Keras, Flax) that looks like PyTorch's (the new
+    batch's weight): ``momentum`` as the framework writes it."""
+    name = momentum_words(framework)[0]
     new = 1 - momentum
     return Finding(
         "SUSPICIOUS_MOMENTUM", layer, "warning", {"momentum": momentum, "weight_of_new_batch": new},
-        f"momentum={momentum:g} is Keras' weight of the old statistics, so each new batch "
+        f"momentum={momentum:g} is {possessive(name)} weight of the old statistics, so each new batch "
         f"weighs {new:.3g} and the moving statistics follow only the last few batches. "
-        f"It looks like PyTorch's momentum (the weight of the new batch), where {momentum:g} "
-        f"would mean momentum={new:.3g} in Keras.",
-        f"Use momentum={new:.3g} (Keras' default is 0.99), or recalibrate after training.")
+        f"It looks like a PyTorch momentum (the weight of the new batch): in {name}, a "
+        f"new batch weighing {momentum:g} is momentum={new:.3g}.",
+        f"Use momentum={new:.3g} ({possessive(name)} default is 0.99), or recalibrate after training.")
 
 
 def _momentum(b):
     if b.momentum is None or b.moving_var is None:
         return []
-    if b.momentum >= KERAS_LIKE_MOMENTUM and b.keras_momentum:
-        return [keras_momentum_like_pytorch(b.name, 1 - b.momentum)]
+    name, weight = momentum_words(b.framework)
+    if b.momentum >= KERAS_LIKE_MOMENTUM and weight == "old":
+        return [momentum_like_other_convention(b.name, 1 - b.momentum, b.framework)]
     if b.momentum >= KERAS_LIKE_MOMENTUM:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.name, "warning",
             {"momentum": b.momentum, "weight_of_old_statistics": 1 - b.momentum},
-            f"momentum={b.momentum:g} gives the new batch weight {b.momentum:g} (PyTorch's "
-            f"convention, used here), so the running statistics follow only the last few "
-            f"batches. It looks like Keras' momentum (the weight of the old value), where "
-            f"{b.momentum:g} would mean {1 - b.momentum:.3g} here.",
-            f"Use momentum={1 - b.momentum:.3g} (or BatchNorm.keras(...) for Keras' "
-            f"conventions), or recalibrate after training.")]
-    if b.momentum == 0 and b.keras_momentum:
+            f"momentum={b.momentum:g} gives the new batch weight {b.momentum:g} ({possessive(name)} "
+            f"convention), so the running statistics follow only the last few batches. It "
+            f"looks like a Keras momentum (the weight of the old value): in {name}, an old "
+            f"value weighing {b.momentum:g} is momentum={1 - b.momentum:.3g}.",
+            f"Use momentum={1 - b.momentum:.3g}"
+            + (" (or BatchNorm.keras(...) for Keras' conventions)" if name == "varshift" else "")
+            + ", or recalibrate after training.")]
+    if b.momentum == 0 and weight == "old":
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.name, "warning", {"momentum": 1.0},
-            "momentum=1 (Keras' convention) never updates the moving statistics.",
-            "Use Keras' default momentum=0.99.")]
+            f"momentum=1 ({possessive(name)} convention: the weight of the old value) never updates "
+            f"the moving statistics.", f"Use {possessive(name)} default momentum=0.99.")]
     if b.momentum == 0:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.name, "warning", {"momentum": 0.0},
-            "momentum=0 never updates the running statistics (in Keras' convention 0 "
-            "would mean: keep only the last batch).",
-            "Use PyTorch's default momentum=0.1, or momentum=None for a cumulative average.")]
+            f"momentum=0 ({possessive(name)} convention: the weight of the new batch) never updates "
+            f"the running statistics.",
+            f"Use {possessive(name)} default momentum=0.1, or momentum=None for a cumulative average.")]
     return []
 
 
@@ -317,58 +265,121 @@ def _at_init(b):
 
 
 def _dropout(b, noise_paths, session):
+    """``DROPOUT_BEFORE_BN``, graded on what inference suffers now: the shift the noise
+    causes in training (nodrop / train) where the running statistics still carry it, info
+    only where they match inference (recalibrated) or the layer is frozen."""
     if not noise_paths:
         return []
-    ratio = b.attribution["dropout"]
-    shift = symmetric_shift(ratio)
-    severity = _grade(shift, DROPOUT_SHIFT) or "info"
+    factor = b.attribution["dropout"]
+    noise_shift = symmetric_shift(factor)
+    layers = ", ".join(f"{p} ({session.noise_description(p)})" for p in noise_paths)
+    evidence = {"dropout_layers": layers, "dropout_shift": noise_shift,
+                "nodrop_over_train_var": factor, "layer_shift": b.shift}
+    found = f"Dropout-like noise ({', '.join(noise_paths)}) reaches this BatchNorm with no " \
+            f"BatchNorm in between."
+    if b.frozen:
+        return [Finding(
+            "DROPOUT_BEFORE_BN", b.name, "info", evidence,
+            f"{found} The layer is frozen: it normalises with fixed statistics and records "
+            f"nothing, so the noise does not shift them; in training it only sees inputs "
+            f"whose variance the noise scales by {1 / factor:.3g}x against inference.",
+            "Nothing for the statistics. If the frozen statistics should describe the new "
+            "data, recalibrate with include_frozen=True.")]
+    inference = grade(b.shift, DROPOUT_SHIFT)
+    if inference is None or b.moving_var is None:
+        return [Finding(
+            "DROPOUT_BEFORE_BN", b.name, "info", evidence,
+            f"{found} Inference is consistent now: the running statistics match the "
+            f"inference-mode inputs (shift {b.shift:.3g}, e.g. after recalibration). "
+            f"Training with this noise records a variance {noise_shift:.3g}x off again "
+            f"(Li et al.'s variance shift).",
+            "After every training run, varshift.recalibrate(model, training_data); or move "
+            "the Dropout after the last BatchNorm (e.g. just before the classifier).")]
+    severity = grade(min(noise_shift, b.shift), DROPOUT_SHIFT) or "info"
     return [Finding(
-        "DROPOUT_BEFORE_BN", b.name, severity,
-        {"dropout_layers": ", ".join(f"{p} ({session.noise_description(p)})"
-                                     for p in noise_paths),
-         "dropout_shift": shift, "nodrop_over_train_var": ratio, "layer_shift": b.shift},
-        f"Dropout-like noise ({', '.join(noise_paths)}) reaches this BatchNorm with no "
-        f"BatchNorm in between. In training the noise inflates the input variance that "
-        f"BatchNorm records; at inference it is gone, so the layer divides by a variance "
-        f"{shift:.3g}x too large (Li et al.'s variance shift; measured with Dropout "
-        f"switched off: {ratio:.3g} of the train-mode variance).",
+        "DROPOUT_BEFORE_BN", b.name, severity, evidence,
+        f"{found} In training the noise inflates the input variance that BatchNorm records; "
+        f"at inference it is gone, so the layer divides by a variance {noise_shift:.3g}x too "
+        f"large (Li et al.'s variance shift; measured with Dropout switched off: "
+        f"{factor:.3g} of the train-mode variance).",
         "Move Dropout after the last BatchNorm (e.g. just before the classifier), use "
         "Uout (small uniform noise), or varshift.recalibrate(model, training_data) "
         "to re-estimate the statistics with Dropout off.")]
 
 
 def _stale(b):
+    """``STALE_RUNNING_STATS``: the running statistics fit neither the train-mode inputs
+    (which an exponential average converges to) nor the inference-mode ones (which
+    recalibration writes). Graded on what normalisation divides by, var + eps: a
+    variance far below eps (also one that underflowed in the buffer's dtype) changes no
+    output."""
     if b.moving_var is None:
         return []
-    # graded on what normalisation divides by, var + eps: a variance far below eps
-    # (also one that underflowed in the buffer's dtype) changes no output
-    shift = symmetric_shift(ratio(np.mean(b.train_var) + b.eps, np.mean(b.moving_var) + b.eps))
-    drift = float(np.mean(deviation_in_stds(b.train_mean, b.moving_mean, b.moving_var + b.eps)))
-    grades = [g for g in (_grade(shift, STALE_SHIFT), _grade(drift, STALE_MEAN)) if g]
-    if not grades:
+    moving = np.mean(b.moving_var) + b.eps
+    fits = {}
+    for source in ("train", "real"):
+        mean, var = getattr(b, f"{source}_mean"), getattr(b, f"{source}_var")
+        shift = symmetric_shift(ratio(np.mean(var) + b.eps, moving))
+        drift = float(np.mean(deviation_in_stds(mean, b.moving_mean, b.moving_var + b.eps)))
+        grades = [g for g in (grade(shift, STALE_SHIFT), grade(drift, STALE_MEAN)) if g]
+        fits[source] = (shift, drift, grades)
+    if not (fits["train"][2] and fits["real"][2]):
         return []
-    severity = "error" if "error" in grades else "warning"
-    evidence = {"train_over_moving_var": b.attribution["running_stats"], "var_shift": shift,
-                "mean_drift_std": drift, "momentum": b.momentum,
+    severity = "error" if all("error" in fits[s][2] for s in fits) else "warning"
+    evidence = {"train_over_moving_var": b.attribution["running_stats"],
+                "var_shift": fits["train"][0], "mean_drift_std": fits["train"][1],
+                "inference_var_shift": fits["real"][0], "inference_mean_drift_std": fits["real"][1],
+                "momentum": in_convention(b.momentum, b.framework) if b.momentum else b.momentum,
                 "num_batches_tracked": b.num_batches_tracked}
     if b.momentum and b.num_batches_tracked is not None:
         evidence["initial_value_weight_left"] = float((1 - b.momentum) ** b.num_batches_tracked)
+    name, weight = momentum_words(b.framework)
+    faster = ("a larger momentum" if weight == "new" else "a smaller momentum")
     return [Finding(
         "STALE_RUNNING_STATS", b.name, severity, evidence,
-        "The running statistics are far from the statistics the current weights produce "
-        "in train mode (Dropout as in training): the exponential average is stale. "
-        "Usual causes: a momentum too slow for the number of updates (part of the "
-        "initial 0/1 values is still in it), statistics recorded under earlier weights "
-        "(averaged or fine-tuned weights, a frozen BatchNorm), or a change of data.",
-        "varshift.recalibrate(model, training_data) (exact statistics for the current "
-        "weights); when training, a larger momentum (PyTorch's convention) or more steps.")]
+        "The running statistics are far from the statistics the current weights produce, "
+        "in train mode (Dropout as in training) and in inference mode alike: the "
+        "exponential average is stale. Usual causes: a momentum too slow for the number of "
+        "updates (part of the initial 0/1 values is still in it), statistics recorded under "
+        "earlier weights (averaged or fine-tuned weights), or a change of data.",
+        f"varshift.recalibrate(model, training_data) (exact statistics for the current "
+        f"weights); when training, {faster} ({possessive(name)} convention: the weight of the "
+        f"{weight} {'batch' if weight == 'new' else 'value'}) or more steps.")]
+
+
+def _input_scale(b, x):
+    """``INPUT_SCALE``: the first BatchNorm's inputs are orders of magnitude away from
+    its running statistics (raw 0-255 images into a model trained on [0, 1], or a
+    rescaling done twice), whatever the later layers then report."""
+    if (b.moving_var is None or b.frozen or _validate.damaged_stats(b.moving_mean, b.moving_var)
+            or np.all(b.moving_mean == 0) and np.all(b.moving_var == 1)):  # STATS_AT_INIT
+        return []
+    shift = symmetric_shift(ratio(np.mean(b.real_var) + b.eps, np.mean(b.moving_var) + b.eps))
+    if not shift >= INPUT_SCALE_SHIFT:
+        return []
+    direction = "larger" if np.mean(b.real_var) > np.mean(b.moving_var) else "smaller"
+    x = np.asarray(x)
+    low, high = (float(x.min()), float(x.max())) if x.size else (np.nan, np.nan)
+    return [Finding(
+        "INPUT_SCALE", b.name, "error",
+        {"shift": shift, "real_var": float(np.mean(b.real_var)),
+         "moving_var": float(np.mean(b.moving_var)), "input_dtype": str(x.dtype),
+         "input_range": (low, high)},
+        f"The first BatchNorm's inputs have a variance {shift:.3g}x {direction} than its "
+        f"running statistics: the data's scale differs from what the model was trained on "
+        f"(inputs seen: dtype {x.dtype}, range [{low:.4g}, {high:.4g}]). Every later "
+        f"layer's statistics are off for the same reason, so they are not reported as "
+        f"stale.",
+        "Give the model inputs preprocessed as in training (e.g. divide 0-255 images by "
+        "255, or do not rescale twice where the model rescales itself), then diagnose "
+        "again; recalibrating would only hide the mismatch.")]
 
 
 def _small_batch(b, shape, batch):
     if shape is None:
         return []
     values = int(batch * np.prod(shape[1:], dtype=int))
-    severity = _grade(values, SMALL_BATCH)
+    severity = grade(values, SMALL_BATCH)
     if severity is None:
         return []
     return [Finding(

@@ -51,15 +51,13 @@ import numpy as np
 from ._json import json_ready
 from ._process import public
 from .diagnosis import (
-    _SEVERITY_ORDER,
     DROPOUT_SHIFT,
     KERAS_LIKE_MOMENTUM,
     STALE_MEAN,
     STALE_SHIFT,
-    Finding,
-    _grade,
-    keras_momentum_like_pytorch,
+    momentum_like_other_convention,
 )
+from .findings import SEVERITIES, Finding, grade
 from .keras_file import SEQUENTIAL, ModelFileError, checked_setting, read_keras_file
 
 __all__ = ["inspect", "Inspection", "BatchNormInfo", "DropoutInfo", "ModelFileError"]
@@ -382,7 +380,7 @@ def inspect(path) -> Inspection:
         if not b.trainable and model.trainable:
             findings += _frozen(b, graph, trainable)
         findings += _dropout(b, dropouts)
-    findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], index.get(f.layer, -1)))
+    findings.sort(key=lambda f: (f.rank, index.get(f.layer, -1)))
     return Inspection(kfile.path, kfile.format, kfile.keras_version, model.name,
                       model.trainable, kfile.optimizer_iterations,
                       [(layer.path, layer.class_name) for layer in order], batchnorms,
@@ -489,7 +487,7 @@ def _momentum(b, steps):
     m = b.momentum
     new = 1 - m
     if new >= KERAS_LIKE_MOMENTUM:
-        return [keras_momentum_like_pytorch(b.path, m)]
+        return [momentum_like_other_convention(b.path, m, "keras")]
     if m >= 1:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.path, "warning", {"momentum": m},
@@ -558,7 +556,7 @@ def _near_init_by_count(b, steps):
         return None
     w = float(b.momentum ** steps)
     evidence = {"optimizer_iterations": steps, "momentum": b.momentum, "init_weight_left": w}
-    grades = [_grade(w, NEAR_INIT_WEIGHT)]
+    grades = [grade(w, NEAR_INIT_WEIGHT)]
     mean, var = b.moving_mean.astype(np.float64), b.moving_variance.astype(np.float64)
     data_var = (var - w) / (1 - w)
     if np.all(data_var > 0):
@@ -569,8 +567,8 @@ def _near_init_by_count(b, steps):
             evidence.update(estimated_data_var=float(data_mean), moving_var=float(var_mean),
                             estimated_var_shift=float(np.fmax(ratio, 1 / ratio)),
                             estimated_mean_drift_std=float(drift))
-        grades += [_grade(evidence["estimated_var_shift"], STALE_SHIFT),
-                   _grade(evidence["estimated_mean_drift_std"], STALE_MEAN)]
+        grades += [grade(evidence["estimated_var_shift"], STALE_SHIFT),
+                   grade(evidence["estimated_mean_drift_std"], STALE_MEAN)]
     elif w > 0:
         return None
     grades = [g for g in grades if g]
@@ -631,8 +629,8 @@ def _dropout(b, dropouts):
                                             f"{d.describe_reach(b.path)}" for d in sources)}
     if bounds:
         evidence["min_variance_ratio_case_a"] = max(bounds)
-        graded = _grade(max(bounds), DROPOUT_SHIFT)
-        if graded and _SEVERITY_ORDER[graded] < _SEVERITY_ORDER[severity]:
+        graded = grade(max(bounds), DROPOUT_SHIFT)
+        if graded and SEVERITIES.index(graded) < SEVERITIES.index(severity):
             severity = graded
     return [Finding(
         "DROPOUT_BEFORE_BN", b.path, severity, evidence,

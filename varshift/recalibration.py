@@ -9,7 +9,7 @@ network order, so that each layer sees the already recalibrated layers upstream.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,20 +33,26 @@ class Recalibration:
         after-shift is 1 by construction; on held-out data it is the number to read).
     layers : list of str
         The BatchNorm layers recalibrated, in order.
+    frozen : list of str
+        Frozen BatchNorm layers left as they were (``include_frozen=False``).
     """
 
     before: Report
     after: Report
     layers: list
+    frozen: list = field(default_factory=list)
 
     def __str__(self):
+        left = (f"\nLeft as they were (frozen; include_frozen=True recalibrates them): "
+                f"{', '.join(self.frozen)}" if self.frozen else "")
         if self.before is None:
-            return f"BatchNorm recalibration of {', '.join(self.layers)} (no reports)"
+            return f"BatchNorm recalibration of {', '.join(self.layers)} (no reports){left}"
         lines = ["BatchNorm recalibration (shift = max(real/moving, moving/real))",
                  f"{'#':>3} {'layer':<14} {'shift before':>12} {'shift after':>12}"]
         for b, a in zip(self.before.bn, self.after.bn):
-            lines.append(f"{b.index:>3} {b.name:<14} {_shown(b)} {_shown(a)}")
-        return "\n".join(lines)
+            lines.append(f"{b.index:>3} {b.name:<14} {_shown(b)} {_shown(a)}"
+                         + ("  frozen, left" if b.name in self.frozen else ""))
+        return "\n".join(lines) + left
 
     __repr__ = __str__
 
@@ -72,7 +78,8 @@ def _shown(b) -> str:
 
 @public()
 def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, seed=0,
-                progress=False, reports=True, input_key=None) -> Recalibration:
+                progress=False, reports=True, input_key=None,
+                include_frozen=False) -> Recalibration:
     """Replace every BatchNorm's running statistics by exact population statistics.
 
     Parameters
@@ -103,6 +110,12 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         ``holdout``); False skips them, leaving ``before`` and ``after`` None.
     input_key : hashable, optional
         For dict batches: the key of the model's input.
+    include_frozen : bool, default False
+        Also recalibrate frozen BatchNorms (kept in inference mode while the rest
+        trains, as in frozen-BatchNorm fine-tuning: torch ``eval()`` with
+        ``requires_grad=False`` parameters, Keras ``trainable=False``, Flax
+        ``use_running_average=True``). By default they keep the statistics they were
+        frozen with, and the result lists them in ``frozen``.
 
     Returns
     -------
@@ -149,6 +162,7 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     seed = _validate.seed(seed, "seed", "recalibrate")
     progress = _validate.flag(progress, "progress", "recalibrate")
     reports = _validate.flag(reports, "reports", "recalibrate")
+    include_frozen = _validate.flag(include_frozen, "include_frozen", "recalibrate")
     batches = _reiterable(session.batches(data, batch_size, "recalibrate", input_key=input_key))
     report_data = batches if holdout is None else session.batches(
         holdout, batch_size, "recalibrate", name="holdout", input_key=input_key)
@@ -160,7 +174,8 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
 
     with session.preserved(seed, keep_buffers=True):
         session.trace(next(iter(batches)))
-        targets = [bn for bn in session.batchnorms() if bn.track_running_stats]
+        tracking = [bn for bn in session.batchnorms() if bn.track_running_stats]
+        targets = [bn for bn in tracking if include_frozen or not bn.frozen]
         for bn in targets:
             if bn.not_recalibrated:
                 raise ValueError(f"recalibrate: {bn.not_recalibrated}")
@@ -168,7 +183,8 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         for bn in targets:
             _recalibrate_layer(session, bn, batches, dropout, progress)
         after = report()
-    return Recalibration(before, after, [bn.name for bn in targets])
+    return Recalibration(before, after, [bn.name for bn in targets],
+                         [bn.name for bn in tracking if bn not in targets])
 
 
 def _reiterable(batches):
