@@ -12,6 +12,11 @@ Only ``E[m^2]`` matters: ``1 / p`` (dropout), ``1 + beta^2 / 3`` (Uout),
 ``1 + sigma^2`` (Gaussian). Case (a) puts the noise right before BatchNorm, case (b)
 before a weight layer ``w`` (d inputs, equicorrelated with correlation ``rho``) that
 feeds BatchNorm. All functions broadcast over array arguments.
+
+Where a function takes a noise by name with the paper's parameter (``p``, ``beta`` or
+``sigma2``), a noise layer of :mod:`varshift.nn.noise` can stand instead: it states its
+own ``E[m^2]`` and draws its own noise, and a layer that does not state them raises
+rather than getting another noise's closed form.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ def noise_second_moment(noise="dropout", *, p=None, beta=None, sigma2=None):
 
     Parameters
     ----------
-    noise : {'dropout', 'uout', 'gaussian'}
+    noise : {'dropout', 'uout', 'gaussian'} or noise layer
+        The noise by name, with its parameter below; or a layer of
+        :mod:`varshift.nn.noise` (``nn.Dropout(0.5)``, ...), which states its own
+        ``second_moment``, and then none of ``p``, ``beta``, ``sigma2``.
     p : array_like, for dropout
         Retain ratio in (0, 1] (drop rate ``1 - p``).
     beta : array_like, for uout
@@ -45,8 +53,20 @@ def noise_second_moment(noise="dropout", *, p=None, beta=None, sigma2=None):
     Returns
     -------
     ndarray
-        ``1 / p``, ``1 + beta^2 / 3`` or ``1 + sigma2``.
+        ``1 / p``, ``1 + beta^2 / 3``, ``1 + sigma2``, or the layer's ``second_moment``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, a missing or invalid parameter, or a parameter given with a
+        layer.
+    NotImplementedError
+        A noise layer that does not state its ``second_moment``.
     """
+    if not isinstance(noise, str):
+        if any(value is not None for value in (p, beta, sigma2)):
+            raise ValueError(f"{noise!r} states its own noise: give no p, beta or sigma2 with it")
+        return np.asarray(noise.second_moment, float)
     if noise == "dropout":
         p = _check(p, "p", lo=0, lo_open=True, hi=1)
         return 1.0 / p
@@ -65,7 +85,8 @@ def train_variance(noise="dropout", *, p=None, beta=None, sigma2=None, c=0.0, v=
     Parameters
     ----------
     noise, p, beta, sigma2
-        The noise, see :func:`noise_second_moment`.
+        The noise, by name with its parameter or as a noise layer; see
+        :func:`noise_second_moment`.
     c, v : array_like
         Mean and variance (> 0) of each unit before the noise.
     d_cos2 : array_like, optional
@@ -244,11 +265,12 @@ def monte_carlo(case="dropout", *, p=None, beta=None, sigma2=None, c=0.0, v=1.0,
 
     Parameters
     ----------
-    case : {'dropout', 'uout', 'gaussian', 'dropout_weight'}
+    case : {'dropout', 'uout', 'gaussian', 'dropout_weight'} or noise layer
         Noise right before BatchNorm (case (a) and its variants), or Dropout before a
-        weight layer (case (b)).
+        weight layer (case (b)). A layer of :mod:`varshift.nn.noise` is case (a) with
+        the layer's own noise (its ``sample``, drawn from this function's stream).
     p, beta, sigma2, c, v, rho
-        As in the closed forms (scalars).
+        As in the closed forms (scalars); no ``p``, ``beta`` or ``sigma2`` with a layer.
     d, cos2 : optional
         Case (b): fan-in and cos^2(theta) of generated weights
         (:func:`weights_with_cos2`), or give ``weights`` (shape (d,)).
@@ -277,7 +299,7 @@ def monte_carlo(case="dropout", *, p=None, beta=None, sigma2=None, c=0.0, v=1.0,
             weights = weights_with_cos2(d, cos2, seed=seed + 1)
         w = np.asarray(weights, float)
         noise = "dropout"
-    elif case in NOISES:
+    elif not isinstance(case, str) or case in NOISES:
         w = np.ones(1)
         noise = case
     else:
@@ -286,7 +308,7 @@ def monte_carlo(case="dropout", *, p=None, beta=None, sigma2=None, c=0.0, v=1.0,
     if not 0 <= rho < 1:
         raise ValueError(f"monte_carlo: rho must be in [0, 1), got {rho}")
     params = dict(p=p, beta=beta, sigma2=sigma2)
-    noise_second_moment(noise, **params)  # validates the noise parameter
+    noise_second_moment(noise, **params)  # validates the noise parameter (or the layer's)
     per = max(2, n // batches)
     rows = max(1, min(per, 2_000_000 // w.size))
     sums = np.zeros((batches, 2, 3))  # per batch, (train, test), (count, sum, sum of squares)
@@ -307,6 +329,8 @@ def monte_carlo(case="dropout", *, p=None, beta=None, sigma2=None, c=0.0, v=1.0,
 
 
 def _draw_noise(rng, noise, shape, p=None, beta=None, sigma2=None):
+    if not isinstance(noise, str):
+        return noise.sample(rng, shape)
     if noise == "dropout":
         return (rng.random(shape) < p) / p
     if noise == "uout":

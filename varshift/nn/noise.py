@@ -4,6 +4,10 @@ Each multiplies its input element-wise by random noise ``m`` with E[m] = 1 in tr
 mode and is the identity in inference mode; backward multiplies by the same ``m``.
 They differ only in the distribution of ``m``, which is where Li et al.'s variance
 shift comes from: the train-mode variance of ``x m`` is ``E[m^2] E[x^2] - E[x]^2``.
+
+Each layer states ``E[m^2]`` (:attr:`~Dropout.second_moment`) and draws ``m`` from a
+given generator (:meth:`~Dropout.sample`); :mod:`varshift.theory` and the
+reproduction ask the layer for both. :data:`NOISES` names the layers.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from .._validate import fraction, real
 from .._validate import seed as check_seed
 from .layer import Layer
 
-__all__ = ["Dropout", "Uout", "GaussianDropout"]
+__all__ = ["Dropout", "Uout", "GaussianDropout", "NOISES"]
 
 
 class _MultiplicativeNoise(Layer):
-    """Shared train/eval logic; subclasses define ``_noise(shape, dtype)``."""
+    """Shared train/eval logic; subclasses define :meth:`sample` and
+    :attr:`second_moment`."""
 
     kind = "dropout"
 
@@ -38,6 +43,38 @@ class _MultiplicativeNoise(Layer):
 
     def _backward(self, dout, noise):
         return (dout if noise is None else dout * noise), {}
+
+    def _noise(self, shape, dtype):
+        return self.sample(self.rng, shape, dtype)
+
+    def sample(self, rng, shape, dtype=np.float64):
+        """Draw the noise ``m`` element-wise.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The stream to draw from (the layer draws from its own ``rng``).
+        shape : tuple of int
+        dtype : numpy dtype, default float64
+
+        Returns
+        -------
+        ndarray of the given shape and dtype
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define sample(rng, shape, dtype)")
+
+    @property
+    def second_moment(self) -> float:
+        """``E[m^2]`` of the noise (``E[m] = 1``), the only statistic of ``m`` that
+        Li et al.'s variance shift depends on.
+
+        Raises
+        ------
+        NotImplementedError
+            For a noise layer that does not state it: theory never guesses it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not state E[m^2] of its noise: "
+                                  f"define its second_moment property")
 
 
 class Dropout(_MultiplicativeNoise):
@@ -61,9 +98,20 @@ class Dropout(_MultiplicativeNoise):
         self.rate = fraction(rate, "rate", "Dropout")
         super().__init__(seed)
 
-    def _noise(self, shape, dtype):
+    @property
+    def second_moment(self) -> float:
+        """``E[m^2]`` of the noise.
+
+        Notes
+        -----
+        ``E[m^2] = p (1 / p)^2 = 1 / p`` with ``p = 1 - rate`` (Li et al., Eq. 7).
+        """
+        return 1.0 / (1.0 - self.rate)
+
+    def sample(self, rng, shape, dtype=np.float64):
+        dtype = np.dtype(dtype)
         keep = 1.0 - self.rate
-        return (self.rng.random(shape, dtype=dtype) < keep) * dtype.type(1.0 / keep)
+        return (rng.random(shape, dtype=dtype) < keep) * dtype.type(1.0 / keep)
 
 
 class Uout(_MultiplicativeNoise):
@@ -84,8 +132,19 @@ class Uout(_MultiplicativeNoise):
         self.beta = real(beta, "beta", "Uout", 0)
         super().__init__(seed)
 
-    def _noise(self, shape, dtype):
-        u = self.rng.random(shape, dtype=dtype)
+    @property
+    def second_moment(self) -> float:
+        """``E[m^2]`` of the noise.
+
+        Notes
+        -----
+        ``E[m^2] = 1 + Var r = 1 + beta^2 / 3`` for ``r ~ U(-beta, beta)``.
+        """
+        return 1.0 + self.beta * self.beta / 3.0
+
+    def sample(self, rng, shape, dtype=np.float64):
+        dtype = np.dtype(dtype)
+        u = rng.random(shape, dtype=dtype)
         return dtype.type(1.0 - self.beta) + dtype.type(2.0 * self.beta) * u
 
 
@@ -107,6 +166,21 @@ class GaussianDropout(_MultiplicativeNoise):
         self.rate = fraction(rate, "rate", "GaussianDropout")
         super().__init__(seed)
 
-    def _noise(self, shape, dtype):
+    @property
+    def second_moment(self) -> float:
+        """``E[m^2]`` of the noise.
+
+        Notes
+        -----
+        ``E[m^2] = 1 + sigma^2 = 1 / (1 - rate)``.
+        """
+        return 1.0 / (1.0 - self.rate)
+
+    def sample(self, rng, shape, dtype=np.float64):
+        dtype = np.dtype(dtype)
         sigma = np.sqrt(self.rate / (1.0 - self.rate))
-        return dtype.type(1.0) + dtype.type(sigma) * self.rng.standard_normal(shape, dtype=dtype)
+        return dtype.type(1.0) + dtype.type(sigma) * rng.standard_normal(shape, dtype=dtype)
+
+
+NOISES = {"dropout": Dropout, "uout": Uout, "gaussian": GaussianDropout}
+"""The noise layers by name: the one vocabulary of the reproduction's networks."""

@@ -101,7 +101,8 @@ def _patches(x, weight_layer):
 
 def _theory_point(noise, x, weight_layer, draws=4):
     """Li et al.'s prediction of the noise's variance ratio from the measured c, v, rho
-    (and d cos^2 of the weights), against the ratio measured on the same inputs.
+    (and d cos^2 of the weights), against the ratio measured on the same inputs. The
+    prediction uses the layer's own ``E[m^2]`` (its ``second_moment``).
 
     ``x`` is what enters the noise layer in inference mode. Case (a) (BatchNorm right
     after the noise): X is the noise's output. Case (b): X is the weight layer's output
@@ -112,11 +113,9 @@ def _theory_point(noise, x, weight_layer, draws=4):
     noisy = np.concatenate([_patches(np.asarray(noise.forward(x.astype(noise.dtype)), np.float64),
                                      weight_layer)[0] for _ in range(draws)])
     c, v = float(clean.mean()), float(clean.var(axis=0, ddof=1).mean())
-    amount = {"beta": noise.beta} if isinstance(noise, nn.Uout) else {"p": 1 - noise.rate}
-    name = "uout" if isinstance(noise, nn.Uout) else "dropout"
     if w is None:
         measured = clean.var(axis=0, ddof=1).sum() / noisy.var(axis=0, ddof=1).sum()
-        predicted = float(test_variance(c=c, v=v) / train_variance(name, c=c, v=v, **amount))
+        predicted = float(test_variance(c=c, v=v) / train_variance(noise, c=c, v=v))
         return {"case": "a", "c": c, "v": v, "rho": None, "d": None, "d_cos2": None,
                 "predicted": predicted, "measured": float(measured)}
     corr = np.corrcoef(clean, rowvar=False)
@@ -125,7 +124,7 @@ def _theory_point(noise, x, weight_layer, draws=4):
     norm2 = np.sum(w * w, axis=1)
     d_cos2 = w.sum(axis=1) ** 2 / norm2
     kw = dict(c=c, v=v, rho=rho, d_cos2=d_cos2, w_norm2=norm2)
-    predicted = test_variance(**kw).sum() / train_variance(name, **kw, **amount).sum()
+    predicted = test_variance(**kw).sum() / train_variance(noise, **kw).sum()
     measured = (clean @ w.T).var(axis=0, ddof=1).sum() / (noisy @ w.T).var(axis=0, ddof=1).sum()
     return {"case": "b", "c": c, "v": v, "rho": rho, "d": int(d), "d_cos2": float(d_cos2.mean()),
             "predicted": float(predicted), "measured": float(measured)}
@@ -185,7 +184,8 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
     epochs : int
     num_samples : int
         MNIST-1D sequences generated (80 % train, 20 % test).
-    noise : {'dropout', 'uout'}
+    noise : {'dropout', 'uout', 'gaussian'}
+        The noise layers (:data:`varshift.nn.noise.NOISES`).
     lr : float, default 3e-3
         Initial Adam learning rate (cosine decay to 0).
     batch_size : int, default 100

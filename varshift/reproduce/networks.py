@@ -7,7 +7,8 @@ Placements (Li et al., section 4):
 * ``'b'``: Dropout right before the *last convolution* of every block (as in WRN);
 * ``'head'``: one Dropout after all BatchNorm layers, before the classifier (Table 4).
 
-``noise='uout'`` puts Uout(beta) instead of Dropout(rate) at the same positions (Table 6).
+``noise='uout'`` puts Uout(beta) instead of Dropout(rate) at the same positions (Table 6),
+``noise='gaussian'`` GaussianDropout(rate): any name of :data:`varshift.nn.noise.NOISES`.
 
 Networks with rate 0 have no noise layers, and :func:`seeded` draws the weights
 independently of the noise layers, so for one seed every placement, rate and noise
@@ -17,19 +18,19 @@ starts from the same weights: the arms of a comparison are paired.
 from __future__ import annotations
 
 from .. import nn
+from ..nn.noise import NOISES
 
 __all__ = ["preresnet", "wide_resnet", "densenet", "mlp", "seeded", "ARCHITECTURES"]
 
-NOISES = ("dropout", "uout")
-
 
 def _noise(noise, amount):
-    """The noise layer as a list: empty for amount 0 (no layer at all)."""
+    """The noise layer named ``noise`` (:data:`~varshift.nn.noise.NOISES`) with its
+    one argument ``amount``, as a list: empty for amount 0 (no layer at all)."""
     if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+        raise ValueError(f"noise must be one of {tuple(NOISES)}, got {noise!r}")
     if amount == 0:
         return []
-    return [nn.Uout(amount) if noise == "uout" else nn.Dropout(amount)]
+    return [NOISES[noise](amount)]
 
 
 def seeded(model, seed):
@@ -68,7 +69,7 @@ def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, noise="dropout", c
     rate : float
         Drop rate (or Uout's beta with ``noise='uout'``); 0 adds no noise layer.
     width, blocks : int
-    noise : {'dropout', 'uout'}
+    noise : {'dropout', 'uout', 'gaussian'}
     classes : int
     seed : int, optional
     """
