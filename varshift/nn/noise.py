@@ -16,6 +16,7 @@ import numpy as np
 
 from .._validate import fraction, real
 from .._validate import seed as check_seed
+from ..backends.modes import Kind
 from .layer import Layer
 
 __all__ = ["Dropout", "Uout", "GaussianDropout", "NOISES"]
@@ -25,7 +26,7 @@ class _MultiplicativeNoise(Layer):
     """Shared train/eval logic; subclasses define :meth:`sample` and
     :attr:`second_moment`."""
 
-    kind = "dropout"
+    kind = Kind.DROPOUT
 
     def __init__(self, seed=None):
         super().__init__()
