@@ -124,11 +124,121 @@ def _reading(argument, path):
 
 
 def _load_model(args):
-    """The model file MODEL (``varshift.load``)."""
+    """The model file MODEL (``varshift.load``); a Keras, PyTorch or other framework's
+    file is named as such, with what to do instead."""
     from . import load
+    from ._safe_read import ModelFileError
 
     with _reading("MODEL", args.model):
-        return load(args.model)
+        try:
+            return load(args.model)
+        except ModelFileError as err:
+            message = _foreign_model(args.model, args.command)
+            if message is None:
+                raise
+            raise ValueError(message) from err
+
+
+#: The signature an HDF5 file (Keras' legacy .h5 format) starts with.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: What torch.save's legacy (pickle) format starts with: pickle protocol 2, then
+#: PyTorch's magic number as a 10-byte integer.
+TORCH_LEGACY_START = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def model_file_kind(path):
+    """What a model file is, from its first bytes and, for a zip archive, the names of
+    its members; nothing is unpickled, decompressed or run.
+
+    Returns
+    -------
+    {'varshift', 'keras', 'hdf5', 'torch', 'torch-legacy', 'pickle', 'safetensors'} or None
+        A varshift model (an .npz archive with ``__varshift__``), a Keras 3 ``.keras``
+        archive (a zip with ``config.json``), an HDF5 file (Keras' legacy ``.h5``
+        models and weights), a ``torch.save`` file (a zip with ``data.pkl``, or the
+        legacy pickle format), another pickle, a safetensors file; None: none of these,
+        or unreadable.
+    """
+    import zipfile
+
+    from ._safe_read import ZIP_ERRORS, open_regular
+
+    try:
+        with open_regular(path) as f:
+            head = f.read(64)
+            if head.startswith(b"PK"):
+                f.seek(0)
+                with zipfile.ZipFile(f) as archive:
+                    names = set(archive.namelist())
+                if "__varshift__.npy" in names:
+                    return "varshift"
+                if "config.json" in names:
+                    return "keras"
+                if any(n == "data.pkl" or n.endswith("/data.pkl") and n.count("/") == 1
+                       for n in names):
+                    return "torch"
+                return None
+            size = os.fstat(f.fileno()).st_size
+            for offset in (0, 512, 1024, 2048):  # where HDF5 allows its signature
+                f.seek(offset)
+                if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return "hdf5"
+    except (OSError, *ZIP_ERRORS):
+        return None
+    if head.startswith(TORCH_LEGACY_START):
+        return "torch-legacy"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    return None
+
+
+def _foreign_model(path, command):
+    """The error message for MODEL ``path`` of ``varshift command`` if it is another
+    framework's file (or, for inspect, a varshift model), else None."""
+    import shlex
+
+    kind, shown, quoted = model_file_kind(path), repr(path), shlex.quote(path)
+    python = ("varshift.measure or varshift.diagnose(model, data)" if command == "inspect"
+              else f"varshift.{command}(model, data)")
+    if command == "inspect":
+        if kind == "varshift":
+            return (f"MODEL: {shown} is a varshift model (varshift.save), not a Keras file; "
+                    f"`varshift diagnose {quoted} DATA` and `varshift measure {quoted} DATA` "
+                    f"examine it on data.")
+        if kind in ("keras", "hdf5"):
+            return None  # inspect's own message says what is wrong with it
+        inspect = "; `varshift inspect` reads Keras model files only"
+    else:
+        inspect = ""
+    if kind == "keras":
+        return (f"MODEL: {shown} is a Keras model file (.keras archive), not a varshift "
+                f"model. `varshift inspect {quoted}` reads it without data; to {command} it "
+                f"on data, load it in Python (keras.saving.load_model) and pass the model "
+                f"to {python}.")
+    if kind == "hdf5":
+        return (f"MODEL: {shown} is an HDF5 file, the format of Keras' legacy .h5 models, "
+                f"not a varshift model. If it holds a whole Keras model, `varshift inspect "
+                f"{quoted}` reads it without data; to {command} it on data, load it in "
+                f"Python (keras.saving.load_model) and pass the model to {python}.")
+    if kind in ("torch", "torch-legacy"):
+        legacy = ", legacy format" if kind == "torch-legacy" else ""
+        return (f"MODEL: {shown} is a PyTorch checkpoint (torch.save{legacy}), not a "
+                f"varshift model, and varshift never unpickles files{inspect}. Load it in "
+                f"Python (a state_dict: build the module, then "
+                f"module.load_state_dict(torch.load(path)); a whole module, from a source "
+                f"you trust: torch.load(path, weights_only=False)) and pass the module to "
+                f"{python}.")
+    if kind == "pickle":
+        return (f"MODEL: {shown} is a Python pickle, not a varshift model, and varshift "
+                f"never unpickles files{inspect}. If it holds a model, load it in Python "
+                f"and pass the model to {python}.")
+    if kind == "safetensors":
+        return (f"MODEL: {shown} is a safetensors file (weights only), not a varshift "
+                f"model{inspect}. Build the model in Python, load the weights into it and "
+                f"pass it to {python}.")
+    return None
 
 
 def _progress(args) -> bool:
@@ -181,10 +291,21 @@ def _diagnose(args) -> int:
     if args.json:
         print(json.dumps([f.to_dict() for f in findings], indent=1))
     elif findings:
-        print("\n\n".join(str(f) for f in findings))
+        print(_findings_text(findings, args.verbose))
     else:
         print("No problems found.")
     return _findings_exit_code(findings)
+
+
+def _findings_text(findings, verbose) -> str:
+    """Findings grouped by code (``format_findings``), with a pointer to --verbose
+    where grouping left texts out; every one in full with ``verbose``."""
+    from .findings import format_findings
+
+    text = format_findings(findings, verbose=verbose)
+    if not verbose and len({f.code for f in findings}) < len(findings):
+        text += "\n\n(--verbose: every finding in full)"
+    return text
 
 
 def _findings_exit_code(findings) -> int:
@@ -193,12 +314,34 @@ def _findings_exit_code(findings) -> int:
 
 
 def _inspect(args) -> int:
+    from ._safe_read import ModelFileError
     from .inspection import inspect
 
     with _reading("MODEL", args.model):
-        result = inspect(args.model)
-    print(result.to_json(indent=1) if args.json else result)
+        try:
+            result = inspect(args.model)
+        except ModelFileError as err:
+            message = _foreign_model(args.model, "inspect")
+            if message is None:
+                raise
+            raise ValueError(message) from err
+    if args.json:
+        print(result.to_json(indent=1))
+    else:
+        print(_inspection_text(result, args.verbose))
     return _findings_exit_code(result.findings)
+
+
+def _inspection_text(result, verbose) -> str:
+    """The inspection's tables, then its findings grouped by code (every one in full
+    with ``verbose``, as ``Inspection.summary`` has them)."""
+    from dataclasses import replace
+
+    none = "\n\nFindings: none."
+    tables = replace(result, findings=[]).summary()
+    if verbose or not result.findings or not tables.endswith(none):
+        return result.summary()
+    return f"{tables[:-len(none)]}\n\nFindings:\n{_findings_text(result.findings, False)}"
 
 
 def _recalibrate(args) -> int:
@@ -260,7 +403,7 @@ def _demo(args) -> int:
         print(report)
         findings = diagnose(model, sample, train_batch_size=200, report=report)
         print("\nDiagnosis: " + ("no problems found." if not findings else
-                                 "\n\n".join(str(f) for f in findings)))
+                                 _findings_text(findings, args.verbose)))
     return 0 if np.isfinite(test["loss"]) else 1
 
 
@@ -395,6 +538,12 @@ def _check_options(args) -> None:
                 error(err.strerror)
 
 
+def _verbose_option(parser):
+    parser.add_argument("--verbose", action="store_true",
+                        help="every finding in full (default: grouped by code, the "
+                             "explanation and fix once, a row of evidence per layer)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="varshift", description="Measure and fix the Dropout/BatchNorm variance shift.",
@@ -425,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="then measure and diagnose on N training images (0: skip; "
                            "default 10000)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _verbose_option(demo)
     demo.set_defaults(run=_demo, usage_error=demo.error)
 
     common = argparse.ArgumentParser(add_help=False)
@@ -476,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-batch-size", type=_positive_int, default=None, metavar="N",
                    help="batch size used in training, for SMALL_BATCH_STATS (default: "
                         "--batch-size)")
+    _verbose_option(d)
     d.set_defaults(run=_diagnose)
 
     r = command("recalibrate", "re-estimate BatchNorm statistics with Dropout off",
@@ -543,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="Keras 3 .keras archive or legacy HDF5 .h5 model (needs h5py: "
                                  "pip install 'varshift[keras]')")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    _verbose_option(i)
     i.set_defaults(run=_inspect)
     return parser
 

@@ -45,26 +45,30 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
 from ._json import json_ready
 from ._process import public
-from .diagnosis import (
-    DROPOUT_SHIFT,
-    KERAS_LIKE_MOMENTUM,
-    STALE_MEAN,
-    STALE_SHIFT,
-    momentum_like_other_convention,
-)
+from .diagnosis import DROPOUT_SHIFT, STALE_MEAN, STALE_SHIFT
+from .diagnosis import _momentum as _diagnosed_momentum
 from .findings import SEVERITIES, Finding, grade
-from .keras_file import SEQUENTIAL, ModelFileError, checked_setting, read_keras_file
+from .keras_file import (
+    MAX_WEIGHT_GROUPS,
+    SEQUENTIAL,
+    ModelFileError,
+    checked_setting,
+    read_keras_file,
+)
+from .stats import deviation_in_stds, ratio, symmetric_shift
 
 __all__ = ["inspect", "Inspection", "BatchNormInfo", "DropoutInfo", "ModelFileError"]
 
-#: Weight ``momentum ** steps`` of the initial 0/1 values still in the moving statistics
-#: that is reported (warning, error): 0.99 ** 60 = 0.547 is an error.
-NEAR_INIT_WEIGHT = (0.1, 0.5)
+#: Weight ``momentum ** updates`` of the initial 0/1 values still in the moving
+#: statistics from which it is reported even when the estimated effect is small (info:
+#: a file cannot tell whether the initial values happen to fit the data).
+NEAR_INIT_WEIGHT = 0.1
 #: Without a step count: every channel's |moving mean| and |ln moving variance| at most
 #: this is reported (info only: standardised inputs look the same).
 NEAR_INIT_DISTANCE = 0.05
@@ -84,7 +88,7 @@ MULTIPLICATIVE = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDro
 def _is_weight_layer(layer) -> bool:
     """A layer with a kernel (Dense, Conv*, EinsumDense, recurrent, ...): Li et al.'s
     weight layer of case (b)."""
-    return not layer.is_batchnorm and not layer.is_container and any(
+    return not (layer.is_batchnorm or layer.is_container or layer.is_wrapper) and any(
         key in layer.config for key in ("kernel_initializer", "depthwise_initializer"))
 
 
@@ -106,6 +110,10 @@ class BatchNormInfo:
     trainable : bool
         Trainable itself and inside trainable models (False: inference mode in Keras 3).
     moving_mean, moving_variance : ndarray, shape (C,)
+    updates_per_step : int
+        Updates of the moving statistics per training step: its calls in training mode
+        per forward pass (more than 1 for a layer shared by several branches or inputs;
+        0 if every call passes ``training=False``).
     """
 
     path: str
@@ -118,6 +126,7 @@ class BatchNormInfo:
     trainable: bool
     moving_mean: np.ndarray
     moving_variance: np.ndarray
+    updates_per_step: int = 1
 
     @property
     def channels(self) -> int:
@@ -149,7 +158,11 @@ class BatchNormInfo:
         return {"path": self.path, "index": self.index, "channels": self.channels,
                 "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
                 "center": self.center, "scale": self.scale, "trainable": self.trainable,
-                **self.statistics()}
+                "updates_per_step": self.updates_per_step, **self.statistics()}
+
+    def updates(self, steps):
+        """Updates of its moving statistics in ``steps`` optimizer steps (None: unknown)."""
+        return None if steps is None else steps * self.updates_per_step
 
 
 @dataclass
@@ -214,6 +227,9 @@ class Inspection:
     dropouts : list of DropoutInfo
     findings : list of Finding
         Most severe first.
+    unplaced_weights : list of varshift.keras_file.UnplacedWeights
+        Weight groups of the file that no layer of the config accounts for (a
+        subclassed model or layer, a damaged config): reported as ``UNPLACED_WEIGHTS``.
     """
 
     path: str
@@ -226,6 +242,7 @@ class Inspection:
     batchnorms: list
     dropouts: list
     findings: list
+    unplaced_weights: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Everything but the per-channel arrays, as JSON-ready built-ins."""
@@ -236,6 +253,7 @@ class Inspection:
             "layers": [{"path": p, "class_name": c} for p, c in self.layers],
             "batchnorms": [b.to_dict() for b in self.batchnorms],
             "dropouts": [d.to_dict() for d in self.dropouts],
+            "unplaced_weights": [vars(u) for u in self.unplaced_weights],
             "findings": [f.to_dict() for f in self.findings]})
 
     def to_json(self, **kwargs) -> str:
@@ -270,6 +288,10 @@ class Inspection:
                     f"{b.momentum:>8.4g} {b.epsilon:>7.3g} {_yes(b.center):>6} "
                     f"{_yes(b.scale):>5} {_yes(b.trainable):>9}  {mean:<{wm}}  {var:<{wv}} "
                     f"{s['nonfinite']:>9} {s['nonpositive_variance']:>6}")
+        elif self.unplaced_weights:
+            lines += ["", f"No BatchNormalization layer in the config, which does not account "
+                          f"for {len(self.unplaced_weights)} weight groups of the file (see "
+                          f"UNPLACED_WEIGHTS below)."]
         else:
             lines += ["", "No BatchNormalization layer: no moving statistics, no variance shift "
                           "in Li et al.'s sense."]
@@ -297,6 +319,11 @@ class Inspection:
     def __repr__(self) -> str:
         return (f"Inspection({self.path!r}: {len(self.batchnorms)} BatchNormalization, "
                 f"{len(self.dropouts)} dropout-like, {len(self.findings)} findings)")
+
+
+def _count(n, noun) -> str:
+    """``'1 step'``, ``'60 steps'``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _yes(flag) -> str:
@@ -358,7 +385,7 @@ def inspect(path) -> Inspection:
         layer.path, index[layer.path], layer.config["axis"], float(layer.config["momentum"]),
         float(layer.config["epsilon"]), layer.config["center"], layer.config["scale"],
         trainable[layer.path], np.asarray(layer.weights["moving_mean"]).ravel(),
-        np.asarray(layer.weights["moving_variance"]).ravel())
+        np.asarray(layer.weights["moving_variance"]).ravel(), layer.calls)
         for layer in order if layer.is_batchnorm]
     dropouts = []
     for layer in order:
@@ -370,21 +397,22 @@ def inspect(path) -> Inspection:
                 None if rate is None else float(rate),
                 after=sorted(graph.batchnorms_from(layer.path, backward=True), key=index.get),
                 reaches=graph.batchnorms_from(layer.path)))
-    findings = []
+    steps = kfile.optimizer_iterations
+    findings = _unplaced(kfile)
     for b in batchnorms:
-        findings += _bad_stats(b) + _momentum(b, kfile.optimizer_iterations)
+        findings += _bad_stats(b) + _momentum(b, steps)
         if b.at_init:
-            findings += _at_init(b, kfile.optimizer_iterations)
+            findings += _at_init(b, steps)
         elif b.trainable:
-            findings += _near_init(b, kfile.optimizer_iterations)
+            findings += _near_init(b, steps)
         if not b.trainable and model.trainable:
             findings += _frozen(b, graph, trainable)
         findings += _dropout(b, dropouts)
     findings.sort(key=lambda f: (f.rank, index.get(f.layer, -1)))
     return Inspection(kfile.path, kfile.format, kfile.keras_version, model.name,
-                      model.trainable, kfile.optimizer_iterations,
+                      model.trainable, steps,
                       [(layer.path, layer.class_name) for layer in order], batchnorms,
-                      dropouts, findings)
+                      dropouts, findings, kfile.unplaced)
 
 
 class _Graph:
@@ -402,7 +430,7 @@ class _Graph:
         self.backward.setdefault(b, set()).add(a)
 
     def _ends(self, layer):
-        if layer.is_container:
+        if layer.is_container or layer.is_wrapper:
             self._wire(layer)
             return f"{layer.path}<in>", f"{layer.path}<out>"
         self.leaves[layer.path] = layer
@@ -410,6 +438,12 @@ class _Graph:
 
     def _wire(self, model):
         start, end = f"{model.path}<in>", f"{model.path}<out>"
+        if model.is_wrapper:  # its layers side by side (Bidirectional's two directions)
+            for child in model.children:
+                first, last = self._ends(child)
+                self._edge(start, first)
+                self._edge(last, end)
+            return
         if model.class_name in SEQUENTIAL:
             previous = start
             for child in model.saved_children():
@@ -484,20 +518,24 @@ def _bad_stats(b):
 
 
 def _momentum(b, steps):
+    """``SUSPICIOUS_MOMENTUM``: diagnose's rules for a Keras momentum (the other
+    framework's convention, or 1: never updates), then what only a file shows: a
+    momentum above 1, or one so slow that the step count matters."""
     m = b.momentum
-    new = 1 - m
-    if new >= KERAS_LIKE_MOMENTUM:
-        return [momentum_like_other_convention(b.path, m, "keras")]
-    if m >= 1:
+    as_measured = SimpleNamespace(name=b.path, momentum=1 - m, framework="keras",
+                                  moving_var=b.moving_variance)
+    found = _diagnosed_momentum(as_measured)
+    if found:
+        return found
+    if m > 1:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.path, "warning", {"momentum": m},
-            f"momentum={m:g} never lets a batch into the moving statistics"
-            + (" (and above 1 it makes them diverge)." if m > 1 else "."),
-            "Use Keras' default momentum=0.99.")]
+            f"momentum={m:g} never lets a batch into the moving statistics, and above 1 it "
+            f"makes them diverge.", "Use Keras' default momentum=0.99.")]
     if m >= SLOW_MOMENTUM:
         evidence = {"momentum": m, "half_life_updates": float(np.log(0.5) / np.log(m))}
         if steps is not None:
-            evidence["init_weight_left"] = float(m ** steps)
+            evidence["init_weight_left"] = float(m ** b.updates(steps))
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.path, "info", evidence,
             f"momentum={m:g} forgets the initial statistics slowly: half of them is still "
@@ -521,12 +559,12 @@ def _at_init(b, steps):
 
 
 def _near_init(b, steps):
-    """``STATS_NEAR_INIT`` from the step count where it applies, else from the distance
-    of the statistics to 0/1."""
+    """``STATS_NEAR_INIT`` from the number of updates where it applies, else from the
+    distance of the statistics to 0/1."""
     var = b.moving_variance.astype(np.float64)
     if not (np.all(var > 0) and np.all(np.isfinite(var)) and np.all(np.isfinite(b.moving_mean))):
         return []  # BAD_MOVING_STATS
-    found = _near_init_by_count(b, steps) if steps else None
+    found = _near_init_by_count(b, steps) if b.updates(steps) else None
     return _near_init_by_distance(b) if found is None else found
 
 
@@ -545,50 +583,109 @@ def _near_init_by_distance(b):
         f"is unknown (no optimizer state in the file, or a step count that cannot have "
         f"produced these statistics), so a file cannot tell which.",
         "Save the model compiled after training (model.save keeps the optimizer's step "
-        "count) so that inspect can weigh the initial values, or measure on data.")]
+        "count) so that inspect can weigh the initial values, or measure on data: "
+        "varshift.diagnose(keras.saving.load_model(path), data).")]
 
 
 def _near_init_by_count(b, steps):
-    """Findings from ``w = momentum ** steps``; None if ``steps`` updates from 0/1
-    cannot have produced the statistics (the count does not apply to this layer), or the
-    momentum is outside [0, 1) (no moving average forgets its start then)."""
+    """Findings from ``w = momentum ** updates`` (``updates``: ``steps`` times the
+    layer's updates per step), graded on the estimated effect as ``diagnose`` grades
+    ``STALE_RUNNING_STATS``; None if the updates from 0/1 cannot have produced the
+    statistics (the count does not apply to this layer), or the momentum is outside
+    [0, 1) (no moving average forgets its start then)."""
     if not 0 <= b.momentum < 1:
         return None
-    w = float(b.momentum ** steps)
-    evidence = {"optimizer_iterations": steps, "momentum": b.momentum, "init_weight_left": w}
-    grades = [grade(w, NEAR_INIT_WEIGHT)]
+    updates = b.updates(steps)
+    w = float(b.momentum ** updates)
+    evidence = {"optimizer_iterations": steps}
+    if b.updates_per_step != 1:
+        evidence["updates_per_step"] = b.updates_per_step
+    evidence.update(momentum=b.momentum, init_weight_left=w)
     mean, var = b.moving_mean.astype(np.float64), b.moving_variance.astype(np.float64)
     data_var = (var - w) / (1 - w)
-    if np.all(data_var > 0):
-        with np.errstate(all="ignore"):  # statistics near the float64 limits: inf or nan
-            data_mean, var_mean = np.mean(data_var), np.mean(var)
-            ratio = var_mean / data_mean
-            drift = np.mean(np.abs(mean / (1 - w) - mean) / np.sqrt(var))
-            evidence.update(estimated_data_var=float(data_mean), moving_var=float(var_mean),
-                            estimated_var_shift=float(np.fmax(ratio, 1 / ratio)),
-                            estimated_mean_drift_std=float(drift))
-        grades += [grade(evidence["estimated_var_shift"], STALE_SHIFT),
-                   grade(evidence["estimated_mean_drift_std"], STALE_MEAN)]
-    elif w > 0:
+    if not np.all(data_var > 0):
         return None
-    grades = [g for g in grades if g]
+    with np.errstate(all="ignore"):  # statistics near the float64 limits: inf or nan
+        data_mean, moving = np.mean(data_var), np.mean(var)
+        shift = symmetric_shift(ratio(data_mean + b.epsilon, moving + b.epsilon))
+        drift = float(np.mean(deviation_in_stds(mean / (1 - w), mean, var + b.epsilon)))
+    evidence.update(estimated_data_var=float(data_mean), moving_var=float(moving),
+                    estimated_var_shift=float(shift), estimated_mean_drift_std=drift)
+    grades = [g for g in (grade(shift, STALE_SHIFT), grade(drift, STALE_MEAN)) if g]
+    if b.updates_per_step == 1:
+        counted = (f"The saved optimizer made {_count(steps, 'step')}. If this layer's "
+                   f"statistics started at 0/1 and were updated at each of them, ")
+    else:
+        counted = (f"The saved optimizer made {_count(steps, 'step')}, and the config calls "
+                   f"this layer {b.updates_per_step} times per forward pass in training mode "
+                   f"(a shared layer): {_count(updates, 'update')}. If its statistics started "
+                   f"at 0/1 and were updated at each call, ")
+    counted += (f"{w:.3g} (momentum^{updates}) of what it stores is still the initial mean 0 "
+                f"and variance 1. ")
+    estimate = (f"Assuming steady batch statistics, the data's variance is about "
+                f"{data_mean:.4g} against {moving:.4g} stored ({shift:.3g}x), and the stored "
+                f"mean is {drift:.3g} standard deviations off")
     if not grades:
-        return []
+        if w < NEAR_INIT_WEIGHT:
+            return []
+        return [Finding(
+            "STATS_NEAR_INIT", b.path, "info", evidence,
+            counted + estimate + f": within what diagnose accepts (a shift below "
+            f"{STALE_SHIFT[0]}x, a drift below {STALE_MEAN[0]} standard deviations), as "
+            f"for inputs whose statistics are close to 0/1 anyway. The file alone cannot "
+            f"tell whether they fit the data (the estimate assumes the count applies to "
+            f"this layer and amplifies noise by 1/(1-w) = {1 / (1 - w):.3g}).",
+            "Measure on training data: varshift.diagnose(keras.saving.load_model(path), "
+            "data) reports STALE_RUNNING_STATS if the statistics do not fit; "
+            "varshift.recalibrate fixes them.")]
     return [Finding(
         "STATS_NEAR_INIT", b.path, "error" if "error" in grades else "warning", evidence,
-        f"The saved optimizer made {steps} steps. If this layer's statistics started at "
-        f"0/1 and were updated at each of them, {w:.3g} (momentum^steps) of what it stores "
-        f"is still the initial mean 0 and variance 1: the moving statistics are stale. "
-        + (f"Assuming steady batch statistics, the data's variance is about "
-           f"{evidence['estimated_data_var']:.4g} against {evidence['moving_var']:.4g} stored "
-           f"({evidence['estimated_var_shift']:.3g}x), and the stored mean is "
-           f"{evidence['estimated_mean_drift_std']:.3g} standard deviations off. "
-           if "estimated_var_shift" in evidence else "")
-        + "A static file cannot confirm this (the statistics may have been loaded from a "
-          "pre-trained model, or the optimizer re-created).",
-        f"Train longer, or with momentum <= {0.05 ** (1 / steps):.3g} (which leaves at most "
-        f"5% of the initial values after {steps} steps), or re-estimate the statistics on "
-        f"training data after training.")]
+        counted + estimate + ": the moving statistics are stale. A static file cannot "
+        "confirm this (the statistics may have been loaded from a pre-trained model, or "
+        "the optimizer re-created); varshift.diagnose on data measures it.",
+        f"Train longer, or with momentum <= {0.05 ** (1 / updates):.3g} (which leaves at "
+        f"most 5% of the initial values after {_count(updates, 'update')}), or re-estimate the "
+        f"statistics on training data after training (varshift.recalibrate).")]
+
+
+def _unplaced(kfile):
+    """``UNPLACED_WEIGHTS``: weight groups of the file that no layer of the config
+    accounts for; a warning if some could be a BatchNormalization's."""
+    groups = kfile.unplaced
+    if not groups and kfile.unplaced_complete:
+        return []
+    like = [g for g in groups if g.batchnorm_like]
+    shown = like or groups
+    listed = "; ".join(g.describe() for g in shown[:5]) + (
+        f"; ... ({len(shown)} in all)" if len(shown) > 5 else "")
+    evidence = {"unplaced_groups": len(groups), "batchnorm_like": len(like)}
+    if listed:
+        evidence["batchnorm_like_groups" if like else "groups"] = listed
+    if not kfile.unplaced_complete:
+        evidence["search_stopped_after"] = MAX_WEIGHT_GROUPS
+    why = ("The config does not describe every layer whose weights the file holds: a "
+           "subclassed model or layer (its sub-layers are Python attributes, not config "
+           "entries), or a damaged config. ")
+    if like:
+        clue = ("variables named moving_mean and moving_variance" if kfile.format == "h5"
+                else "2 to 7 vectors of one length")
+        return [Finding(
+            "UNPLACED_WEIGHTS", "", "warning", evidence,
+            why + f"{_count(len(like), 'weight group')} of the file "
+            f"{'looks' if len(like) == 1 else 'look'} like a BatchNormalization's ({clue}); "
+            f"inspect cannot check {'it' if len(like) == 1 else 'them'} (no settings, no "
+            f"place in the data flow), so no other finding here speaks for "
+            f"{'it' if len(like) == 1 else 'them'}.",
+            "Measure on data: varshift.diagnose(keras.saving.load_model(path), data) sees "
+            "every BatchNorm of a loaded model, subclassed ones included.")]
+    return [Finding(
+        "UNPLACED_WEIGHTS", "", "info" if kfile.unplaced_complete else "warning", evidence,
+        why + ("None of them looks like a BatchNormalization's statistics."
+               if kfile.unplaced_complete else
+               f"The search stopped after {MAX_WEIGHT_GROUPS} groups; the others may hold "
+               f"BatchNormalization statistics."),
+        "Nothing for the BatchNorm statistics; varshift.diagnose(keras.saving.load_model("
+        "path), data) sees every layer of a loaded model.")]
 
 
 def _frozen(b, graph, trainable):

@@ -67,7 +67,7 @@ from ._safe_read import (
 )
 from ._validate import shown
 
-__all__ = ["KerasLayer", "KerasFile", "ModelFileError", "read_keras_file"]
+__all__ = ["KerasLayer", "KerasFile", "UnplacedWeights", "ModelFileError", "read_keras_file"]
 
 #: Container classes whose config lists their layers.
 SEQUENTIAL = {"Sequential"}
@@ -75,6 +75,14 @@ FUNCTIONAL = {"Functional", "Model"}
 #: Class names of BatchNormalization layers (Keras 3, Keras 2 and its V1/V2 aliases).
 BATCHNORM = {"BatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2",
              "SyncBatchNormalization"}
+#: Config keys under which a wrapper (TimeDistributed, Bidirectional) holds its layers.
+WRAPPED_KEYS = ("layer", "backward_layer")
+#: Weight groups visited at most when looking for weights the config does not place.
+MAX_WEIGHT_GROUPS = 10_000
+#: Variables of one unplaced weight group that are described at most.
+_MAX_VARIABLES_SHOWN = 16
+#: Layer names of normalisations whose two 1-D variables are not BatchNorm statistics.
+_OTHER_NORM = re.compile(r"(layer|group|instance|rms|unit|spectral)_?norm", re.I)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ITERATION_NAMES = ("iteration", "iterations", "iter")
 #: Seconds the HDF5 part of one file may take, the child process's start included.
@@ -116,6 +124,16 @@ class KerasLayer:
         Variables by name, for BatchNormalization layers (``moving_mean``, shape (C,), ...).
     where : str
         The file, config entry and layer, to start error messages about its settings.
+    builtin : bool
+        A Keras layer (its config's ``module`` is Keras', or absent), not the user's own
+        class (a subclassed layer or model).
+    calls : int
+        Calls in training mode per forward pass of the top model: 1 unless a functional
+        parent's config shows it called several times (a shared layer: several inbound
+        nodes; calls with ``training=False`` not counted), times its parent's calls.
+    wrapper_keys : list of str
+        For a wrapper (TimeDistributed, Bidirectional, ...): the config key each child
+        came from (``layer``, ``backward_layer``).
     """
 
     name: str
@@ -129,11 +147,29 @@ class KerasLayer:
     outputs: list = field(default_factory=list)
     weights: dict = field(default_factory=dict)
     where: str = ""
+    builtin: bool = True
+    calls: int = 1
+    wrapper_keys: list = field(default_factory=list)
 
     @property
     def is_container(self) -> bool:
         return self.class_name in SEQUENTIAL or (self.class_name in FUNCTIONAL
                                                  and "layers" in self.config)
+
+    @property
+    def is_wrapper(self) -> bool:
+        """A layer wrapping others (TimeDistributed, Bidirectional): its config holds
+        them under ``WRAPPED_KEYS``."""
+        return bool(self.wrapper_keys)
+
+    @property
+    def owns_groups_below(self) -> bool:
+        """Whether every weight group below its own belongs to it (a Keras layer's
+        sub-layers: an RNN's cell, MultiHeadAttention's projections); not for models
+        (their layers are placed one by one) nor the user's classes (their sub-layers
+        are not in the config)."""
+        return self.builtin and not self.is_container and self.class_name not in (
+            SEQUENTIAL | FUNCTIONAL)
 
     @property
     def is_batchnorm(self) -> bool:
@@ -175,6 +211,11 @@ class KerasFile:
         The top model.
     optimizer_iterations : int or None
         The optimizer's step count, if the file holds the optimizer's state.
+    unplaced : list of UnplacedWeights
+        Weight groups of the file that no layer of the config accounts for (a
+        subclassed model or layer, a damaged config).
+    unplaced_complete : bool
+        False if the search for them stopped at ``MAX_WEIGHT_GROUPS`` groups.
     """
 
     path: str
@@ -182,6 +223,40 @@ class KerasFile:
     keras_version: str | None
     model: KerasLayer
     optimizer_iterations: int | None
+    unplaced: list = field(default_factory=list)
+    unplaced_complete: bool = True
+
+
+@dataclass
+class UnplacedWeights:
+    """One layer's variables in the weights file that the config does not place.
+
+    Attributes
+    ----------
+    group : str
+        Where they are: the HDF5 group (``/bn/vars`` in ``model.weights.h5``,
+        ``/model_weights/dense`` in a legacy file).
+    name : str or None
+        The layer's name as the file states it (the ``name`` attribute of a ``vars``
+        group, the layer part of a legacy variable name), if it does.
+    variables : list of str
+        Each variable: its shape (``.keras``) or its name (legacy ``.h5``).
+    batchnorm_like : bool
+        Whether they could be a BatchNormalization's: in a legacy file, variables named
+        ``moving_mean`` and ``moving_variance``; in a ``.keras`` file (indices only),
+        2, 3, 4 or 7 1-D float variables of one length, of a layer not named as
+        another normalisation (LayerNormalization, GroupNormalization, ...).
+    """
+
+    group: str
+    name: str | None
+    variables: list
+    batchnorm_like: bool
+
+    def describe(self) -> str:
+        """``'/bn/vars (batch_normalization: (4,), (4,), (4,), (4,))'``."""
+        name = f"{self.name}: " if self.name else ""
+        return f"{self.group} ({name}{', '.join(self.variables)})"
 
 
 def _h5py():
@@ -250,7 +325,7 @@ def _read_archive(f, path) -> KerasFile:
                     f"use 'varshift measure/diagnose' on it")
             raise ModelFileError(f"{path!r} is a zip archive without config.json, not a "
                                  f"Keras .keras file (members: {sorted(members)[:10]})")
-        model = _parse_tree(_json_member(zf, "config.json", path, size), path, "config.json")
+        config = _json_member(zf, "config.json", path, size)
         metadata = (_json_member(zf, "metadata.json", path, size)
                     if "metadata.json" in members else {})
         if not isinstance(metadata, dict):
@@ -258,6 +333,7 @@ def _read_archive(f, path) -> KerasFile:
                                  f"{shown(metadata)}")
         version = checked_setting(metadata, "keras_version", "text", None,
                                   f"{path!r}: metadata.json")
+        model = _parse_tree(config, path, "config.json", version)
         if "model.weights.h5" not in members:
             if "model.weights.npz" in members:
                 raise ModelFileError(
@@ -273,9 +349,11 @@ def _read_archive(f, path) -> KerasFile:
         else:
             source = read_member(zf, info, path, MAX_INFLATED_BYTES)
     with _Hdf5(path, "model.weights.h5", source) as h5:
-        _attach_group(model, h5, [])
+        placed = {}
+        _attach_group(model, h5, [], placed)
         iterations = _step_count(h5, ["optimizer", "vars", "0"])
-    return KerasFile(path, "keras", version, model, iterations)
+        unplaced, complete = _unplaced_groups(h5, placed)
+    return KerasFile(path, "keras", version, model, iterations, unplaced, complete)
 
 
 def _json_member(zf, name, path, size):
@@ -351,17 +429,24 @@ def _history_names(obj, where) -> list:
     return []
 
 
-def _parse_tree(entry, path, what) -> KerasLayer:
+def _parse_tree(entry, path, what, version=None) -> KerasLayer:
+    """The layer tree of the config ``entry``, written by Keras ``version`` (None:
+    unknown; Keras 2 honours a functional call's ``training=False`` in training, Keras 3
+    passes the model's mode to every call)."""
     if not isinstance(entry, dict):
         raise ModelFileError(f"{path!r}: {what}: unexpected model config structure (a model "
                              f"must be a JSON object, got {shown(entry)})")
-    return _parse(entry, None, f"{path!r}: {what}")
+    keras2 = isinstance(version, str) and re.match(r"[12]\.", version) is not None
+    return _parse(entry, None, f"{path!r}: {what}", keras2=keras2)
 
 
-def _parse(entry, parent, where) -> KerasLayer:
+def _parse(entry, parent, where, calls=1, in_functional=False, keras2=False) -> KerasLayer:
     """The layer tree of a config entry; ``parent`` is the parent's path, None for the
-    top model (whose path is ''). Every setting read is checked (``checked_setting``),
-    a BatchNormalization's filled with Keras' defaults."""
+    top model (whose path is ''); ``calls``: the parent's calls per forward pass;
+    ``in_functional``: whether the parent is a functional model (whose config lists
+    each layer's calls as its inbound nodes); ``keras2``: written by Keras 2 (see
+    ``_training_calls``). Every setting read is checked (``checked_setting``), a
+    BatchNormalization's filled with Keras' defaults."""
     if not isinstance(entry, dict):
         raise ModelFileError(f"{where}: unexpected model config structure (a layer of "
                              f"{parent or 'the model'!r} must be a JSON object, got "
@@ -378,16 +463,58 @@ def _parse(entry, parent, where) -> KerasLayer:
     if class_name in BATCHNORM:
         cfg = {**cfg, **{key: checked_setting(cfg, key, kind, default, here)
                          for key, (kind, default) in _BATCHNORM_SETTINGS.items()}}
+    nodes = entry.get("inbound_nodes", [])
     layer = KerasLayer(name=name, path=path, class_name=class_name, config=cfg,
                        trainable=checked_setting(cfg, "trainable", "flag", True, here),
-                       inbound=list(dict.fromkeys(_history_names(entry.get("inbound_nodes", []),
-                                                                 here))), where=here)
+                       inbound=list(dict.fromkeys(_history_names(nodes, here))), where=here,
+                       builtin=_is_builtin(entry),
+                       calls=calls * (_training_calls(nodes, keras2) if in_functional else 1))
     if layer.is_container:
         layers = checked_setting(cfg, "layers", "list", [], here)
-        layer.children = [_parse(child, path, where) for child in layers]
+        functional = class_name not in SEQUENTIAL
+        layer.children = [_parse(child, path, where, layer.calls, functional, keras2)
+                          for child in layers]
         layer.inputs = _history_names(cfg.get("input_layers", []), here)
         layer.outputs = _history_names(cfg.get("output_layers", []), here)
+    elif class_name not in BATCHNORM:
+        for key in WRAPPED_KEYS:
+            wrapped = cfg.get(key)
+            if isinstance(wrapped, dict) and "class_name" in wrapped:
+                layer.children.append(_parse(wrapped, path, where, layer.calls, keras2=keras2))
+                layer.wrapper_keys.append(key)
     return layer
+
+
+def _is_builtin(entry) -> bool:
+    """Whether a config entry is one of Keras' own layers: its ``module`` (Keras 3 and
+    2.13+ configs) is Keras' (``keras.layers``, ``keras.src...``, ``tf_keras...``), or
+    absent (older configs, which say nothing)."""
+    if "module" not in entry:
+        return True
+    module = entry["module"]
+    return isinstance(module, str) and re.match(r"(tf_)?keras(\.|$)|tensorflow\.", module) is not None
+
+
+def _training_calls(nodes, keras2) -> int:
+    """How many times a layer of a functional config is called in training mode per
+    forward pass: its inbound nodes (one per call; 1 where the config lists none). Keras
+    2 honours a ``training=False`` given when the graph was built (``[[name, node,
+    tensor, {"training": false}], ...]``), so those calls are not counted; Keras 3 (3.15
+    at least) overrides it with the model's mode, so every call counts."""
+    if not isinstance(nodes, list) or not nodes:
+        return 1
+    if not keras2:
+        return len(nodes)
+
+    def inference_only(node):
+        if isinstance(node, dict):
+            kwargs = node.get("kwargs")
+            return isinstance(kwargs, dict) and kwargs.get("training") is False
+        return isinstance(node, list) and bool(node) and all(
+            isinstance(t, list) and len(t) > 3 and isinstance(t[3], dict)
+            and t[3].get("training") is False for t in node)
+
+    return sum(not inference_only(node) for node in nodes)
 
 
 def _snake_case(name) -> str:
@@ -543,9 +670,12 @@ def _loads_reply(payload, obj):
         raise ModelFileError(f"{obj}: malformed reply from the HDF5 child ({err})") from err
 
 
-def _attach_group(layer, h5, parts):
+def _attach_group(layer, h5, parts, placed):
     """Fill the BatchNormalization weights of ``layer`` and its sub-layers from the
-    ``model.weights.h5`` group at ``parts``."""
+    ``model.weights.h5`` group at ``parts``, and note in ``placed`` (tuple of parts ->
+    whether the layer owns the groups below) every group that a layer of the config
+    accounts for."""
+    placed[tuple(parts)] = layer.owns_groups_below
     if layer.is_batchnorm:
         variables = h5.node(parts + ["vars"])
         keys = variables.get("members", []) if variables["kind"] == "group" else []
@@ -561,13 +691,29 @@ def _attach_group(layer, h5, parts):
                 f"/{'/'.join(parts + ['vars'])}, its config implies {len(names)} ({names})")
         layer.weights = _batchnorm_weights(h5, layer, {n: parts + ["vars", k]
                                                        for n, k in zip(names, keys)})
-    if not layer.is_container or not _has_batchnorm(layer):
+    if layer.is_wrapper:
+        # Keras 3 saves a wrapper's layers under its attributes: TimeDistributed's
+        # 'layer', Bidirectional's 'forward_layer' and 'backward_layer'
+        members = h5.node(parts).get("members", [])
+        for key, child in zip(layer.wrapper_keys, layer.children):
+            sub = next((m for m in (key, "forward_layer" if key == "layer" else None)
+                        if m in members), None)
+            if sub is None:
+                if _has_batchnorm(child):
+                    raise ModelFileError(f"{h5.where}: no weights for layer {child.path!r} "
+                                         f"(looked for /{'/'.join(parts + [key])})")
+                continue
+            _attach_group(child, h5, parts + [sub], placed)
+        return
+    if not layer.is_container:
         return
     members = h5.node(parts).get("members", [])
     key = next((k for k in ("layers", "_layer_checkpoint_dependencies") if k in members), None)
     if key is None:
-        raise ModelFileError(f"{h5.where}: no layer groups under /{'/'.join(parts)} for the "
-                             f"model {layer.name!r}")
+        if _has_batchnorm(layer):
+            raise ModelFileError(f"{h5.where}: no layer groups under /{'/'.join(parts)} for "
+                                 f"the model {layer.name!r}")
+        return
     nested = parts + [key]
     groups = h5.node(nested).get("members", [])
     by_name = {}
@@ -590,7 +736,54 @@ def _attach_group(layer, h5, parts):
                 raise ModelFileError(f"{h5.where}: no weights for layer {child.path!r} "
                                      f"(looked for /{'/'.join(nested)}/{generated})")
             continue
-        _attach_group(child, h5, nested + [sub])
+        _attach_group(child, h5, nested + [sub], placed)
+
+
+def _unplaced_groups(h5, placed):
+    """The weight groups of a ``model.weights.h5`` that no layer accounts for (every
+    group holding a ``vars`` group of variables, outside ``placed`` and the optimizer's),
+    and whether all groups were visited (at most ``MAX_WEIGHT_GROUPS``)."""
+    found, stack, visited = [], [[]], 0
+    while stack:
+        parts = stack.pop()
+        if placed.get(tuple(parts)):
+            continue  # a Keras layer's own sub-layers
+        visited += 1
+        if visited > MAX_WEIGHT_GROUPS:
+            return found, False
+        node = h5.node(parts)
+        if node["kind"] != "group":
+            continue
+        members = node["members"]
+        if "vars" in members and tuple(parts) not in placed:
+            found += _variable_group(h5, parts)
+        stack += [parts + [m] for m in reversed(members)
+                  if m != "vars" and (parts or m != "optimizer")]
+    return found, True
+
+
+def _variable_group(h5, parts) -> list:
+    """``[UnplacedWeights]`` for the ``vars`` group below ``parts``, or ``[]`` if it
+    holds no variable with an axis (none at all, or only scalars: counters)."""
+    where = parts + ["vars"]
+    variables = h5.node(where)
+    keys = variables.get("members", []) if variables["kind"] == "group" else []
+    keys = sorted(keys, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    found = [h5.node(where + [k]) for k in keys[:_MAX_VARIABLES_SHOWN]]
+    shapes = [tuple(v["shape"]) if v["kind"] == "dataset" else None for v in found]
+    if not any(shape for shape in shapes):
+        return []
+    name = None
+    if "name" in variables["attrs"]:
+        name = (h5.strings(where, "name")[:1] or [None])[0]
+    vectors = all(v["kind"] == "dataset" and len(v["shape"]) == 1
+                  and np.dtype(v["dtype"]).kind == "f" for v in found)
+    like = (vectors and len(keys) in (2, 3, 4, 7) and len(set(shapes)) == 1
+            and not _OTHER_NORM.search(name or parts[-1]))
+    shown = [str(shape) if shape is not None else "?" for shape in shapes]
+    if len(keys) > len(found):
+        shown.append(f"... ({len(keys)} variables)")
+    return [UnplacedWeights("/" + "/".join(where), name, shown, like)]
 
 
 def _batchnorm_weights(h5, layer, locations) -> dict:
@@ -645,27 +838,30 @@ def _read_legacy_h5(path, size) -> KerasFile:
         if len(config) != 1:
             raise ModelFileError(f"{path!r}: the model_config attribute holds {len(config)} "
                                  f"strings; expected one")
+        version = (h5.strings([], "keras_version")[:1] or [None])[0] \
+            if "keras_version" in root["attrs"] else None
         model = _parse_tree(_json(config[0], path, "the model_config attribute"), path,
-                            "the model_config attribute")
+                            "the model_config attribute", version)
         if h5.node(["model_weights"])["kind"] != "group":
             raise ModelFileError(f"{path!r}: HDF5 model without a 'model_weights' group")
+        used = set()
         for child in model.saved_children() if model.is_container else [model]:
             if _has_batchnorm(child):
-                _attach_legacy(child, h5, path)
+                used |= _attach_legacy(child, h5, path)
+        unplaced, complete = _unplaced_legacy(model, h5, used)
         iterations = None
         optimizer = h5.node(["optimizer_weights"])
         if optimizer["kind"] == "group":
             for name in _attr_names(h5, ["optimizer_weights"], optimizer, "weight_names"):
                 if name.split("/")[-1].split(":")[0] in _ITERATION_NAMES:
                     iterations = _step_count(h5, ["optimizer_weights", *_split(name)])
-        version = (h5.strings([], "keras_version")[:1] or [None])[0] \
-            if "keras_version" in root["attrs"] else None
-    return KerasFile(path, "h5", version, model, iterations)
+    return KerasFile(path, "h5", version, model, iterations, unplaced, complete)
 
 
-def _attach_legacy(top_layer, h5, path):
+def _attach_legacy(top_layer, h5, path) -> set:
     """Fill the BatchNormalization weights under one top-level layer's group, whose
-    ``weight_names`` end in ``LAYER/VARIABLE`` (``:0`` suffixes in Keras 2)."""
+    ``weight_names`` end in ``LAYER/VARIABLE`` (``:0`` suffixes in Keras 2; a wrapped
+    layer's LAYER may be its wrapper's name). Returns the (group, LAYER) pairs used."""
     parts = ["model_weights", top_layer.name]
     group = h5.node(parts)
     if group["kind"] != "group":
@@ -676,11 +872,46 @@ def _attach_legacy(top_layer, h5, path):
         names = _split(name)
         owner = names[-2] if len(names) > 1 else top_layer.name
         found.setdefault(owner, {})[names[-1].split(":")[0] if names else ""] = names
+    wrappers = {id(child): parent for parent in top_layer.walk() if parent.is_wrapper
+                for child in parent.children}
+    used = set()
     for bn in (sub for sub in top_layer.walk() if sub.is_batchnorm):
         names = bn.batchnorm_variables()
-        stored = found.get(bn.name, {})
+        owner = bn.name if bn.name in found or id(bn) not in wrappers else wrappers[id(bn)].name
+        stored = found.get(owner, {})
         missing = [n for n in names if n not in stored]
         if missing:
             raise ModelFileError(f"{path!r}: BatchNormalization {bn.path!r} lacks {missing} "
                                  f"in model_weights/{top_layer.name} (found {sorted(stored)})")
         bn.weights = _batchnorm_weights(h5, bn, {n: parts + stored[n] for n in names})
+        used.add((top_layer.name, owner))
+    return used
+
+
+def _unplaced_legacy(model, h5, used):
+    """The variables of a legacy file's ``model_weights`` that no layer accounts for:
+    those of groups named after no top-level layer of the config, and BatchNorm-like
+    ones (``moving_mean`` and ``moving_variance``) that no BatchNormalization of the
+    config took (``used``: (group, layer) pairs); and whether all groups were visited."""
+    top = {child.name for child in (model.saved_children() if model.is_container else [model])}
+    top.add("top_level_model_weights")  # Keras 3: the top model's own variables
+    members = h5.node(["model_weights"])["members"]
+    found = []
+    for member in members[:MAX_WEIGHT_GROUPS]:
+        parts = ["model_weights", member]
+        group = h5.node(parts)
+        if group["kind"] != "group":
+            continue
+        owners = {}
+        for name in _attr_names(h5, parts, group, "weight_names"):
+            names = _split(name)
+            owner = names[-2] if len(names) > 1 else member
+            owners.setdefault(owner, []).append(names[-1].split(":")[0] if names else "")
+        for owner, variables in owners.items():
+            like = {"moving_mean", "moving_variance"} <= set(variables)
+            if member not in top or (like and (member, owner) not in used):
+                shown = variables[:_MAX_VARIABLES_SHOWN] + (
+                    [f"... ({len(variables)} variables)"]
+                    if len(variables) > _MAX_VARIABLES_SHOWN else [])
+                found.append(UnplacedWeights(f"/model_weights/{member}", owner, shown, like))
+    return found, len(members) <= MAX_WEIGHT_GROUPS
