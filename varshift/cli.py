@@ -146,7 +146,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 TORCH_LEGACY_START = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
-def model_file_kind(path):
+def _model_file_kind(path):
     """What a model file is, from its first bytes and, for a zip archive, the names of
     its members; nothing is unpickled, decompressed or run.
 
@@ -199,7 +199,7 @@ def _foreign_model(path, command):
     framework's file (or, for inspect, a varshift model), else None."""
     import shlex
 
-    kind, shown, quoted = model_file_kind(path), repr(path), shlex.quote(path)
+    kind, shown, quoted = _model_file_kind(path), repr(path), shlex.quote(path)
     python = ("varshift.measure or varshift.diagnose(model, data)" if command == "inspect"
               else f"varshift.{command}(model, data)")
     if command == "inspect":
