@@ -10,6 +10,8 @@ import numpy as np
 
 from .._files import atomic_write
 from .._json import json_ready
+from .disclosures import ANCHOR, DECLARED, DISCLOSURES, SECTION, counted_before
+from .disclosures import markdown as disclosures_markdown
 
 __all__ = ["FigureResult", "mean_sd", "new_figure", "save_figure", "write_figure", "write_case",
            "write_report", "write_timings"]
@@ -120,9 +122,7 @@ def _claim_rows(where, claims):
 
 
 PROTOCOL = (
-    "Every claim was declared in code before its numbers existed: the quantity, a *paired* "
-    "comparison (the same seed gives both arms the same initial weights, data order and test "
-    "set), the paper's direction and, for \"close to\" statements, a margin. The verdict comes "
+    DECLARED + " The verdict comes "
     "from the 95 % Student-t interval of the per-seed differences: **holds** if it excludes 0 "
     "(or the margin) in the paper's direction, **contradicted** if it excludes 0 the other way, "
     "**undecided** otherwise; with fewer than 3 seeds a claim is undecided whatever its "
@@ -133,11 +133,29 @@ PROTOCOL = (
     "them.")
 
 
+def _counted_before(figures) -> str:
+    """The paper-claim tally as counted before each change after results that moved rows
+    of this report from one kind to another (empty when none did)."""
+    from ..verdicts import Claim, tally
+
+    parts = []
+    for d in DISCLOSURES:
+        rows, moved = counted_before(figures, d)
+        if moved:
+            claims = [Claim(**c) for c in rows]
+            parts.append(f"; as counted before {d.commit}, a change after results "
+                         f"([{SECTION}]({ANCHOR})): {sum(c.kind == 'claim' for c in claims)} "
+                         f"paper claims, {tally(claims)}")
+    return "".join(parts)
+
+
 def write_report(out: Path, skipped, settings: str) -> Path:
     """``REPORT.md`` from every figure and case JSON in ``out`` (so a run with ``--only``
     updates its figures and keeps the others): the protocol, the counts of each
-    verdict, one row per claim (paper, ours with interval and n, verdict), the sanity
-    checks apart, the figures with captions, the case studies, and what was skipped."""
+    verdict (and the paper claims' as counted before a change after results), the
+    changes after results (:mod:`varshift.reproduce.disclosures`), one row per claim
+    (paper, ours with interval and n, verdict), the sanity checks apart, the figures
+    with captions, the case studies, and what was skipped."""
     from ..verdicts import Claim, tally
 
     figures = [json.loads(p.read_text()) for p in sorted(out.glob("fig*.json"), key=_figure_number)]
@@ -152,13 +170,15 @@ def write_report(out: Path, skipped, settings: str) -> Path:
              f"its caption (`.caption.md`); wall times are in `timings.json`.", "",
              "## How the verdicts are reached", "", PROTOCOL, "",
              "## Summary", "",
-             f"- Paper claims ({sum(c.kind == 'claim' for c in fig_claims)}): {tally(fig_claims)}.",
+             f"- Paper claims ({sum(c.kind == 'claim' for c in fig_claims)}): {tally(fig_claims)}"
+             f"{_counted_before(figures)}.",
              f"- Our extensions, comparisons the paper does not make "
              f"({sum(c.kind == 'extension' for c in fig_claims)}): {tally(fig_claims, 'extension')}.",
              f"- Case-study statements ({sum(c.kind == 'claim' for c in case_claims)}): "
              f"{tally(case_claims)}." if cases else "- Case studies: not run.",
              f"- Sanity and regime checks: {len(checks) - len(failed)} of {len(checks)} pass"
              + (f"; failing: {'; '.join(c.text for c in failed)}." if failed else "."), ""]
+    lines += disclosures_markdown(DISCLOSURES)
     notes = out / "NOTES.md"
     if notes.exists():
         lines += ["## Reading of the results", "", notes.read_text().strip(), ""]
