@@ -189,21 +189,11 @@ UNSUPPORTED = {
         "batch-stat norm layer')",
 }
 
-#: (framework, scenario) pairs that diagnose gets wrong now: strict xfails, with the numbers.
-XFAIL = {
-    ("flax", "BN without running stats"):
-        "nnx.BatchNorm called as self.bn(x, use_running_average=False) (batch statistics "
-        "at inference too, Flax's track_running_stats=False): after model.eval() the "
-        "outputs of 32 samples change by 0.27 (max abs) between a batch of 32 and one of "
-        "64, but diagnose finds nothing: the adapter overrides the call-site argument, so "
-        "its inference passes use the running averages",
-    ("engine", "frozen BN, noise upstream"):
-        "the engine has no frozen BatchNorm: model.train(); bn.eval() (kept in inference "
-        "mode while the rest trains, which torch's adapter calls frozen) gets "
-        "DROPOUT_BEFORE_BN error (dropout_shift 2.43, layer_shift 2.21) and "
-        "STALE_RUNNING_STATS error (var_shift 5.37, inference_var_shift 2.21): "
-        "NumpyAdapter.batchnorm never sets frozen",
-}
+#: (framework, scenario) pairs that diagnose gets wrong now: strict xfails, with the
+#: numbers (none at present: the Flax adapter no longer overrides a mode passed as a call
+#: argument, and the engine treats a BatchNorm in inference mode inside a model in train
+#: mode as frozen, as torch's adapter does).
+XFAIL = {}
 
 
 def scenarios(framework) -> dict:

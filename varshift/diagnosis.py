@@ -131,8 +131,7 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
     if noise > 0:
         findings += _not_deterministic(noise)
     else:
-        findings += _batch_dependence(session, sample, seed,
-                                      [b.name for b in report.bn if b.moving_var is None])
+        findings += _batch_dependence(session, sample, seed)
     order = {r.name: i for i, r in enumerate(report.layers)}
     findings.sort(key=lambda f: (f.rank, order.get(f.layer, -1)))
     return findings
@@ -341,7 +340,8 @@ def _stale(b):
         "in train mode (Dropout as in training) and in inference mode alike: the "
         "exponential average is stale. Usual causes: a momentum too slow for the number of "
         "updates (part of the initial 0/1 values is still in it), statistics recorded under "
-        "earlier weights (averaged or fine-tuned weights), or a change of data.",
+        "earlier weights (averaged or fine-tuned weights), a change of data, or very small "
+        "batches (Keras and Flax average biased batch variances: (n-1)/n of the true one).",
         f"varshift.recalibrate(model, training_data) (exact statistics for the current "
         f"weights); when training, {faster} ({possessive(name)} convention: the weight of the "
         f"{weight} {'batch' if weight == 'new' else 'value'}) or more steps.")]
@@ -395,7 +395,7 @@ def _small_batch(b, shape, batch):
         "or Batch Renormalization; varshift.recalibrate helps the inference side.")]
 
 
-def _batch_dependence(session, x, seed, culprits):
+def _batch_dependence(session, x, seed):
     x = x[:64]
     if len(x) < 4:
         return []
@@ -403,6 +403,8 @@ def _batch_dependence(session, x, seed, culprits):
     with session.preserved(seed), np.errstate(all="ignore"):
         whole = session.output(x, EVAL)
         parts = np.concatenate([session.output(x[:half], EVAL), session.output(x[half:], EVAL)])
+        culprits = session.batch_dependent_batchnorms(x) if not np.array_equal(
+            whole, parts, equal_nan=True) else []
     if not (np.isfinite(whole).all() and np.isfinite(parts).all()):
         return []  # nothing to compare (damaged running statistics, reported as such)
     scale = max(float(np.max(np.abs(whole))), 1e-12)

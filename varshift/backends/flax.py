@@ -10,8 +10,9 @@ Names and order
 Modes
     NNX's mode attributes, set per module (``model.train()`` sets them for all):
     ``use_running_average`` (BatchNorm) and ``deterministic`` (Dropout, and any module
-    that has one, e.g. a user's noise drawn from ``nnx.Rngs``); a mode passed as a call
-    argument (``self.drop(x, deterministic=not train)``) is overridden too. A BatchNorm with
+    that has one, e.g. a user's noise drawn from ``nnx.Rngs``). A mode passed as a call
+    argument (``self.bn(x, use_running_average=False)``) is the model's own, as in Flax,
+    where the argument beats the attribute: varshift does not switch it. A BatchNorm with
     ``use_running_average=True`` while another module is in train mode is *frozen*: the
     train-mode passes keep it in inference mode, as training did. ``axis_name`` (batch
     statistics across devices) is ignored. Momentum here is the weight of the new batch
@@ -76,7 +77,7 @@ def _reporting(cls):
                                 f"transformation (nnx.jit, nnx.vmap, nnx.scan, jax.jit, ...) "
                                 f"in the model's __call__, which traces or copies it; varshift "
                                 f"calls the model eagerly: measure it without the transformation")
-            return adapter._called(self, name, cls.__call__, list(args), kwargs)
+            return adapter._called(self, name, cls.__call__, args, kwargs)
 
         _SUBCLASSES[cls] = type(cls)(cls.__name__, (cls,), {
             "__call__": __call__, "__module__": cls.__module__,
@@ -225,12 +226,6 @@ class FlaxAdapter(Adapter):
 
     def _called(self, module, name, call, args, kwargs):
         """A call of an intercepted module, in its mode, reported to the interceptor."""
-        inference = not self._training[name]
-        for attr in _MODES:
-            if attr in kwargs:
-                kwargs[attr] = inference
-        if isinstance(module, nnx.BatchNorm) and len(args) > 1:
-            args[1] = inference  # use_running_average, given positionally
         key = self._interceptor.on_enter(name)
         out = None
         if name in self._bn and args and isinstance(args[0], jax.Array):

@@ -83,17 +83,18 @@ class _Buffers:
         self.model.load_state_dict(self.buffers, strict=False)
 
 
-def _set_modes(layer, modes):
+def _set_modes(layer, modes, frozen):
     for _, sub in layer.walk():
-        sub.training = modes.training(sub.kind)
+        sub.training = modes.training(sub.kind, id(sub) in frozen)
 
 
-def _behaviour(layer, modes):
-    """What ``layer``'s subtree computes in ``modes``: equal tuples mean equal outputs
-    for equal inputs; None when the modes make it random (active noise)."""
+def _behaviour(layer, modes, frozen):
+    """What ``layer``'s subtree computes in ``modes`` (``frozen``: ids of frozen
+    BatchNorms): equal tuples mean equal outputs for equal inputs; None when the modes
+    make it random (active noise)."""
     signature = []
     for _, sub in layer.walk():
-        training = modes.training(sub.kind)
+        training = modes.training(sub.kind, id(sub) in frozen)
         if isinstance(sub, BatchNorm):
             signature.append(training or not sub.track_running_stats)
         elif sub.kind is Kind.DROPOUT:
@@ -109,7 +110,8 @@ class NumpyAdapter(Adapter):
     Mode switches, buffers, random streams and forward caches are the engine's own;
     every noise layer is a layer (kind ``'dropout'``), so no noise can escape them.
     The noise layers draw from one stream per session, seeded from the session's seed
-    as :func:`varshift.nn.layer.preserved` seeds them.
+    as :func:`varshift.nn.layer.preserved` seeds them. A BatchNorm in inference mode
+    inside a model in train mode (``model.train(); bn.eval()``) is frozen, as for torch.
     """
 
     reseeds_per_batch = False
@@ -121,6 +123,11 @@ class NumpyAdapter(Adapter):
         self._interceptor = None
         self._passes = ()      # the passes a forward computes, for the hooks
         self._pristine = None  # the buffers as train-mode calls must leave them
+        # a BatchNorm in inference mode inside a model in train mode (model.train();
+        # bn.eval()) is frozen, as for torch
+        self._frozen = {id(layer) for layer in self._layers.values()
+                        if isinstance(layer, BatchNorm) and not layer.training
+                        and layer is not model and model.training}
 
     # ------------------------------------------------------------------ structure
     def layers(self):
@@ -136,7 +143,8 @@ class NumpyAdapter(Adapter):
     def batchnorm(self, name):
         layer = self._layers[name]
         return BatchNormInfo(name, layer.num_features, layer.momentum, layer.eps,
-                             layer.affine, layer.track_running_stats, unbiased=layer.unbiased,
+                             layer.affine, layer.track_running_stats, id(layer) in self._frozen,
+                             unbiased=layer.unbiased,
                              largest=float(np.finfo(self.model.dtype).max))
 
     # ------------------------------------------------------------------ data
@@ -253,7 +261,7 @@ class NumpyAdapter(Adapter):
         """``{pass: output of layer}`` for the inputs ``values`` (``{pass: input}``)."""
         groups = {}
         for name, modes in passes.items():
-            behaviour = _behaviour(layer, modes)
+            behaviour = _behaviour(layer, modes, self._frozen)
             key = (id(values[name]), behaviour) if behaviour is not None else (name,)
             groups.setdefault(key, []).append(name)
         groups = list(groups.values())
@@ -263,7 +271,7 @@ class NumpyAdapter(Adapter):
         out = {}
         for group in groups:
             modes = passes[group[0]]
-            _set_modes(layer, modes)
+            _set_modes(layer, modes, self._frozen)
             self._passes = tuple(group)
             result = layer(values[group[0]])
             if modes.batchnorm:

@@ -379,6 +379,43 @@ class Session:
             self._probe = None
         return {name: sorted(found) for name, found in upstream.items()}
 
+    def batch_dependent_batchnorms(self, x) -> list:
+        """The BatchNorms whose inference-mode output for the same samples and the same
+        input depends on the rest of the batch (they normalise with batch statistics at
+        inference: no running statistics, or a mode the model fixes itself).
+
+        Parameters
+        ----------
+        x : batch
+            Its first :data:`PROBE_SAMPLES` samples are run, and their first half alone.
+
+        Returns
+        -------
+        list of str
+            BatchNorm names, in forward order.
+        """
+        x = x[:PROBE_SAMPLES]
+        runs = []
+        for part in (x, x[:len(x) // 2]):
+            probe = self._probe = _Probe()
+            try:
+                self._forward(part, EVAL)
+            finally:
+                self._probe = None
+            runs.append(probe)
+        whole, half = runs
+        found = []
+        for key, output in half.outputs.items():
+            n = len(half.inputs[key])
+            same_input = np.allclose(whole.inputs[key][:n], half.inputs[key], rtol=1e-5,
+                                     atol=1e-7 * np.max(np.abs(half.inputs[key]), initial=1))
+            a = np.asarray(self.adapter.to_numpy(whole.outputs[key]), np.float64)[:n]
+            b = np.asarray(self.adapter.to_numpy(output), np.float64)
+            scale = max(float(np.max(np.abs(b), initial=0)), 1e-12)
+            if same_input and np.max(np.abs(a - b), initial=0) > 1e-4 * scale:
+                found.append(key.partition("#")[0])
+        return list(dict.fromkeys(found))
+
     def _noisy(self, x, candidates):
         """``(layer, BatchNorm keys its noise reaches)`` for the noise layers among
         ``candidates``, by halving groups that change some BatchNorm's input."""
