@@ -191,16 +191,18 @@ def test_keras2_style_h5(tmp_path):
     assert ("DROPOUT_BEFORE_BN", "error") in _codes(result, "bn")  # 1 / 0.75 = 1.33
 
 
-def _autoencoder(keras, tmp_path, compiled=True):
+def _autoencoder(keras, tmp_path, compiled=True, scale=1.0, offset=0.0):
     """The linear-autoencoder question: 12 - Dense 8 - BatchNorm(0.99) - Dense 12, 100
     samples (10% for validation), batch 32, 20 epochs = 60 updates, Adam, MSE; saved
-    compiled, or its weights in a fresh uncompiled model."""
+    compiled, or its weights in a fresh uncompiled model. The data are standard normal
+    as posted, or scaled and offset."""
     def build():
         return keras.Sequential([keras.Input((12,)), keras.layers.Dense(8),
                                  keras.layers.BatchNormalization(), keras.layers.Dense(12)])
 
+    keras.utils.set_random_seed(0)
     model = build()
-    x = np.random.default_rng(0).standard_normal((100, 12)).astype("float32")
+    x = np.random.default_rng(0).standard_normal((100, 12)).astype("float32") * scale + offset
     model.compile(keras.optimizers.Adam(1e-3), "mse")
     model.fit(x, x, batch_size=32, epochs=20, validation_split=0.1, verbose=0)
     if not compiled:
@@ -211,18 +213,39 @@ def _autoencoder(keras, tmp_path, compiled=True):
     return model, x[:90]
 
 
-def test_linear_autoencoder_statistics_flagged_as_stale(keras, tmp_path):
+def test_posted_autoencoder_small_estimated_effect_is_info_like_diagnose(keras, tmp_path):
+    """Issue 23, item 5: on the posted data (standard normal) 0.547 of the initial 0/1
+    values are left, but the estimated effect is 1.03x: inspect says info, that the file
+    cannot tell, and points to diagnose, which finds nothing stale either."""
     model, x = _autoencoder(keras, tmp_path)
     result = inspect(tmp_path / "ae.keras")
     assert result.optimizer_iterations == 60
     (finding,) = [f for f in result.findings if f.code == "STATS_NEAR_INIT"]
-    assert finding.severity == "error"  # 0.99^60 = 0.547 of the initial values left
+    assert finding.severity == "info"
     assert finding.evidence["init_weight_left"] == pytest.approx(0.99 ** 60)
+    assert finding.evidence["estimated_var_shift"] < 1.2
+    assert finding.evidence["estimated_mean_drift_std"] < 0.2
+    assert "cannot tell" in finding.explanation and "varshift.diagnose" in finding.fix
     # the stationary estimate of the data's variance, against what the Dense layer feeds
     # the BatchNorm now (the weights moved during training: a loose check)
     real = np.var(keras.ops.convert_to_numpy(model.layers[0](x)), axis=0).mean()
     assert finding.evidence["estimated_data_var"] == pytest.approx(real, rel=0.25)
+    assert main(["inspect", str(tmp_path / "ae.keras")]) == 0
+    assert not [f for f in varshift.diagnose(model, x, batch_size=32)
+                if f.code == "STALE_RUNNING_STATS"]
+
+
+def test_autoencoder_on_unstandardised_data_is_graded_on_its_estimated_effect(keras, tmp_path):
+    """The same model on data of scale 3 and mean 1: the estimated effect is large, so
+    inspect says error, as diagnose does with the data."""
+    model, x = _autoencoder(keras, tmp_path, scale=3.0, offset=1.0)
+    (finding,) = [f for f in inspect(tmp_path / "ae.keras").findings
+                  if f.code == "STATS_NEAR_INIT"]
+    assert finding.severity == "error" and finding.evidence["estimated_var_shift"] >= 1.5
     assert main(["inspect", str(tmp_path / "ae.keras")]) == 3
+    (stale,) = [f for f in varshift.diagnose(model, x, batch_size=32)
+                if f.code == "STALE_RUNNING_STATS"]
+    assert stale.severity == "error"
 
 
 def test_without_a_step_count_stale_statistics_are_not_visible(keras, tmp_path):
@@ -415,3 +438,260 @@ def test_readme_keras_example_runs(keras, tmp_path, monkeypatch, capsys):
     exec(compile(block, "README.md", "exec"), {})
     first, second = capsys.readouterr().out.splitlines()
     assert first == "60 ['STATS_NEAR_INIT']" and float(second) == pytest.approx(0.99 ** 60)
+
+
+# ------------------------------------------------------------------ issue 23, items 7 and 8
+def _wrapped_and_nested(keras):
+    """Six BatchNormalization layers: one in TimeDistributed right after a Dropout, two
+    plain, two in a nested Sequential (one of them in TimeDistributed), one after a
+    Bidirectional LSTM; MultiHeadAttention and the LSTM hold sub-layer weight groups."""
+    layers = keras.layers
+    inner = keras.Sequential([keras.Input((5, 4)), layers.BatchNormalization(name="ibn"),
+                              layers.TimeDistributed(layers.BatchNormalization(name="tbn"),
+                                                     name="td2")], name="inner")
+    inp = keras.Input((5, 6), name="x")
+    h = layers.TimeDistributed(layers.Dense(4, name="proj"), name="td_dense")(inp)
+    h = layers.Dropout(0.3, name="drop")(h)
+    h = layers.TimeDistributed(layers.BatchNormalization(name="bn_in"), name="td")(h)
+    h = layers.BatchNormalization(name="bn_a")(h)
+    h = layers.MultiHeadAttention(2, 3, name="mha")(h, h)
+    h = layers.BatchNormalization(name="bn_b")(h)
+    h = inner(h)
+    h = layers.Bidirectional(layers.LSTM(2, return_sequences=True, name="lstm"), name="bi")(h)
+    out = layers.BatchNormalization(name="bn_c")(h)
+    return keras.Model(inp, out, name="wrapped")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_wrapped_batchnorms_are_found_and_named_in_the_dropout_table(keras, tmp_path, suffix):
+    """Issue 23, item 7: TimeDistributed(BatchNormalization()) was left out (5 of 6
+    found) and the Dropout table named the next BatchNorm instead."""
+    model = _wrapped_and_nested(keras)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 5, 6)).astype("float32")
+    model.compile("sgd", "mse")
+    model.fit(x, rng.standard_normal((48, 5, 4)).astype("float32"), batch_size=16, verbose=0)
+    model.save(tmp_path / f"m{suffix}")
+    result = inspect(tmp_path / f"m{suffix}")
+    keras_layers = {"td/bn_in": model.get_layer("td").layer, "bn_a": model.get_layer("bn_a"),
+                    "bn_b": model.get_layer("bn_b"),
+                    "inner/ibn": model.get_layer("inner").get_layer("ibn"),
+                    "inner/td2/tbn": model.get_layer("inner").get_layer("td2").layer,
+                    "bn_c": model.get_layer("bn_c")}
+    assert sorted(b.path for b in result.batchnorms) == sorted(keras_layers)
+    for b in result.batchnorms:
+        mean, var = _keras_stats(keras, keras_layers[b.path])
+        np.testing.assert_array_equal(b.moving_mean, mean)
+        np.testing.assert_array_equal(b.moving_variance, var)
+        assert b.updates_per_step == 1
+    (drop,) = result.dropouts
+    assert drop.reaches == {"td/bn_in": []} and drop.after == []
+    assert ("DROPOUT_BEFORE_BN", "error") in _codes(result, "td/bn_in")  # 1 / 0.7 = 1.43
+    assert not [f for f in result.findings if f.code == "DROPOUT_BEFORE_BN" and f.layer != "td/bn_in"]
+    assert not [f for f in result.findings if f.code == "UNPLACED_WEIGHTS"]  # LSTM cells, MHA
+    assert "td/bn_in" in str(result)
+
+
+class _Block:
+    """A subclassed layer holding a Dense and a BatchNormalization (made per test, as
+    keras is imported by the fixture)."""
+
+    @staticmethod
+    def make(keras):
+        class Block(keras.layers.Layer):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.dense = keras.layers.Dense(4)
+                self.norm = keras.layers.BatchNormalization()
+
+            def call(self, x, training=None):
+                return self.norm(self.dense(x), training=training)
+
+        return Block
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_subclassed_model_weights_are_named_not_passed_over(keras, tmp_path, suffix, capsys):
+    """Issue 23, item 7: a subclassed model gave 'No BatchNormalization layer ...
+    Findings: none' and exit 0 although its weights file holds bn/vars/0..3."""
+    layers = keras.layers
+
+    class Net(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.d = layers.Dense(4)
+            self.bn = layers.BatchNormalization(name="norm")
+            self.head = layers.Dense(2)
+
+        def call(self, x, training=None):
+            return self.head(self.bn(self.d(x), training=training))
+
+    model = Net()
+    model.compile("sgd", "mse")
+    model.fit(np.ones((16, 6), "float32"), np.ones((16, 2), "float32"), verbose=0)
+    model.save(tmp_path / f"m{suffix}")
+    result = inspect(tmp_path / f"m{suffix}")
+    assert not result.batchnorms
+    (finding,) = result.findings
+    assert (finding.code, finding.severity, finding.layer) == ("UNPLACED_WEIGHTS", "warning", "")
+    assert finding.evidence["batchnorm_like"] == 1
+    like = [u for u in result.unplaced_weights if u.batchnorm_like]
+    assert [u.name for u in like] == ["norm"]
+    assert like[0].group == ("/bn/vars" if suffix == ".keras" else "/model_weights/norm")
+    assert like[0].group in finding.evidence["batchnorm_like_groups"]
+    assert json.loads(result.to_json())["unplaced_weights"][0]["group"]
+    assert main(["inspect", str(tmp_path / f"m{suffix}")]) == 3
+    out = capsys.readouterr().out
+    assert "UNPLACED_WEIGHTS" in out and "does not account for" in out and "Findings: none" not in out
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_batchnorm_inside_a_subclassed_layer_of_a_functional_model(keras, tmp_path, suffix):
+    """The functional model's own BatchNorm is read; the one inside the user's layer,
+    which the config does not describe, is named."""
+    layers = keras.layers
+    inp = keras.Input((6,))
+    h = _Block.make(keras)(name="block")(inp)
+    out = layers.Dense(2)(layers.BatchNormalization(name="bn")(h))
+    model = keras.Model(inp, out)
+    model.compile("sgd", "mse")
+    model.fit(np.ones((16, 6), "float32"), np.ones((16, 2), "float32"), verbose=0)
+    model.save(tmp_path / f"m{suffix}")
+    result = inspect(tmp_path / f"m{suffix}")
+    assert [b.path for b in result.batchnorms] == ["bn"]
+    (finding,) = [f for f in result.findings if f.code == "UNPLACED_WEIGHTS"]
+    assert finding.severity == "warning" and finding.evidence["batchnorm_like"] == 1
+    (like,) = [u for u in result.unplaced_weights if u.batchnorm_like]
+    assert like.group.startswith("/layers/block/" if suffix == ".keras" else "/model_weights/block")
+
+
+def _without_layers(config):
+    config = json.loads(config)
+    del config["config"]["layers"]
+    return json.dumps(config)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_config_without_its_layers_names_the_weights(keras, tmp_path, suffix):
+    """Issue 23, item 7: a config whose 'layers' key was removed gave '0 layers ...
+    Findings: none', exit 0. With a BatchNorm's weights left over: a warning (exit 3);
+    with only a Dense layer's: info (exit 0)."""
+    import h5py
+
+    layers = keras.layers
+    for with_bn in (True, False):
+        model = keras.Sequential([keras.Input((6,)), layers.Dense(4)]
+                                 + [layers.BatchNormalization()] * with_bn + [layers.Dense(2)])
+        path = tmp_path / f"m{suffix}"
+        model.save(path)
+        if suffix == ".keras":
+            with zipfile.ZipFile(path) as zf:
+                config = zf.read("config.json").decode()
+            _rezip(path, tmp_path / "cut.keras", {"config.json": _without_layers(config).encode()})
+            path = tmp_path / "cut.keras"
+        else:
+            with h5py.File(path, "a") as h5:
+                h5.attrs["model_config"] = _without_layers(h5.attrs["model_config"])
+        result = inspect(path)
+        assert not result.layers and not result.batchnorms
+        (finding,) = result.findings
+        assert finding.code == "UNPLACED_WEIGHTS"
+        assert finding.severity == ("warning" if with_bn else "info")
+        assert finding.evidence["batchnorm_like"] == with_bn
+        assert finding.evidence["unplaced_groups"] == 2 + with_bn
+        assert main(["inspect", str(path)]) == (3 if with_bn else 0)
+
+
+def _shared_batchnorm(keras, nested=False):
+    """One BatchNormalization (momentum 0.9) applied to two inputs, directly or inside
+    a nested Sequential called on both."""
+    layers = keras.layers
+    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    bn = layers.BatchNormalization(momentum=0.9, name="shared")
+    if nested:
+        bn = keras.Sequential([keras.Input((6,)), bn], name="inner")
+    h = layers.Concatenate(name="cat")([bn(a), bn(b)])
+    return keras.Model([a, b], layers.Dense(3, name="out")(h))
+
+
+@pytest.mark.parametrize("suffix, nested", [(".keras", False), (".h5", False), (".keras", True)])
+def test_batchnorm_called_twice_per_step_counts_both_updates(keras, tmp_path, suffix, nested):
+    """Issue 23, item 8: a BatchNorm shared by two inputs updates its statistics at
+    each call, twice per step: 0.9 ** (2 * steps) of the initial values are left, not
+    0.9 ** steps, and the estimate of the data's variance then fits."""
+    model = _shared_batchnorm(keras, nested)
+    rng = np.random.default_rng(0)
+    xa, xb = (rng.standard_normal((80, 6)).astype("float32") * 5 + 2 for _ in range(2))
+    model.compile("sgd", "mse")
+    model.fit([xa, xb], rng.standard_normal((80, 3)).astype("float32"), batch_size=16,
+              epochs=1, verbose=0, shuffle=False)  # 5 steps
+    model.save(tmp_path / f"m{suffix}")
+    result = inspect(tmp_path / f"m{suffix}")
+    (b,) = result.batchnorms
+    assert b.path == ("inner/shared" if nested else "shared") and b.updates_per_step == 2
+    assert result.optimizer_iterations == 5
+    (finding,) = [f for f in result.findings if f.code == "STATS_NEAR_INIT"]
+    assert finding.evidence["init_weight_left"] == pytest.approx(0.9 ** 10)
+    assert finding.evidence["updates_per_step"] == 2
+    # Keras' moving variance after 10 updates from 1 with batch variances near the data's
+    data_var = np.mean([np.var(x[i:i + 16], axis=0).mean() for x in (xa, xb)
+                        for i in range(0, 80, 16)])
+    assert finding.evidence["estimated_data_var"] == pytest.approx(data_var, rel=0.1)
+    assert "2 times per forward pass" in finding.explanation
+    assert json.loads(result.to_json())["batchnorms"][0]["updates_per_step"] == 2
+
+
+@pytest.mark.parametrize("version, updates", [("2.15.0", 1), ("3.5.0", 2)])
+def test_a_call_with_training_false_counts_in_keras_2_only(tmp_path, version, updates):
+    """Keras 2 keeps a functional call's training=False in training; Keras 3 (3.15)
+    passes the model's mode to every call, so both calls update the statistics."""
+    from hostile_files import legacy_h5
+
+    def layer(cls, name, nodes, **config):
+        return {"class_name": cls, "name": name, "config": {"name": name, **config},
+                "inbound_nodes": nodes}
+
+    config = {"class_name": "Functional", "config": {
+        "name": "f", "input_layers": [["input", 0, 0]], "output_layers": [["dense", 0, 0]],
+        "layers": [layer("InputLayer", "input", []),
+                   layer("BatchNormalization", "bn", [[["input", 0, 0, {}]],
+                                                      [["input", 0, 0, {"training": False}]]],
+                         momentum=0.9),
+                   layer("Dense", "dense", [[["bn", 0, 0, {}], ["bn", 1, 0, {}]]], units=3,
+                         kernel_initializer={})]}}
+
+    def edit(h5):
+        h5.attrs["keras_version"] = version
+
+    result = inspect(legacy_h5(tmp_path / "m.h5", model_config=config, steps=10, edit=edit))
+    (b,) = result.batchnorms
+    assert b.updates_per_step == updates and result.keras_version == version
+    (finding,) = [f for f in result.findings if f.code == "STATS_NEAR_INIT"]
+    assert finding.evidence["init_weight_left"] == pytest.approx(0.9 ** (10 * updates))
+
+
+def test_the_search_for_unplaced_weights_is_bounded(tmp_path, monkeypatch):
+    """A weights file with more groups than the search visits: a warning that says the
+    search stopped, in bounded time; links are refused there as anywhere."""
+    import h5py
+    from hostile_files import keras_archive, weights_h5
+
+    from varshift import keras_file
+
+    def many(h5):
+        for i in range(200):
+            h5.create_group(f"extra/g{i}")
+
+    monkeypatch.setattr(keras_file, "MAX_WEIGHT_GROUPS", 50)
+    result = inspect(keras_archive(tmp_path / "m.keras", weights=weights_h5(edit=many)))
+    assert [b.path for b in result.batchnorms] == ["bn"]
+    (finding,) = [f for f in result.findings if f.code == "UNPLACED_WEIGHTS"]
+    assert finding.severity == "warning" and finding.evidence["search_stopped_after"] == 50
+    with h5py.File(tmp_path / "other.h5", "w") as h5:
+        h5.create_group("g/vars")["0"] = np.ones(3, np.float32)
+
+    def link(h5):
+        h5["extra"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/g")
+
+    with pytest.raises(ModelFileError, match="only hard links"):
+        inspect(keras_archive(tmp_path / "l.keras", weights=weights_h5(edit=link)))

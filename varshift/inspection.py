@@ -8,19 +8,24 @@ compiled, the optimizer's step count. From these alone it can tell:
   1 in every channel), invalid ones (``BAD_MOVING_STATS``: non-finite or negative, an
   error; zero variances, a warning), a momentum that looks like PyTorch's convention
   (``SUSPICIOUS_MOMENTUM``: Keras' momentum is the weight of the old value; ``1 -
-  momentum >= KERAS_LIKE_MOMENTUM``, the mirror of ``diagnose``'s rule, or >= 1, warn;
-  >= ``SLOW_MOMENTUM`` is info);
+  momentum >= KERAS_LIKE_MOMENTUM``, diagnose's rule and finding, or >= 1, warn; >=
+  ``SLOW_MOMENTUM`` is info);
 - how much of the initial values is still in the statistics (``STATS_NEAR_INIT``): after
-  ``n`` optimizer steps, ``w = momentum ** n``. With batch statistics that stayed near
-  (mean ``mu``, variance ``v``) the stored values are ``(1 - w) * mu`` and ``w + (1 - w) *
-  v``, so ``v ~ (stored - w) / (1 - w)`` and ``mu ~ stored / (1 - w)``: the stored
-  variance is about ``max(stored / v, v / stored)`` times off (channel-averaged) and the
-  mean ``|mu - stored| / sqrt(stored)`` standard deviations. Severity: the worse of ``w``
-  against ``NEAR_INIT_WEIGHT`` and these estimates against ``diagnose``'s
-  ``STALE_SHIFT`` / ``STALE_MEAN``. Where ``n`` updates from 0/1 cannot have produced the
-  statistics (``n = 0``, or a stored variance below ``w``) the count is not used. Without a
-  usable count, statistics within ``NEAR_INIT_DISTANCE`` of 0/1 (``|mean|`` and ``|ln
-  variance|`` in every channel) are reported as info only;
+  ``n`` updates, ``w = momentum ** n``, where ``n`` is the optimizer's step count times
+  the layer's calls per forward pass (a BatchNormalization shared by several branches
+  or inputs of a functional model updates at each call). With batch statistics that
+  stayed near (mean ``mu``, variance ``v``) the stored values are ``(1 - w) * mu`` and
+  ``w + (1 - w) * v``, so ``v ~ (stored - w) / (1 - w)`` and ``mu ~ stored / (1 - w)``:
+  the estimated effect is what ``diagnose`` grades for ``STALE_RUNNING_STATS``, the
+  variance shift ``max(r, 1/r)`` of ``v + eps`` against ``stored + eps`` (channel-
+  averaged) and the mean drift ``|mu - stored| / sqrt(stored + eps)``. Severity comes
+  from that estimate against ``STALE_SHIFT`` / ``STALE_MEAN``; where ``w >=
+  NEAR_INIT_WEIGHT`` but the estimate is small (inputs close to standardised) it is
+  info, saying that the file cannot tell and pointing to ``diagnose`` with data. Where
+  ``n`` updates from 0/1 cannot have produced the statistics (``n = 0``, or a stored
+  variance below ``w``) the count is not used. Without a usable count, statistics
+  within ``NEAR_INIT_DISTANCE`` of 0/1 (``|mean|`` and ``|ln variance|`` in every
+  channel) are reported as info only;
 - where dropout-like noise reaches a BatchNormalization with no other one in between
   (``DROPOUT_BEFORE_BN``): Li et al.'s case (a) with no weight layer in between (for
   Dropout-type noise of rate r through elementwise layers the recorded variance is at
@@ -28,16 +33,22 @@ compiled, the optimizer's step count. From these alone it can tell:
   GaussianNoise and AlphaDropout warn), case (b) through a weight layer (info);
 - frozen BatchNormalization layers in a trainable model (``FROZEN_BATCHNORM``): a warning
   when trainable layers feed them (their input distribution moves in training), info
-  when everything upstream is frozen too.
+  when everything upstream is frozen too;
+- weights that no layer of the config accounts for (``UNPLACED_WEIGHTS``): the
+  sub-layers of a subclassed model or layer, or a damaged config. A warning when some
+  could be a BatchNormalization's (their statistics go unchecked), info otherwise.
+
+BatchNormalization layers are found in Sequential and functional models, nested ones,
+and wrappers (TimeDistributed, Bidirectional).
 
 What a file cannot tell: how far the statistics are from those of the data, which needs
-the data (``varshift.measure``). Statistics close to 0/1 may be stale or describe inputs
+the data (``varshift.diagnose``). Statistics close to 0/1 may be stale or describe inputs
 that really are standardised; the step count may not be this layer's number of updates
 (the optimizer re-created or recompiled, statistics loaded from a pre-trained model, the
-layer frozen or called with ``training=False`` for part of training); the estimates assume
-batch statistics that did not drift while the weights trained, and amplify noise by ``1 /
-(1 - w)``; nor can it see whether a dropout was called with ``training=True`` at
-inference, or what a subclassed model or a Lambda layer does.
+layer frozen for part of training); the estimates assume batch statistics that did not
+drift while the weights trained, and amplify noise by ``1 / (1 - w)``; nor can it see
+whether a dropout was called with ``training=True`` at inference, or what a subclassed
+model or a Lambda layer does.
 """
 
 from __future__ import annotations
@@ -45,22 +56,21 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 
+from . import keras_file
 from ._json import json_ready
 from ._process import public
-from .diagnosis import DROPOUT_SHIFT, STALE_MEAN, STALE_SHIFT
-from .diagnosis import _momentum as _diagnosed_momentum
-from .findings import SEVERITIES, Finding, grade
-from .keras_file import (
-    MAX_WEIGHT_GROUPS,
-    SEQUENTIAL,
-    ModelFileError,
-    checked_setting,
-    read_keras_file,
+from .diagnosis import (
+    DROPOUT_SHIFT,
+    KERAS_LIKE_MOMENTUM,
+    STALE_MEAN,
+    STALE_SHIFT,
+    momentum_like_other_convention,
 )
+from .findings import SEVERITIES, Finding, grade
+from .keras_file import SEQUENTIAL, ModelFileError, checked_setting, read_keras_file
 from .stats import deviation_in_stds, ratio, symmetric_shift
 
 __all__ = ["inspect", "Inspection", "BatchNormInfo", "DropoutInfo", "ModelFileError"]
@@ -363,9 +373,9 @@ def inspect(path) -> Inspection:
     Notes
     -----
     Finding codes: ``STATS_AT_INIT``, ``STATS_NEAR_INIT``, ``BAD_MOVING_STATS``,
-    ``SUSPICIOUS_MOMENTUM``, ``DROPOUT_BEFORE_BN``, ``FROZEN_BATCHNORM``; the module
-    docstring says what a file can and cannot tell, the module constants hold the
-    thresholds.
+    ``SUSPICIOUS_MOMENTUM``, ``DROPOUT_BEFORE_BN``, ``FROZEN_BATCHNORM``,
+    ``UNPLACED_WEIGHTS``; the module docstring says what a file can and cannot tell, the
+    module constants hold the thresholds.
     """
     kfile = read_keras_file(path)
     model = kfile.model
@@ -417,8 +427,9 @@ def inspect(path) -> Inspection:
 
 class _Graph:
     """Data flow between the leaf layers, through nested models: Sequential models in
-    order, functional ones along their config's inbound nodes. Nested models are
-    entered and left through virtual nodes 'PATH<in>' and 'PATH<out>'."""
+    order, functional ones along their config's inbound nodes, a wrapper's layers side
+    by side. Nested models and wrappers are entered and left through virtual nodes
+    'PATH<in>' and 'PATH<out>'."""
 
     def __init__(self, model):
         self.leaves = {}
@@ -518,20 +529,18 @@ def _bad_stats(b):
 
 
 def _momentum(b, steps):
-    """``SUSPICIOUS_MOMENTUM``: diagnose's rules for a Keras momentum (the other
-    framework's convention, or 1: never updates), then what only a file shows: a
-    momentum above 1, or one so slow that the step count matters."""
+    """``SUSPICIOUS_MOMENTUM``: diagnose's rule for a momentum in the other framework's
+    convention (shared), then what only a file shows: a momentum of 1 or more (never
+    updates; above 1 diverges), or one so slow that the step count matters."""
     m = b.momentum
-    as_measured = SimpleNamespace(name=b.path, momentum=1 - m, framework="keras",
-                                  moving_var=b.moving_variance)
-    found = _diagnosed_momentum(as_measured)
-    if found:
-        return found
-    if m > 1:
+    if 1 - m >= KERAS_LIKE_MOMENTUM:
+        return [momentum_like_other_convention(b.path, m, "keras")]
+    if m >= 1:
         return [Finding(
             "SUSPICIOUS_MOMENTUM", b.path, "warning", {"momentum": m},
-            f"momentum={m:g} never lets a batch into the moving statistics, and above 1 it "
-            f"makes them diverge.", "Use Keras' default momentum=0.99.")]
+            f"momentum={m:g} never lets a batch into the moving statistics"
+            + (" (and above 1 it makes them diverge)." if m > 1 else "."),
+            "Use Keras' default momentum=0.99.")]
     if m >= SLOW_MOMENTUM:
         evidence = {"momentum": m, "half_life_updates": float(np.log(0.5) / np.log(m))}
         if steps is not None:
@@ -609,6 +618,8 @@ def _near_init_by_count(b, steps):
         data_mean, moving = np.mean(data_var), np.mean(var)
         shift = symmetric_shift(ratio(data_mean + b.epsilon, moving + b.epsilon))
         drift = float(np.mean(deviation_in_stds(mean / (1 - w), mean, var + b.epsilon)))
+    if np.isnan(shift) or np.isnan(drift):
+        return None  # statistics at the float64 limits: no estimate
     evidence.update(estimated_data_var=float(data_mean), moving_var=float(moving),
                     estimated_var_shift=float(shift), estimated_mean_drift_std=drift)
     grades = [g for g in (grade(shift, STALE_SHIFT), grade(drift, STALE_MEAN)) if g]
@@ -662,10 +673,12 @@ def _unplaced(kfile):
     if listed:
         evidence["batchnorm_like_groups" if like else "groups"] = listed
     if not kfile.unplaced_complete:
-        evidence["search_stopped_after"] = MAX_WEIGHT_GROUPS
+        evidence["search_stopped_after"] = keras_file.MAX_WEIGHT_GROUPS
     why = ("The config does not describe every layer whose weights the file holds: a "
            "subclassed model or layer (its sub-layers are Python attributes, not config "
            "entries), or a damaged config. ")
+    measure = ("Measure on data: varshift.diagnose(keras.saving.load_model(path), data) "
+               "sees every BatchNorm of a loaded model, subclassed ones included.")
     if like:
         clue = ("variables named moving_mean and moving_variance" if kfile.format == "h5"
                 else "2 to 7 vectors of one length")
@@ -675,15 +688,19 @@ def _unplaced(kfile):
             f"{'looks' if len(like) == 1 else 'look'} like a BatchNormalization's ({clue}); "
             f"inspect cannot check {'it' if len(like) == 1 else 'them'} (no settings, no "
             f"place in the data flow), so no other finding here speaks for "
-            f"{'it' if len(like) == 1 else 'them'}.",
-            "Measure on data: varshift.diagnose(keras.saving.load_model(path), data) sees "
-            "every BatchNorm of a loaded model, subclassed ones included.")]
+            f"{'it' if len(like) == 1 else 'them'}.", measure)]
+    if not kfile.unplaced_complete:
+        return [Finding(
+            "UNPLACED_WEIGHTS", "", "warning", evidence,
+            f"The weights file holds more groups outside the config's layers than inspect "
+            f"visits ({keras_file.MAX_WEIGHT_GROUPS}): those left may hold BatchNormalization "
+            f"statistics that go unchecked."
+            + (f" {_count(len(groups), 'weight group')} among those visited "
+               f"{'is' if len(groups) == 1 else 'are'} not accounted for by the config."
+               if groups else ""), measure)]
     return [Finding(
-        "UNPLACED_WEIGHTS", "", "info" if kfile.unplaced_complete else "warning", evidence,
-        why + ("None of them looks like a BatchNormalization's statistics."
-               if kfile.unplaced_complete else
-               f"The search stopped after {MAX_WEIGHT_GROUPS} groups; the others may hold "
-               f"BatchNormalization statistics."),
+        "UNPLACED_WEIGHTS", "", "info", evidence,
+        why + "None of them looks like a BatchNormalization's statistics.",
         "Nothing for the BatchNorm statistics; varshift.diagnose(keras.saving.load_model("
         "path), data) sees every layer of a loaded model.")]
 

@@ -26,6 +26,20 @@ the file is executed: no pickles, no Lambda code):
   ``weight_names1``, ... ``optimizer_weights`` lists the optimizer's, including
   ``iteration`` (``iter`` or ``iterations`` in Keras 2).
 
+A wrapper's layers (TimeDistributed, Bidirectional: the config's ``layer`` and
+``backward_layer``) are its children in the layer tree; Keras 3 saves them in the
+wrapper's group under its attributes (``layer``, ``forward_layer``, ``backward_layer``),
+a legacy file under the wrapper's group (``td/batch_normalization/moving_mean``).
+
+Weights that no layer of the config accounts for (a subclassed model or layer, whose
+sub-layers are Python attributes and not config entries, or a damaged config) are
+listed as :class:`UnplacedWeights`: in ``model.weights.h5`` every group with a ``vars``
+group outside the groups placed on the config's layers, those below a Keras layer (an
+RNN's ``cell``, MultiHeadAttention's projections) counting as that layer's, the user's
+own layers' not (at most ``MAX_WEIGHT_GROUPS`` groups visited); in a legacy file the
+groups of ``model_weights`` named after no top-level layer, and BatchNorm variables
+(``moving_mean``, ``moving_variance``) that no BatchNormalization of the config took.
+
 The Keras 3 ``.npz`` weights variant (``model.weights.npz``) stores pickled Python
 objects, so it is refused rather than unpickled.
 
@@ -128,9 +142,9 @@ class KerasLayer:
         A Keras layer (its config's ``module`` is Keras', or absent), not the user's own
         class (a subclassed layer or model).
     calls : int
-        Calls in training mode per forward pass of the top model: 1 unless a functional
-        parent's config shows it called several times (a shared layer: several inbound
-        nodes; calls with ``training=False`` not counted), times its parent's calls.
+        Calls in training mode per forward pass of the top model: its calls in its
+        parent (1 unless a functional parent's config shows several inbound nodes: a
+        shared layer; see ``_training_calls``) times its parent's calls.
     wrapper_keys : list of str
         For a wrapper (TimeDistributed, Bidirectional, ...): the config key each child
         came from (``layer``, ``backward_layer``).
