@@ -79,6 +79,8 @@ def test_damaged_file_diagnose_exits_3_and_recalibrate_writes_the_repair(saved, 
     bad = edited(path, tmp_path / "bad.npz", **{"4.running_var": var,
                                                 "7.num_batches_tracked": np.array(-5)})
     assert main(["diagnose", str(bad), str(npy)]) == 3
+    assert "[error] DAMAGED_RUNNING_STATS at 2 layers" in capsys.readouterr().out  # grouped
+    assert main(["diagnose", str(bad), str(npy), "--verbose"]) == 3
     out, err = capsys.readouterr()
     assert "DAMAGED_RUNNING_STATS at layer '4'" in out and "DAMAGED_RUNNING_STATS at layer '7'" in out
     assert "num_batches_tracked is negative (-5)" in out and "float limit" not in out + err
