@@ -131,7 +131,7 @@ def test_damaged_torch_statistics_are_diagnosed_and_repaired():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' torch backend
 def test_damaged_keras_statistics_are_diagnosed_and_repaired():
-    os.environ.setdefault("KERAS_BACKEND", "torch")  # as test_keras_backend.py
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # as test_keras_quirks.py
     pytest.importorskip("torch")
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != "torch":
