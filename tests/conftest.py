@@ -33,3 +33,14 @@ def mnist_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def keras_on_torch():
+    """Keras on its torch backend, seeded; skips where keras is missing or was imported
+    before with another backend."""
+    os.environ["KERAS_BACKEND"] = "torch"
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras was imported before with another backend")
+    keras.utils.set_random_seed(0)
+    return keras

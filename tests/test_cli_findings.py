@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import keras_on_torch
 
 import varshift
 from varshift import nn
@@ -174,12 +175,7 @@ def test_torch_model_with_many_batchnorms_at_init_gives_one_group():
 
 @pytest.fixture
 def keras():
-    os.environ["KERAS_BACKEND"] = "torch"
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras was imported before with another backend")
-    keras.utils.set_random_seed(0)
-    return keras
+    return keras_on_torch()
 
 
 def test_inspect_groups_findings_and_keeps_the_tables(keras, tmp_path, capsys):

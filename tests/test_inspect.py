@@ -2,13 +2,13 @@
 foreign files, and ``varshift inspect`` on the command line."""
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
 
 import numpy as np
 import pytest
+from conftest import keras_on_torch
 
 import varshift
 from varshift.cli import main
@@ -19,12 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras' 
 
 @pytest.fixture(scope="module")
 def keras():
-    os.environ["KERAS_BACKEND"] = "torch"
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("keras was imported before with another backend")
-    keras.utils.set_random_seed(0)
-    return keras
+    return keras_on_torch()
 
 
 def _data(n=64, d=6, k=3, seed=0):
