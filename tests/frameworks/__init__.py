@@ -30,7 +30,8 @@ The oracle
 The adapter (subclass :class:`Framework`)
     Attributes: ``name`` (the test id), ``install`` (how to install it, shown when it
     is missing), ``modules`` (what ``import varshift`` must not import), ``unbiased``
-    (``recalibrate`` writes the unbiased variance; Keras: the population one),
+    (``recalibrate`` writes the unbiased variance; Keras: the population one), ``kinds``
+    (op kind -> the kind varshift reports),
     ``counts_batches`` (BatchNorm has ``num_batches_tracked``), ``rtol`` (float32
     agreement with the oracle), ``unsupported`` (model name -> why the framework cannot
     express it; those tests are skipped with that reason).
@@ -250,6 +251,10 @@ class Framework:
     counts_batches = True
     rtol = 2e-5
     unsupported: dict = {}
+    #: The kind varshift reports for each kind of op (a framework whose activations and
+    #: pooling are functions wraps them in modules it cannot tell apart: 'layer').
+    kinds = {"dense": "dense", "conv": "conv", "bn": "batchnorm", "dropout": "dropout",
+             "relu": "activation", "gap": "pool"}
 
     def load(self):
         raise NotImplementedError

@@ -26,6 +26,8 @@ class FlaxNNX(Framework):
     install = 'pip install ".[flax]"'
     modules = ("jax", "flax")
     unbiased = False          # the running variance averages biased batch variances
+    #: ReLU and pooling are functions in Flax: wrapped in modules, they are plain layers
+    kinds = {**Framework.kinds, "relu": "layer", "gap": "layer"}
     counts_batches = False    # no num_batches_tracked
 
     def load(self):
