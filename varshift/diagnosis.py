@@ -42,7 +42,7 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
 
     Parameters
     ----------
-    model : varshift.nn.Layer, torch.nn.Module or Keras 3 model
+    model : varshift.nn.Layer, torch.nn.Module, Keras 3 model or Flax NNX module
         Not changed.
     data : array or tensor, (x, y) pair, or iterable of batches (e.g. a DataLoader)
         Inputs to measure on, typically (a sample of) the training data. An iterable
@@ -76,27 +76,29 @@ def diagnose(model, data, *, batch_size=256, train_batch_size=None, seed=0, repo
 
     Notes
     -----
-    Codes: ``DAMAGED_RUNNING_STATS`` (a running mean or variance that is NaN or
-    infinite, or a negative running variance: values no update produces, from a
-    damaged file or a diverged run; the variance shift of that layer, and the
-    inference statistics after it, are undefined then), ``DROPOUT_BEFORE_BN`` (a
-    Dropout-like layer feeds a BatchNorm and the measured Dropout-attributed shift
-    confirms it), ``STALE_RUNNING_STATS`` (running statistics far from the train-mode
-    statistics of the current weights, graded on what normalisation divides by, the
-    variance plus ``eps``, so variances far below ``eps`` or below the smallest
-    normal number of the buffer's dtype do not make statistics stale),
-    ``STATS_AT_INIT`` (running mean 0 and variance 1 untouched), ``SMALL_BATCH_STATS``
-    (too few values per channel per batch), ``EVAL_BATCH_DEPENDENT`` (inference-mode
-    outputs change with batch composition), ``SUSPICIOUS_MOMENTUM`` (a momentum that
-    looks like the other framework's convention, or 0), ``EVAL_NOT_DETERMINISTIC``
-    (torch and Keras models: inference-mode outputs of one batch differ between two
-    runs, noise that does not follow the ``training`` flags). Torch's conventions are
-    varshift's: momentum is the weight of the new batch, None a cumulative average,
-    and ``track_running_stats=False`` normalises with batch statistics at inference. A
-    BatchNorm frozen for fine-tuning (in inference mode with ``requires_grad=False``
-    on its affine parameters while the rest trains; in Keras ``trainable=False``) is
-    not reported as stale. A Keras model's momentum is converted to this convention
-    (``1 -`` Keras' momentum).
+    Codes (all of them, with their sources: :data:`varshift.findings.CODES` and
+    ``docs/findings.md``): ``DAMAGED_RUNNING_STATS`` (a running mean or variance that is
+    NaN or infinite, or a negative running variance: values no update produces; the
+    variance shift of that layer, and the inference statistics after it, are undefined
+    then), ``INPUT_SCALE`` (the first BatchNorm's inputs are orders of magnitude away
+    from its running statistics; later layers are then not called stale),
+    ``DROPOUT_BEFORE_BN`` (noise, found by its behaviour, reaches a BatchNorm; graded on
+    what inference suffers now: info once the statistics match inference, e.g. after
+    recalibration, or for a frozen BatchNorm), ``STALE_RUNNING_STATS`` (running
+    statistics far from both the train-mode and the inference-mode statistics of the
+    current weights, graded on what normalisation divides by, the variance plus
+    ``eps``), ``STATS_AT_INIT`` (running mean 0 and variance 1 untouched),
+    ``SMALL_BATCH_STATS`` (too few values per channel per batch),
+    ``EVAL_BATCH_DEPENDENT`` (inference-mode outputs change with batch composition; the
+    BatchNorms responsible are found by behaviour), ``SUSPICIOUS_MOMENTUM`` (a momentum
+    that looks like the other framework's convention, or one that never updates),
+    ``EVAL_NOT_DETERMINISTIC`` (torch, Keras and Flax models: inference-mode outputs of
+    one batch differ between two runs, noise that does not follow the mode switches).
+    Evidence and fixes quote momentum in the framework's convention (the weight of the
+    new batch in PyTorch and varshift, of the old value in Keras and Flax). A frozen
+    BatchNorm (kept in inference mode while the rest trains: torch ``eval()`` with
+    ``requires_grad=False``, Keras ``trainable=False``, Flax ``use_running_average=True``,
+    the engine's ``bn.eval()`` in a model in train mode) is not reported as stale.
     """
     session = session_for(model, "diagnose")
     if train_batch_size is not None:

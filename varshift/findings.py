@@ -15,7 +15,8 @@ from difflib import SequenceMatcher
 
 from ._json import json_ready
 
-__all__ = ["Finding", "Code", "CODES", "SEVERITIES", "grade", "momentum_words", "possessive",
+__all__ = ["Finding", "Code", "CODES", "SEVERITIES", "FRAMEWORKS", "grade", "momentum_words",
+           "possessive",
            "in_convention", "format_findings"]
 
 #: Severities, most severe first.
@@ -318,15 +319,16 @@ def grade(value, thresholds):
     return "error" if value >= error else "warning" if value >= warning else None
 
 
-#: How each framework states a BatchNorm's momentum.
-_CONVENTIONS = {"torch": ("PyTorch", "new"), "varshift": ("varshift", "new"),
-                "keras": ("Keras", "old"), "flax": ("Flax", "old")}
+#: Each framework's name in messages, and whose weight its BatchNorm ``momentum`` is: the
+#: new batch's or the old value's (a new framework adds one line here).
+FRAMEWORKS = {"torch": ("PyTorch", "new"), "varshift": ("varshift", "new"),
+              "keras": ("Keras", "old"), "flax": ("Flax", "old")}
 
 
 def momentum_words(framework) -> tuple:
     """``(framework's name, 'new' or 'old')``: whose weight ``momentum`` is in
     ``framework`` ('torch', 'varshift', 'keras' or 'flax')."""
-    return _CONVENTIONS[framework]
+    return FRAMEWORKS[framework]
 
 
 def possessive(name) -> str:

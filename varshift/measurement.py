@@ -50,7 +50,7 @@ from ._process import public
 from ._progress import progress_bar
 from ._safe_read import read_text
 from .backends import EVAL, PASSES, Statistics, session_for
-from .findings import momentum_words
+from .findings import FRAMEWORKS, momentum_words
 from .nn.layer import preserved
 from .stats import RunningMoments, deviation_in_stds, ratio, symmetric_shift
 
@@ -485,9 +485,9 @@ def _check_report_dict(d):
         _check_fields(record, f"layers[{i}]", _LAYER_FIELDS)
     for i, record in enumerate(d["bn"]):
         _check_fields(record, f"bn[{i}]", _BN_FIELDS)
-        if record.get("framework", "varshift") not in ("varshift", "torch", "keras", "flax"):
-            raise ValueError(f"bn[{i}].framework must be 'varshift', 'torch', 'keras' or "
-                             f"'flax', got {_validate.shown(record['framework'])}")
+        if record.get("framework", "varshift") not in FRAMEWORKS:
+            raise ValueError(f"bn[{i}].framework must be one of {', '.join(map(repr, FRAMEWORKS))}"
+                             f", got {_validate.shown(record['framework'])}")
         for key in ("moving_mean", "moving_var"):
             if record[key] is not None and len(record[key]) != record["num_features"]:
                 raise ValueError(f"bn[{i}].{key} has {len(record[key])} values, its "
@@ -520,7 +520,7 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False, input_key=No
 
     Parameters
     ----------
-    model : varshift.nn.Layer, torch.nn.Module or Keras 3 model
+    model : varshift.nn.Layer, torch.nn.Module, Keras 3 model or Flax NNX module
         Not changed (see Notes). A torch module is measured on its device, in the
         dtype of its parameters.
     data : array or tensor of shape (N, ...), (x, y) pair, or iterable of batches

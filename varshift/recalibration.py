@@ -84,7 +84,7 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
 
     Parameters
     ----------
-    model : varshift.nn.Layer, torch.nn.Module or Keras 3 model
+    model : varshift.nn.Layer, torch.nn.Module, Keras 3 model or Flax NNX module
         Changed in place: only ``running_mean``, ``running_var`` and
         ``num_batches_tracked`` of BatchNorm layers that keep running statistics
         (a Keras BatchNormalization's ``moving_mean`` and ``moving_variance``).
