@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from varshift import verdicts as v
 from varshift.verdicts import Claim, count, interval, judge, tally
 
 RNG = np.random.default_rng(0)
@@ -104,3 +105,72 @@ def test_verdicts_are_validated():
         Claim("t", "p", "o", True)
     with pytest.raises(ValueError, match="kind"):
         Claim("t", "p", "o", "holds", kind="other")
+
+
+@pytest.mark.parametrize("direction, margin", [(1, 0.0), (1, 0.3), (-1, 0.0), (-1, 0.2), (0, 0.4)])
+def test_p_values_reach_alpha_exactly_when_the_interval_decides(direction, margin):
+    rng = np.random.default_rng(int(50 + 10 * direction + 100 * margin))
+    decided = {v.HOLDS: 0, v.CONTRADICTED: 0, v.UNDECIDED: 0}
+    for _ in range(400):
+        n = int(rng.integers(3, 12))
+        d = rng.normal(rng.normal(0, 0.6), rng.uniform(0.05, 1.0), n)
+        mean, low, high = v.interval(d)
+        verdict = v.judge(low, high, direction, margin)
+        p_holds, p_against = v.p_values(mean, low, high, n, direction, margin)
+        assert (p_holds < v.ALPHA) == (verdict == v.HOLDS)
+        assert (p_against < v.ALPHA) == (verdict == v.CONTRADICTED)
+        decided[verdict] += 1
+    assert min(decided.values()) > 10  # every verdict was exercised
+
+
+def test_p_values_of_zero_width_intervals_and_too_few_seeds():
+    assert v.p_values(0.0, 0.0, 0.0, 5, 0, 0.5) == (0.0, 1.0)   # 100 % vs 100 %: "holds"
+    assert v.p_values(0.2, 0.2, 0.2, 5, 1) == (0.0, 1.0)
+    assert v.p_values(0.0, 0.0, 0.0, 5, 1) == (1.0, 1.0)        # no effect: undecided
+    assert v.p_values(3.0, 2.0, 4.0, 2, 1) == (1.0, 1.0)
+
+
+def test_holm_matches_a_hand_computation_and_is_never_more_decisive():
+    def claim(p_holds, p_against, verdict):
+        return v.Claim("t", "p", "o", verdict, p_holds=p_holds, p_against=p_against)
+
+    # five tested rows; sorted p_holds 0.001, 0.003, 0.006, 0.020, 0.90 against
+    # 0.025/5, 0.025/4, 0.025/3, 0.025/2: the fourth (0.020 > 0.0125) stops the procedure
+    family = [claim(0.001, 0.99, v.HOLDS),
+              claim(0.006, 0.99, v.HOLDS),
+              claim(0.020, 0.99, v.HOLDS),
+              claim(0.004, 0.99, v.NOT_TESTED),   # not part of the family
+              claim(0.003, 0.99, v.HOLDS),
+              claim(0.90, 0.02, v.CONTRADICTED)]
+    adjusted = v.holm(family)
+    assert adjusted == [v.HOLDS, v.HOLDS, v.UNDECIDED, v.NOT_TESTED, v.HOLDS, v.UNDECIDED]
+    # p_against 0.02 > 0.025 / 5: the contradiction does not survive either
+    assert v.holm([family[5]]) == [v.CONTRADICTED]
+    rng = np.random.default_rng(0)
+    claims = [v.Claim.paired("c", "p", rng.normal(m, 1, 6), 0.0, direction=1)
+              for m in rng.normal(0, 1.5, 40)]
+    for c, a in zip(claims, v.holm(claims)):
+        assert a == c.verdict or a == v.UNDECIDED
+
+
+def test_all_of_carries_intersection_union_p_values():
+    parts = [v.Claim.paired(f"part {i}", "p", np.arange(5.0) + m, 0.0, direction=1)
+             for i, m in enumerate((3.0, 0.5))]
+    whole = v.Claim.all_of("all", "p", parts)
+    assert whole.p_holds == max(c.p_holds for c in parts)
+    assert whole.p_against == min(c.p_against for c in parts)
+
+
+def test_holm_refuses_rows_without_p_values():
+    with pytest.raises(ValueError, match="p-values"):
+        v.holm([v.Claim("old row", "p", "o", v.HOLDS)])
+
+
+@pytest.mark.parametrize("sd", [0.4, 1.0, 2.5, 6.0])
+def test_a_seed_sd_claim_carries_p_values_that_agree_with_its_interval(sd):
+    from varshift.cases._common import sd_claim
+
+    values = np.random.default_rng(int(10 * sd)).normal(0, sd, 6)
+    c = sd_claim("runs vary", "p", values, at_least=1.5)
+    assert (c.p_holds < v.ALPHA) == (c.verdict == v.HOLDS)
+    assert (c.p_against < v.ALPHA) == (c.verdict == v.CONTRADICTED)

@@ -32,13 +32,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Claim", "VERDICTS", "MIN_SEEDS", "interval", "judge", "count", "tally"]
+__all__ = ["Claim", "VERDICTS", "MIN_SEEDS", "ALPHA", "interval", "judge", "p_values", "holm",
+           "count", "tally"]
 
 HOLDS, CONTRADICTED, UNDECIDED, NOT_TESTED = (
     "holds", "contradicted", "undecided", "not tested at the posted regime")
 PASSES, FAILS = "passes", "fails"
 MIN_SEEDS = 3
 """Fewest pairs a claim is judged on; with fewer it is undecided."""
+ALPHA = 0.025
+"""One-sided level of each test: a bound of the two-sided 95 % interval excludes a value
+exactly when the one-sided p-value against it is below 0.025."""
 VERDICTS = (HOLDS, CONTRADICTED, UNDECIDED, NOT_TESTED)
 """Verdicts of a claim; sanity checks are ``'passes'`` or ``'fails'``."""
 
@@ -104,6 +108,113 @@ def judge(low, high, direction, min_effect=0.0) -> str:
     return CONTRADICTED if high < 0 else UNDECIDED
 
 
+def p_values(mean, low, high, n, direction, min_effect=0.0, confidence=0.95):
+    r"""One-sided p-values behind :func:`judge`'s verdict on a Student-t interval.
+
+    Parameters
+    ----------
+    mean, low, high : float
+        Mean paired difference and its two-sided ``confidence`` interval (as returned by
+        :func:`interval`).
+    n : int
+        Number of pairs.
+    direction : {1, -1, 0}
+    min_effect : float, default 0.0
+    confidence : float, default 0.95
+
+    Returns
+    -------
+    p_holds, p_against : float
+        ``p_holds`` tests the paper's statement: the null is "no effect of at least
+        ``min_effect`` in the paper's direction" (for ``direction=0``, two one-sided
+        tests against the margins, the larger p). ``p_against`` tests the contradiction:
+        the null is "no effect the other way" (for ``direction=0``: "inside the margin",
+        the smaller of the two p). Both are 1 with fewer than :data:`MIN_SEEDS` pairs.
+
+    Notes
+    -----
+    With standard error :math:`s = (high - low) / (2 t_{n-1})`, a one-sided test of
+    :math:`\mu \le c` has :math:`p = 1 - F_{t, n-1}((\bar d - c) / s)`. Hence
+    ``p_holds < ALPHA`` exactly when :func:`judge` says ``'holds'`` at the 95 % interval
+    and ``p_against < ALPHA`` exactly when it says ``'contradicted'``. When every
+    difference is equal (:math:`s = 0`) a p-value is 0 if the mean is strictly beyond the
+    tested value and 1 otherwise, as the zero-width interval is judged.
+    """
+    from scipy import stats
+
+    if n < MIN_SEEDS or not (np.isfinite(low) and np.isfinite(high)):
+        return 1.0, 1.0
+    se = (high - low) / 2 / stats.t.ppf(0.5 + confidence / 2, n - 1)
+
+    def above(c):  # p of the null mu <= c
+        if se == 0:
+            return 0.0 if mean > c else 1.0
+        return float(stats.t.sf((mean - c) / se, n - 1))
+
+    def below(c):  # p of the null mu >= c
+        if se == 0:
+            return 0.0 if mean < c else 1.0
+        return float(stats.t.cdf((mean - c) / se, n - 1))
+
+    if direction == 0:
+        return (max(above(-min_effect), below(min_effect)),
+                min(above(min_effect), below(-min_effect)))
+    if direction == 1:
+        return above(min_effect), below(0.0)
+    return below(-min_effect), above(0.0)
+
+
+def holm(claims, alpha=ALPHA) -> list:
+    r"""Holm-adjusted verdicts of a family of claims.
+
+    Parameters
+    ----------
+    claims : list of Claim
+        The family (e.g. every paper claim of a report). Rows *not tested at the posted
+        regime* keep that verdict and are not part of the family.
+    alpha : float, default :data:`ALPHA`
+        Family-wise level of each of the two step-down procedures.
+
+    Returns
+    -------
+    list of str
+        One verdict per claim: ``'holds'`` where Holm's step-down procedure rejects the
+        claim's ``p_holds`` null, ``'contradicted'`` where it rejects its ``p_against``
+        null, ``'undecided'`` otherwise.
+
+    Raises
+    ------
+    ValueError
+        If a claim of the family has no p-values (a sanity row, or a row from before
+        they were stored).
+
+    Notes
+    -----
+    Two families of tests, one for "holds" and one for "contradicted", each controlled at
+    ``alpha``: sort the :math:`m` p-values, reject the :math:`k`-th smallest while
+    :math:`p_{(k)} \le \alpha / (m - k + 1)`, stop at the first that is not. An adjusted
+    verdict is never more decisive than the unadjusted one.
+    """
+    tested = [i for i, c in enumerate(claims) if c.verdict != NOT_TESTED]
+    missing = [claims[i].text for i in tested if claims[i].p_holds is None or claims[i].p_against is None]
+    if missing:
+        raise ValueError(f"claims must carry p-values to be Holm-adjusted; missing in {missing}")
+
+    def rejected(p):
+        order = sorted(tested, key=lambda i: p[i])
+        out = set()
+        for k, i in enumerate(order):
+            if p[i] > alpha / (len(order) - k):
+                break
+            out.add(i)
+        return out
+
+    holds = rejected({i: claims[i].p_holds for i in tested})
+    against = rejected({i: claims[i].p_against for i in tested})
+    return [c.verdict if c.verdict == NOT_TESTED else HOLDS if i in holds
+            else CONTRADICTED if i in against else UNDECIDED for i, c in enumerate(claims)]
+
+
 def _fmt(x, digits):
     return f"{x:+.{digits}f}" if np.isfinite(x) else ("+inf" if x > 0 else "-inf")
 
@@ -135,6 +246,9 @@ class Claim:
         construction, never counted.
     rule : str
         The pre-declared rule, e.g. ``"paired t 95 %, paper: arm < reference"``.
+    p_holds, p_against : float or None
+        One-sided p-values of the claim and of its contradiction (:func:`p_values`), for
+        the multiplicity adjustment (:func:`holm`); None for sanity rows.
     """
 
     text: str
@@ -147,6 +261,8 @@ class Claim:
     n: int | None = None
     kind: str = "claim"
     rule: str = ""
+    p_holds: float | None = None
+    p_against: float | None = None
 
     def __post_init__(self):
         allowed = (PASSES, FAILS) if self.kind == "sanity" else VERDICTS
@@ -206,12 +322,18 @@ class Claim:
         rule = (f"paired t {confidence:.0%}: {names[0]} {sign} {names[1]}"
                 + (f" by > {min_effect:g}" if min_effect else "") if sign else
                 f"paired t {confidence:.0%}: |{names[0]} - {names[1]}| < {min_effect:g}")
-        return cls(text, paper, ours, verdict, mean, low, high, int(arm.size), "claim", rule)
+        p_holds, p_against = p_values(mean, low, high, arm.size, direction, min_effect, confidence)
+        return cls(text, paper, ours, verdict, mean, low, high, int(arm.size), "claim", rule,
+                   p_holds, p_against)
 
     @classmethod
     def all_of(cls, text, paper, claims):
         """A claim made of several paired comparisons (e.g. every consecutive rate):
-        holds if all hold, contradicted if any is contradicted, else undecided."""
+        holds if all hold, contradicted if any is contradicted, else undecided.
+
+        Its ``p_holds`` is the largest of the parts' (an intersection-union test) and its
+        ``p_against`` the smallest, so that :func:`holm` treats it as :func:`judge`'s rule
+        does."""
         verdicts = {c.verdict for c in claims}
         if NOT_TESTED in verdicts:
             verdict = NOT_TESTED
@@ -222,7 +344,8 @@ class Claim:
         ours = "; ".join(f"{c.text}: {c.estimate:+.3g} [{c.low:+.3g}, {c.high:+.3g}]" for c in claims)
         rules = sorted({c.rule for c in claims})
         return cls(text, paper, ours, verdict, None, None, None, claims[0].n, "claim",
-                   "every part: " + "; ".join(rules))
+                   "every part: " + "; ".join(rules), max(c.p_holds for c in claims),
+                   min(c.p_against for c in claims))
 
     def as_extension(self) -> "Claim":
         """The same comparison, counted as an extension (not a claim of the paper)."""

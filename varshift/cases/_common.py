@@ -298,7 +298,13 @@ def sd_claim(text, paper, values, *, at_least, unit="", digits=1, regime=None,
     rule = f"chi-square {confidence:.0%} interval of the seed sd: sd > {at_least:g}{unit}"
     if regime is not None:
         rule += f"; regime: {regime.name}"
-    return Claim(text, paper, ours, verdict, sd, float(low), float(high), n, "claim", rule)
+    # one-sided chi-square tests of sd <= at_least and sd >= at_least: below 0.025 exactly
+    # when the interval's lower (upper) bound clears at_least
+    statistic = (n - 1) * sd**2 / at_least**2 if n > 1 else None
+    p_holds, p_against = ((1.0, 1.0) if statistic is None else
+                          (float(stats.chi2.sf(statistic, n - 1)), float(stats.chi2.cdf(statistic, n - 1))))
+    return Claim(text, paper, ours, verdict, sd, float(low), float(high), n, "claim", rule,
+                 p_holds, p_against)
 
 
 def said(c, unit="") -> str:

@@ -112,13 +112,48 @@ def _cell(text):
     return str(text).replace("|", "\\|")
 
 
-def _claim_rows(where, claims):
+def _verdict_cell(verdict, adjusted=None):
+    bold = lambda v: f"**{v}**" if v in ("contradicted", "fails") else v  # noqa: E731
+    if adjusted is None or adjusted == verdict:
+        return bold(verdict)
+    return f"{bold(verdict)}; Holm: {bold(adjusted)}"
+
+
+def _claim_rows(where, claims, adjusted=None):
+    """Table rows; ``adjusted`` maps a row's ``(where, text)`` to its Holm verdict."""
     rows = []
     for c in claims:
-        verdict = f"**{c['verdict']}**" if c["verdict"] in ("contradicted", "fails") else c["verdict"]
+        verdict = _verdict_cell(c["verdict"], (adjusted or {}).get((where, c["text"])))
         rows.append(f"| {where} | {_cell(c['text'])} | {_cell(c['paper'])} | {_cell(c['ours'])} | "
                     f"{verdict} |")
     return rows
+
+
+def _adjusted(groups, kind):
+    """Holm verdicts of every ``kind`` row of ``groups`` (``(where, claim dicts)`` pairs),
+    one family, keyed by ``(where, text)``; with the family's claims and verdicts."""
+    from ..verdicts import Claim, holm
+
+    keys, claims = [], []
+    for where, rows in groups:
+        for c in rows:
+            if c.get("kind", "claim") == kind:
+                keys.append((where, c["text"]))
+                claims.append(Claim(**c))
+    verdicts = holm(claims)
+    return dict(zip(keys, verdicts)), claims, verdicts
+
+
+def _tally(claims, verdicts):
+    """``'H hold, C contradicted, U undecided'`` counted with ``verdicts`` (Holm's), and
+    the unadjusted count beside it where it differs."""
+    from dataclasses import replace
+
+    from ..verdicts import tally
+
+    raw = tally([replace(c, kind="claim") for c in claims])
+    adjusted = tally([replace(c, kind="claim", verdict=v) for c, v in zip(claims, verdicts)])
+    return adjusted + ("" if raw == adjusted else f" (without the adjustment: {raw})")
 
 
 PROTOCOL = (
@@ -126,7 +161,12 @@ PROTOCOL = (
     "from the 95 % Student-t interval of the per-seed differences: **holds** if it excludes 0 "
     "(or the margin) in the paper's direction, **contradicted** if it excludes 0 the other way, "
     "**undecided** otherwise; with fewer than 3 seeds a claim is undecided whatever its "
-    "interval. Undecided is not counted as holding. Checks that are true by "
+    "interval. **Multiplicity:** the paper claims, our extensions and the case-study "
+    "statements are three families; in each, Holm's step-down procedure adjusts the "
+    "one-sided tests behind the verdicts (level 0.025 each, the level of a 95 % interval's "
+    "bound), for \"holds\" and for \"contradicted\" apart. The tables show the unadjusted "
+    "verdict and, where it differs, the adjusted one; the summary counts the adjusted ones. "
+    "Undecided is not counted as holding. Checks that are true by "
     "construction when the code is right (closed forms against themselves or against Monte "
     "Carlo, a shift of 1 after recalibrating on the same data) are listed separately and are "
     "not evidence for the paper; the regime checks (training has plateaued) are listed with "
@@ -143,7 +183,8 @@ def _counted_before(figures) -> str:
         rows, moved = counted_before(figures, d)
         if moved:
             claims = [Claim(**c) for c in rows]
-            parts.append(f"; as counted before {d.commit}, a change after results "
+            parts.append(f"; as counted before {d.commit}, a change after results, without "
+                         f"the adjustment "
                          f"([{SECTION}]({ANCHOR})): {sum(c.kind == 'claim' for c in claims)} "
                          f"paper claims, {tally(claims)}")
     return "".join(parts)
@@ -156,26 +197,29 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     changes after results (:mod:`varshift.reproduce.disclosures`), one row per claim
     (paper, ours with interval and n, verdict), the sanity checks apart, the figures
     with captions, the case studies, and what was skipped."""
-    from ..verdicts import Claim, tally
+    from ..verdicts import Claim
 
     figures = [json.loads(p.read_text()) for p in sorted(out.glob("fig*.json"), key=_figure_number)]
     cases = [json.loads(p.read_text()) for p in sorted(out.glob("case-*.json"))]
     as_claims = lambda rows: [Claim(**c) for c in rows]  # noqa: E731
-    fig_claims = [c for f in figures for c in as_claims(f["claims"])]
-    case_claims = [c for k in cases for c in as_claims(k["claims"])]
-    checks = [c for c in fig_claims + case_claims if c.kind == "sanity"]
+    checks = [c for f in figures + cases for c in as_claims(f["claims"]) if c.kind == "sanity"]
     failed = [c for c in checks if c.verdict == "fails"]
+    in_figures = [(f["name"], f["claims"]) for f in figures]
+    paper, paper_claims, paper_verdicts = _adjusted(in_figures, "claim")
+    extension, extension_claims, extension_verdicts = _adjusted(in_figures, "extension")
+    case, case_claims, case_verdicts = _adjusted([(k["name"], k["claims"]) for k in cases], "claim")
     lines = ["# varshift reproduction of Li et al. (CVPR 2019) at small scale", "",
              f"Settings: {settings}. Every figure has a PNG, an SVG, its numbers (`.json`) and "
              f"its caption (`.caption.md`); wall times are in `timings.json`.", "",
              "## How the verdicts are reached", "", PROTOCOL, "",
              "## Summary", "",
-             f"- Paper claims ({sum(c.kind == 'claim' for c in fig_claims)}): {tally(fig_claims)}"
+             "Counts after Holm's adjustment within each family.", "",
+             f"- Paper claims ({len(paper_claims)}): {_tally(paper_claims, paper_verdicts)}"
              f"{_counted_before(figures)}.",
              f"- Our extensions, comparisons the paper does not make "
-             f"({sum(c.kind == 'extension' for c in fig_claims)}): {tally(fig_claims, 'extension')}.",
-             f"- Case-study statements ({sum(c.kind == 'claim' for c in case_claims)}): "
-             f"{tally(case_claims)}." if cases else "- Case studies: not run.",
+             f"({len(extension_claims)}): {_tally(extension_claims, extension_verdicts)}.",
+             f"- Case-study statements ({len(case_claims)}): "
+             f"{_tally(case_claims, case_verdicts)}." if cases else "- Case studies: not run.",
              f"- Sanity and regime checks: {len(checks) - len(failed)} of {len(checks)} pass"
              + (f"; failing: {'; '.join(c.text for c in failed)}." if failed else "."), ""]
     lines += disclosures_markdown(DISCLOSURES)
@@ -186,12 +230,14 @@ def write_report(out: Path, skipped, settings: str) -> Path:
               "| figure | claim | paper | ours: mean ± sd; paired difference [95 % CI], n | verdict |",
               "|---|---|---|---|---|"]
     for f in figures:
-        lines += _claim_rows(f["name"], [c for c in f["claims"] if c.get("kind", "claim") == "claim"])
+        lines += _claim_rows(f["name"], [c for c in f["claims"] if c.get("kind", "claim") == "claim"],
+                             paper)
     lines += ["", "## Our extensions (not claims of the paper; same rule, counted apart)", "",
               "| figure | comparison | source | ours: mean ± sd; paired difference [95 % CI], n | verdict |",
               "|---|---|---|---|---|"]
     for f in figures:
-        lines += _claim_rows(f["name"], [c for c in f["claims"] if c.get("kind") == "extension"])
+        lines += _claim_rows(f["name"], [c for c in f["claims"] if c.get("kind") == "extension"],
+                             extension)
     lines += ["", "## Sanity and regime checks (not evidence)", "",
               "| where | check | expected | ours | result |", "|---|---|---|---|---|"]
     for where, rows in [(f["name"], f["claims"]) for f in figures] + [(k["name"], k["claims"]) for k in cases]:
@@ -205,7 +251,8 @@ def write_report(out: Path, skipped, settings: str) -> Path:
                   "(`varshift case NAME`). Full summaries: `case-NAME.md`.", "",
                   "| case | statement | posted | measured here | verdict |", "|---|---|---|---|---|"]
         for k in cases:
-            lines += _claim_rows(k["name"], [c for c in k["claims"] if c.get("kind", "claim") == "claim"])
+            lines += _claim_rows(k["name"], [c for c in k["claims"] if c.get("kind", "claim") == "claim"],
+                                 case)
         lines.append("")
         for k in cases:
             case_settings = ", ".join(f"{a} {b}" for a, b in k["settings"].items())
