@@ -103,6 +103,8 @@ def test_moved_rows_and_edits_match_the_committed_rows():
 
 def test_summary_shows_the_tally_before_the_change_next_to_the_current_one(rendered):
     (change,) = [d for d in DISCLOSURES if d.moved]
+    holm_change = DISCLOSURES[-1]
+    assert "29 hold, 2 contradicted, 37 undecided" in holm_change.effect
     figures = committed()
     rows, moved = counted_before(figures, change)
     before = [Claim(**c) for c in rows]
@@ -112,7 +114,8 @@ def test_summary_shows_the_tally_before_the_change_next_to_the_current_one(rende
     now = [Claim(**c) for f in figures for c in f["claims"]]
     assert tally(now) == "44 hold, 3 contradicted, 21 undecided"
     line = next(x for x in rendered.splitlines() if x.startswith("- Paper claims ("))
-    assert line.startswith("- Paper claims (68): 44 hold, 3 contradicted, 21 undecided; ")
+    assert line.startswith("- Paper claims (68): 29 hold, 2 contradicted, 37 undecided (without "
+                           "the adjustment: 44 hold, 3 contradicted, 21 undecided); ")
     assert f"as counted before {change.commit}" in line
     assert line.endswith("82 paper claims, 49 hold, 4 contradicted, 29 undecided.")
     assert "49 hold, 4 contradicted, 29 undecided -> 68: 44 hold" in change.effect

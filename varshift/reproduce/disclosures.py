@@ -241,6 +241,27 @@ DISCLOSURES = (
              "eval mode 95.0 ± 0.4 % vs recalibrated 95.0 ± 0.5 %; difference +0.0 [-0.2, +0.2], "
              "n=3", "eval mode 95.1 ± 0.6 % vs recalibrated 94.9 ± 0.5 %; difference +0.2 "
              "[-0.5, +0.8], n=3", "holds")))),
+    Disclosure(
+        commit="ded8da9", date="2026-12-06 19:16:12",
+        title="protocol: Holm's adjustment; the summary counts adjusted verdicts",
+        after="every result of this report (the 5-seed full run and the case studies), with "
+              "every unadjusted verdict known.",
+        what="each claim now stores the one-sided p-values behind its verdict, and REPORT "
+             "adjusts three families (paper claims, extensions, case-study statements) with "
+             "Holm's step-down procedure at 0.025 per one-sided test, for \"holds\" and for "
+             "\"contradicted\" apart. The tables show the unadjusted verdict and the adjusted "
+             "one where they differ; the summary counts the adjusted ones.",
+        reason="commit message: \"Holm-adjusted verdicts beside the raw ones; counts use "
+               "them\"; asked for by the review of the full run (issue 24, defect 3: \"No "
+               "multiplicity correction is applied\").",
+        effect="paper claims 68: 44 hold, 3 contradicted, 21 undecided -> 29 hold, 2 "
+               "contradicted, 37 undecided; extensions 14: 5 hold, 1 contradicted, 8 "
+               "undecided -> 2 hold, 0 contradicted, 12 undecided; case-study statements 25: "
+               "8 hold, 2 contradicted, 5 undecided -> 3 hold, 2 contradicted, 10 undecided "
+               "(10 not tested at the posted regime before and after). The adjustment only "
+               "ever turns a decided row undecided.",
+        unchanged="every claim text, kind, direction, margin, paper column, number and "
+                  "unadjusted verdict; every figure (PNG and SVG byte-identical)."),
 )
 """Every change after results, oldest first."""
 
