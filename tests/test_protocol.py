@@ -1,0 +1,132 @@
+"""The confirmatory run's locked protocol: declared from the pilot, locked by git,
+refused when changed after its runs, judged only when every declared run exists."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from varshift import tasks as _tasks
+from varshift.reproduce import confirm, power, protocol
+from varshift.verdicts import VERDICTS
+
+PILOT = json.loads(open("figures/power/power.json").read())["pilot"]
+
+
+def test_the_committed_protocol_is_the_power_table_of_the_pilot():
+    proto = protocol.load()
+    rows = {r["text"]: r for r in PILOT["rows"]}
+    declared = {c.claim.text: c for c in proto.claims}
+    assert list(declared) == [c.text for c in power.CLAIMS]  # every accuracy claim, in order
+    for claim in power.CLAIMS:
+        c, row = declared[claim.text], rows[claim.text]
+        assert c.claim == claim  # same terms, direction, margin
+        if c.status == "confirmatory":
+            assert row["testable"] and c.seeds == min(power.BUDGET, row["seeds_upper"])
+        elif c.status == "not testable at this regime":
+            assert row["testable"] is False
+        else:
+            assert row["testable"] is None or any(t.arm[1] not in (0.0, 0.5) for t in claim.terms)
+    assert len(proto.confirmatory) == 13 and proto.first_seed == 100
+    assert proto.settings.train_sequences == 1000 and proto.settings.epochs == 240
+
+
+def test_runs_are_fresh_seeds_seed_major_and_as_many_as_the_claims_need():
+    proto = protocol.load()
+    runs = proto.tasks()
+    seeds = [t.params["seed"] for t in runs]
+    assert min(seeds) == 100 and seeds == sorted(seeds)
+    assert len({t.key for t in runs}) == len(runs) == sum(proto.seeds().values())
+    for c in proto.confirmatory:
+        for arm in c.claim.arms:
+            assert proto.seeds()[arm] >= c.seeds
+    pilot = {t.key for t in runs if t.params["seed"] < 100}
+    assert not pilot
+
+
+def test_bad_protocol_files_are_refused_with_the_field_named(tmp_path):
+    doc = json.loads(protocol.PATH.read_text())
+    bad = dict(doc, claims=[dict(doc["claims"][0], status="probably")])
+    (tmp_path / "p.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="status must be one of"):
+        protocol.load(tmp_path / "p.json")
+    bad = dict(doc, claims=[dict(doc["claims"][0], seeds=None, status="confirmatory")])
+    (tmp_path / "p.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="3 to 30 seeds"):
+        protocol.load(tmp_path / "p.json")
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture
+def repo(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    path = tmp_path / "repo" / "confirmatory.json"
+    path.parent.mkdir()
+    shutil.copy(protocol.PATH, path)
+    _git(path.parent, "init", "-q")
+    return path
+
+
+def test_lock_needs_the_file_committed_and_refuses_a_later_change(repo, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="must be committed"):
+        protocol.lock(protocol.load(repo), cache)
+    assert not (cache / protocol.LOCK).exists()
+    _git(repo.parent, "add", repo.name)
+    _git(repo.parent, "commit", "-q", "-m", "declare")
+    record = protocol.lock(protocol.load(repo), cache)
+    assert record["sha256"] == protocol.digest(repo) and len(record["commit"]) >= 7
+    # a claim edited after its runs were computed: refused, whether committed or not
+    doc = json.loads(repo.read_text())
+    doc["claims"][0]["direction"] = -1
+    repo.write_text(json.dumps(doc, indent=1))
+    _git(repo.parent, "commit", "-q", "-am", "edit")
+    with pytest.raises(protocol.ProtocolChanged, match="Bump 'version'"):
+        protocol.check(protocol.load(repo), cache)
+    with pytest.raises(protocol.ProtocolChanged):
+        confirm.judge(protocol.load(repo), cache)
+    # a new version is a new lock beside the old one
+    doc["version"] = 2
+    repo.write_text(json.dumps(doc, indent=1))
+    _git(repo.parent, "commit", "-q", "-am", "version 2")
+    assert protocol.lock(protocol.load(repo), cache)["sha256"] == protocol.digest(repo)
+    assert set(json.loads((cache / protocol.LOCK).read_text())) == {"1", "2"}
+
+
+def _fake_results(proto, cache, missing=0):
+    """Store made-up results for every declared run (the last ``missing`` left out)."""
+    rng = np.random.default_rng(0)
+    runs = proto.tasks()
+    for task in runs[:len(runs) - missing]:
+        p = task.params
+        error = 3.0 + 2.0 * (p["rate"] > 0) * (p["placement"] == "a") + rng.normal(0, 0.3)
+        result = {"test_error": error, "recalibrated": {"test_error": error - 0.5 * (p["rate"] > 0)},
+                  "history": {"train_mode": [99.0], "eval_mode": [99.0 - (p["rate"] > 0)]}}
+        _tasks._store(cache, task, result, 1.0)
+
+
+def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
+    proto = protocol.load()
+    cache = tmp_path / "cache"
+    _fake_results(proto, cache, missing=1)
+    assert confirm.progress(proto, cache) == (len(proto.tasks()) - 1, len(proto.tasks()))
+    with pytest.raises(FileNotFoundError, match="wait"):
+        confirm.judge(proto, cache)
+    _fake_results(proto, cache)
+    rows = confirm.judge(proto, cache)
+    judged = [r for r in rows if r["status"] == "confirmatory"]
+    assert len(rows) == len(proto.claims) and len(judged) == 13
+    by_id = {r["id"]: r for r in judged}
+    assert by_id["A01"]["verdict"] == by_id["A01"]["holm"] == "holds"  # (a) 0.5 is 2 points worse
+    assert by_id["A01"]["n"] == 11 and by_id["A35"]["n"] == 27
+    assert all(r["holm"] in VERDICTS for r in judged)
+    text = confirm.markdown(proto, {"commit": "abc1234"}, rows)
+    assert proto.sha256 in text and "abc1234" in text and "A40" in text

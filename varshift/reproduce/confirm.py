@@ -1,0 +1,153 @@
+"""The confirmatory run of issue 24: the locked protocol's claims on fresh seeds.
+
+Run it from the repository root with ``python -m varshift.reproduce.confirm`` (``--jobs``):
+it locks :mod:`varshift.reproduce.protocol`'s file on its first run, then trains every
+declared run into :data:`CACHE` (resumable: finished runs are skipped). ``--report``
+computes nothing: until every declared run exists it only says how many are done (no
+verdict is looked at before the declared number of seeds); then it judges each
+confirmatory claim, adjusts the family with Holm's procedure, and writes
+:data:`REPORT` (JSON) and its Markdown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .. import tasks as _tasks
+from .._files import atomic_write
+from .._json import json_ready
+from ..verdicts import Claim, holm, tally
+from . import power, protocol
+
+__all__ = ["CACHE", "REPORT", "progress", "judge", "markdown", "main"]
+
+CACHE = Path("figures/confirmatory/tasks")
+"""Where the confirmatory runs are cached (relative to the repository root)."""
+REPORT = Path("figures/confirmatory/verdicts.json")
+
+
+def progress(proto, cache=CACHE):
+    """``(done, declared)``: how many of the protocol's runs are in ``cache``."""
+    runs = proto.tasks()
+    return len(_tasks.cached(runs, cache)), len(runs)
+
+
+def _runs(proto, cache):
+    stored = _tasks.cached(proto.tasks(), cache)
+    runs = {}
+    for task in proto.tasks():
+        if task.key in stored:
+            p = task.params
+            arm = (p["placement"], float(p["rate"]), p["noise"])
+            runs.setdefault((p["arch"], arm), {})[p["seed"]] = stored[task.key]["result"]
+    return runs
+
+
+def judge(proto, cache=CACHE):
+    """Every claim of ``proto`` with its verdict, from the finished runs.
+
+    Returns
+    -------
+    list of dict
+        Per claim: ``id``, ``status``, the :class:`~varshift.verdicts.Claim` fields
+        (``verdict`` unadjusted) and ``holm`` (the adjusted verdict; confirmatory
+        claims only).
+
+    Raises
+    ------
+    FileNotFoundError
+        If a declared run is missing (verdicts wait for every declared seed).
+    ProtocolChanged
+        If the file changed after its runs were locked.
+    """
+    protocol.check(proto, cache)
+    done, declared = progress(proto, cache)
+    if done < declared:
+        raise FileNotFoundError(f"{done} of {declared} declared runs are in {cache}: verdicts wait "
+                                "for all of them")
+    runs = _runs(proto, cache)
+    judged = []
+    for c in proto.confirmatory:
+        wanted = range(proto.first_seed, proto.first_seed + c.seeds)
+        mine = {arm: {s: r for s, r in runs[arm].items() if s in wanted} for arm in c.claim.arms}
+        seeds, d = power.differences(c.claim, mine)
+        if len(seeds) != c.seeds:
+            raise FileNotFoundError(f"claim {c.id} needs seeds {wanted.start}-{wanted.stop - 1} "
+                                    f"in every arm; {cache} has {seeds}")
+        judged.append(Claim.paired(c.claim.text, c.paper_source, d, 0.0, direction=c.claim.direction,
+                                   min_effect=c.claim.margin or 0.0, unit=" points",
+                                   names=("difference", "0")))
+    adjusted = holm(judged)
+    rows, i = [], 0
+    for c in proto.claims:
+        row = {"id": c.id, "status": c.status, "text": c.claim.text, "why": c.why}
+        if c.status == "confirmatory":
+            row.update(judged[i].__dict__, holm=adjusted[i])
+            i += 1
+        rows.append(row)
+    return rows
+
+
+def markdown(proto, record, rows) -> str:
+    """REPORT-style Markdown of :func:`judge`'s rows."""
+    from dataclasses import replace
+
+    judged = [r for r in rows if r["status"] == "confirmatory"]
+    claims = [Claim(**{k: r[k] for k in Claim.__dataclass_fields__}) for r in judged]
+    adjusted = [replace(c, verdict=r["holm"]) for c, r in zip(claims, judged)]
+    lines = [f"# Confirmatory run: protocol version {proto.version}", "",
+             f"Protocol `{proto.path.name}`, sha256 `{proto.sha256}`, locked in commit "
+             f"{record['commit']}; {proto.settings.describe().split('; ', 2)[-1]}; seeds from "
+             f"{proto.first_seed}.", "",
+             f"- Confirmatory claims ({len(claims)}), Holm-adjusted: {tally(adjusted)}; "
+             f"unadjusted: {tally(claims)}.",
+             f"- Declared not testable at this regime: "
+             f"{sum(r['status'] == 'not testable at this regime' for r in rows)}; awaiting "
+             f"their pilot: {sum(r['status'] == 'awaiting its pilot' for r in rows)}.", "",
+             "| id | claim | ours: paired difference [95 % CI], n | verdict | Holm |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['id']} | {r['text']} | {r['ours']} | {r['verdict']} | {r['holm']} |"
+              for r in judged]
+    lines += ["", "| id | claim | declared in advance | why |", "|---|---|---|---|"]
+    lines += [f"| {r['id']} | {r['text']} | {r['status']} | {r['why']} |"
+              for r in rows if r["status"] != "confirmatory"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    """Command line: lock the protocol, then run (or report on) its declared runs."""
+    parser = argparse.ArgumentParser(prog="python -m varshift.reproduce.confirm",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--jobs", type=int, default=1, help="local worker processes")
+    parser.add_argument("--report", action="store_true",
+                        help=f"write {REPORT} once every declared run exists, else say how many do")
+    args = parser.parse_args(argv)
+    proto = protocol.load()
+    if args.report:
+        record = protocol.check(proto, args.cache)
+        done, declared = progress(proto, args.cache)
+        if record is None or done < declared:
+            print(f"{done} of {declared} declared runs done; verdicts wait for all of them")
+            return
+        rows = judge(proto, args.cache)
+        REPORT.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(REPORT, "w", owner="confirm.report") as f:
+            f.write(json.dumps(json_ready({"version": proto.version, "sha256": proto.sha256,
+                                           "commit": record["commit"], "claims": rows}),
+                               indent=1) + "\n")
+        text = markdown(proto, record, rows)
+        with atomic_write(REPORT.with_suffix(".md"), "w", owner="confirm.report") as f:
+            f.write(text)
+        print(text)
+        return
+    record = protocol.lock(proto, args.cache)
+    print(f"protocol version {proto.version} (sha256 {proto.sha256[:12]}, commit "
+          f"{record['commit']}): {len(proto.tasks())} runs", flush=True)
+    _tasks.run(proto.tasks(), args.cache, jobs=args.jobs, progress=True)
+
+
+if __name__ == "__main__":
+    main()
