@@ -103,7 +103,7 @@ def test_moved_rows_and_edits_match_the_committed_rows():
 
 def test_summary_shows_the_tally_before_the_change_next_to_the_current_one(rendered):
     (change,) = [d for d in DISCLOSURES if d.moved]
-    holm_change = DISCLOSURES[-1]
+    (holm_change,) = [d for d in DISCLOSURES if d.commit == "ded8da9"]
     assert "29 hold, 2 contradicted, 37 undecided" in holm_change.effect
     figures = committed()
     rows, moved = counted_before(figures, change)
