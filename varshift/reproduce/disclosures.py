@@ -4,8 +4,8 @@ The project's rule: any change made after the numbers it concerns existed (to wh
 comparisons count as the paper's claims, to their texts, to what the paper column quotes,
 to the protocol, to the numbers by recomputing runs) is listed here with its commit, what
 it changed, the reason given at the time and its effect on the counts. :func:`markdown`
-renders the list for ``REPORT.md``; :func:`counted_before` recounts the current rows as
-they were counted before a change.
+renders the list for ``REPORT.md``; a change that moved the counts states them as they
+were before it (:attr:`Disclosure.counts_before`), for REPORT's summary.
 
 Every entry was checked against git (``git show COMMIT``; the claim rows of
 ``figures/fig*.json`` and ``figures/case-*.json`` compared between commits). Add an entry
@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Moved", "RowEdit", "Disclosure", "DISCLOSURES", "DECLARED", "counted_before",
-           "markdown"]
+__all__ = ["Moved", "RowEdit", "Disclosure", "DISCLOSURES", "DECLARED", "markdown"]
 
 SECTION = "Changes after results"
 ANCHOR = "#changes-after-results"
@@ -39,7 +38,8 @@ entries below contradict)."""
 
 @dataclass(frozen=True)
 class Moved:
-    """A row counted under another kind: ``'claim'`` (paper claim) or ``'extension'``."""
+    """A row counted under another kind: ``'claim'`` (paper claim), ``'extension'`` or
+    ``'sanity'`` (a check, not evidence)."""
 
     figure: str
     text: str
@@ -82,6 +82,9 @@ class Disclosure:
     unchanged: str = ""
     moved: tuple = ()
     edits: tuple = ()
+    counts_before: str = ""
+    """The paper claims as counted just before the change (``'N paper claims, H hold, C
+    contradicted, U undecided'``), where it changed them."""
 
 
 _HEAD = ("Table 5 (ImageNet, 0.2): 21.70 -> 21.48 top-1; Table 4 C10 at 0.2: PreResNet "
@@ -137,6 +140,7 @@ DISCLOSURES = (
     Disclosure(
         commit="f0579f2", date="2026-11-24 09:59:56",
         title="14 paper claims counted as extensions; the paper column of 12 rows rewritten",
+        counts_before="82 paper claims, 49 hold, 4 contradicted, 29 undecided",
         after="the 5-seed render f03a506 (09:43:13 UTC, 16 min 43 s earlier), with every "
               "verdict below known.",
         what="14 rows that had been counted as paper claims became \"Our extensions\" (same "
@@ -244,6 +248,7 @@ DISCLOSURES = (
     Disclosure(
         commit="ded8da9", date="2026-12-06 19:16:12",
         title="protocol: Holm's adjustment; the summary counts adjusted verdicts",
+        counts_before="68 paper claims, 44 hold, 3 contradicted, 21 undecided",
         after="every result of this report (the 5-seed full run and the case studies), with "
               "every unadjusted verdict known.",
         what="each claim now stores the one-sided p-values behind its verdict, and REPORT "
@@ -264,21 +269,6 @@ DISCLOSURES = (
                   "unadjusted verdict; every figure (PNG and SVG byte-identical)."),
 )
 """Every change after results, oldest first."""
-
-
-def counted_before(figures, disclosure):
-    """Claim rows of ``figures`` (REPORT's figure dicts: ``name`` and ``claims``), each
-    counted under the kind it had before ``disclosure`` (rows it did not move unchanged).
-    Returns ``(rows, moved)``: a list of row dicts and how many of them it moved back."""
-    back = {(m.figure, m.text): m.before for m in disclosure.moved}
-    rows, moved = [], 0
-    for f in figures:
-        for c in f["claims"]:
-            kind = back.get((f["name"], c["text"]))
-            if kind is not None and c.get("kind", "claim") != kind:
-                c, moved = {**c, "kind": kind}, moved + 1
-            rows.append(c)
-    return rows, moved
 
 
 def _cell(text):

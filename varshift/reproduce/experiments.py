@@ -22,7 +22,7 @@ from ..nn.layer import modes, preserved
 from ..theory import test_variance, train_variance, weight_cos2
 from .networks import ARCHITECTURES, mlp, preresnet, seeded
 
-__all__ = ["train_network", "train_mlp", "train_stale", "mnist1d", "cosine_lr"]
+__all__ = ["train_network", "initial_weights", "train_mlp", "train_stale", "mnist1d", "cosine_lr"]
 
 TRACKED = 2000  # training samples evaluated after every epoch (train vs eval mode)
 
@@ -167,6 +167,19 @@ def _flips(model, x, y, seed, keep=4):
             "wrong_to_right": int(np.sum(~right["train"] & right["eval"])),
             "examples": [{"index": int(i), "label": int(y[i]), "train_logits": logits["train"][i],
                           "eval_logits": logits["eval"][i]} for i in lost[:keep]]}
+
+
+def initial_weights(arch, seed):
+    """``train_network``'s ``weights`` rows of ``arch`` at initialisation: the network
+    ``seed`` starts from, before any update (the same for every arm of that seed).
+
+    Returns
+    -------
+    list of dict
+        Per weight layer: ``name``, ``d``, ``cos2``, ``d_cos2``.
+    """
+    model = seeded(ARCHITECTURES[arch]("a", 0.0), seed)
+    return [{"name": a.name, "d": a.d, "cos2": a.cos2, "d_cos2": a.d_cos2} for a in weight_cos2(model)]
 
 
 def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dropout",

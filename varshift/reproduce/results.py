@@ -10,7 +10,7 @@ import numpy as np
 
 from .._files import atomic_write
 from .._json import json_ready
-from .disclosures import ANCHOR, DECLARED, DISCLOSURES, SECTION, counted_before
+from .disclosures import ANCHOR, DECLARED, DISCLOSURES, SECTION
 from .disclosures import markdown as disclosures_markdown
 
 __all__ = ["FigureResult", "mean_sd", "new_figure", "save_figure", "write_figure", "write_case",
@@ -173,21 +173,12 @@ PROTOCOL = (
     "them.")
 
 
-def _counted_before(figures) -> str:
-    """The paper-claim tally as counted before each change after results that moved rows
-    of this report from one kind to another (empty when none did)."""
-    from ..verdicts import Claim, tally
-
-    parts = []
-    for d in DISCLOSURES:
-        rows, moved = counted_before(figures, d)
-        if moved:
-            claims = [Claim(**c) for c in rows]
-            parts.append(f"; as counted before {d.commit}, a change after results, without "
-                         f"the adjustment "
-                         f"([{SECTION}]({ANCHOR})): {sum(c.kind == 'claim' for c in claims)} "
-                         f"paper claims, {tally(claims)}")
-    return "".join(parts)
+def _counted_before() -> str:
+    """The paper claims as counted before each change after results that moved them
+    (empty when none did)."""
+    parts = [f"{d.counts_before} before {d.commit}" for d in DISCLOSURES if d.counts_before]
+    return (f"; as counted before the changes after results that moved them ([{SECTION}]"
+            f"({ANCHOR})): " + "; ".join(parts)) if parts else ""
 
 
 def write_report(out: Path, skipped, settings: str) -> Path:
@@ -215,7 +206,7 @@ def write_report(out: Path, skipped, settings: str) -> Path:
              "## Summary", "",
              "Counts after Holm's adjustment within each family.", "",
              f"- Paper claims ({len(paper_claims)}): {_tally(paper_claims, paper_verdicts)}"
-             f"{_counted_before(figures)}.",
+             f"{_counted_before()}.",
              f"- Our extensions, comparisons the paper does not make "
              f"({len(extension_claims)}): {_tally(extension_claims, extension_verdicts)}.",
              f"- Case-study statements ({len(case_claims)}): "
