@@ -382,7 +382,9 @@ def train_eval_accuracy(ctx):
                     f"{arch}: without Dropout, train and inference mode agree within {CLOSE} points",
                     "Fig. 5: both ~100 %", final["train_mode"], final["eval_mode"], direction=0,
                     min_effect=CLOSE, unit=" %", names=("train mode", "inference mode"))
-                claims.append(Claim.sanity(agree.text, agree.paper, agree.ours, agree.holds is True))
+                gap = np.abs(final["train_mode"] - final["eval_mode"])
+                claims.append(Claim.sanity(agree.text, agree.paper, agree.ours + f"; largest gap "
+                                           f"{gap.max():.2f}", bool(gap.max() < CLOSE)))
         ax.set(xlabel="epoch", ylabel="training accuracy (%)", title=f"{arch}, Dropout-(a)")
         shown = np.concatenate([np.ravel(c) for k, c in numbers.items() if k.startswith(f"{arch}/")])
         ax.set_ylim(np.percentile(shown, 5) - 2, 100.5)
@@ -649,10 +651,10 @@ def theory_vs_measurement(ctx):
             f"(mean over layers and settings)", "Sec. 3 (assumes equal c, v and equal "
             "correlations for all units)", diff, 0.0, direction=0, min_effect=0.05, digits=3,
             names=("predicted - measured", ""))
-        # Eq. 8 with each unit's own measured c and v is the measured ratio: a check of the
-        # code; the paper claims no accuracy for Eq. 12: our criterion, an extension
-        claims.append(Claim.sanity(row.text, row.paper, row.ours, row.holds is True) if case == "a"
-                      else row.as_extension())
+        # our criteria, not the paper's claims: Eq. 8 is exact per unit (so only the pooling
+        # of c and v over a layer's units is tested), and the paper claims no accuracy for
+        # Eq. 12
+        claims.append(row.as_extension())
     return FigureResult("fig13_theory_vs_measurement", "Li et al.'s closed forms against trained networks",
                         fig, "Every noise layer right before a BatchNorm (case a) or before a "
                         "convolution (case b), in every architecture, placement, rate and seed: the "
@@ -773,7 +775,7 @@ def conv_angles(ctx):
             # the range holds at initialisation too (the stem's d is 5): not evidence
             Claim.sanity(in_range.text + "; at initialisation too", "Fig. 3/Table 1 range",
                          f"trained: {in_range.ours}; initial: {at_init.ours}",
-                         in_range.holds is True)]
+                         bool(np.all((cos2.mean(1) > 0.01) & (cos2.mean(1) < 0.10))))]
     if "WRN" in archs:
         wide, thin = ({"b": ctx.network(a, "b", 0.5), "base": ctx.network(a, "a", 0.0)}
                       for a in ("WRN", "PreResNet"))
