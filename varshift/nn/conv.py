@@ -48,10 +48,12 @@ class _Conv(Layer):
     output channels ``g C_out / G ... (g + 1) C_out / G - 1``, as in PyTorch. The
     patches are built once for all channels; group ``g`` then takes its rows of ``W2``
     (of shape (C_out, prod(K) * C_in / G)), of ``dout2`` and of ``dW2``, and its
-    channels of the patches (a contiguous block of rows of ``cols``; every C_in-th
-    column of ``rows``, from ``g C_in / G`` on, taken as a copy), and runs the GEMMs
-    above on them: one GEMM per group, whose products are joined along the channels.
-    With G = 1 this is the single GEMM, on the very same arrays.
+    channels of the patches (a contiguous block of rows of ``cols``; of ``rows``, the
+    C_in / G columns from ``g C_in / G`` on in each tap's run of C_in, taken as a
+    copy), and runs the GEMMs above on them: one GEMM per group, whose products are
+    joined along the channels. The patch gradients are joined the same way before the
+    single col2im or row2im. With G = 1 this is the single GEMM, on the very same
+    arrays.
 
     The batch is processed in chunks whose patches take about ``chunk_bytes``, so
     that they are still in cache when the GEMM reads them (25% faster for the
