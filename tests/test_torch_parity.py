@@ -279,9 +279,9 @@ def test_a_model_file_without_groups_loads_as_groups_1(tmp_path):
 
 @pytest.mark.parametrize("make, error, message", [
     (lambda m: m.Conv2D(6, 8, 3, groups=4) if m is nn else m.Conv2d(6, 8, 3, groups=4),
-     ValueError, "Conv2D: in_channels must be a multiple of groups=4, got 6"),
+     ValueError, "Conv2D: groups must divide in_channels=6, got 4"),
     (lambda m: m.Conv1D(4, 6, 3, groups=4) if m is nn else m.Conv1d(4, 6, 3, groups=4),
-     ValueError, "Conv1D: out_channels must be a multiple of groups=4, got 6"),
+     ValueError, "Conv1D: groups must divide out_channels=6, got 4"),
     (lambda m: m.Conv2D(4, 4, 3, groups=0) if m is nn else m.Conv2d(4, 4, 3, groups=0),
      ValueError, "Conv2D: groups must be a positive integer, got 0"),
     (lambda m: m.Conv1D(4, 4, 3, groups=2.0) if m is nn else m.Conv1d(4, 4, 3, groups=2.0),

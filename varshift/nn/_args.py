@@ -26,14 +26,13 @@ def conv_groups(groups, in_channels: int, out_channels: int, owner: str) -> int:
     TypeError
         If ``groups`` is not an int.
     ValueError
-        If ``groups`` is below 1, or ``in_channels`` or ``out_channels`` is not a
-        multiple of it; the message names the channel argument.
+        If ``groups`` is below 1 or does not divide ``in_channels`` or
+        ``out_channels``; the message names the channel count it does not divide.
     """
     groups = integer(groups, "groups", owner)
     for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
         if channels % groups:
-            raise ValueError(f"{owner}: {name} must be a multiple of groups={groups}, "
-                             f"got {channels}")
+            raise ValueError(f"{owner}: groups must divide {name}={channels}, got {groups}")
     return groups
 
 
