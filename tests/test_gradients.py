@@ -246,6 +246,8 @@ def test_conv_batch_chunks_change_nothing(make, shape, chunk_bytes):
                            nn.Concat(nn.Identity(), nn.Conv1D(4, 2, 1)), nn.GlobalAvgPool(),
                            nn.Dense(6, 3)), (5, 1, 8)),
     (lambda: nn.Dense(3, 2), (4, 3)),
+    (lambda: nn.Conv2D(4, 6, 3, padding=1, groups=2), (3, 4, 5, 6)),
+    (lambda: nn.Conv2D(4, 4, 3, stride=(1, 2), padding=1, groups=4), (3, 4, 5, 6)),
 ])
 def test_backward_without_the_input_gradient_gives_the_same_parameter_gradients(make, shape):
     model, twin = make().initialize(0), make().initialize(0)
