@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from varshift import gradcheck, nn
@@ -31,7 +31,9 @@ def test_dense(seed, n, fin, fout, bias):
 
 
 @st.composite
-def conv_cases(draw, dims):
+def conv_cases(draw, dims, groups=None):
+    """Constructor arguments and an input shape; ``groups`` (an int or 'depthwise')
+    draws channel counts that it divides and adds it to the arguments."""
     k = tuple(draw(st.integers(1, 3)) for _ in range(dims))
     d = tuple(draw(st.integers(1, 2)) for _ in range(dims))
     if draw(st.booleans()):
@@ -40,9 +42,14 @@ def conv_cases(draw, dims):
         s = tuple(draw(st.integers(1, 3)) for _ in range(dims))
         p = tuple(draw(st.integers(0, 2)) for _ in range(dims))
     size = tuple(draw(st.integers(di * (ki - 1) + 1, di * (ki - 1) + 5)) for ki, di in zip(k, d))
-    cin, cout = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    if groups is None:
+        cin, cout, extra = draw(st.integers(1, 3)), draw(st.integers(1, 3)), {}
+    else:
+        cin = draw(st.integers(2, 4)) if groups == "depthwise" else groups * draw(st.integers(1, 2))
+        g = cin if groups == "depthwise" else groups
+        cout, extra = g * draw(st.integers(1, 2)), {"groups": g}
     return dict(in_channels=cin, out_channels=cout, kernel_size=k, stride=s, padding=p,
-                dilation=d, bias=draw(st.booleans())), (draw(st.integers(1, 3)), cin, *size)
+                dilation=d, bias=draw(st.booleans()), **extra), (draw(st.integers(1, 3)), cin, *size)
 
 
 @given(seeds, conv_cases(1))
@@ -55,6 +62,48 @@ def test_conv1d(seed, case):
 def test_conv2d(seed, case):
     args, shape = case
     check(nn.Conv2D(**args).initialize(seed), normal(seed, shape))
+
+
+GROUPS = [2, 4, "depthwise"]
+#: (in_channels, out_channels, groups): out per group differs from in per group, so a
+#: transposed group layout cannot pass
+GROUP_CHANNELS = {2: (4, 6, 2), 4: (8, 4, 4), "depthwise": (3, 6, 3)}
+#: 2-D geometries; a 1-D layer takes the width entries. Width stride 1 builds the
+#: patches with im2col, width stride 2 with im2row; 'same' with an even kernel pads
+#: unevenly.
+GROUPED_GEOMETRIES = {
+    "im2col": dict(kernel_size=(3, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    "im2row": dict(kernel_size=(2, 3), stride=(1, 2), padding=(0, 1), dilation=(2, 1)),
+    "same": dict(kernel_size=(3, 2), padding="same", dilation=(1, 2)),
+}
+
+
+def grouped_conv(dims, groups, geometry):
+    """A grouped Conv1D or Conv2D of ``GROUP_CHANNELS[groups]`` and a 2-sample input."""
+    cin, cout, g = GROUP_CHANNELS[groups]
+    args = {k: v if isinstance(v, str) else v[-dims:] for k, v in GROUPED_GEOMETRIES[geometry].items()}
+    cls = nn.Conv1D if dims == 1 else nn.Conv2D
+    return cls(cin, cout, groups=g, **args), (2, cin, 7, 8)[:dims + 2]
+
+
+@pytest.mark.parametrize("geometry", list(GROUPED_GEOMETRIES))
+@pytest.mark.parametrize("groups", GROUPS)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_grouped_conv(dims, groups, geometry):
+    layer, shape = grouped_conv(dims, groups, geometry)
+    assert layer.channels_last == (geometry == "im2row")
+    errors = check(layer.initialize(0), normal(dims, shape))
+    assert set(errors) == {"input", "weight", "bias"}
+
+
+@pytest.mark.parametrize("groups", GROUPS)
+@pytest.mark.parametrize("dims", [1, 2])
+@settings(max_examples=8)
+@given(seed=seeds, data=st.data())
+def test_grouped_conv_random_geometries(dims, groups, seed, data):
+    args, shape = data.draw(conv_cases(dims, groups))
+    cls = nn.Conv1D if dims == 1 else nn.Conv2D
+    check(cls(**args).initialize(seed), normal(seed, shape))
 
 
 # M >= 3 values per channel: with M = 2 the output is +-1 whatever x, a flat function
@@ -173,6 +222,8 @@ def test_gradcheck_leaves_the_model_untouched():
 @pytest.mark.parametrize("make, shape", [
     (lambda: nn.Conv2D(3, 4, 3, stride=2, padding=1), (7, 3, 6, 5)),
     (lambda: nn.Conv1D(2, 3, 3, padding="same", dilation=2), (5, 2, 9)),
+    (lambda: nn.Conv2D(4, 6, 3, stride=(2, 1), padding=1, groups=2), (7, 4, 6, 5)),
+    (lambda: nn.Conv1D(3, 3, 3, stride=2, padding=1, groups=3), (5, 3, 9)),
 ])
 @pytest.mark.parametrize("chunk_bytes", [1, 300])
 def test_conv_batch_chunks_change_nothing(make, shape, chunk_bytes):
@@ -195,6 +246,8 @@ def test_conv_batch_chunks_change_nothing(make, shape, chunk_bytes):
                            nn.Concat(nn.Identity(), nn.Conv1D(4, 2, 1)), nn.GlobalAvgPool(),
                            nn.Dense(6, 3)), (5, 1, 8)),
     (lambda: nn.Dense(3, 2), (4, 3)),
+    (lambda: nn.Conv2D(4, 6, 3, padding=1, groups=2), (3, 4, 5, 6)),
+    (lambda: nn.Conv2D(4, 4, 3, stride=(1, 2), padding=1, groups=4), (3, 4, 5, 6)),
 ])
 def test_backward_without_the_input_gradient_gives_the_same_parameter_gradients(make, shape):
     model, twin = make().initialize(0), make().initialize(0)

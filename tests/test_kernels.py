@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from varshift import nn
 from varshift.kernels import Window, batchnorm, optim, window
 
 
@@ -299,3 +300,44 @@ def test_add_bias_nchw_kernels_match(dtype, channels_last, rng):
         gemm.add_bias_nchw_numpy(product, b, expected, channels_last)
         np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
         np.testing.assert_array_equal(got, view + b[:, None])
+
+
+def _conv_step(layer, x, dout):
+    out = layer(x)
+    return out, layer.backward(dout), dict(layer.grads)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Conv2D(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2),
+     (3, 4, 8, 7)),  # im2col
+    (lambda: nn.Conv2D(6, 6, 3, stride=2, padding=1, groups=6),
+     (3, 6, 7, 9)),  # depthwise, im2row
+    (lambda: nn.Conv1D(8, 4, 3, padding="same", dilation=2, groups=4), (3, 8, 10)),
+    (lambda: nn.Conv1D(4, 8, 2, stride=2, groups=2), (3, 4, 9)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_conv_agrees_on_numba_and_numpy_kernels(make, shape, dtype, monkeypatch):
+    """The layer's whole step on each backend's kernels (whichever VARSHIFT_KERNELS
+    selected for the rest of the suite)."""
+    from varshift import kernels
+    from varshift.kernels import gemm
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    results = {}
+    for backend, product in (("numpy", gemm.matmul_numpy), ("numba", gemm.matmul_blas)):
+        monkeypatch.setattr(kernels, "matmul", product)
+        monkeypatch.setattr(kernels, "add_bias_nchw", getattr(gemm, f"add_bias_nchw_{backend}"))
+        for name in ("im2col", "col2im", "im2row", "row2im"):
+            monkeypatch.setattr(kernels, name, getattr(window, f"{name}_{backend}"))
+        layer = make().initialize(0).astype(dtype)
+        dout = np.random.default_rng(1).standard_normal(layer(x).shape).astype(dtype)
+        results[backend] = _conv_step(layer, x, dout)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    (out, dx, grads), (out_ref, dx_ref, grads_ref) = results["numba"], results["numpy"]
+    np.testing.assert_allclose(out, out_ref, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(dx, dx_ref, rtol=rtol, atol=rtol)
+    assert set(grads) == set(grads_ref) == {"weight", "bias"}
+    for key in grads:
+        assert grads[key].dtype == dtype
+        np.testing.assert_allclose(grads[key], grads_ref[key], rtol=rtol, atol=rtol)

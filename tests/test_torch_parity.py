@@ -53,6 +53,20 @@ LAYERS = {
     # width stride 2: the channels-last im2row path
     "conv2d-channels-last": (lambda: nn.Conv2D(3, 4, (2, 3), stride=(1, 2), padding=(0, 1),
                                                dilation=(2, 1)), (2, 3, 7, 9)),
+    # grouped: out per group != in per group, both patch layouts, depthwise
+    "conv1d-groups": (lambda: nn.Conv1D(4, 6, 3, stride=2, padding=1, dilation=2, groups=2),
+                      (2, 4, 11)),
+    "conv1d-depthwise": (lambda: nn.Conv1D(3, 6, 4, padding="same", groups=3), (2, 3, 9)),
+    "conv2d-groups": (lambda: nn.Conv2D(8, 4, (3, 2), stride=(2, 1), padding=(1, 2),
+                                        dilation=(1, 2), groups=4), (2, 8, 8, 7)),
+    "conv2d-groups-channels-last": (lambda: nn.Conv2D(4, 6, (2, 3), stride=(1, 2), padding=(0, 1),
+                                                      dilation=(2, 1), groups=2), (2, 4, 7, 9)),
+    "conv2d-depthwise": (lambda: nn.Conv2D(4, 4, 3, stride=2, padding=1, groups=4, bias=False),
+                         (2, 4, 7, 6)),
+    "resnext-block": (lambda: nn.Residual(nn.Sequential(
+        nn.Conv2D(4, 8, 1, bias=False), nn.BatchNorm(8), nn.ReLU(),
+        nn.Conv2D(8, 8, 3, padding=1, groups=4, bias=False), nn.BatchNorm(8), nn.ReLU(),
+        nn.Conv2D(8, 4, 1, bias=False), nn.BatchNorm(4))), (2, 4, 6, 6)),
     "batchnorm-2d": (lambda: nn.BatchNorm(5), (6, 5)),
     "batchnorm-3d": (lambda: nn.BatchNorm(3, momentum=None), (4, 3, 5)),
     "batchnorm-4d": (lambda: nn.BatchNorm(3, eps=1e-3, momentum=0.3), (2, 3, 4, 5)),
@@ -224,3 +238,57 @@ def test_reports_agree_with_the_torch_twin(name):
         close(value, torch_state[key], key)
     for a, b in zip(after.bn, twin_after.bn):
         _moments_close(a.real, b.real, f"BatchNorm {a.name} real after recalibration")
+
+
+# ------------------------------------------------------------------ grouped convolutions
+def test_grouped_conv_model_file_round_trips_and_still_matches_torch(tmp_path):
+    import varshift
+
+    model = nn.Sequential(nn.Conv1D(4, 6, 3, groups=2), nn.ReLU(),
+                          nn.Conv1D(6, 6, 3, stride=2, groups=6), seed=0)
+    varshift.save(model, tmp_path / "grouped.npz")
+    loaded = varshift.load(tmp_path / "grouped.npz")
+    assert [layer.groups for layer in (loaded[0], loaded[2])] == [2, 6]
+    assert loaded[0].params["weight"].shape == (6, 2, 3)
+    assert repr(loaded) == repr(model)
+    assert repr(loaded[2]) == "Conv1D(6, 6, (3,), stride=(2,), groups=6)"
+    x = np.random.default_rng(0).standard_normal((3, 4, 12))
+    np.testing.assert_array_equal(loaded(x.astype(np.float32)), model(x.astype(np.float32)))
+    compare_step(loaded, x, "train")
+
+
+def test_a_model_file_without_groups_loads_as_groups_1(tmp_path):
+    """Files written before ``groups`` existed have no such argument."""
+    import json
+
+    import varshift
+
+    model = nn.Sequential(nn.Conv2D(2, 4, 3), nn.ReLU(), nn.Conv1D(4, 2, 1), seed=0)
+    varshift.save(model, tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays.pop("__varshift__")))
+    layers = meta["architecture"]["args"]["layers"]
+    assert [layer["args"].pop("groups", None) for layer in layers] == [1, None, 1]
+    np.savez(tmp_path / "old.npz", __varshift__=np.array(json.dumps(meta)), **arrays)
+    loaded = varshift.load(tmp_path / "old.npz")
+    assert (loaded[0].groups, loaded[2].groups) == (1, 1)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(loaded[0](x), model[0](x))
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda m: m.Conv2D(6, 8, 3, groups=4) if m is nn else m.Conv2d(6, 8, 3, groups=4),
+     ValueError, "Conv2D: groups must divide in_channels=6, got 4"),
+    (lambda m: m.Conv1D(4, 6, 3, groups=4) if m is nn else m.Conv1d(4, 6, 3, groups=4),
+     ValueError, "Conv1D: groups must divide out_channels=6, got 4"),
+    (lambda m: m.Conv2D(4, 4, 3, groups=0) if m is nn else m.Conv2d(4, 4, 3, groups=0),
+     ValueError, "Conv2D: groups must be a positive integer, got 0"),
+    (lambda m: m.Conv1D(4, 4, 3, groups=2.0) if m is nn else m.Conv1d(4, 4, 3, groups=2.0),
+     TypeError, r"Conv1D: groups must be a positive integer, got 2.0 \(float\)"),
+])
+def test_bad_groups_are_refused_as_torch_refuses_them(make, error, message):
+    with pytest.raises(error, match=message):
+        make(nn)
+    with pytest.raises(error):
+        make(torch.nn)

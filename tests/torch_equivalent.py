@@ -39,7 +39,8 @@ def to_torch(layer):
     if name in ("Conv1D", "Conv2D"):
         cls = T.Conv1d if name == "Conv1D" else T.Conv2d
         return cls(c["in_channels"], c["out_channels"], c["kernel_size"], stride=c["stride"],
-                   padding=c["padding"], dilation=c["dilation"], bias=c["bias"])
+                   padding=c["padding"], dilation=c["dilation"], groups=c["groups"],
+                   bias=c["bias"])
     if name == "BatchNorm":
         assert c["unbiased"], "torch has no biased running-variance convention"
         return _AnyRankBatchNorm(c["num_features"], eps=c["eps"], momentum=c["momentum"],
