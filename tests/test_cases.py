@@ -1,9 +1,11 @@
 """Case studies: networks as posted, the verdict protocol applied to them, conclusions
 that follow the numbers, and runs that are identical however they are computed."""
 
+import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -112,6 +114,74 @@ def test_spread_fmt_and_slug():
 def test_unknown_case_is_rejected():
     with pytest.raises(ValueError, match="unknown case 'nope'"):
         cases.run("nope")
+
+
+# ------------------------------------------------------------------ the Case base
+CASE_MODULES = (convnet, orderings, stale_stats, autoencoder)
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+
+
+@pytest.mark.parametrize("module", CASE_MODULES, ids=lambda m: m.NAME)
+def test_every_case_is_a_case_whose_run_and_tasks_come_from_the_base(module):
+    case = cases.CASES[module.NAME]
+    assert isinstance(case, cases.Case) and case.name == module.NAME
+    assert not {"run", "tasks", "_params", "_plan"} & set(vars(type(case)))  # never redefined
+    assert not {"run", "tasks", "_params"} & set(vars(module))  # no module-level copies either
+    assert "if quick" not in inspect.getsource(module)  # the base picks the mode's values
+    assert case.function == f"{module.__name__}:train_run" and case.result.__module__ == module.__name__
+    arms = case.arms(dict.fromkeys(case.options))
+    for quick, seeds in ((True, case.default_seeds.quick), (False, case.default_seeds.full)):
+        planned = case.tasks(quick, data_dir="d")
+        assert len(planned) == len(arms) * seeds
+        assert [t.label for t in planned[:2]] == [f"cases/{module.NAME}/{arms[0].label}/seed{s}"
+                                                  for s in (0, 1)]
+        assert all(t.options == ({"data_dir": "d"} if case.reads_mnist else {}) for t in planned)
+
+
+def test_a_case_takes_its_sizes_from_the_mode_or_the_caller():
+    case = cases.CASES[convnet.NAME]
+    sizes = {"epochs": 3, "n_train": 60000, "n_test": 10000, "n_stats": 10000}
+    assert case.tasks(False, seeds=1)[0].params == {"config": "BN + Dropout", "seed": 0, **sizes}
+    assert case.tasks(False, seeds=1, epochs=7)[0].params["epochs"] == 7
+    assert case.tasks(True, seeds=1, seed=4)[0].params == {
+        "config": "BN + Dropout", "seed": 4, "epochs": 2, "n_train": 6000, "n_test": 1000,
+        "n_stats": 2000}
+    assert case.settings(5, case._params(False, {"epochs": 7}), {})["epochs"] == 7
+    with pytest.raises(TypeError, match=r"case 'linear-autoencoder': unknown option\(s\) "
+                                        r"\['epochs'\]; its options are \['schedules'\]"):
+        cases.run(autoencoder.NAME, epochs=3)
+    with pytest.raises(TypeError, match="unknown option"):
+        case.tasks(orders=["C-D-B-A-P"])
+
+
+def test_a_case_class_must_declare_what_is_its_own():
+    with pytest.raises(TypeError, match="must declare result, train, default_seeds"):
+        type("Nameless", (cases.Case,), {"name": "x"})
+
+    def nested(seed):
+        return {}
+
+    with pytest.raises(TypeError, match="train must be a module-level function"):
+        type("Nested", (cases.Case,), {"name": "x", "result": CaseResult, "default_seeds": (1, 1),
+                                        "train": staticmethod(nested)})
+
+
+@pytest.mark.parametrize("name", sorted(cases.CASES))
+def test_committed_case_results_rerender_from_their_cached_runs(name):
+    """The committed figures/case-NAME.json and .md are what the cases make of the
+    committed cached runs (quick mode, seed 0), computing nothing."""
+    from varshift.tasks import cached
+
+    if not (FIGURES / "tasks" / "cases" / name).is_dir():
+        pytest.skip("no committed case runs")
+    case = cases.CASES[name]
+    planned = case.tasks(True)
+    assert len(cached(planned, FIGURES / "tasks")) == len(planned)  # so run computes nothing
+    result = case.run(True, cache=FIGURES / "tasks")
+    data = result.to_dict()
+    data.pop("seconds")
+    assert json.dumps(data, indent=1) + "\n" == (FIGURES / f"case-{name}.json").read_text()
+    assert result.summary(markdown=True) + "\n" == (FIGURES / f"case-{name}.md").read_text()
 
 
 # ------------------------------------------------------------------ the networks
