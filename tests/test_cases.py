@@ -1,9 +1,11 @@
 """Case studies: networks as posted, the verdict protocol applied to them, conclusions
 that follow the numbers, and runs that are identical however they are computed."""
 
+import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from scipy import stats
 
 from varshift import cases, nn
-from varshift.cases import _common, autoencoder, convnet, orderings, stale_stats
+from varshift.cases import _case, _common, autoencoder, convnet, orderings, stale_stats
 from varshift.cases._common import CaseResult, Regime, claim, fmt, sd_claim, seeded, spread, verdict
 from varshift.models import reference_convnet
 from varshift.verdicts import Claim
@@ -112,6 +114,74 @@ def test_spread_fmt_and_slug():
 def test_unknown_case_is_rejected():
     with pytest.raises(ValueError, match="unknown case 'nope'"):
         cases.run("nope")
+
+
+# ------------------------------------------------------------------ the Case base
+CASE_MODULES = (convnet, orderings, stale_stats, autoencoder)
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+
+
+@pytest.mark.parametrize("module", CASE_MODULES, ids=lambda m: m.NAME)
+def test_every_case_is_a_case_whose_run_and_tasks_come_from_the_base(module):
+    case = cases.CASES[module.NAME]
+    assert isinstance(case, cases.Case) and case.name == module.NAME
+    assert not {"run", "tasks", "_params", "_plan"} & set(vars(type(case)))  # never redefined
+    assert not {"run", "tasks", "_params"} & set(vars(module))  # no module-level copies either
+    assert "if quick" not in inspect.getsource(module)  # the base picks the mode's values
+    assert case.function == f"{module.__name__}:train_run" and case.result.__module__ == module.__name__
+    arms = case.arms(dict.fromkeys(case.options))
+    for quick, seeds in ((True, case.default_seeds.quick), (False, case.default_seeds.full)):
+        planned = case.tasks(quick, data_dir="d")
+        assert len(planned) == len(arms) * seeds
+        assert [t.label for t in planned[:2]] == [f"cases/{module.NAME}/{arms[0].label}/seed{s}"
+                                                  for s in (0, 1)]
+        assert all(t.options == ({"data_dir": "d"} if case.reads_mnist else {}) for t in planned)
+
+
+def test_a_case_takes_its_sizes_from_the_mode_or_the_caller():
+    case = cases.CASES[convnet.NAME]
+    sizes = {"epochs": 3, "n_train": 60000, "n_test": 10000, "n_stats": 10000}
+    assert case.tasks(False, seeds=1)[0].params == {"config": "BN + Dropout", "seed": 0, **sizes}
+    assert case.tasks(False, seeds=1, epochs=7)[0].params["epochs"] == 7
+    assert case.tasks(True, seeds=1, seed=4)[0].params == {
+        "config": "BN + Dropout", "seed": 4, "epochs": 2, "n_train": 6000, "n_test": 1000,
+        "n_stats": 2000}
+    assert case.settings(5, case._params(False, {"epochs": 7}), {})["epochs"] == 7
+    with pytest.raises(TypeError, match=r"case 'linear-autoencoder': unknown option\(s\) "
+                                        r"\['epochs'\]; its options are \['schedules'\]"):
+        cases.run(autoencoder.NAME, epochs=3)
+    with pytest.raises(TypeError, match="unknown option"):
+        case.tasks(orders=["C-D-B-A-P"])
+
+
+def test_a_case_class_must_declare_what_is_its_own():
+    with pytest.raises(TypeError, match="must declare result, train, default_seeds"):
+        type("Nameless", (cases.Case,), {"name": "x"})
+
+    def nested(seed):
+        return {}
+
+    with pytest.raises(TypeError, match="train must be a module-level function"):
+        type("Nested", (cases.Case,), {"name": "x", "result": CaseResult, "default_seeds": (1, 1),
+                                        "train": staticmethod(nested)})
+
+
+@pytest.mark.parametrize("name", sorted(cases.CASES))
+def test_committed_case_results_rerender_from_their_cached_runs(name):
+    """The committed figures/case-NAME.json and .md are what the cases make of the
+    committed cached runs (quick mode, seed 0), computing nothing."""
+    from varshift.tasks import cached
+
+    if not (FIGURES / "tasks" / "cases" / name).is_dir():
+        pytest.skip("no committed case runs")
+    case = cases.CASES[name]
+    planned = case.tasks(True)
+    assert len(cached(planned, FIGURES / "tasks")) == len(planned)  # so run computes nothing
+    result = case.run(True, cache=FIGURES / "tasks")
+    data = result.to_dict()
+    data.pop("seconds")
+    assert json.dumps(data, indent=1) + "\n" == (FIGURES / f"case-{name}.json").read_text()
+    assert result.summary(markdown=True) + "\n" == (FIGURES / f"case-{name}.md").read_text()
 
 
 # ------------------------------------------------------------------ the networks
@@ -336,7 +406,7 @@ def test_autoencoder_verdicts_follow_the_synthetic_effects(effect, expected):
 
 # ------------------------------------------------------------------ real runs, small settings
 def test_linear_autoencoder_case_measures_the_running_average_lag():
-    result = autoencoder.run(seeds=3)
+    result = cases.run(autoencoder.NAME, seeds=3)
     runs = result.numbers["runs"]
     assert list(runs) == ["batch 32, 20 epochs", "batch 10, 20 epochs", "batch 32, 100 epochs"]
     assert [[r["steps"] for r in rs] for rs in runs.values()] == [[60] * 3, [180] * 3, [300] * 3]
@@ -391,7 +461,7 @@ def test_mnist_case_is_identical_in_two_processes(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_convnet_case_runs_and_dropout_after_bn_adds_no_shift(mnist_dir):
-    result = convnet.run(seeds=2, epochs=1, n_train=400, n_test=200, data_dir=mnist_dir)
+    result = cases.run(convnet.NAME, seeds=2, epochs=1, n_train=400, n_test=200, data_dir=mnist_dir)
     runs = result.numbers["runs"]
     assert set(runs) == set(convnet.CONFIGS) and all(len(v) == 2 for v in runs.values())
     assert runs[convnet.FAST][0]["eval"] != runs["BN + Dropout"][0]["eval"]  # lr 2e-3
@@ -406,8 +476,8 @@ def test_convnet_case_runs_and_dropout_after_bn_adds_no_shift(mnist_dir):
 
 @pytest.mark.slow
 def test_orderings_case_measures_dropout_before_bn(mnist_dir):
-    result = orderings.run(seeds=2, n_train=256, n_test=200, orders=["C-D-B-A-P", "C-B-A-D-P"],
-                           data_dir=mnist_dir)
+    result = cases.run(orderings.NAME, seeds=2, n_train=256, n_test=200,
+                       orders=["C-D-B-A-P", "C-B-A-D-P"], data_dir=mnist_dir)
     runs = result.numbers["runs"]
     before = [r["dropout_factor"][0] for r in runs["C-D-B-A-P"]]
     after = [r["dropout_factor"][0] for r in runs["C-B-A-D-P"]]
@@ -416,12 +486,12 @@ def test_orderings_case_measures_dropout_before_bn(mnist_dir):
                for k in ("loss", "converged_loss", "recalibrated_loss"))
     assert all(0 <= r["accuracy"] <= 1 for rs in runs.values() for r in rs)
     with pytest.raises(ValueError, match="unknown ordering"):
-        orderings.run(orders=["C-A-B"], data_dir=mnist_dir)
+        cases.run(orderings.NAME, orders=["C-A-B"], data_dir=mnist_dir)
 
 
 @pytest.mark.slow
 def test_stale_statistics_case_reproduces_never_updated_statistics(mnist_dir):
-    result = stale_stats.run(seeds=2, steps=10, question_steps=20, n_test=200, data_dir=mnist_dir)
+    result = cases.run(stale_stats.NAME, seeds=2, steps=10, question_steps=20, n_test=200, data_dir=mnist_dir)
     runs = result.numbers["runs"]
     mlp_never = runs["sigmoid MLP, never updated"][0]
     assert mlp_never["batch1"] is None  # one value per channel after a Dense layer
@@ -464,7 +534,7 @@ def test_reproduce_includes_cases_in_the_report(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(cases.CASES))
 def test_case_tasks_are_the_runs_its_run_computes(name, monkeypatch):
-    module, seen = cases.CASES[name], []
+    case, seen = cases.CASES[name], []
 
     class Captured(Exception):
         pass
@@ -473,12 +543,12 @@ def test_case_tasks_are_the_runs_its_run_computes(name, monkeypatch):
         seen.extend(tasks)
         raise Captured
 
-    monkeypatch.setattr(module, "run_tasks", capture)
+    monkeypatch.setattr(_case, "run_tasks", capture)
     for quick, options in ((True, {}), (False, {"seeds": 2, "seed": 3})):
         seen.clear()
         with pytest.raises(Captured):
-            module.run(quick, data_dir="somewhere", **options)
-        planned = module.tasks(quick, data_dir="somewhere", **options)
+            case.run(quick, data_dir="somewhere", **options)
+        planned = case.tasks(quick, data_dir="somewhere", **options)
         assert len(planned) == len(seen) > 0
         assert [(t.key, t.function, t.options) for t in planned] == \
             [(t.key, t.function, t.options) for t in seen]
@@ -493,7 +563,7 @@ def test_reproduce_computes_case_runs_in_the_figures_batch(tmp_path, monkeypatch
                         lambda self, names, extra=(): (batches.append([t.key for t in extra]),
                                                        prefetch(self, names, extra))[1])
     reproduce.run(tmp_path, quick=True, only=["linear-autoencoder"], progress=False)
-    assert batches == [[t.key for t in autoencoder.tasks(True)]]
+    assert batches == [[t.key for t in cases.CASES[autoencoder.NAME].tasks(True)]]
     assert len(list((tmp_path / "tasks" / "cases").rglob("*.json"))) == len(batches[0])
 
 
@@ -509,7 +579,7 @@ def test_cases_needing_mnist_are_skipped_with_instructions(tmp_path, monkeypatch
 
 
 def test_a_saved_result_loads_as_its_case_and_plots(tmp_path):
-    result = autoencoder.run(seeds=2, schedules=[(32, 2)])
+    result = cases.run(autoencoder.NAME, seeds=2, schedules=[(32, 2)])
     result.to_json(tmp_path / "ae.json")
     loaded = cases.load(tmp_path / "ae.json")
     assert isinstance(loaded, autoencoder.AutoencoderResult)

@@ -1,5 +1,5 @@
-"""What a case study returns, and the statistics, seeding, tasks and training helpers
-the cases share.
+"""What a case study returns, and the statistics, seeding, task-label and training
+helpers the cases share (the cases' own base is :class:`varshift.cases.Case`).
 
 Every statement a case checks is a :class:`varshift.verdicts.Claim`, declared in code
 before the runs: the quantity, a paired comparison (the same seed gives every arm the
@@ -26,8 +26,7 @@ from .._json import json_ready
 from ..verdicts import NOT_TESTED, Claim, count, judge, tally
 
 __all__ = ["CaseResult", "Regime", "claim", "sd_claim", "said", "verdict", "off_regime", "seeded",
-           "run_tasks", "slug", "digest", "spread", "fmt", "mnist_subset", "train", "accuracy",
-           "recalibrated"]
+           "slug", "digest", "spread", "fmt", "mnist_subset", "train", "accuracy", "recalibrated"]
 
 
 @dataclass
@@ -362,31 +361,6 @@ def seeded(model, seed):
     moving a BatchNorm or Dropout layer leaves every weight layer's initial values, and
     each Dropout layer's masks, unchanged: the arms of a comparison are paired."""
     return nn.seeded(model, seed, groups=(("conv", "dense"), ("dropout",), None))
-
-
-def run_tasks(tasks, *, jobs=1, client=None, cache=None, progress=False) -> list:
-    """Run a case's training runs with :func:`varshift.tasks.run`.
-
-    Parameters
-    ----------
-    tasks : list of varshift.tasks.Task
-    jobs : int, default 1
-        Local worker processes (1: in this process).
-    client : dask.distributed.Client, optional
-        Run them on this Dask cluster instead.
-    cache : str or Path, optional
-        Folder of cached results (a stopped run resumes).
-    progress : bool, default False
-
-    Returns
-    -------
-    list of dict
-        The results, in the order of ``tasks``; the same whichever way they were run.
-    """
-    from ..tasks import run
-
-    results, _ = run(tasks, cache, jobs=jobs, client=client, progress=progress)
-    return [results[task.key] for task in tasks]
 
 
 def slug(text) -> str:

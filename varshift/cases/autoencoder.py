@@ -3,13 +3,11 @@ autoencoder raised the validation loss from 0.775 to 1.123 - why?"""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from .. import evaluate, fit, measure, nn, optim
-from ..tasks import Task
 from ..verdicts import Claim
+from ._case import Arm, Case, Seeds
 from ._common import (
     CaseResult,
     Regime,
@@ -19,7 +17,6 @@ from ._common import (
     fmt,
     off_regime,
     recalibrated,
-    run_tasks,
     said,
     verdict,
 )
@@ -91,9 +88,6 @@ class AutoencoderResult(CaseResult):
         return ax
 
 
-RESULT = AutoencoderResult
-
-
 def _train(batchnorm, x, batch, epochs, seed, initial_mean=0.0):
     model = autoencoder(batchnorm, seed=seed)
     if batchnorm:
@@ -144,54 +138,8 @@ def train_run(batch, epochs, seed) -> dict:
             "mean_gap": float(np.mean(np.abs(bn.moving_mean - bn.real_mean) / np.sqrt(bn.real_var)))}
 
 
-def tasks(quick=True, *, seeds=None, schedules=SCHEDULES, seed=0, data_dir=None) -> list:
-    """The training runs :func:`run` computes with the same arguments, as
-    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
-    return [Task(f"cases/{NAME}/b{batch}-e{epochs}/seed{s}", f"{__name__}:train_run",
-                 {"batch": batch, "epochs": epochs, "seed": s})
-            for batch, epochs in schedules
-            for s in range(seed, seed + (seeds or (20 if quick else 100)))]
-
-
-def run(quick=True, *, seeds=None, schedules=SCHEDULES, seed=0, jobs=1, client=None, cache=None,
-        progress=False, data_dir=None) -> AutoencoderResult:
-    """Train the autoencoder with and without BatchNorm over many seeds and each
-    schedule; measure the running statistics; recalibrate.
-
-    Parameters
-    ----------
-    quick : bool, default True
-        20 seeds (otherwise 100); the run takes seconds either way.
-    seeds : int, optional
-        Seeds per schedule; each seed draws its own data, weights and batch order.
-    schedules : tuple of (int, int), default :data:`SCHEDULES`
-        ``(batch size, epochs)`` pairs.
-    seed : int, default 0
-    jobs : int, default 1
-        Runs in this many local processes (see :func:`varshift.tasks.run`).
-    client : dask.distributed.Client, optional
-        Run them on this Dask cluster instead.
-    cache : str or Path, optional
-        Folder of cached per-run results.
-    progress : bool, default False
-    data_dir : None
-        Unused (the data are generated); accepted so every case takes the same arguments.
-
-    Returns
-    -------
-    AutoencoderResult
-        A :class:`~varshift.cases.CaseResult`.
-    """
-    start = time.perf_counter()
-    seeds = seeds or (20 if quick else 100)
-    schedules = [tuple(s) for s in schedules]
-    records = iter(run_tasks(tasks(quick, seeds=seeds, schedules=schedules, seed=seed),
-                             jobs=jobs, client=client, cache=cache, progress=progress))
-    runs = {_label(*schedule): [next(records) for _ in range(seeds)] for schedule in schedules}
-    settings = dict(seeds=seeds, samples=SAMPLES, lr=LR,
-                    schedules="; ".join(_label(*s) for s in schedules),
-                    batchnorm=f"Keras-style, momentum {MOMENTUM}")
-    return _result(runs, settings, time.perf_counter() - start)
+def _schedules(schedules):
+    return [tuple(s) for s in (schedules or SCHEDULES)]
 
 
 def _result(runs, settings, seconds):
@@ -249,3 +197,36 @@ def _result(runs, settings, seconds):
                ("mean_gap", "|mean gap|/sd"), ("weight", "initial-value weight (0.99^n)")]
     return AutoencoderResult(NAME, TITLE, QUESTION, settings, columns, rows, claims, conclusion,
                              {"runs": runs}, regimes, seconds)
+
+
+class AutoencoderCase(Case):
+    """Train the autoencoder with and without BatchNorm over many seeds and each
+    schedule; measure the running statistics; recalibrate.
+
+    Each seed draws its own data, weights (the same with and without BatchNorm) and
+    batch order. Quick: 20 seeds; full: 100; the run takes seconds either way. The data
+    are generated (``data_dir`` is unused).
+
+    Other Parameters
+    ----------------
+    schedules : list of (int, int), optional
+        Option of ``run`` and ``tasks``: ``(batch size, epochs)`` pairs (default
+        :data:`SCHEDULES`).
+    """
+
+    name = NAME
+    result = AutoencoderResult
+    train = staticmethod(train_run)
+    default_seeds = Seeds(quick=20, full=100)
+    options = ("schedules",)
+    reads_mnist = False
+    summarise = staticmethod(_result)
+
+    def arms(self, options):
+        return [Arm(_label(batch, epochs), f"b{batch}-e{epochs}", {"batch": batch, "epochs": epochs})
+                for batch, epochs in _schedules(options["schedules"])]
+
+    def settings(self, seeds, sizes, options):
+        return dict(seeds=seeds, samples=SAMPLES, lr=LR,
+                    schedules="; ".join(_label(*s) for s in _schedules(options["schedules"])),
+                    batchnorm=f"Keras-style, momentum {MOMENTUM}")

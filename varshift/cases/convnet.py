@@ -3,14 +3,12 @@ reaches 97% and another 60%" — is it Dropout's variance shift?"""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from .. import measure
 from ..models import reference_convnet
-from ..tasks import Task
 from ..verdicts import Claim
+from ._case import Arm, Case, Seeds
 from ._common import (
     CaseResult,
     Regime,
@@ -22,7 +20,6 @@ from ._common import (
     mnist_subset,
     off_regime,
     recalibrated,
-    run_tasks,
     said,
     sd_claim,
     seeded,
@@ -101,9 +98,6 @@ class ConvnetResult(CaseResult):
         return ax
 
 
-RESULT = ConvnetResult
-
-
 def train_run(config, seed, epochs, n_train, n_test, n_stats, data_dir=None) -> dict:
     """One training run (a :class:`~varshift.tasks.Task`).
 
@@ -143,72 +137,6 @@ def train_run(config, seed, epochs, n_train, n_test, n_stats, data_dir=None) -> 
             dropout_factor=[b.attribution["dropout"] for b in report.bn],
             running_factor=[b.attribution["running_stats"] for b in report.bn])
     return record
-
-
-def _params(quick, epochs, n_train, n_test):
-    return {"epochs": epochs or (2 if quick else 3), "n_train": n_train or (6000 if quick else 60000),
-            "n_test": n_test or (1000 if quick else 10000), "n_stats": 2000 if quick else 10000}
-
-
-def tasks(quick=True, *, seeds=None, epochs=None, n_train=None, n_test=None, data_dir=None,
-          seed=0) -> list:
-    """The training runs :func:`run` computes with the same arguments, as
-    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
-    params = _params(quick, epochs, n_train, n_test)
-    return [Task(f"cases/{NAME}/{slug(name)}/seed{s}", f"{__name__}:train_run",
-                 {"config": name, "seed": s, **params}, {"data_dir": data_dir})
-            for name in CONFIGS for s in range(seed, seed + (seeds or 5))]
-
-
-def run(quick=True, *, seeds=None, epochs=None, n_train=None, n_test=None, data_dir=None,
-        seed=0, jobs=1, client=None, cache=None, progress=False) -> ConvnetResult:
-    """Train the five configurations over several seeds and measure them.
-
-    Parameters
-    ----------
-    quick : bool, default True
-        6,000 training images, 2 epochs, 1,000 test images (about 2 minutes on 2 cores;
-        far from the posted regime); otherwise all 60,000 / 10,000 and 3 epochs.
-    seeds : int, optional
-        Seeds per configuration (default 5).
-    epochs, n_train : int, optional
-        Override the mode's values.
-    n_test : int, optional
-        Test images to evaluate on (default: the mode's).
-    data_dir : str, optional
-        Folder with the MNIST IDX files (see :func:`varshift.datasets.load_mnist`).
-    seed : int, default 0
-        First seed.
-    jobs : int, default 1
-        Training runs in this many local processes (see :func:`varshift.tasks.run`).
-    client : dask.distributed.Client, optional
-        Run the training runs on this Dask cluster instead.
-    cache : str or Path, optional
-        Folder of cached per-run results (a stopped run resumes).
-    progress : bool, default False
-
-    Returns
-    -------
-    ConvnetResult
-        A :class:`~varshift.cases.CaseResult`.
-
-    Notes
-    -----
-    Five configurations: {BN, no BN} x {Dropout, no Dropout} at the posted learning rate
-    2e-4, and BN + Dropout at 2e-3 (to test the learning-rate explanation). For one seed
-    every configuration starts from the same weights and sees the same batches.
-    """
-    start = time.perf_counter()
-    seeds = seeds or 5
-    params = _params(quick, epochs, n_train, n_test)
-    records = iter(run_tasks(tasks(quick, seeds=seeds, epochs=epochs, n_train=n_train,
-                                   n_test=n_test, data_dir=data_dir, seed=seed),
-                             jobs=jobs, client=client, cache=cache, progress=progress))
-    runs = {name: [next(records) for _ in range(seeds)] for name in CONFIGS}
-    settings = dict(seeds=seeds, epochs=params["epochs"], train_images=params["n_train"],
-                    test_images=params["n_test"], lr=f"{LR:g} ({FAST_LR:g} in the last row)",
-                    batch=BATCH, batchnorm="Keras/TF defaults (momentum 0.99, eps 1e-3)")
-    return _result(runs, settings, time.perf_counter() - start)
 
 
 def _result(runs, settings, seconds):
@@ -284,3 +212,32 @@ def _bn_columns(records):
 def _steps(settings):
     per_epoch = -(-settings["train_images"] // settings["batch"])
     return per_epoch * settings["epochs"]
+
+
+class ConvnetCase(Case):
+    """Train the five configurations over several seeds and measure them.
+
+    Five configurations: {BN, no BN} x {Dropout, no Dropout} at the posted learning rate
+    2e-4, and BN + Dropout at 2e-3 (to test the learning-rate explanation). For one seed
+    every configuration starts from the same weights and sees the same batches. Quick:
+    6,000 training images, 2 epochs, 1,000 test images (about 2 minutes on 2 cores; far
+    from the posted regime); full: all 60,000 / 10,000 and 3 epochs; 5 seeds either way.
+    Its options are sizes (see :meth:`Case.run <varshift.cases.Case.run>`).
+    """
+
+    name = NAME
+    result = ConvnetResult
+    train = staticmethod(train_run)
+    default_seeds = Seeds(quick=5, full=5)
+    sizes = {"epochs": (2, 3), "n_train": (6000, 60000), "n_test": (1000, 10000),
+             "n_stats": (2000, 10000)}
+    options = ("epochs", "n_train", "n_test")
+    summarise = staticmethod(_result)
+
+    def arms(self, options):
+        return [Arm(name, slug(name), {"config": name}) for name in CONFIGS]
+
+    def settings(self, seeds, sizes, options):
+        return dict(seeds=seeds, epochs=sizes["epochs"], train_images=sizes["n_train"],
+                    test_images=sizes["n_test"], lr=f"{LR:g} ({FAST_LR:g} in the last row)",
+                    batch=BATCH, batchnorm="Keras/TF defaults (momentum 0.99, eps 1e-3)")

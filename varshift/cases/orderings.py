@@ -3,13 +3,11 @@ pooling, one posted test loss each - which differences are real?"""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from .. import evaluate, measure, nn
-from ..tasks import Task
 from ..verdicts import Claim
+from ._case import Arm, Case, Seeds
 from ._common import (
     CaseResult,
     Regime,
@@ -20,7 +18,6 @@ from ._common import (
     mnist_subset,
     off_regime,
     recalibrated,
-    run_tasks,
     said,
     seeded,
     train,
@@ -117,9 +114,6 @@ class OrderingsResult(CaseResult):
         return ax
 
 
-RESULT = OrderingsResult
-
-
 def train_run(order, seed, epochs, n_train, n_test, n_stats, data_dir=None) -> dict:
     """One training run (a :class:`~varshift.tasks.Task`).
 
@@ -166,74 +160,6 @@ def _orders(orders):
     if unknown:
         raise ValueError(f"unknown ordering(s) {unknown}; choose from {list(POSTED)}")
     return orders
-
-
-def _params(quick, epochs, n_train, n_test):
-    return {"epochs": epochs or (1 if quick else 20), "n_train": n_train or (6000 if quick else 60000),
-            "n_test": n_test or (1000 if quick else 10000), "n_stats": 1000 if quick else 10000}
-
-
-def tasks(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, n_test=None,
-          data_dir=None, seed=0) -> list:
-    """The training runs :func:`run` computes with the same arguments, as
-    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
-    params = _params(quick, epochs, n_train, n_test)
-    return [Task(f"cases/{NAME}/{order}/seed{s}", f"{__name__}:train_run",
-                 {"order": order, "seed": s, **params}, {"data_dir": data_dir})
-            for order in _orders(orders) for s in range(seed, seed + (seeds or 3))]
-
-
-def run(quick=True, *, seeds=None, epochs=None, n_train=None, orders=None, n_test=None,
-        data_dir=None, seed=0, jobs=1, client=None, cache=None, progress=False) -> OrderingsResult:
-    """Train every ordering over several seeds; test loss and accuracy, measured shift.
-
-    Parameters
-    ----------
-    quick : bool, default True
-        6,000 training images, 1 epoch, 1,000 test images (about 5 minutes on 2 cores;
-        far from the posted regime); otherwise the posted 60,000 images and 20 epochs
-        (about 10 hours on 2 cores).
-    seeds : int, optional
-        Seeds per ordering (default 3).
-    epochs, n_train : int, optional
-        Override the mode's values.
-    orders : list of str, optional
-        A subset of the ten orderings.
-    n_test : int, optional
-        Test images to evaluate on (default: the mode's).
-    data_dir : str, optional
-        Folder with the MNIST IDX files.
-    seed : int, default 0
-    jobs : int, default 1
-        Training runs in this many local processes (see :func:`varshift.tasks.run`).
-    client : dask.distributed.Client, optional
-        Run the training runs on this Dask cluster instead.
-    cache : str or Path, optional
-        Folder of cached per-run results (a stopped run resumes).
-    progress : bool, default False
-
-    Returns
-    -------
-    OrderingsResult
-        A :class:`~varshift.cases.CaseResult`.
-
-    Notes
-    -----
-    For one seed every ordering starts from the same weights and sees the same batches,
-    so orderings are compared seed by seed.
-    """
-    start = time.perf_counter()
-    seeds = seeds or 3
-    orders = _orders(orders)
-    params = _params(quick, epochs, n_train, n_test)
-    records = iter(run_tasks(tasks(quick, seeds=seeds, epochs=epochs, n_train=n_train,
-                                   orders=orders, n_test=n_test, data_dir=data_dir, seed=seed),
-                             jobs=jobs, client=client, cache=cache, progress=progress))
-    runs = {order: [next(records) for _ in range(seeds)] for order in orders}
-    settings = dict(seeds=seeds, epochs=params["epochs"], train_images=params["n_train"],
-                    test_images=params["n_test"], batch=BATCH, lr=LR,
-                    batchnorm="Keras-style (momentum 0.99, eps 1e-3)")
-    return _result(runs, settings, time.perf_counter() - start)
 
 
 def _per_seed(runs, orders, key):
@@ -338,3 +264,37 @@ def _row(order, records, versus):
     row["versus"] = "-" if versus is None else \
         f"{versus.estimate:+.4f} [{versus.low:+.4f}, {versus.high:+.4f}]"
     return row
+
+
+class OrderingsCase(Case):
+    """Train every ordering over several seeds; test loss and accuracy, measured shift.
+
+    For one seed every ordering starts from the same weights and sees the same batches,
+    so orderings are compared seed by seed. Quick: 6,000 training images, 1 epoch, 1,000
+    test images (about 5 minutes on 2 cores; far from the posted regime); full: the
+    posted 60,000 images and 20 epochs (about 10 hours on 2 cores); 3 seeds either way.
+
+    Other Parameters
+    ----------------
+    orders : list of str, optional
+        Option of ``run`` and ``tasks`` (besides the sizes ``epochs``, ``n_train`` and
+        ``n_test``): a subset of the ten orderings (default: all, in the order of
+        :data:`POSTED`).
+    """
+
+    name = NAME
+    result = OrderingsResult
+    train = staticmethod(train_run)
+    default_seeds = Seeds(quick=3, full=3)
+    sizes = {"epochs": (1, 20), "n_train": (6000, 60000), "n_test": (1000, 10000),
+             "n_stats": (1000, 10000)}
+    options = ("epochs", "n_train", "n_test", "orders")
+    summarise = staticmethod(_result)
+
+    def arms(self, options):
+        return [Arm(order, order, {"order": order}) for order in _orders(options["orders"])]
+
+    def settings(self, seeds, sizes, options):
+        return dict(seeds=seeds, epochs=sizes["epochs"], train_images=sizes["n_train"],
+                    test_images=sizes["n_test"], batch=BATCH, lr=LR,
+                    batchnorm="Keras-style (momentum 0.99, eps 1e-3)")

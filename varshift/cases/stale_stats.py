@@ -3,7 +3,6 @@ statistics at test batch 100, less at batch 1."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -11,8 +10,8 @@ import numpy as np
 from .. import diagnose, measure, nn
 from ..models import reference_convnet
 from ..nn import BatchNorm
-from ..tasks import Task
 from ..verdicts import Claim
+from ._case import Arm, Case, Seeds
 from ._common import (
     CaseResult,
     Regime,
@@ -25,7 +24,6 @@ from ._common import (
     mnist_subset,
     off_regime,
     recalibrated,
-    run_tasks,
     said,
     seeded,
     slug,
@@ -117,9 +115,6 @@ def _batch_stats_accuracy(model, test, batch_size):
         return None
 
 
-RESULT = StaleStatsResult
-
-
 def train_run(network, variant, steps, seed, n_test, n_stats, data_dir=None) -> dict:
     """One training run (a :class:`~varshift.tasks.Task`).
 
@@ -159,87 +154,9 @@ def train_run(network, variant, steps, seed, n_test, n_stats, data_dir=None) -> 
             "findings": _worst(findings), "weights": digest(model)}
 
 
-_KEYS = [(network, variant) for network in NETWORKS for variant in VARIANTS]
-
-
 def _steps(steps, question_steps):
     return {v: (question_steps or 600) if v == QUESTION_VARIANT else (steps or 100)
             for v in VARIANTS}
-
-
-def _params(quick, n_test):
-    return {"n_test": n_test or (1000 if quick else 10000), "n_stats": 2000 if quick else 10000}
-
-
-def tasks(quick=True, *, seeds=None, steps=None, question_steps=None, n_test=None, data_dir=None,
-          seed=0) -> list:
-    """The training runs :func:`run` computes with the same arguments, as
-    :class:`~varshift.tasks.Task` objects (to compute them in one batch with others)."""
-    steps_of, params = _steps(steps, question_steps), _params(quick, n_test)
-    return [Task(f"cases/{NAME}/{slug(network)}/{slug(variant)}/seed{s}", f"{__name__}:train_run",
-                 {"network": network, "variant": variant, "steps": steps_of[variant], "seed": s,
-                  **params}, {"data_dir": data_dir})
-            for network, variant in _KEYS
-            for s in range(seed, seed + (seeds or (3 if quick else 5)))]
-
-
-def run(quick=True, *, seeds=None, steps=None, question_steps=None, n_test=None, data_dir=None,
-        seed=0, jobs=1, client=None, cache=None, progress=False) -> StaleStatsResult:
-    """Train two networks with Keras-style BatchNorm and each running-average variant;
-    evaluate them four ways, diagnose them, recalibrate them.
-
-    Parameters
-    ----------
-    quick : bool, default True
-        3 seeds and 1,000 test images (batch-1 evaluation is slow); otherwise 5 seeds and
-        all 10,000.
-    seeds : int, optional
-    steps : int, optional
-        Training steps of batch 100 for the momentum variants, the answer's "short
-        training" (default 100, after which Keras' 0.99 leaves 0.99^100 = 0.37 of the
-        initial values in the running averages).
-    question_steps : int, optional
-        Training steps for the never-updated variant, the question's well-trained network
-        (default 600: one epoch of the 60,000 training images).
-    n_test : int, optional
-        Test images to evaluate on (default: the mode's).
-    data_dir : str, optional
-        Folder with the MNIST IDX files.
-    seed : int, default 0
-    jobs : int, default 1
-        Training runs in this many local processes (see :func:`varshift.tasks.run`).
-    client : dask.distributed.Client, optional
-        Run the training runs on this Dask cluster instead.
-    cache : str or Path, optional
-        Folder of cached per-run results (a stopped run resumes).
-    progress : bool, default False
-
-    Returns
-    -------
-    StaleStatsResult
-        A :class:`~varshift.cases.CaseResult`.
-
-    Notes
-    -----
-    The networks are the reference convnet without Dropout (LeakyReLU, Tanh) and the
-    sigmoid MLP of :func:`sigmoid_mlp`. The momentum never enters training (train mode
-    normalises with batch statistics), so for one seed the momentum variants have
-    identical weights and differ only in their running averages; every comparison is
-    between evaluations of the same trained network.
-    """
-    start = time.perf_counter()
-    seeds = seeds or (3 if quick else 5)
-    steps_of, params = _steps(steps, question_steps), _params(quick, n_test)
-    records = iter(run_tasks(tasks(quick, seeds=seeds, steps=steps, question_steps=question_steps,
-                                   n_test=n_test, data_dir=data_dir, seed=seed),
-                             jobs=jobs, client=client, cache=cache, progress=progress))
-    runs = {f"{network}, {variant}": [next(records) for _ in range(seeds)]
-            for network, variant in _KEYS}
-    settings = dict(seeds=seeds, steps=steps_of["momentum 0.99"],
-                    question_steps=steps_of[QUESTION_VARIANT], batch=BATCH, lr=LR,
-                    test_images=params["n_test"],
-                    batchnorm="Keras-style (eps 1e-3, biased moving variance)")
-    return _result(runs, settings, time.perf_counter() - start)
 
 
 def _worst(findings):
@@ -347,3 +264,48 @@ def _result(runs, settings, seconds):
                             {"runs": runs, "steps": {v: question_steps if v == QUESTION_VARIANT
                                                      else steps for v in VARIANTS}},
                             regimes, seconds)
+
+
+class StaleStatsCase(Case):
+    """Train two networks with Keras-style BatchNorm and each running-average variant;
+    evaluate them four ways, diagnose them, recalibrate them.
+
+    The networks are the reference convnet without Dropout (LeakyReLU, Tanh) and the
+    sigmoid MLP of :func:`sigmoid_mlp`. The momentum never enters training (train mode
+    normalises with batch statistics), so for one seed the momentum variants have
+    identical weights and differ only in their running averages; every comparison is
+    between evaluations of the same trained network. Quick: 3 seeds and 1,000 test
+    images (batch-1 evaluation is slow); full: 5 seeds and all 10,000.
+
+    Other Parameters
+    ----------------
+    steps : int, optional
+        Option of ``run`` and ``tasks`` (as are ``question_steps`` and the size
+        ``n_test``): training steps of batch 100 for the momentum variants, the answer's
+        "short training" (default 100, after which Keras' 0.99 leaves 0.99^100 = 0.37 of
+        the initial values in the running averages).
+    question_steps : int, optional
+        Training steps for the never-updated variant, the question's well-trained
+        network (default 600: one epoch of the 60,000 training images).
+    """
+
+    name = NAME
+    result = StaleStatsResult
+    train = staticmethod(train_run)
+    default_seeds = Seeds(quick=3, full=5)
+    sizes = {"n_test": (1000, 10000), "n_stats": (2000, 10000)}
+    options = ("steps", "question_steps", "n_test")
+    summarise = staticmethod(_result)
+
+    def arms(self, options):
+        steps_of = _steps(options["steps"], options["question_steps"])
+        return [Arm(f"{network}, {variant}", f"{slug(network)}/{slug(variant)}",
+                    {"network": network, "variant": variant, "steps": steps_of[variant]})
+                for network in NETWORKS for variant in VARIANTS]
+
+    def settings(self, seeds, sizes, options):
+        steps_of = _steps(options["steps"], options["question_steps"])
+        return dict(seeds=seeds, steps=steps_of["momentum 0.99"],
+                    question_steps=steps_of[QUESTION_VARIANT], batch=BATCH, lr=LR,
+                    test_images=sizes["n_test"],
+                    batchnorm="Keras-style (eps 1e-3, biased moving variance)")
