@@ -139,12 +139,11 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     settings = Settings(quick=quick, seeds=seeds, seed=seed)
     ctx = Context(settings, cache=Path(cache) if cache is not None else out / "tasks", jobs=jobs,
                   client=client, data_dir=data_dir, progress=progress)
-    results, skipped, seconds = [], [], {}
     skips = dict(_skips(names, data_dir, seed, ctx.mnist_missing))
     if progress and skips:
         print(skip_notice(skips.items()), file=sys.stderr, flush=True)
     with _tasks.cache_summary(progress):
-        _make(names, skips, ctx, out, results, skipped, seconds)
+        results, skipped, seconds = _make(names, skips, ctx, out)
     out.mkdir(parents=True, exist_ok=True)
     seconds.update({f"task:{k}": v for k, v in ctx.seconds.items()})
     write_timings(out, seconds)
@@ -152,10 +151,12 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     return results, skipped
 
 
-def _make(names, skips, ctx, out, results, skipped, seconds):
-    """Make the figures and cases ``names`` (those in ``skips`` only reported), adding
-    to ``results``, ``skipped`` and ``seconds``."""
+def _make(names, skips, ctx, out):
+    """Make the figures and cases ``names`` into ``out`` (those in ``skips`` only
+    reported); their results, the skipped ``(name, why)`` and the seconds each took."""
     from ..cases import CASES
+
+    results, skipped, seconds = [], [], {}
 
     seed, data_dir, progress = ctx.seed, ctx.data_dir, ctx.progress
     # one batch of every training run (full parallelism to the end), without those
@@ -192,4 +193,5 @@ def _make(names, skips, ctx, out, results, skipped, seconds):
             write_figure(result, out)
             seconds[result.name] = (time.perf_counter() - start) / len(made)
         results += made
+    return results, skipped, seconds
 
