@@ -35,11 +35,43 @@ def rng():
     return np.random.default_rng(12345)
 
 
+#: How to install each package the Keras tests need, for the skip reason.
+INSTALL_HINTS = {
+    "keras": "pip install -e '.[keras]'",
+    "h5py": "pip install -e '.[keras]'",
+    "torch": ("pip install torch (without a GPU, the CPU-only build: pip install torch "
+              "--index-url https://download.pytorch.org/whl/cpu)"),
+}
+
+
+def keras_import_skip_reason(err):
+    """The reason to skip a Keras test for ``err``, the ImportError of ``import keras``:
+    which package is missing and how to install it (Keras on its torch backend needs
+    PyTorch, which the ``keras`` extra does not install)."""
+    missing = (err.name or "keras").partition(".")[0]
+    hint = INSTALL_HINTS.get(missing, f"pip install {missing}")
+    if missing == "keras":
+        return f"Keras tests need keras, which is not installed: {hint}"
+    return (f"Keras tests need keras on its torch backend; keras is installed, but "
+            f"importing it failed because {missing!r} is missing ({err}). Install it: {hint}")
+
+
+def import_keras():
+    """``import keras`` (on the backend set in ``KERAS_BACKEND``), or skip the test
+    saying what is missing and how to install it."""
+    try:
+        import keras
+    except ImportError as err:
+        pytest.skip(keras_import_skip_reason(err))
+    return keras
+
+
 def keras_on_torch():
-    """Keras on its torch backend, seeded; skips where keras is missing or was imported
-    before with another backend."""
+    """Keras on its torch backend, seeded; skips, saying what is missing and how to
+    install it, where keras or torch is missing, or where keras was imported before with
+    another backend."""
     os.environ["KERAS_BACKEND"] = "torch"
-    keras = pytest.importorskip("keras")
+    keras = import_keras()
     if keras.backend.backend() != "torch":
         pytest.skip("keras was imported before with another backend")
     keras.utils.set_random_seed(0)

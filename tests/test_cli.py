@@ -1,7 +1,10 @@
 """The command line, run as a user would."""
 
+import argparse
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import varshift
+import varshift.cli
 from varshift.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +38,8 @@ def test_help_and_version():
 def test_demo_trains_on_a_subset(mnist_dir):
     out = run("demo", "--train-size", "1000", "--measure", "500", "--data-dir", str(mnist_dir))
     assert out.returncode == 0, out.stderr
+    # stderr is a pipe, not a terminal: what it does, but no progress lines
+    assert "Training the reference convnet" in out.stderr and "batches" not in out.stderr
     assert "test accuracy" in out.stdout and "epoch" in out.stdout
     assert "BatchNorm inputs" in out.stdout and "Diagnosis:" in out.stdout
 
@@ -351,3 +357,164 @@ def test_an_empty_output_name_is_refused_before_computing(files, tmp_path, capsy
         main(["recalibrate", str(tmp_path / "no-model.npz"), str(npy), "-q", "-o", ""])
     assert exit_.value.code == 2  # before the (missing) model is read
     assert "error: -o/--output: cannot write '': no file name given" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- issue 27: a new user's first hour
+def _subcommands():
+    parser = varshift.cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def _example_commands(epilog):
+    """The command lines of a help's examples, without their closing shell redirection
+    (``> report.json``, ``2> log.txt``)."""
+    commands = []
+    for line in epilog.splitlines():
+        if line.startswith("  varshift "):
+            words = shlex.split(line)[1:]
+            redirect = next((i for i, w in enumerate(words) if re.match(r"\d?>", w)), None)
+            commands.append(words[:redirect])
+    return commands
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_every_subcommand_help_has_a_description_and_examples_that_parse(name):
+    sub = _subcommands()[name]
+    help_text = sub.format_help()
+    assert sub.description and sub.description.split()[0] in help_text
+    assert "examples:" in help_text
+    commands = _example_commands(sub.epilog)
+    assert len(commands) >= 2, help_text
+    for command in commands:
+        args = varshift.cli.build_parser().parse_args(command)  # SystemExit(2) if refused
+        assert args.command == name
+
+
+def test_diagnose_draws_the_measurement_with_plot(files, tmp_path):
+    model, npy = files
+    out = run("diagnose", str(model), str(npy), "--plot", str(tmp_path / "d.png"))
+    assert out.returncode == 3, out.stderr  # DROPOUT_BEFORE_BN is a warning
+    assert "DROPOUT_BEFORE_BN" in out.stdout
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = run("diagnose", str(model), str(npy), "--json", "--plot-kind", "channels",
+              "--plot", str(tmp_path / "c.svg"))
+    assert out.returncode == 3, out.stderr
+    assert "DROPOUT_BEFORE_BN" in {f["code"] for f in json.loads(out.stdout)}
+    assert b"<svg" in (tmp_path / "c.svg").read_bytes()[:500]
+
+
+def test_diagnose_plot_kind_needs_plot(files, capsys):
+    model, npy = files
+    with pytest.raises(SystemExit) as stop:
+        main(["diagnose", str(model), str(npy), "--plot-kind", "layers"])
+    assert stop.value.code == 2 and "--plot-kind needs --plot FILE" in capsys.readouterr().err
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A folder to run from where only --data-dir can find MNIST: no ../shared, no
+    VARSHIFT_DATA, an empty user cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VARSHIFT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _mnist_copy(mnist_dir, folder):
+    """Links to the four MNIST files in ``folder`` (created)."""
+    from varshift.datasets import MNIST_FILES
+
+    folder.mkdir(parents=True)
+    for stem in MNIST_FILES:
+        (folder / f"{stem}.gz").symlink_to(mnist_dir / f"{stem}.gz")
+    return folder
+
+
+@pytest.mark.parametrize("given", ["mnist", "parent"])
+def test_data_dir_is_the_mnist_folder_or_the_folder_that_holds_it(given, elsewhere, mnist_dir,
+                                                                   capsys):
+    from varshift.models import reference_convnet
+
+    data = _mnist_copy(mnist_dir, elsewhere / "data" / "mnist")
+    varshift.save(reference_convnet(seed=0), elsewhere / "ref.npz")
+    folder = data if given == "mnist" else data.parent
+    assert main(["measure", str(elsewhere / "ref.npz"), "mnist", "--data-dir", str(folder),
+                 "--limit", "300", "--json"]) == 0, capsys.readouterr().err
+    assert '"num_samples": 300' in capsys.readouterr().out
+
+
+def test_a_wrong_data_dir_says_which_folder_was_meant(elsewhere, mnist_dir, capsys):
+    from varshift.models import reference_convnet
+
+    raw = _mnist_copy(mnist_dir, elsewhere / "data" / "MNIST" / "raw")  # torchvision's layout
+    varshift.save(reference_convnet(seed=0), elsewhere / "ref.npz")
+    for given in (elsewhere / "data", elsewhere / "MNIST-typo"):
+        assert main(["measure", str(elsewhere / "ref.npz"), "mnist", "--data-dir",
+                     str(given)]) == 2
+        err = capsys.readouterr().err
+        assert f"MNIST files not found: --data-dir {str(given)!r}" in err
+        assert err.rstrip().endswith(f"Did you mean --data-dir {raw}?"), err
+    (elsewhere / "empty").mkdir()
+    assert main(["measure", str(elsewhere / "ref.npz"), "mnist", "--data-dir",
+                 str(elsewhere / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "holds neither the MNIST files nor an 'mnist' folder" in err
+    assert "Did you mean" not in err  # nothing below it: no hint
+
+
+def test_progress_in_a_log_only_when_asked_for(files):
+    model, npy = files
+    out = run("measure", str(model), str(npy), "--progress")  # stderr is a pipe
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"done, \d+ batches", out.stderr), out.stderr
+
+
+def test_progress_on_a_terminal_by_default(files, capsys, monkeypatch):
+    model, npy = files
+    monkeypatch.setattr(varshift.cli.sys.stderr, "isatty", lambda: True)
+    assert varshift.cli._progress(main_args(["measure", str(model), str(npy)]))
+    assert not varshift.cli._progress(main_args(["measure", str(model), str(npy), "-q"]))
+    monkeypatch.setattr(varshift.cli.sys.stderr, "isatty", lambda: False)
+    for command in (["measure", str(model), str(npy)], ["demo"], ["reproduce"],
+                    ["case", "stale-running-stats"]):
+        assert not varshift.cli._progress(main_args(command))
+        assert varshift.cli._progress(main_args([*command, "--progress"]))
+
+
+def main_args(argv):
+    return varshift.cli.build_parser().parse_args(argv)
+
+
+def test_reproduce_names_what_it_will_skip_before_it_starts(tmp_path):
+    env = {"VARSHIFT_DATA": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = run("reproduce", "--only", "width", "--out", str(tmp_path / "out"), env=env,
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("will skip 1: width. MNIST files not found in "), out.stderr
+    assert "skipped width" in out.stdout  # and again in the summary at the end
+    out = run("reproduce", "--only", "width", "--out", str(tmp_path / "out"), "--progress",
+              env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("will skip 1: width.") and lines[1] == "[1/1] width ..."
+
+
+def _square(x):
+    return {"square": x * x}
+
+
+def test_runs_answered_from_the_cache_collapse_into_one_line(tmp_path, capsys):
+    from varshift import tasks
+
+    todo = [tasks.Task(f"square/{x}", "test_cli:_square", {"x": x}) for x in range(3)]
+    with tasks.cache_summary() as tally:
+        first, _ = tasks.run(todo, tmp_path, progress=True)
+        for _ in range(80):
+            again, _ = tasks.run(todo, tmp_path, progress=True)
+    assert again == first and tally == {"runs": 80, "tasks": 240}
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "tasks: 3 in all, 0 cached, 3 to compute" and len(err) == 5
+    assert err[-1] == "tasks: 80 look-up(s) answered from the cache alone (240 task results read)"
+    tasks.run(todo, tmp_path, progress=True)  # outside the block: its own line again
+    assert capsys.readouterr().err == "tasks: 3 in all, 3 cached, 0 to compute\n"

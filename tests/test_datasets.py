@@ -118,3 +118,67 @@ def test_mnist1d_is_generated_offline_and_leaves_numpy_global_state_alone():
     assert set(np.unique(y_train)) == set(range(10))
     again = datasets.load_mnist1d(num_samples=500)
     assert np.array_equal(again[0], x_train)  # deterministic given the seed
+
+
+def _linked_mnist(mnist_dir, folder):
+    folder.mkdir(parents=True)
+    for stem in datasets.MNIST_FILES:
+        (folder / f"{stem}.gz").symlink_to(mnist_dir / f"{stem}.gz")
+    return folder
+
+
+def test_root_may_be_the_folder_that_holds_mnist(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.delenv("VARSHIFT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = _linked_mnist(mnist_dir, tmp_path / "data" / "mnist")
+    assert load_mnist(folder.parent)[3].shape == (10000,)  # as VARSHIFT_DATA
+    assert load_mnist(folder)[3].shape == (10000,)
+
+
+def test_missing_files_error_suggests_a_folder_near_root(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.delenv("VARSHIFT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    raw = _linked_mnist(mnist_dir, tmp_path / "data" / "MNIST" / "raw")
+    with pytest.raises(FileNotFoundError) as err:
+        load_mnist(tmp_path / "data")
+    assert f"Did you mean root={str(raw)!r}?" in str(err.value)
+    assert datasets.mnist_folders_near(tmp_path / "dat") == [raw]  # a typo: from the parent
+    assert datasets.mnist_folders_near(raw / "deeper") == [raw]
+
+
+def test_folders_near_looks_only_so_deep(tmp_path, mnist_dir):
+    deep = tmp_path.joinpath(*"abcd")
+    _linked_mnist(mnist_dir, deep)
+    assert datasets.mnist_folders_near(tmp_path) == []  # 4 levels down
+    assert datasets.mnist_folders_near(tmp_path / "a") == [deep]
+
+
+def test_failed_download_leaves_no_folder_it_created(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("VARSHIFT_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="Downloading failed"):
+        load_mnist(download=True, mirrors=[f"file://{tmp_path}/nowhere/"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # not even cache/
+
+
+def test_failed_download_keeps_what_existed_before(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("VARSHIFT_DATA", raising=False)
+    (tmp_path / "cache" / "varshift" / "numba").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="Downloading failed"):
+        load_mnist(download=True, mirrors=[f"file://{tmp_path}/nowhere/"])
+    assert sorted(p.name for p in (tmp_path / "cache" / "varshift").iterdir()) == ["numba"]
+    cache = tmp_path / "cache" / "varshift" / "mnist"
+    cache.mkdir()  # existed before, empty: kept
+    with pytest.raises(FileNotFoundError, match="Downloading failed"):
+        load_mnist(download=True, mirrors=[f"file://{tmp_path}/nowhere/"])
+    assert cache.is_dir()
+    # one file fetched and verified before the failure is kept for the next try
+    shutil.rmtree(cache)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    first = next(iter(datasets.MNIST_FILES))
+    shutil.copy(mnist_dir / f"{first}.gz", mirror)
+    with pytest.raises(FileNotFoundError, match="Downloading failed"):
+        load_mnist(download=True, mirrors=[f"file://{mirror}/"])
+    assert [p.name for p in cache.iterdir()] == [f"{first}.gz"]

@@ -47,7 +47,7 @@ def _load_mnist(args):
     from . import datasets
 
     try:
-        return datasets.load_mnist(args.data_dir, download=args.download,
+        return datasets.load_mnist(_data_dir(args), download=args.download,
                                    mirrors=datasets.MNIST_MIRRORS,
                                    extra=[os.path.abspath(SHARED_MNIST)])
     except datasets.MNISTNotFoundError as err:
@@ -63,11 +63,53 @@ def _load_mnist(args):
 
 
 def _mnist_folder(args):
-    """--data-dir, else this project's shared folder where it exists (load_mnist then
-    also searches $VARSHIFT_DATA/mnist and the user cache)."""
+    """--data-dir (see :func:`_data_dir`), else this project's shared folder where it
+    exists (load_mnist then also searches $VARSHIFT_DATA/mnist and the user cache)."""
     if args.data_dir is None and os.path.isdir(SHARED_MNIST):
         return os.path.abspath(SHARED_MNIST)
-    return args.data_dir
+    return _data_dir(args)
+
+
+def _data_dir(args):
+    """The MNIST folder named by --data-dir, which may be that folder or, as
+    $VARSHIFT_DATA, the folder that holds ``mnist/``; None without --data-dir.
+
+    Raises
+    ------
+    FileNotFoundError
+        If --data-dir holds neither layout (unless --download is given: the files
+        are then fetched into the user cache), with a "did you mean" hint naming a
+        folder near it that holds the files.
+    """
+    from .datasets import MNIST_FILES, holds_mnist, mnist_folders_near
+
+    if args.data_dir is None:
+        return None
+    folder = os.path.abspath(args.data_dir)
+    for place in (folder, os.path.join(folder, "mnist")):
+        if holds_mnist(place):
+            return place
+    if getattr(args, "download", False):
+        return folder
+    if not os.path.exists(folder):
+        what = "does not exist"
+    elif not os.path.isdir(folder):
+        what = "is not a folder"
+    else:
+        what = "holds neither the MNIST files nor an 'mnist' folder with them"
+    near = mnist_folders_near(folder)
+    hint = f" Did you mean --data-dir {_quoted(near[0])}?" if near else ""
+    raise FileNotFoundError(
+        f"MNIST files not found: --data-dir {args.data_dir!r} {what}. It must be the "
+        f"folder with the four IDX files ({', '.join(MNIST_FILES)}, raw or .gz) or the "
+        f"folder that holds it as 'mnist/' (as for VARSHIFT_DATA).{hint}")
+
+
+def _quoted(path) -> str:
+    """``path`` as typed in a shell."""
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def _load_data(spec, args, split=None):
@@ -285,15 +327,24 @@ def _diagnose(args) -> int:
     from . import diagnose
 
     model = _load_model(args)
-    findings = diagnose(model, _load_data(args.data, args), batch_size=args.batch_size,
+    data = _load_data(args.data, args)
+    report = None
+    if args.plot:  # the measurement diagnose makes anyway, made here to draw it too
+        from . import measure
+
+        report = measure(model, data, batch_size=args.batch_size, seed=args.seed,
+                         progress=_progress(args))
+    findings = diagnose(model, data, batch_size=args.batch_size,
                         train_batch_size=args.train_batch_size, seed=args.seed,
-                        progress=_progress(args))
+                        report=report, progress=_progress(args))
     if args.json:
         print(json.dumps([f.to_dict() for f in findings], indent=1))
     elif findings:
         print(_findings_text(findings, args.verbose))
     else:
         print("No problems found.")
+    if args.plot:
+        _save_plot(lambda: report.plot(kind=args.plot_kind or "shift"), args.plot)
     return _findings_exit_code(findings)
 
 
@@ -379,7 +430,7 @@ def _demo(args) -> int:
     start = time.perf_counter()
     history = fit(model, (x_train, y_train), loss, optim.Adam(model, lr=1e-3),
                   epochs=args.epochs, batch_size=200, seed=args.seed,
-                  progress=not args.quiet, eval_train=False)
+                  progress=_progress(args), eval_train=False)
     seconds = time.perf_counter() - start
     test = evaluate(model, (x_test, y_test), loss)
     print(f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}")
@@ -399,7 +450,7 @@ def _demo(args) -> int:
         sample = x_train[:args.measure]
         print(f"\nMeasuring the trained model on {len(sample)} training images "
               f"(train mode, inference mode, Dropout off) ...", file=sys.stderr)
-        report = measure(model, sample, progress=not args.quiet)
+        report = measure(model, sample, progress=_progress(args))
         print(report)
         findings = diagnose(model, sample, train_batch_size=200, report=report)
         print("\nDiagnosis: " + ("no problems found." if not findings else
@@ -420,16 +471,21 @@ def _dask_client(address):
 
 
 def _reproduce(args) -> int:
-    from .reproduce import default_out, run
+    from .reproduce import data_skips, default_out, run, skip_notice
     from .verdicts import tally
 
     out = args.out or default_out(args.quick)
     start = time.perf_counter()
+    data_dir, progress = _mnist_folder(args), _progress(args)
+    if not progress:  # with progress, run says it itself
+        skips = data_skips(args.only, data_dir, args.seed)
+        if skips:
+            print(skip_notice(skips), file=sys.stderr, flush=True)
     client = _dask_client(args.scheduler)
     try:
         results, skipped = run(out, quick=args.quick, only=args.only, seeds=args.seeds,
-                               data_dir=_mnist_folder(args), seed=args.seed, jobs=args.jobs,
-                               client=client, cache=args.cache, progress=not args.quiet)
+                               data_dir=data_dir, seed=args.seed, jobs=args.jobs,
+                               client=client, cache=args.cache, progress=progress)
     finally:
         if client is not None:
             client.close()
@@ -454,7 +510,7 @@ def _case(args) -> int:
     try:
         result = run(args.name, quick=not args.full, seeds=args.seeds, data_dir=_mnist_folder(args),
                      seed=args.seed, jobs=args.jobs, client=client, cache=args.cache,
-                     progress=not args.quiet)
+                     progress=_progress(args))
     finally:
         if client is not None:
             client.close()
@@ -492,9 +548,12 @@ def _drop_rate(text):
     return value
 
 
+DATA_DIR_HELP = ("folder with the MNIST IDX files, or the folder that holds it as mnist/ "
+                 "(as $VARSHIFT_DATA); searched first")
+
+
 def _data_source_options(parser):
-    parser.add_argument("--data-dir", default=None, metavar="FOLDER",
-                        help="folder with the MNIST IDX files (searched first)")
+    parser.add_argument("--data-dir", default=None, metavar="FOLDER", help=DATA_DIR_HELP)
     parser.add_argument("--download", action="store_true",
                         help="if the MNIST files are not found, download them (about 11 MB, "
                              "checksums verified) into ~/.cache/varshift/mnist")
@@ -538,10 +597,36 @@ def _check_options(args) -> None:
                 error(err.strerror)
 
 
+def _progress_options(parser):
+    """-q/--quiet and --progress (exclusive): progress on stderr only on a terminal by
+    default (see :func:`_progress`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress on stderr (default: progress on a terminal)")
+    group.add_argument("--progress", action="store_true",
+                       help="progress on stderr also when it is not a terminal (a few plain "
+                            "lines, for logs)")
+
+
+def _plot_options(parser):
+    """--plot FILE and --plot-kind: draw the measurement report."""
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw the measurement (.png, .svg, .pdf)")
+    parser.add_argument("--plot-kind", choices=["shift", "channels", "layers"], default=None,
+                        help="what --plot draws: shift per BatchNorm, channels of the most "
+                             "shifted BatchNorm, or variance per layer (default: shift)")
+
+
 def _verbose_option(parser):
     parser.add_argument("--verbose", action="store_true",
                         help="every finding in full (default: grouped by code, the "
                              "explanation and fix once, a row of evidence per layer)")
+
+
+def _examples(examples) -> str:
+    """An epilog's list of examples: ``(command, what it does)`` pairs."""
+    lines = [f"  {command}\n      {what}" for command, what in examples]
+    return "examples:\n" + "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -556,8 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train the reference convnet on MNIST", **fmt,
         description="Train the reference convnet (Dropout after every BatchNorm) on MNIST\n"
                     "with Adam, batch 200, then measure and diagnose it.",
-        epilog="example:\n  varshift demo --epochs 2 --train-size 10000 -o model.npz\n\n"
-               "MNIST is searched in --data-dir, $VARSHIFT_DATA/mnist, ../shared/data/mnist "
+        epilog=_examples([
+            ("varshift demo --epochs 2 --train-size 10000 -o model.npz",
+             "a quick model, saved for measure and diagnose"),
+            ("varshift demo --download", "fetch MNIST first (about 11 MB) if not found"),
+        ]) + "\n\nMNIST is searched in --data-dir, $VARSHIFT_DATA/mnist, ../shared/data/mnist "
                "and\n~/.cache/varshift/mnist; --download fetches it.\n" + EXIT_CODES)
     demo.add_argument("--epochs", type=_positive_int, default=1,
                       help="passes over the training images (default 1)")
@@ -573,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--measure", type=_non_negative_int, default=10000, metavar="N",
                       help="then measure and diagnose on N training images (0: skip; "
                            "default 10000)")
-    demo.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _progress_options(demo)
     _verbose_option(demo)
     demo.set_defaults(run=_demo, usage_error=demo.error)
 
@@ -594,17 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=_seed, default=0,
                         help="seed of the Dropout masks (default 0)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    progress = common.add_mutually_exclusive_group()
-    progress.add_argument("-q", "--quiet", action="store_true",
-                          help="no progress on stderr (default: progress on a terminal)")
-    progress.add_argument("--progress", action="store_true",
-                          help="progress on stderr also when it is not a terminal (a few "
-                               "plain lines, for logs)")
+    _progress_options(common)
 
-    def command(name, help, description, example):
+    def command(name, help, description, examples):
         parser = sub.add_parser(name, parents=[common], help=help,
                                 description=textwrap.fill(description, 88),
-                                epilog=f"example:\n  {example}\n\n{DATA_HELP}\n{EXIT_CODES}",
+                                epilog=f"{_examples(examples)}\n\n{DATA_HELP}\n{EXIT_CODES}",
                                 **fmt)
         parser.set_defaults(usage_error=parser.error)
         return parser
@@ -612,17 +695,24 @@ def build_parser() -> argparse.ArgumentParser:
     m = command("measure", "per-layer train/inference statistics and variance shift",
                 "Measure every layer's output statistics in train and inference mode, and "
                 "every BatchNorm's running against real statistics (Li et al.'s shift).",
-                "varshift measure model.npz mnist --split test --limit 2000 --plot shift.png")
-    m.add_argument("--plot", metavar="FILE.png", help="also draw the report (.png, .svg, .pdf)")
-    m.add_argument("--plot-kind", choices=["shift", "channels", "layers"], default=None,
-                   help="what --plot draws: shift per BatchNorm, channels of the most shifted "
-                        "BatchNorm, or variance per layer (default: shift)")
+                [("varshift measure model.npz mnist --split test --limit 2000 --plot shift.png",
+                  "the test images; the shift per BatchNorm drawn"),
+                 ("varshift measure model.npz x.npy --json > report.json",
+                  "your inputs (an .npy array), every number as JSON"),
+                 ("varshift measure model.npz mnist --data-dir ~/data --plot-kind channels "
+                  "--plot c.svg", "MNIST in ~/data/mnist; channels of the worst BatchNorm")])
+    _plot_options(m)
     m.set_defaults(run=_measure)
 
     d = command("diagnose", "name BatchNorm/Dropout problems, with evidence and fixes",
                 "Check the model's BatchNorm layers for known problems (Dropout before "
                 "BatchNorm, stale or initial running statistics, small batches, ...).",
-                "varshift diagnose model.npz x.npy --train-batch-size 32 --json")
+                [("varshift diagnose model.npz x.npy --train-batch-size 32 --json",
+                  "trained with batches of 32; findings as JSON"),
+                 ("varshift diagnose model.npz mnist --limit 5000 --plot shift.png",
+                  "5000 training images; the shift per BatchNorm drawn"),
+                 ("varshift diagnose model.npz mnist --verbose", "every finding in full")])
+    _plot_options(d)
     d.add_argument("--train-batch-size", type=_positive_int, default=None, metavar="N",
                    help="batch size used in training, for SMALL_BATCH_STATS (default: "
                         "--batch-size)")
@@ -632,7 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = command("recalibrate", "re-estimate BatchNorm statistics with Dropout off",
                 "Replace every BatchNorm's running statistics by the exact statistics of "
                 "DATA in inference mode (Dropout off), and save the model.",
-                "varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test")
+                [("varshift recalibrate model.npz mnist -o fixed.npz --holdout-split test",
+                  "statistics from the training images, checked on the test images"),
+                 ("varshift recalibrate model.npz x.npy -o model.npz --plot before-after.png",
+                  "in place, on your inputs; the shift before and after drawn")])
     r.add_argument("-o", "--output", required=True, metavar="FILE.npz",
                    help="where to save the recalibrated model (may be MODEL itself)")
     r.add_argument("--dropout", choices=["off", "on"], default="off",
@@ -644,15 +737,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", metavar="FILE.png", help="draw the shift before and after")
     r.set_defaults(run=_recalibrate)
 
-    rp = sub.add_parser("reproduce", **fmt,
-                        help="reproduce Li et al.'s figures at small scale, with REPORT.md")
+    rp = sub.add_parser(
+        "reproduce", **fmt,
+        help="reproduce Li et al.'s figures at small scale, with REPORT.md",
+        description=textwrap.fill(
+            "Reproduce the figures of Li et al. (CVPR 2019) at small scale, analytic and "
+            "empirical, and the case studies (in their quick mode): a PNG, an SVG, the "
+            "numbers as JSON and a caption per figure, and REPORT.md with every claim of the "
+            "paper, our estimate, its 95% interval over seeds and a verdict. Training runs "
+            "are cached: a stopped run resumes. Figures and cases that need MNIST are "
+            "skipped, and named at the start, when the MNIST files are not found.", 88),
+        epilog=_examples([
+            ("varshift reproduce --quick --jobs 2", "minutes: PreResNet only, 3 seeds, "
+             "into figures/quick"),
+            ("varshift reproduce --only width --data-dir ~/data", "one figure; MNIST in "
+             "~/data/mnist"),
+            ("varshift reproduce --jobs 8 --progress 2> log.txt", "everything (hours), "
+             "progress into a log"),
+        ]) + "\n\nexit codes: 0 success; 1 failure while running; 2 bad usage or data.")
     rp.add_argument("--quick", action="store_true",
                     help="PreResNet only, 3 seeds, 10 epochs: minutes instead of hours")
     rp.add_argument("--only", nargs="+", metavar="NAME",
                     help="figures and case studies to make (default: all)")
     rp.add_argument("--out", default=None,
                     help="output folder (default: figures/quick with --quick, else figures)")
-    rp.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    rp.add_argument("--data-dir", default=None, metavar="FOLDER", help=DATA_DIR_HELP)
     rp.add_argument("--seeds", type=int, default=None,
                     help="seeds per setting (default 3 with --quick, else 5)")
     rp.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
@@ -663,20 +772,35 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cache", default=None,
                     help="folder of cached per-run results (default OUT/tasks); a stopped "
                          "run resumes from it")
-    rp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    rp.set_defaults(run=_reproduce)
+    _progress_options(rp)
+    rp.set_defaults(run=_reproduce, usage_error=rp.error)
 
     from .cases import CASES
 
-    c = sub.add_parser("case", **fmt, help="a case study: a posted question answered with "
-                                          "measurements over several seeds")
+    c = sub.add_parser(
+        "case", **fmt,
+        help="a case study: a posted question answered with measurements over several seeds",
+        description=textwrap.fill(
+            "Answer a question posted about BatchNorm and Dropout (a forum thread, an "
+            "issue) with measurements: the posted setting trained over several seeds, "
+            "each statement checked with a 95% interval. Quick by default (minutes); "
+            "--full runs the posted training length. Training runs are cached with "
+            "--cache: a stopped run resumes.", 88),
+        epilog=_examples([
+            ("varshift case stale-running-stats --plot stale.png",
+             "quick run, with the case's figure"),
+            ("varshift case bn-dropout-mnist-convnet --data-dir ~/data --jobs 2 --markdown",
+             "MNIST in ~/data/mnist, 2 processes, a Markdown summary"),
+            ("varshift case stale-running-stats --full --cache runs/ --json",
+             "the posted length, resumable, every number as JSON"),
+        ]) + "\n\nexit codes: 0 success; 1 failure while running; 2 bad usage or data.")
     c.add_argument("name", choices=sorted(CASES), metavar="NAME",
                    help="one of: " + ", ".join(sorted(CASES)))
     c.add_argument("--full", action="store_true",
                    help="the posted training length (slow: up to hours); default quick")
     c.add_argument("--seeds", type=int, default=None, help="seeds per setting")
     c.add_argument("--seed", type=int, default=0, help="first seed")
-    c.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    c.add_argument("--data-dir", default=None, metavar="FOLDER", help=DATA_DIR_HELP)
     c.add_argument("--jobs", type=int, default=1,
                    help="training runs in N local processes, one thread each (default 1)")
     c.add_argument("--scheduler", metavar="ADDRESS", default=None,
@@ -686,11 +810,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="every number, as JSON")
     c.add_argument("--markdown", action="store_true", help="summary as Markdown")
     c.add_argument("--plot", metavar="FILE.png", help="also draw the case's figure")
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _progress_options(c)
     c.set_defaults(run=_case, usage_error=c.error)
 
-    i = sub.add_parser("inspect", **fmt, help="a saved Keras model (.keras or .h5): BatchNorm "
-                                             "statistics, dropout positions, findings")
+    i = sub.add_parser(
+        "inspect", **fmt,
+        help="a saved Keras model (.keras or .h5): BatchNorm statistics, dropout positions, "
+             "findings",
+        description=textwrap.fill(
+            "Read a saved Keras model without Keras and without data: the BatchNorm "
+            "layers' stored statistics, where the Dropout layers sit, and the findings "
+            "that need no data (Dropout before BatchNorm, initial or damaged running "
+            "statistics, ...). Nothing in the file is run or unpickled. To measure a "
+            "model on data, load it in Python and pass it to varshift.diagnose.", 88),
+        epilog=_examples([
+            ("varshift inspect model.keras", "tables and findings"),
+            ("varshift inspect legacy.h5 --json", "a legacy HDF5 model, as JSON"),
+            ("varshift inspect model.keras --verbose", "every finding in full"),
+        ]) + "\n\n" + EXIT_CODES)
     i.add_argument("model", help="Keras 3 .keras archive or legacy HDF5 .h5 model (needs h5py: "
                                  "pip install 'varshift[keras]')")
     i.add_argument("--json", action="store_true", help="machine-readable output")

@@ -15,7 +15,7 @@ import numpy as np
 from . import _validate
 
 __all__ = ["load_mnist", "load_mnist1d", "read_idx", "MNIST_FILES", "MNISTNotFoundError",
-           "mnist_places"]
+           "mnist_places", "holds_mnist", "mnist_folders_near"]
 
 #: File stem -> (SHA-256 of the decompressed file, expected shape).
 MNIST_FILES = {
@@ -107,16 +107,64 @@ def _find(folder: Path, stem: str):
 
 def mnist_places(root=None, extra=()) -> list[Path]:
     """The folders :func:`load_mnist` searches, in order: ``root`` (one folder or a
-    sequence of them), ``$VARSHIFT_DATA/mnist``, the ``extra`` folders, then the user
-    cache (``$XDG_CACHE_HOME/varshift/mnist``, default ``~/.cache/varshift/mnist``),
-    where downloads go."""
+    sequence of them; each one itself, then its ``mnist`` sub-folder, so that a root
+    may be the MNIST folder or, as ``$VARSHIFT_DATA``, the folder that holds it),
+    ``$VARSHIFT_DATA/mnist``, the ``extra`` folders, then the user cache
+    (``$XDG_CACHE_HOME/varshift/mnist``, default ``~/.cache/varshift/mnist``), where
+    downloads go."""
     roots = [] if root is None else [root] if isinstance(root, (str, os.PathLike)) else root
-    places = [Path(r) for r in roots]
+    places = [place for r in roots for place in (Path(r), Path(r) / "mnist")]
     if os.environ.get("VARSHIFT_DATA"):
         places.append(Path(os.environ["VARSHIFT_DATA"]) / "mnist")
     places += [Path(p) for p in extra]
     places.append(_cache_dir())
     return places
+
+
+def holds_mnist(folder) -> bool:
+    """Whether ``folder`` holds the four MNIST IDX files (raw or ``.gz``)."""
+    return all(_find(Path(folder), stem) for stem in MNIST_FILES)
+
+
+#: How deep below a folder, and how many folders at most, :func:`mnist_folders_near`
+#: looks.
+NEAR_DEPTH, NEAR_FOLDERS = 3, 2000
+
+
+def mnist_folders_near(folder) -> list[Path]:
+    """Folders near ``folder`` that hold the MNIST files, for a "did you mean" hint
+    when ``folder`` holds neither them nor an ``mnist`` sub-folder with them.
+
+    Looks below ``folder`` (e.g. torchvision's ``MNIST/raw``), at most
+    :data:`NEAR_DEPTH` levels deep and :data:`NEAR_FOLDERS` folders in all, and, if
+    ``folder`` does not exist (a typo), in and below its parent the same way.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+
+    Returns
+    -------
+    list of pathlib.Path
+        In the order found, breadth first; empty if none.
+    """
+    folder = Path(folder)
+    start = folder if folder.is_dir() else folder.parent
+    found, level, visited = [], [start], 0
+    for _ in range(NEAR_DEPTH + 1):
+        below = []
+        for place in level:
+            visited += 1
+            if visited > NEAR_FOLDERS:
+                return found
+            if holds_mnist(place):
+                found.append(place)
+            try:
+                below += sorted(p for p in place.iterdir() if p.is_dir() and not p.is_symlink())
+            except OSError:
+                continue  # unreadable: nothing to suggest there
+        level = below
+    return found
 
 
 def _cache_dir() -> Path:
@@ -125,7 +173,24 @@ def _cache_dir() -> Path:
 
 
 def _download(folder: Path, mirrors) -> None:
+    """Fetch the missing MNIST files into ``folder``, checksums verified. If it fails,
+    the folders it created are removed again where they are still empty (offline, all
+    of them); files verified before the failure are kept, so that the next try
+    fetches only the rest. Nothing that existed before is touched."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch(folder, mirrors)
+    except BaseException:
+        for place in created:  # deepest first
+            try:
+                place.rmdir()
+            except OSError:  # not empty (a verified file), or already gone
+                break
+        raise
+
+
+def _fetch(folder: Path, mirrors) -> None:
     for stem, (digest, _) in MNIST_FILES.items():
         if _find(folder, stem):
             continue
@@ -150,8 +215,9 @@ def _download(folder: Path, mirrors) -> None:
 def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS, extra=()):
     """The MNIST digits as float32 images in [0, 1] and int64 labels.
 
-    Looks for the four IDX files (raw or ``.gz``) in, in order: ``root``;
-    ``$VARSHIFT_DATA/mnist``; the ``extra`` folders; the user cache
+    Looks for the four IDX files (raw or ``.gz``) in, in order: ``root``, then
+    ``root/mnist`` (``root`` may be the MNIST folder or the folder that holds it, as
+    for ``$VARSHIFT_DATA``); ``$VARSHIFT_DATA/mnist``; the ``extra`` folders; the user cache
     ``$XDG_CACHE_HOME/varshift/mnist`` (default ``~/.cache/varshift/mnist``). If they
     are in none of these, ``download=True`` fetches them into the user cache, with
     checksum verification.
@@ -159,6 +225,7 @@ def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS, extra=()):
     Parameters
     ----------
     root : str or os.PathLike, or a sequence of them, optional
+        Folder(s) with the files, or with an ``mnist`` sub-folder that has them.
     download : bool, default False
     mirrors : sequence of str
         Base URLs for the download.
@@ -181,7 +248,7 @@ def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS, extra=()):
         If a file is corrupt.
     """
     places = mnist_places(root, extra)
-    folder = next((p for p in places if all(_find(p, stem) for stem in MNIST_FILES)), None)
+    folder = next((p for p in places if holds_mnist(p)), None)
     download_error = None
     if folder is None and download:
         try:
@@ -198,6 +265,9 @@ def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS, extra=()):
     looked = "\n".join(f"  - {p}" for p in places)
     hint = (f"\nDownloading failed: {download_error}" if download_error
             else "\nOr call load_mnist(download=True) on a machine with internet access.")
+    near = _near_roots(root)
+    if near:
+        hint += f"\nDid you mean root={str(near[0])!r}? It holds the four files."
     raise MNISTNotFoundError(
         "MNIST files not found. Looked for train-images-idx3-ubyte[.gz], "
         "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and "
@@ -205,6 +275,12 @@ def load_mnist(root=None, *, download=False, mirrors=MNIST_MIRRORS, extra=()):
         "Put the four files in one of these folders, pass root=FOLDER, or set "
         "VARSHIFT_DATA to a folder that has an 'mnist' sub-folder with them." + hint,
         places, download_error)
+
+
+def _near_roots(root) -> list[Path]:
+    """Folders near the given ``root`` folder(s) that hold the MNIST files."""
+    roots = [] if root is None else [root] if isinstance(root, (str, os.PathLike)) else root
+    return [near for r in roots for near in mnist_folders_near(r)]
 
 
 def load_mnist1d(num_samples=5000, seed=42, train_split=0.8):

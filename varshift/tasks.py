@@ -12,19 +12,21 @@ numbers.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib
 import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._files import atomic_write
 from ._json import json_ready
 
-__all__ = ["Task", "run", "cached", "execute", "SINGLE_THREAD_ENV"]
+__all__ = ["Task", "run", "cached", "execute", "cache_summary", "SINGLE_THREAD_ENV"]
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
                      "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -127,6 +129,42 @@ def cached(tasks, cache) -> dict:
     return {task.key: stored for task in tasks if (stored := _load(cache, task)) is not None}
 
 
+#: Within :func:`cache_summary`: how many runs found all their tasks in the cache, and
+#: how many tasks those were; None outside.
+_ALL_CACHED = contextvars.ContextVar("varshift_tasks_all_cached", default=None)
+
+
+@contextmanager
+def cache_summary(progress=True):
+    """Collapse the progress lines of runs that compute nothing.
+
+    Within the block, a :func:`run` whose tasks are all in the cache prints no line of
+    its own (a reproduction looks up the same cached runs once per figure, which made
+    dozens of identical "0 to compute" lines); when the block ends normally, one line
+    sums them up. Runs that compute something print as before.
+
+    Parameters
+    ----------
+    progress : bool, default True
+        Print the summary line (on stderr); False counts silently.
+
+    Yields
+    ------
+    dict
+        ``{"runs": ..., "tasks": ...}``: the runs answered from the cache alone, and
+        their tasks, so far.
+    """
+    tally = {"runs": 0, "tasks": 0}
+    token = _ALL_CACHED.set(tally)
+    try:
+        yield tally
+    finally:
+        _ALL_CACHED.reset(token)
+    if progress and tally["runs"]:
+        print(f"tasks: {tally['runs']} look-up(s) answered from the cache alone "
+              f"({tally['tasks']} task results read)", file=sys.stderr, flush=True)
+
+
 def run(tasks, cache=None, *, jobs=1, client=None, progress=False):
     """Compute ``tasks`` (cached ones are read back) and return their results.
 
@@ -143,7 +181,8 @@ def run(tasks, cache=None, *, jobs=1, client=None, progress=False):
     client : dask.distributed.Client, optional
         Run the missing tasks on this Dask cluster instead (``jobs`` is then ignored).
     progress : bool, default False
-        One line per task on stderr.
+        One line per task on stderr (with one line for a run that computes nothing,
+        or none within :func:`cache_summary`).
 
     Returns
     -------
@@ -174,7 +213,12 @@ def run(tasks, cache=None, *, jobs=1, client=None, progress=False):
         else:
             results[key], seconds[key] = stored["result"], stored.get("seconds")
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    say(f"tasks: {len(unique)} in all, {len(results)} cached, {len(todo)} to compute")
+    tally = _ALL_CACHED.get()
+    if tally is not None and not todo:
+        tally["runs"] += 1
+        tally["tasks"] += len(unique)
+    else:
+        say(f"tasks: {len(unique)} in all, {len(results)} cached, {len(todo)} to compute")
 
     def done(task, result, took, i):
         results[task.key], seconds[task.key] = result, took

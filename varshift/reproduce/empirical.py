@@ -101,8 +101,10 @@ class Context:
         try:
             load_mnist(self.data_dir)
         except FileNotFoundError as err:
-            return (str(err).splitlines()[0] + " Provide them with --data-dir or VARSHIFT_DATA "
-                    "(see the README).")
+            places = getattr(err, "places", None)  # MNISTNotFoundError: where it looked
+            where = (f"MNIST files not found in {', '.join(map(str, places))}." if places
+                     else str(err).splitlines()[0])
+            return where + " Provide them with --data-dir or VARSHIFT_DATA (see the README)."
         return None
 
     def _check_mnist(self):
