@@ -148,6 +148,35 @@ def test_a_monitor_call_changes_nothing_of_the_model_nor_the_random_state():
     assert model.training and all(m.training for m in model.modules())
 
 
+def test_shift_summary_of_a_flax_model_leaves_its_state_and_rngs():
+    pytest.importorskip("flax", reason="flax is not installed (pip install \".[flax]\")")
+    import jax
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(8, 16, rngs=rngs)
+            self.dropout = nnx.Dropout(0.5, rngs=rngs)
+            self.bn = nnx.BatchNorm(16, rngs=rngs)
+            self.head = nnx.Linear(16, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.bn(self.dropout(nnx.relu(self.dense(x)))))
+
+    def leaves(model):   # every Variable, the Rngs' keys and counts included
+        return [np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(
+            v.dtype, jax.dtypes.prng_key) else v) for v in jax.tree.leaves(nnx.state(model))]
+
+    model = Net(nnx.Rngs(0))
+    before = leaves(model)
+    summary = shift_summary(model, np.random.default_rng(0).normal(size=(64, 8)).astype("float32"))
+    assert list(summary.shifts) == ["bn"] and summary.worst_shift > 1.2
+    after = leaves(model)
+    assert len(after) == len(before) >= 10
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+
+
 def _train_torch_loop(torch, monitor=None, epochs=3):
     model = _torch_model(torch)
     x, y = _torch_data(torch)
