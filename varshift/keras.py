@@ -2,8 +2,8 @@
 
 Importing this module imports Keras (``import varshift`` does not). Keras must be
 installed (``pip install "varshift[keras]"``) with a backend whose package is
-installed: varshift measures Keras models on the torch backend
-(``KERAS_BACKEND=torch``, set before Keras is first imported).
+installed, chosen before Keras is first imported (e.g. ``KERAS_BACKEND=torch``;
+Keras' default is TensorFlow).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ except ModuleNotFoundError as err:
             "\"varshift[keras,torch]\" (and set KERAS_BACKEND=torch)", name="keras") from err
     raise ModuleNotFoundError(
         f"varshift.keras: Keras is installed but its backend's package {err.name!r} is not "
-        f"(the default backend is TensorFlow): set the environment variable "
-        f"KERAS_BACKEND=torch before importing Keras, with torch installed "
-        f"(pip install \"varshift[torch]\")", name=err.name) from err
+        f"(the default backend is TensorFlow): choose an installed backend with the "
+        f"environment variable KERAS_BACKEND before Keras is imported, e.g. "
+        f"KERAS_BACKEND=torch with torch installed (pip install \"varshift[torch]\")",
+        name=err.name) from err
 
 __all__ = ["ShiftMonitor"]
 
