@@ -439,10 +439,14 @@ def test_lightning_stops_past_the_threshold(lightning):
     import lightning.pytorch as pl
     import torch
 
+    monitor = lightning.ShiftMonitor(_torch_data(torch)[0][:48], stop_above=1.0,
+                                     findings=False, module=lambda m: m.net)
     with pytest.warns(ShiftWarning, match="training stops"):
-        _, trainer = _lightning_fit(torch, pl, [lightning.ShiftMonitor(
-            _torch_data(torch)[0][:48], stop_above=1.0, findings=False)], epochs=3)
+        _, trainer = _lightning_fit(torch, pl, [monitor], epochs=3)
     assert trainer.current_epoch == 1
+    assert list(monitor.monitor.last.shifts) == ["3"]      # the submodule's own path
+    assert set(trainer.logged_metrics) == {"val_loss", "varshift/shift/3",
+                                           "varshift/worst_shift"}
 
 
 def test_lightning_bad_arguments(lightning):
