@@ -85,6 +85,15 @@ def test_missing_lightning_names_the_extra():
     assert 'pip install "varshift[lightning]"' in result.stderr
 
 
+def test_lightning_monitor_falls_back_to_pytorch_lightning():
+    if importlib.util.find_spec("pytorch_lightning") is None:
+        pytest.skip("pytorch_lightning is not installed (pip install pytorch_lightning)")
+    result = _run_python("import sys; sys.modules['lightning'] = None; import varshift.lightning "
+                         "as m; print(m.ShiftMonitor.__mro__[1].__module__)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith("pytorch_lightning.")
+
+
 # ---------------------------------------------------------------------- the core
 def test_summary_names_and_numbers():
     summary = ShiftSummary({"a.bn": 1.5, "b bn": 2.5, "c": float("nan")}, ())
