@@ -266,6 +266,9 @@ def test_shift_summary_bad_arguments():
         shift_summary(model, x, writer=Writer(), step=-1)
     with pytest.raises(TypeError, match="model must be"):
         shift_summary("not a model", x)
+    with pytest.raises(TypeError, match="shift_summary: data must be held-out data that can be"):
+        shift_summary(model, iter([x]))
+    assert shift_summary(model, iter([x]), findings=False).shifts   # read once: fine
     with pytest.raises(TypeError, match="monitor: step must be an integer >= 0, got .first."):
         Monitor(x, owner="monitor")(model, "first")
 

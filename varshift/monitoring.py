@@ -142,7 +142,8 @@ def shift_summary(model, data, *, findings=True, batch_size=256, seed=0, input_k
     model : varshift.nn.Layer, torch.nn.Module, Keras 3 model or Flax NNX module
         Not changed (see Notes).
     data : array or tensor of shape (N, ...), (x, y) pair, or iterable of batches
-        Held-out inputs, as :func:`~varshift.measure` takes them.
+        Held-out inputs, as :func:`~varshift.measure` takes them (with ``findings``
+        they are read twice, so not a generator).
     findings : bool, default True
         Also run :func:`~varshift.diagnose` (on the same measurement) for the worst
         finding. It adds a few passes over the first batch to :func:`measure`'s three
@@ -178,6 +179,8 @@ def shift_summary(model, data, *, findings=True, batch_size=256, seed=0, input_k
     between steps trains exactly as it would without it.
     """
     findings = _validate.flag(findings, "findings", "shift_summary")
+    if findings:  # diagnose reads the data after measure
+        check_reusable(data, "shift_summary")
     if writer is not None:
         _check_writer(writer, "shift_summary")
         if step is None:
