@@ -125,6 +125,18 @@ def test_the_notebooks_are_there_and_indexed():
         assert word in index.lower(), f"notebooks/README.md should give the {word}"
 
 
+def test_the_notebooks_extra_installs_what_the_readme_runs():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(FOLDER.parent / "setup.cfg")
+    extra = config["options.extras_require"]["notebooks"].split()
+    names = {re.split(r"[<>=\[]", requirement)[0].lower() for requirement in extra}
+    assert {"jupyterlab", "nbclient", "nbformat", "ipykernel"} <= names, names
+    index = (FOLDER / "README.md").read_text()
+    assert 'pip install -e ".[notebooks]"' in index and "jupyter lab" in index
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_notebook_is_stored_executed_with_plots_and_no_errors(path):
     notebook = _read(path)
@@ -159,6 +171,103 @@ def test_every_exercise_is_in_its_notebook_with_a_solution_and_a_check():
         assert any(f"def {function}(" in s and f"course.{check}(" in s
                    and f'"Exercise {number}:' in s for s in sources), (number, function)
         assert callable(getattr(solutions, function)) and callable(getattr(course, check))
+
+
+# ---------------------------------------------------------------------------- editions
+execute = _module("execute")
+
+
+def _tags(cell):
+    return cell.metadata.get("tags", [])
+
+
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_cell_tags_are_the_ones_the_student_edition_knows(path):
+    unknown = {tag for cell in _read(path).cells for tag in _tags(cell)} - set(execute.TAGS)
+    assert not unknown, f"tags {sorted(unknown)}: the student edition knows only {execute.TAGS}"
+
+
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_student_edition_hides_the_answers(path, tmp_path):
+    instructor = _read(path)
+    [written] = execute.write_student_edition([path], tmp_path)
+    assert (tmp_path / "course.py").is_file() and not (tmp_path / "solutions.py").exists()
+    student = nbformat.read(written, as_version=4)
+    nbformat.validate(student)
+    kept = [c for c in instructor.cells if "answer" not in _tags(c)]
+    assert [c.cell_type for c in student.cells] == [c.cell_type for c in kept]
+    assert sum("exercise" in _tags(c) for c in student.cells) == len(_exercise_cells(instructor))
+    for before, cell in zip(kept, student.cells):
+        assert "solutions.py" not in cell.source and "answer" not in _tags(cell)
+        if cell.cell_type == "code":
+            hidden = {"exercise", "measure"} & set(_tags(cell))
+            assert (cell.outputs == [] and cell.execution_count is None) if hidden else \
+                cell.outputs == before.outputs
+            assert cell.source == before.source
+        elif "explanation" in _tags(cell):
+            assert cell.source.startswith("<details>") and cell.source.endswith("</details>")
+            assert "<details open" not in cell.source and before.source.strip() in cell.source
+        else:
+            assert cell.source == before.source
+    assert not any("reference solution" in out.get("text", "") for cell in student.cells
+                   if cell.cell_type == "code" and "exercise" in _tags(cell) for out in cell.outputs)
+    assert _read(path) == instructor, "the instructor edition must not change"
+
+
+def test_student_edition_refuses_an_untagged_link_to_the_solutions():
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("The answers are in [solutions.py](solutions.py).")])
+    with pytest.raises(ValueError, match="cell 0 links solutions.py"):
+        execute.student_edition(notebook)
+    notebook.cells[0].metadata["tags"] = ["answer"]
+    assert execute.student_edition(notebook).cells == []
+
+
+def test_student_edition_is_not_written_over_the_instructor_edition():
+    with pytest.raises(ValueError, match="another folder"):
+        execute.write_student_edition(COURSE[:1], FOLDER)
+
+
+def test_execute_has_a_command_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        execute.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--in-place", "--output-dir", "--student-edition", "--check-student"):
+        assert option in text
+    with pytest.raises(SystemExit) as done:
+        execute.main(["99"])
+    assert done.value.code == 2 and "'99' names no notebook" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["3", "03", "03_measuring_a_network",
+                                  "03_measuring_a_network.ipynb", "03_measuring"])
+def test_execute_finds_a_notebook_by_number_or_name(name):
+    assert execute.find(name).name == "03_measuring_a_network.ipynb"
+
+
+def test_execute_never_overwrites_a_tracked_notebook_unless_asked(tmp_path, monkeypatch):
+    ran = []
+
+    def run(path, solutions=True, allow_errors=False):  # stands in for the kernel
+        ran.append(Path(path))
+        notebook = nbformat.read(path, as_version=4)
+        notebook.metadata["executed_by_test"] = True
+        return notebook, 0.0
+
+    monkeypatch.setattr(execute, "run", run)
+    tracked = COURSE[0]
+    before = tracked.read_bytes()
+    assert execute.main(["1", "--output-dir", str(tmp_path / "out")]) == 0
+    assert tracked.read_bytes() == before
+    assert nbformat.read(tmp_path / "out" / tracked.name, as_version=4).metadata["executed_by_test"]
+    assert execute.OUTPUT_DIR.parent.name == "build", "the default output folder must be git-ignored"
+    copy = tmp_path / tracked.name
+    copy.write_bytes(before)
+    assert execute.main([str(copy), "--in-place"]) == 0
+    assert nbformat.read(copy, as_version=4).metadata["executed_by_test"]
+    assert ran == [tracked, copy.resolve()] and tracked.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp")), "the atomic write left a temporary file"
 
 
 # ---------------------------------------------------------------------------- checks
