@@ -218,9 +218,10 @@ def check_batchnorm_backward(backward, forward):
         }
         found = next((k for k, v in variants.items() if _close(dx, v)), None)
         raise AssertionError(_hint(1, hints.get(found, (
-            "dx differs from the engine's. Work node by node through the graph "
-            "x -> (mu, sigma^2) -> xhat -> y, or check the compact form "
-            "dx = gamma/sqrt(sigma^2+eps) * (g - mean(g) - xhat*mean(g*xhat))."))))
+            "dx differs from the engine's. Every x_n reaches the loss three ways: directly "
+            "through xhat, through mu and through sigma^2; a node that feeds several others "
+            "receives the sum of their gradients. Work node by node through the table, and "
+            "test each local rule on its own by central differences on a batch of 2 or 3."))))
     errors = [varshift.gradcheck(handwritten_layer(forward, backward, c), rng.normal(size=(n, c)))
               for n, c in ((8, 3), (32, 4))]
     assert max(errors) < 1e-6, _hint(1, f"gradcheck error {max(errors):.1e} (should be < 1e-6).")
@@ -301,8 +302,9 @@ def check_delta_case_b(delta_case_b):
                 "sum_{i != j} w_i w_j = (sum w)^2 - sum w^2 = |w|^2 (d cos^2 - 1).",
         }
         hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "numerator v + rho v (d cos^2 - 1), denominator Eq. 7 + the same rho v "
-                    "(d cos^2 - 1): Dropout does not change the covariances (Eq. 11).")
+                    "start from Eq. 9 and 10: Dropout inflates each unit's own variance "
+                    "(Eq. 7) and leaves the covariances between units alone (Eq. 11); write "
+                    "the sum over i != j with d cos^2 theta, and |w|^2 cancels.")
         raise AssertionError(_hint(4, f"at p={p}, c={c}, v={v}, rho={rho}, d cos^2={dc} you "
                                       f"return {got:.6g}, Eq. 12 gives {want:.6g}; {hint}"))
     _passed(4, "Eq. 12 agrees with varshift.theory on every test point")
@@ -367,7 +369,9 @@ def check_shift_prediction(predict_shift):
         hint = ("you returned Delta (<= 1); the measured shift is max(r, 1/r) >= 1 with "
                 "r = real/moving ~ Delta, so it is 1/Delta."
                 if math.isclose(got, 1 / want, rel_tol=1e-9) else
-                "shift = 1/Delta = Var_train / Var_test = ((c^2+v)/p - c^2) / v.")
+                "the measured shift is max(r, 1/r) with r = real / moving variance: which "
+                "of the two does Dropout make the larger, and how is r related to Eq. 8's "
+                "Delta?")
         raise AssertionError(_hint(6, f"at c={c}, v={v}, p={p} you return {got:.6g}, "
                                       f"expected {want:.6g}; {hint}"))
     _passed(6, "shift = 1/Delta of Eq. 8 on every test point")
@@ -388,7 +392,9 @@ def check_equal_variance_beta(uout_beta_for):
             3 * rate / (1 - rate): "that is beta^2; return beta.",
         }
         hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "solve beta^2 / 3 = (1 - p) / p for beta, with p = 1 - rate.")
+                    "write the variance of each noise's multiplier (Dropout's a / p, "
+                    "Uout's 1 + r with r ~ U(-beta, beta)) as a function of rate or beta, "
+                    "and set them equal.")
         raise AssertionError(_hint(7, f"rate {rate}: you return {got:.6g}, expected {want:.6g}; {hint}"))
     _passed(7, f"Dropout(0.25) and Uout(beta={uout_beta_for(0.25):.3g}) add the same noise variance")
 

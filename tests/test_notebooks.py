@@ -426,6 +426,23 @@ def test_wrong_answer_fails_with_a_hint(case):
     assert hint in str(error.value)
 
 
+def test_generic_hints_point_to_the_idea_not_the_formula():
+    """A wrong answer that is none of the anticipated mistakes gets a hint without the formula."""
+    forward = _extra_args(1)
+    unanticipated = {
+        1: (lambda g, cache: (np.zeros_like(g), {"weight": (g * cache[3]).sum(0), "bias": g.sum(0)}),
+            ("mean(g", "xhat*", "sqrt")),
+        4: (lambda p, c, v, rho, dc: 0.123, ("v + rho", "rho v (d cos^2 - 1)")),
+        6: (lambda c, v, p: 0.123, ("(c^2+v)/p", "Var_train / Var_test")),
+        7: (lambda rate: 0.123, ("beta^2 / 3 =", "(1 - p) / p")),
+    }
+    for number, (answer, formula) in unanticipated.items():
+        check = getattr(course, course.EXERCISES[number][2])
+        with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
+            check(answer, *(forward if number == 1 else ()))
+        assert not [f for f in formula if f in str(error.value)], (number, str(error.value))
+
+
 # ---------------------------------------------------------------------------- slow
 @pytest.fixture
 def run_notebook(mnist_dir, monkeypatch):
