@@ -4,7 +4,10 @@ Every notebook in ``notebooks/`` whose name starts with a digit is a course note
 (picked up by glob, so a new one is covered as soon as it lands). Fast: every notebook is
 stored executed with the reference solutions, without errors and with plots, and has a
 learning goal, exercises and takeaways; every exercise has a stub, a check and a
-reference solution that passes the check, and typical wrong answers fail with a hint.
+reference solution that passes the check, and typical wrong answers fail with a hint;
+the student edition (``execute.py --student-edition``) keeps no exercise or measurement
+output, no answer and no link to the solutions; a predict-lock-measure exercise locks its
+guess before the measurement, and a guess locked after it is refused.
 Slow (``-m slow``): every notebook runs top to bottom with the solutions, and its student
 version fails cleanly - only the exercise cells fail, each with its stub's
 ``NotImplementedError``.
@@ -91,11 +94,11 @@ def _extra_args(number):
         return ns["batchnorm_forward"], ns["planted_backward"]
     if number == 9:
         return (_stored_case("layer-orderings"),)
-    if number in (10, 11):
+    if number == 10:
         return (_live_results()["ae"],)
-    if number == 12:
+    if number == 13:
         pytest.importorskip("torch")
-    if number in (13, 14, 15):
+    if number in (11, 12):
         _keras()
     return ()
 
@@ -325,50 +328,46 @@ WRONG = {
     "6-delta-not-shift": (6, lambda c, v, p: 1 / solutions.predict_shift(c, v, p), "1/Delta"),
     "7-rate-for-p": (7, lambda rate: np.sqrt(3 * (1 - rate) / rate), "retain ratio"),
     "7-no-third": (7, lambda rate: np.sqrt(rate / (1 - rate)), "beta^2 / 3"),
-    "8-conventions-swapped": (8, lambda m, n, convention: (m if convention == "pytorch" else 1 - m) ** n,
-                              "conventions swapped"),
+    "8-conventions-swapped": (8, lambda n, b, e, m, convention, s=0.0: _updates(
+        n, b, e, m if convention == "pytorch" else 1 - m, s), "conventions swapped"),
+    "8-no-split": (8, lambda n, b, e, m, convention, s=0.0: _updates(n, b, e, m, s, convention=convention,
+                                                                    train=lambda: n), "validation"),
+    "8-floor": (8, lambda n, b, e, m, convention, s=0.0: _updates(n, b, e, m, s, convention=convention,
+                                                                 batches=lambda t: t // b), "smaller batch"),
+    "8-validation-rounded-down": (8, lambda n, b, e, m, convention, s=0.0: _updates(
+        n, b, e, m, s, convention=convention, train=lambda: n - int(n * s)), "rounds the training part down"),
     "9-rate-for-p": (9, lambda order, rate: rate if order.index("D") < order.index("B") else 1.0,
                      "retain ratio"),
     "9-no-shift-before": (9, lambda order, rate: 1.0, "inflates the variance"),
     "9-shift-after": (9, lambda order, rate: 1 - rate, "exactly 1"),
-    "10-floor": (10, lambda n, b, e, m: (e * (n // b), m ** (e * (n // b))), "smaller batch"),
-    "10-pytorch-convention": (10, lambda n, b, e, m: (e * -(-n // b), (1 - m) ** (e * -(-n // b))),
-                              "conventions swapped"),
-    "11-normal-interval": (11, lambda d, direction, min_effect=0.0, posted=True: _normal_decide(
+    "10-normal-interval": (10, lambda d, direction, min_effect=0.0, posted=True: _normal_decide(
         d, direction, min_effect, posted), "Student's t"),
-    "11-regime-ignored": (11, lambda d, direction, min_effect=0.0, posted=True: solutions.decide(
+    "10-regime-ignored": (10, lambda d, direction, min_effect=0.0, posted=True: solutions.decide(
         d, direction, min_effect, True), "not tested at the posted regime"),
-    "11-mean-sign": (11, lambda d, direction, min_effect=0.0, posted=True: "holds"
+    "10-mean-sign": (10, lambda d, direction, min_effect=0.0, posted=True: "holds"
                      if np.mean(d) * direction > 0 else solutions.decide(d, direction, min_effect, posted),
                      "never counted as holding"),
-    "12-dropout-on": (12, lambda model, x: _recompute(model, x, train_mode=True), "Dropout was on"),
-    "12-one-pass": (12, lambda model, x: _recompute(model, x, one_pass=True), "forward order"),
-    "13-no-split": (13, lambda n, b, e, m, s=0.0: (e * -(-n // b), m ** (e * -(-n // b))),
-                    "validation"),
-    "13-floor": (13, lambda n, b, e, m, s=0.0: _updates(n, b, e, m, s, batches=lambda t: t // b),
-                 "smaller batch"),
-    "13-validation-rounded-down": (13, lambda n, b, e, m, s=0.0: _updates(
-        n, b, e, m, s, train=lambda: n - int(n * s)), "rounds the training part down"),
-    "13-pytorch-convention": (13, lambda n, b, e, m, s=0.0: _updates(n, b, e, 1 - m, s),
-                              "conventions swapped"),
-    "14-torch-epsilon": (14, lambda layer: _twin(layer, eps=1e-5), "epsilon"),
-    "14-momentum-as-is": (14, lambda layer: _twin(layer, momentum=layer.momentum), "conventions"),
-    "15-dropout-on": (15, lambda model, name, x: _statistics(model, name, x, training=True),
+    "13-dropout-on": (13, lambda model, x: _recompute(model, x, train_mode=True), "Dropout was on"),
+    "13-one-pass": (13, lambda model, x: _recompute(model, x, one_pass=True), "forward order"),
+    "11-torch-epsilon": (11, lambda layer: _twin(layer, eps=1e-5), "epsilon"),
+    "11-momentum-as-is": (11, lambda layer: _twin(layer, momentum=layer.momentum), "conventions"),
+    "12-dropout-on": (12, lambda model, name, x: _statistics(model, name, x, training=True),
                       "Dropout was on"),
-    "15-unbiased": (15, lambda model, name, x: _statistics(model, name, x, ddof=1), "unbiased"),
-    "15-output": (15, lambda model, name, x: _statistics(model, name, x, output=True), "output"),
+    "12-unbiased": (12, lambda model, name, x: _statistics(model, name, x, ddof=1), "unbiased"),
+    "12-output": (12, lambda model, name, x: _statistics(model, name, x, output=True), "output"),
 }
 
 
-def _updates(n, batch, epochs, momentum, split, train=None, batches=None):
-    """Exercise 13 with one step done differently."""
+def _updates(n, batch, epochs, momentum, split, convention="keras", train=None, batches=None):
+    """Exercise 8 with one step done differently (``momentum`` as the fraction kept in the
+    Keras convention; the PyTorch one keeps 1 - momentum)."""
     n_train = train() if train else int(np.floor(n * (1 - split)))
     updates = epochs * (batches(n_train) if batches else -(-n_train // batch))
-    return updates, momentum ** updates
+    return updates, (momentum if convention == "keras" else 1 - momentum) ** updates
 
 
 def _twin(layer, **changes):
-    """Exercise 14's twin with a convention left as PyTorch's default or as Keras'."""
+    """Exercise 11's twin with a convention left as PyTorch's default or as Keras'."""
     bn = solutions.torch_twin(layer)
     for key, value in changes.items():
         setattr(bn, key, value)
@@ -376,7 +375,7 @@ def _twin(layer, **changes):
 
 
 def _statistics(model, name, x, training=False, ddof=0, output=False):
-    """Exercise 15 done with Dropout on, the unbiased variance or the layer's output."""
+    """Exercise 12 done with Dropout on, the unbiased variance or the layer's output."""
     keras = _keras()
     layer = model.get_layer(name)
     h = keras.ops.convert_to_numpy(keras.Model(model.inputs[0], layer.output if output else layer.input)(
@@ -416,9 +415,9 @@ def _recompute(model, x, train_mode=False, one_pass=False):
 @pytest.mark.parametrize("case", sorted(WRONG))
 def test_wrong_answer_fails_with_a_hint(case):
     number, answer, hint = WRONG[case]
-    if number == 12:
+    if number == 13:
         pytest.importorskip("torch")
-    if number in (13, 14, 15):
+    if number in (11, 12):
         _keras()
     check = getattr(course, course.EXERCISES[number][2])
     with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
@@ -441,6 +440,50 @@ def test_generic_hints_point_to_the_idea_not_the_formula():
         with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
             check(answer, *(forward if number == 1 else ()))
         assert not [f for f in formula if f in str(error.value)], (number, str(error.value))
+
+
+@pytest.fixture
+def fresh_locks(monkeypatch):
+    """A kernel in which nothing has been locked or measured yet."""
+    monkeypatch.setattr(course, "_locked", {})
+    monkeypatch.setattr(course, "_measured", set())
+    monkeypatch.setattr(course, "graded", {})
+
+
+def test_a_locked_guess_is_graded_against_the_measurement(fresh_locks, capsys):
+    course.lock(6, np.float64(1.128))
+    course.grade(6, 1.175, "the measured shift", rtol=0.05)
+    assert course.graded[6] is True and "you locked 1.128" in capsys.readouterr().out
+    course.lock(4, 0.5)
+    course.lock(4, 0.7)  # replaced: the measurement has not run yet
+    course.grade(4, 0.6, "Monte Carlo", rtol=0.01)
+    assert course.graded[4] is False and "you locked 0.7" in capsys.readouterr().out
+
+
+def test_a_guess_locked_after_the_measurement_is_refused(fresh_locks, capsys):
+    course.grade(7, 1.0, "the measured beta", rtol=0.02)
+    assert course.graded[7] is None and "no guess was locked" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="Exercise 7 - not yet.*measurement already ran"):
+        course.lock(7, 1.0)
+    course.lock(6, 1.1)
+    course.grade(6, 1.1, "shift", rtol=0.05)
+    with pytest.raises(AssertionError, match="measurement already ran"):
+        course.lock(6, 1.2)  # a second guess after seeing the result
+    for bad in ("one", float("nan"), None):
+        with pytest.raises(AssertionError, match="Exercise 5 - not yet"):
+            course.lock(5, bad)
+
+
+@pytest.mark.parametrize("number", [4, 6, 7])
+def test_predict_lock_measure_exercises_lock_before_the_measurement(number):
+    prefix = course.EXERCISES[number][0]
+    cells = _notebook(prefix).cells
+    locks = [i for i, c in enumerate(cells) if c.cell_type == "code" and f"course.lock({number}," in c.source]
+    grades = [i for i, c in enumerate(cells) if c.cell_type == "code" and f"course.grade({number}," in c.source]
+    assert len(locks) == 1 and len(grades) == 1 and locks[0] < grades[0]
+    assert "exercise" in _tags(cells[locks[0]]) and "measure" in _tags(cells[grades[0]])
+    text = "".join(out.get("text", "") for out in cells[grades[0]].outputs)
+    assert f"Exercise {number}: you locked" in text, "stored without the locked reference guess"
 
 
 # ---------------------------------------------------------------------------- slow
