@@ -14,6 +14,14 @@ function by the reference solution of the same name in ``solutions.py`` (next to
 file). That is how the stored notebooks are executed (``python execute.py``) and how CI
 checks that every solution passes; CI also runs the notebooks without it and checks
 that only the exercise checks fail, with the stubs' ``NotImplementedError``.
+
+Predict, lock, measure
+----------------------
+Some exercise cells end with ``course.lock(N, prediction)``: the student's prediction is
+recorded before the cell that measures the real value runs. That cell ends with
+``course.grade(N, measured, what, rtol)``, which prints the comparison, and from then on
+``lock(N, ...)`` refuses a new guess in this kernel: a guess made after the measurement
+is never graded.
 """
 
 from __future__ import annotations
@@ -30,11 +38,13 @@ import varshift
 from varshift import nn
 
 __all__ = ["setup", "mnist_dir", "mnist", "band", "exercise", "solutions_enabled", "EXERCISES",
+           "lock", "grade",
            "check_batchnorm_backward", "check_catching_input", "check_train_variance",
            "check_delta_case_b", "check_dropout_factor_prediction", "check_shift_prediction",
-           "check_equal_variance_beta", "check_initial_weight", "check_first_batchnorm_bound",
-           "check_initial_weight_left", "check_decisions", "check_recomputed_statistics",
-           "check_keras_updates", "check_torch_twin", "check_population_statistics"]
+           "check_equal_variance_beta", "check_updates_and_initial_weight",
+           "check_first_batchnorm_bound", "compare_initial_weight_left", "check_decisions",
+           "check_recomputed_statistics", "compare_keras_updates", "check_torch_twin",
+           "check_population_statistics"]
 
 HERE = Path(__file__).resolve().parent
 ENV = "VARSHIFT_SOLUTIONS"
@@ -47,14 +57,12 @@ EXERCISES = {
     5: ("03", "predict_dropout_factor", "check_dropout_factor_prediction"),
     6: ("03", "predict_shift", "check_shift_prediction"),
     7: ("04", "uout_beta_for", "check_equal_variance_beta"),
-    8: ("04", "weight_of_initial_statistics", "check_initial_weight"),
+    8: ("04", "updates_and_initial_weight", "check_updates_and_initial_weight"),
     9: ("05", "first_batchnorm_factor_bound", "check_first_batchnorm_bound"),
-    10: ("05", "initial_weight_left", "check_initial_weight_left"),
-    11: ("05", "decide", "check_decisions"),
-    12: ("07", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
-    13: ("06", "keras_updates_and_weight", "check_keras_updates"),
-    14: ("06", "torch_twin", "check_torch_twin"),
-    15: ("06", "population_statistics", "check_population_statistics"),
+    10: ("05", "decide", "check_decisions"),
+    11: ("06", "torch_twin", "check_torch_twin"),
+    12: ("06", "population_statistics", "check_population_statistics"),
+    13: ("07", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
 }
 """Exercise number -> (notebook, function name, check name)."""
 
@@ -148,6 +156,66 @@ def _hint(number, message):
     return f"Exercise {number} - not yet. Hint: {message}"
 
 
+# --------------------------------------------------------------- predict, lock, measure
+_locked = {}
+"""Exercise number -> the guess locked before its measurement ran (this kernel)."""
+_measured = set()
+"""Exercises whose measuring cell has run in this kernel."""
+graded = {}
+"""Exercise number -> True (hit), False (miss) or None (nothing locked), from :func:`grade`."""
+
+
+def lock(number, guess):
+    """Lock the guess of exercise ``number`` before the cell that measures it runs.
+
+    The exercise cell calls it with the student's prediction; :func:`grade`, called by
+    the measuring cell, compares the two. A guess may be replaced until the measurement
+    runs, not after: once exercise ``number`` has been measured in this kernel, ``lock``
+    raises ``AssertionError`` (a guess made after seeing the result is not graded;
+    restarting the kernel starts over). Returns None (a notebook cell ending in it shows
+    nothing more than the message).
+    """
+    if number in _measured:
+        raise AssertionError(_hint(number, "the measurement already ran in this kernel, so a guess "
+                                           "locked now is not graded. Restart the kernel (Kernel > "
+                                           "Restart) and lock your guess before the measuring cell."))
+    try:
+        value = float(guess)
+    except (TypeError, ValueError):
+        raise AssertionError(_hint(number, f"lock one number; got {guess!r}.")) from None
+    if not math.isfinite(value):
+        raise AssertionError(_hint(number, f"lock a finite number; got {value}."))
+    _locked[number] = value
+    print(f"Exercise {number}: your guess {value:.4g} is locked; now run the measurement.")
+
+
+def grade(number, measured, what, rtol):
+    """Compare the guess locked for exercise ``number`` with the ``measured`` value.
+
+    Called by the measuring cell after it measured; from then on :func:`lock` refuses new
+    guesses for ``number``. ``what`` says what was measured; ``rtol`` is the relative
+    difference under which the guess counts as a hit. Prints the comparison (or that no
+    guess was locked, and nothing is graded) and records it in ``graded[number]``: True
+    (hit), False (miss) or None. A miss raises nothing: finding out why is the exercise's
+    second half. Returns None.
+    """
+    _measured.add(number)
+    measured = float(measured)
+    if number not in _locked:
+        print(f"Exercise {number}: no guess was locked before this measurement, so nothing is "
+              f"graded ({what}: {measured:.4g}). A guess locked from now on is refused; restart "
+              "the kernel to try again.")
+        graded[number] = None
+        return
+    guess = _locked[number]
+    off = abs(guess - measured) / abs(measured)
+    hit = off <= rtol
+    print(f"Exercise {number}: you locked {guess:.4g}; {what}: {measured:.4g}, {off:.1%} off - "
+          + (f"a hit (within {rtol:.0%})." if hit else
+             f"a miss (more than {rtol:.0%}): find out why before you read on."))
+    graded[number] = hit
+
+
 # Exercise 1 ------------------------------------------------------------------------
 class _HandWritten(nn.Layer):
     """A BatchNorm made of a forward and a backward function (for gradcheck)."""
@@ -218,9 +286,10 @@ def check_batchnorm_backward(backward, forward):
         }
         found = next((k for k, v in variants.items() if _close(dx, v)), None)
         raise AssertionError(_hint(1, hints.get(found, (
-            "dx differs from the engine's. Work node by node through the graph "
-            "x -> (mu, sigma^2) -> xhat -> y, or check the compact form "
-            "dx = gamma/sqrt(sigma^2+eps) * (g - mean(g) - xhat*mean(g*xhat))."))))
+            "dx differs from the engine's. Every x_n reaches the loss three ways: directly "
+            "through xhat, through mu and through sigma^2; a node that feeds several others "
+            "receives the sum of their gradients. Work node by node through the table, and "
+            "test each local rule on its own by central differences on a batch of 2 or 3."))))
     errors = [varshift.gradcheck(handwritten_layer(forward, backward, c), rng.normal(size=(n, c)))
               for n, c in ((8, 3), (32, 4))]
     assert max(errors) < 1e-6, _hint(1, f"gradcheck error {max(errors):.1e} (should be < 1e-6).")
@@ -301,8 +370,9 @@ def check_delta_case_b(delta_case_b):
                 "sum_{i != j} w_i w_j = (sum w)^2 - sum w^2 = |w|^2 (d cos^2 - 1).",
         }
         hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "numerator v + rho v (d cos^2 - 1), denominator Eq. 7 + the same rho v "
-                    "(d cos^2 - 1): Dropout does not change the covariances (Eq. 11).")
+                    "start from Eq. 9 and 10: Dropout inflates each unit's own variance "
+                    "(Eq. 7) and leaves the covariances between units alone (Eq. 11); write "
+                    "the sum over i != j with d cos^2 theta, and |w|^2 cancels.")
         raise AssertionError(_hint(4, f"at p={p}, c={c}, v={v}, rho={rho}, d cos^2={dc} you "
                                       f"return {got:.6g}, Eq. 12 gives {want:.6g}; {hint}"))
     _passed(4, "Eq. 12 agrees with varshift.theory on every test point")
@@ -367,7 +437,9 @@ def check_shift_prediction(predict_shift):
         hint = ("you returned Delta (<= 1); the measured shift is max(r, 1/r) >= 1 with "
                 "r = real/moving ~ Delta, so it is 1/Delta."
                 if math.isclose(got, 1 / want, rel_tol=1e-9) else
-                "shift = 1/Delta = Var_train / Var_test = ((c^2+v)/p - c^2) / v.")
+                "the measured shift is max(r, 1/r) with r = real / moving variance: which "
+                "of the two does Dropout make the larger, and how is r related to Eq. 8's "
+                "Delta?")
         raise AssertionError(_hint(6, f"at c={c}, v={v}, p={p} you return {got:.6g}, "
                                       f"expected {want:.6g}; {hint}"))
     _passed(6, "shift = 1/Delta of Eq. 8 on every test point")
@@ -388,34 +460,69 @@ def check_equal_variance_beta(uout_beta_for):
             3 * rate / (1 - rate): "that is beta^2; return beta.",
         }
         hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "solve beta^2 / 3 = (1 - p) / p for beta, with p = 1 - rate.")
+                    "write the variance of each noise's multiplier (Dropout's a / p, "
+                    "Uout's 1 + r with r ~ U(-beta, beta)) as a function of rate or beta, "
+                    "and set them equal.")
         raise AssertionError(_hint(7, f"rate {rate}: you return {got:.6g}, expected {want:.6g}; {hint}"))
     _passed(7, f"Dropout(0.25) and Uout(beta={uout_beta_for(0.25):.3g}) add the same noise variance")
 
 
 # Exercise 8 ------------------------------------------------------------------------
-def check_initial_weight(weight_of_initial_statistics):
-    """Exercise 8: weight of the initial running statistics after ``steps`` updates."""
-    cases = [(0.1, 50, "pytorch"), (0.99, 50, "keras"), (0.01, 50, "pytorch"), (0.9, 10, "keras")]
-    for m, n, convention in cases:
-        got = float(weight_of_initial_statistics(m, n, convention))
-        keep = 1 - m if convention == "pytorch" else m
-        want = keep ** n
-        if math.isclose(got, want, rel_tol=1e-9):
-            continue
-        swapped = (m if convention == "pytorch" else 1 - m) ** n
-        hint = ("conventions swapped: PyTorch's momentum is the weight of the new batch "
-                "(keep 1 - m of the old value), Keras' the weight of the old value (keep m)."
-                if math.isclose(got, swapped, rel_tol=1e-9) else
-                "each update keeps a fixed fraction of the running value; after n updates "
-                "the initial value weighs that fraction to the power n.")
-        raise AssertionError(_hint(8, f"momentum {m} ({convention}), {n} steps: you return "
-                                      f"{got:.6g}, expected {want:.6g}; {hint}"))
+def _updates_and_weight(n_samples, batch_size, epochs, momentum, convention, validation_split=0.0):
+    """The reference count of exercise 8 (the comparisons of notebooks 5 and 6 use it)."""
+    n_train = int(math.floor(n_samples * (1.0 - validation_split)))
+    updates = epochs * math.ceil(n_train / batch_size)
+    keep = 1 - momentum if convention == "pytorch" else momentum
+    return updates, keep ** updates
+
+
+def check_updates_and_initial_weight(predict):
+    """Exercise 8: ``predict(n_samples, batch_size, epochs, momentum, convention,
+    validation_split)`` returns the number of running-statistics updates of a
+    ``model.fit``-style run and the weight the initial statistics still have after it, for
+    momentum in PyTorch's convention (``'pytorch'``: the weight of the new batch) or Keras'
+    (``'keras'``: the weight of the old value)."""
+    grid = [(5000, 100, 1, 0.1, "pytorch", 0.0), (5000, 100, 1, 0.99, "keras", 0.0),
+            (90, 32, 20, 0.99, "keras", 0.0), (90, 10, 20, 0.99, "keras", 0.0),
+            (100, 32, 20, 0.99, "keras", 0.1), (33, 4, 2, 0.9, "keras", 0.25),
+            (1000, 128, 3, 0.01, "pytorch", 0.2), (25, 8, 1, 0.5, "keras", 0.3)]
+    for n, batch, epochs, m, convention, split in grid:
+        result = predict(n, batch, epochs, m, convention, split)
+        assert isinstance(result, tuple) and len(result) == 2, _hint(
+            8, "return a pair (updates, weight).")
+        updates, weight = int(result[0]), float(result[1])
+        want, want_weight = _updates_and_weight(n, batch, epochs, m, convention, split)
+        where = (f"{n} samples, validation_split {split}, batch {batch}, {epochs} epochs, "
+                 f"momentum {m} ({convention})")
+        if updates != want:
+            n_train = int(math.floor(n * (1.0 - split)))
+            wrong = {
+                epochs * math.ceil(n / batch): "only the training part updates the statistics; "
+                    "the validation part (the last samples) runs in inference mode.",
+                epochs * (n_train // batch): "the last, smaller batch of an epoch is an update "
+                    "too (fit does not drop it).",
+                epochs * math.ceil((n - int(n * split)) / batch): "Keras rounds the training "
+                    "part down, not the validation part.",
+            }
+            hint = wrong.get(updates, "one update per training batch: count the training "
+                                      "samples first, then the batches of an epoch.")
+            raise AssertionError(_hint(8, f"{where}: you count {updates} updates, expected "
+                                          f"{want}; {hint}"))
+        if not math.isclose(weight, want_weight, rel_tol=1e-9):
+            keep = m if convention == "pytorch" else 1 - m
+            hint = ("conventions swapped: PyTorch's momentum is the weight of the new batch, "
+                    "Keras' the weight of the old value."
+                    if math.isclose(weight, keep ** want, rel_tol=1e-9) else
+                    "each update keeps a fixed fraction of the running value; what is left of "
+                    "the initial value after n updates?")
+            raise AssertionError(_hint(8, f"{where}, {want} updates: you return {weight:.6g}, "
+                                          f"expected {want_weight:.6g}; {hint}"))
     _passed(8, f"after 50 steps Keras' 0.99 keeps {0.99 ** 50:.0%} of the initial statistics, "
-               f"PyTorch's 0.1 keeps {0.9 ** 50:.1%}")
+               f"PyTorch's 0.1 keeps {0.9 ** 50:.1%}; with validation_split 0.1, 100 samples "
+               "in batches of 32 make 3 updates an epoch")
 
 
-# Exercises 9-11 -------------------------------------------------------------------
+# Exercises 9-10 ------------------------------------------------------------------
 def _check_runs(number, measured, lines_for, rules, title):
     """Pass exercise ``number`` on its rules alone (``measured`` None), or after
     ``lines_for(key, runs)`` (which asserts, and returns the lines of the message) for
@@ -480,51 +587,24 @@ def check_first_batchnorm_bound(predict, measured=None):
                 "every measured factor obeys its bound")
 
 
-# Exercise 10 -----------------------------------------------------------------------
-def check_initial_weight_left(predict, measured=None, n_train=90):
-    """Exercise 10: ``predict(n_train, batch, epochs, momentum)`` returns the number of
-    updates and the weight the initial running statistics still have (Keras' momentum,
-    the weight of the old value). Checked on a grid, then against the weights measured
-    with a twin run in ``measured`` (a ``linear-autoencoder`` case result, trained on
-    ``n_train`` samples)."""
+# Exercise 8, against live runs (notebook 05) ----------------------------------------
+def compare_initial_weight_left(measured, n_train=90):
+    """Exercise 8's count (Keras' momentum 0.99, ``n_train`` samples) against the weight of
+    the initial running mean measured with a twin run in ``measured`` (a
+    ``linear-autoencoder`` case result); prints one line per schedule."""
     import re
 
-    grid = [(90, 32, 20, 0.99), (90, 10, 20, 0.99), (100, 32, 1, 0.9), (64, 32, 3, 0.99),
-            (1000, 128, 2, 0.9)]
-    for n, batch, epochs, m in grid:
-        result = predict(n, batch, epochs, m)
-        assert isinstance(result, tuple) and len(result) == 2, _hint(
-            10, "return a pair (updates, weight).")
-        updates, weight = int(result[0]), float(result[1])
-        want = epochs * math.ceil(n / batch)
-        if updates != want:
-            hint = ("the last, smaller batch of an epoch is an update too (fit does not drop "
-                    "it): ceil(n / batch) updates an epoch."
-                    if updates == epochs * (n // batch) else
-                    "one update per batch: ceil(n / batch) batches an epoch, times the epochs.")
-            raise AssertionError(_hint(10, f"{n} samples, batch {batch}, {epochs} epochs: you "
-                                           f"count {updates} updates, expected {want}; {hint}"))
-        if not math.isclose(weight, m ** want, rel_tol=1e-9):
-            hint = ("conventions swapped: Keras' momentum is the weight of the *old* value, so "
-                    "each update keeps m of it." if math.isclose(weight, (1 - m) ** want, rel_tol=1e-9)
-                    else "each update keeps the fraction m of the running value (Exercise 8).")
-            raise AssertionError(_hint(10, f"momentum {m}, {want} updates: you return "
-                                           f"{weight:.6g}, expected {m ** want:.6g}; {hint}"))
-
-    def lines_for(label, runs):
+    lines = []
+    for label, runs in measured.numbers["runs"].items():
         batch, epochs = map(int, re.match(r"batch (\d+), (\d+) epochs", label).groups())
-        updates, weight = predict(n_train, batch, epochs, 0.99)
+        updates, weight = _updates_and_weight(n_train, batch, epochs, 0.99, "keras")
         seen = float(np.mean([r["init_weight"] for r in runs]))
-        assert int(updates) == runs[0]["steps"] and abs(float(weight) - seen) < 1e-3, _hint(
-            10, f"{label}: you predict {updates} updates and {float(weight):.4f}; the run made "
-                f"{runs[0]['steps']} and its running statistics keep {seen:.4f}.")
-        return [f"{label}: {updates} updates, predicted {float(weight):.4f}, measured {seen:.4f}"]
-
-    _check_runs(10, measured, lines_for, "updates and weights right on every schedule",
-                "the live runs agree")
+        lines.append(f"{label}: {updates} updates counted ({runs[0]['steps']} made), "
+                     f"weight left {weight:.4f} counted, {seen:.4f} measured")
+    print("Exercise 8's count against the live runs:\n  " + "\n  ".join(lines))
 
 
-# Exercise 11 -----------------------------------------------------------------------
+# Exercise 10 -----------------------------------------------------------------------
 _DECISIONS = [  # per-seed differences arm - reference, direction, min_effect, posted regime
     ([1.2, 0.8, 1.0, 1.1, 0.9], 1, 0.0, True),
     ([-1.2, -0.8, -1.0], 1, 0.0, True),
@@ -579,7 +659,7 @@ def _decision_hint(got, want, d, direction, min_effect, posted):
 
 
 def check_decisions(decide, measured=None):
-    """Exercise 11: ``decide(differences, direction, min_effect=0.0, posted_regime=True)``
+    """Exercise 10: ``decide(differences, direction, min_effect=0.0, posted_regime=True)``
     returns the verdict of :mod:`varshift.verdicts` from per-seed paired differences.
     Checked on a table of its own, then against the verdicts of ``measured`` (a
     ``linear-autoencoder`` case result)."""
@@ -591,7 +671,7 @@ def check_decisions(decide, measured=None):
                             posted_regime=posted).verdict
         if got == want:
             continue
-        raise AssertionError(_hint(11, f"differences {d}, direction {direction:+d}, min_effect "
+        raise AssertionError(_hint(10, f"differences {d}, direction {direction:+d}, min_effect "
                                        f"{min_effect}, posted regime {posted}: you say {got!r}, "
                                        f"the rules say {want!r}; "
                                        + _decision_hint(got, want, d, direction, min_effect, posted)))
@@ -605,16 +685,16 @@ def check_decisions(decide, measured=None):
                                       "recalibrated")):
             d = np.array([r[arm] - r[reference] for r in runs])
             got, want = decide(d, 1, 0.0, regime.ok), claims[f"{label}: {text}"].verdict
-            assert got == want, _hint(11, f"{label}, '{text}': you say {got!r}, the case says "
+            assert got == want, _hint(10, f"{label}, '{text}': you say {got!r}, the case says "
                                           f"{want!r}.")
             rows.append(f"{label}: {text}: {got}")
         return rows
 
-    _check_runs(11, measured, lines_for, "every verdict of the table right",
+    _check_runs(10, measured, lines_for, "every verdict of the table right",
                 "the table, and the case's own verdicts")
 
 
-# Exercise 12 -----------------------------------------------------------------------
+# Exercise 13 -----------------------------------------------------------------------
 def stale_torch_model(seed=12):
     """A small PyTorch classifier with Dropout before a BatchNorm and stale running
     statistics (momentum 0.01, 16 updates), and its training inputs: the check's own case."""
@@ -639,7 +719,7 @@ def stale_torch_model(seed=12):
 
 
 def check_recomputed_statistics(recompute, model=None, x=None):
-    """Exercise 12: ``recompute(model, x)`` sets every BatchNorm's running statistics of a
+    """Exercise 13: ``recompute(model, x)`` sets every BatchNorm's running statistics of a
     PyTorch ``model`` to the exact statistics of its input over ``x`` at inference (Dropout
     off, earlier BatchNorms already recomputed), changing nothing else. Run on a copy of
     ``model`` (or of :func:`stale_torch_model`); judged by ``varshift.measure``."""
@@ -655,7 +735,7 @@ def check_recomputed_statistics(recompute, model=None, x=None):
     shifts_before = [b.shift for b in varshift.measure(work, x).bn]
     recompute(work, x)
     changed = [k for k, v in work.state_dict().items() if k in before and not torch.equal(v, before[k])]
-    assert not changed, _hint(12, f"{changed} changed: only the running statistics may change "
+    assert not changed, _hint(13, f"{changed} changed: only the running statistics may change "
                                   "(no optimizer step; work under torch.no_grad()).")
     report = varshift.measure(work, x)
     bad = [b for b in report.bn if not b.shift < 1.01]
@@ -674,13 +754,13 @@ def check_recomputed_statistics(recompute, model=None, x=None):
             hint = ("running_mean / running_var must be the mean and variance of the "
                     "BatchNorm's input over all of x, per channel (PyTorch stores the unbiased "
                     "variance), in inference mode.")
-        raise AssertionError(_hint(12, f"BatchNorm '{first.name}' still has a shift of "
+        raise AssertionError(_hint(13, f"BatchNorm '{first.name}' still has a shift of "
                                        f"{first.shift:.3f}; {hint}"))
-    _passed(12, "shift per BatchNorm " + ", ".join(f"{a:.2f} -> {b.shift:.4f}"
+    _passed(13, "shift per BatchNorm " + ", ".join(f"{a:.2f} -> {b.shift:.4f}"
                                                    for a, b in zip(shifts_before, report.bn)))
 
 
-# Exercises 13-15 (Keras) -----------------------------------------------------------
+# Exercises 11-12 (Keras) -----------------------------------------------------------
 def _keras():
     """Keras 3, on the torch backend unless another one was chosen before."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -693,7 +773,7 @@ def _keras_numpy(variable):
     return np.asarray(_keras().ops.convert_to_numpy(variable), np.float64)
 
 
-# Exercise 13 -----------------------------------------------------------------------
+# Exercise 8, against Keras (notebook 06) ---------------------------------------
 def _constant_fit(n, batch, epochs, momentum, validation_split):
     """Keras' own count: fit a lone BatchNormalization(momentum) on constant inputs. Every
     batch has variance 0, so the moving variance is exactly what is left of its initial 1."""
@@ -708,56 +788,20 @@ def _constant_fit(n, batch, epochs, momentum, validation_split):
         _keras_numpy(model.layers[0].moving_variance).mean())
 
 
-def check_keras_updates(predict):
-    """Exercise 13: ``predict(n_samples, batch_size, epochs, momentum, validation_split)``
-    returns the number of moving-statistics updates ``model.fit`` makes and the weight the
-    initial statistics (0 and 1) still have afterwards, in Keras' conventions. Checked on
-    a grid, then against Keras itself."""
-    grid = [(100, 32, 20, 0.99, 0.1), (100, 32, 20, 0.99, 0.0), (33, 4, 2, 0.9, 0.25),
-            (90, 10, 20, 0.99, 0.0), (1000, 128, 3, 0.9, 0.2), (25, 8, 1, 0.5, 0.3)]
-    for n, batch, epochs, m, split in grid:
-        result = predict(n, batch, epochs, m, split)
-        assert isinstance(result, tuple) and len(result) == 2, _hint(
-            13, "return a pair (updates, weight).")
-        updates, weight = int(result[0]), float(result[1])
-        n_train = int(math.floor(n * (1.0 - split)))
-        want = epochs * math.ceil(n_train / batch)
-        where = f"{n} samples, validation_split {split}, batch {batch}, {epochs} epochs"
-        if updates != want:
-            wrong = {
-                epochs * math.ceil(n / batch): "fit trains only on the first "
-                    "floor(n * (1 - validation_split)) samples; the last ones are for validation "
-                    "(inference mode: they never update the moving statistics).",
-                epochs * (n_train // batch): "the last, smaller batch of an epoch is an update "
-                    "too (fit does not drop it): ceil(n_train / batch) updates an epoch.",
-                epochs * math.ceil((n - int(n * split)) / batch): "Keras rounds the training "
-                    "part down, n_train = floor(n * (1 - validation_split)), not the "
-                    "validation part.",
-            }
-            hint = wrong.get(updates, "one update per training batch: ceil(n_train / batch) "
-                                      "batches an epoch, times the epochs.")
-            raise AssertionError(_hint(13, f"{where}: you count {updates} updates, Keras makes "
-                                           f"{want}; {hint}"))
-        if not math.isclose(weight, m ** want, rel_tol=1e-9):
-            hint = ("conventions swapped: Keras' momentum is the weight of the *old* value "
-                    "(moving = momentum * moving + (1 - momentum) * batch), so each update keeps m."
-                    if math.isclose(weight, (1 - m) ** want, rel_tol=1e-9) else
-                    "each update keeps the fraction momentum of the moving value.")
-            raise AssertionError(_hint(13, f"{where}, momentum {m}: you return {weight:.6g}, "
-                                           f"expected {m ** want:.6g}; {hint}"))
+def compare_keras_updates():
+    """Exercise 8's count against Keras itself: a lone BatchNormalization fitted on
+    constant inputs (``_constant_fit``) with two ``model.fit`` schedules; prints both."""
     lines = []
     for n, batch, epochs, m, split in [(100, 32, 20, 0.99, 0.1), (33, 4, 2, 0.9, 0.25)]:
-        updates, weight = predict(n, batch, epochs, m, split)
+        updates, weight = _updates_and_weight(n, batch, epochs, m, "keras", split)
         steps, left = _constant_fit(n, batch, epochs, m, split)
-        assert int(updates) == steps and math.isclose(float(weight), left, rel_tol=1e-4), _hint(
-            13, f"Keras made {steps} updates and kept {left:.5f}; you predict {updates} and "
-                f"{float(weight):.5f}.")
         lines.append(f"{n} samples, split {split}, batch {batch}, {epochs} epochs, momentum {m}: "
-                     f"{updates} updates, {float(weight):.4f} left (Keras: {steps}, {left:.4f})")
-    _passed(13, "model.fit agrees:\n  " + "\n  ".join(lines))
+                     f"counted {updates} updates, {weight:.4f} left; Keras made {steps}, "
+                     f"kept {left:.4f}")
+    print("Exercise 8's count against model.fit:\n  " + "\n  ".join(lines))
 
 
-# Exercise 14 -----------------------------------------------------------------------
+# Exercise 11 -----------------------------------------------------------------------
 def keras_batchnorm(channels=6, momentum=0.9, seed=14):
     """A built Keras ``BatchNormalization(momentum)`` with trained-looking weights and
     moving statistics (the check's own layer)."""
@@ -774,7 +818,7 @@ def keras_batchnorm(channels=6, momentum=0.9, seed=14):
 
 
 def check_torch_twin(twin, layer=None):
-    """Exercise 14: ``twin(layer)`` returns a ``torch.nn.BatchNorm1d`` that computes what
+    """Exercise 11: ``twin(layer)`` returns a ``torch.nn.BatchNorm1d`` that computes what
     the Keras ``layer`` computes: the same output at inference and the same moving mean
     after a training step (so momentum converted), without changing ``layer``."""
     import torch
@@ -785,7 +829,7 @@ def check_torch_twin(twin, layer=None):
     m = float(layer.momentum)
     bn = twin(layer)
     assert isinstance(bn, torch.nn.modules.batchnorm._BatchNorm), _hint(
-        14, f"return a torch.nn.BatchNorm1d, got {type(bn).__name__}.")
+        11, f"return a torch.nn.BatchNorm1d, got {type(bn).__name__}.")
     rng = np.random.default_rng(140)
     x = rng.normal(1.0, 2.0, (40, saved["gamma"].size)).astype(np.float32)
     want = np.asarray(_keras().ops.convert_to_numpy(layer(x, training=False)), np.float64)
@@ -799,13 +843,13 @@ def check_torch_twin(twin, layer=None):
                 "0 the difference shows." if np.allclose(got, with_torch_eps, rtol=1e-4, atol=1e-4)
                 else "copy gamma -> weight, beta -> bias, moving_mean -> running_mean, "
                      "moving_variance -> running_var, and epsilon -> eps.")
-        raise AssertionError(_hint(14, f"the outputs at inference differ by up to "
+        raise AssertionError(_hint(11, f"the outputs at inference differ by up to "
                                        f"{np.abs(got - want).max():.3g}; {hint}"))
     bn.train()
     with torch.no_grad():
         bn(torch.as_tensor(x))
     changed = [k for k in names if not np.array_equal(_keras_numpy(getattr(layer, k)), saved[k])]
-    assert not changed, _hint(14, f"the Keras layer's {changed} changed: copy the values "
+    assert not changed, _hint(11, f"the Keras layer's {changed} changed: copy the values "
                                   "(torch.tensor(numpy_array)), do not share their memory.")
     batch_mean, biased = x.mean(0), x.var(0)
     keras_mean = m * saved["moving_mean"] + (1 - m) * batch_mean
@@ -816,17 +860,17 @@ def check_torch_twin(twin, layer=None):
                 if np.allclose(mean, (1 - m) * saved["moving_mean"] + m * batch_mean, rtol=1e-5)
                 else "after one training step the running mean must be "
                      "momentum * old + (1 - momentum) * batch mean, in Keras' convention.")
-        raise AssertionError(_hint(14, f"after one training step on 40 samples the running "
+        raise AssertionError(_hint(11, f"after one training step on 40 samples the running "
                                        f"mean differs from Keras' by {np.abs(mean - keras_mean).max():.3g}; {hint}"))
     keras_var = m * saved["moving_variance"] + (1 - m) * biased
     torch_var = bn.running_var.double().numpy()
-    _passed(14, f"same output at inference, same moving mean after a step; the moving "
+    _passed(11, f"same output at inference, same moving mean after a step; the moving "
                 f"variances differ by {np.mean(torch_var / keras_var - 1):.2%} on average: "
                 f"PyTorch averages unbiased batch variances (40/39 times the biased ones "
                 f"Keras averages)")
 
 
-# Exercise 15 -----------------------------------------------------------------------
+# Exercise 12 -----------------------------------------------------------------------
 def keras_dropout_model(seed=15):
     """Dense - ReLU - Dropout(0.5) - BatchNormalization('bn') - Dense, untrained, and
     inputs with mean 1 and scale 2: the check's own case."""
@@ -856,7 +900,7 @@ def _recalibrated_statistics(model, x, name):
 
 
 def check_population_statistics(compute, model=None, x=None, name=None):
-    """Exercise 15: ``compute(model, name, x)`` returns the mean and the variance per
+    """Exercise 12: ``compute(model, name, x)`` returns the mean and the variance per
     channel of the input of BatchNormalization ``name`` over all of ``x`` at inference
     (Dropout off), the variance biased as Keras' - what ``varshift.recalibrate`` writes
     (for the first BatchNormalization of ``model``, or one whose earlier ones are already
@@ -865,14 +909,14 @@ def check_population_statistics(compute, model=None, x=None, name=None):
         model, x, name = keras_dropout_model()
     before = [_keras_numpy(w).copy() for w in model.weights]
     result = compute(model, name, x)
-    assert isinstance(result, tuple) and len(result) == 2, _hint(15, "return a pair (mean, var).")
+    assert isinstance(result, tuple) and len(result) == 2, _hint(12, "return a pair (mean, var).")
     mean, var = (np.asarray(_keras().ops.convert_to_numpy(r), np.float64) for r in result)
     changed = [w.path for w, b in zip(model.weights, before) if not np.array_equal(_keras_numpy(w), b)]
-    assert not changed, _hint(15, f"{changed} changed: call the model (or a part of it) with "
+    assert not changed, _hint(12, f"{changed} changed: call the model (or a part of it) with "
                                   "training=False, which updates nothing.")
     want_mean, want_var = _recalibrated_statistics(model, x, name)
     assert mean.shape == want_mean.shape and var.shape == want_var.shape, _hint(
-        15, f"one value per channel: shape {want_mean.shape}, got {mean.shape} and {var.shape} "
+        12, f"one value per channel: shape {want_mean.shape}, got {mean.shape} and {var.shape} "
             "(average over the samples, axis 0, not over the channels).")
     n = len(x)
     if not (np.allclose(mean, want_mean, rtol=1e-4, atol=1e-5)
@@ -895,7 +939,7 @@ def check_population_statistics(compute, model=None, x=None, name=None):
         else:
             hint = ("take the input of the layer over all of x with training=False, then its "
                     "mean and biased variance per channel (axis 0).")
-        raise AssertionError(_hint(15, f"mean off by up to {np.abs(mean - want_mean).max():.3g}, "
+        raise AssertionError(_hint(12, f"mean off by up to {np.abs(mean - want_mean).max():.3g}, "
                                        f"variance {ratio:.4g} times recalibrate's; {hint}"))
-    _passed(15, f"'{name}': mean and variance per channel agree with varshift.recalibrate "
+    _passed(12, f"'{name}': mean and variance per channel agree with varshift.recalibrate "
                 f"(largest difference {np.abs(var - want_var).max():.1e})")

@@ -63,10 +63,15 @@ def uout_beta_for(rate):
     return np.sqrt(3 * (1 - p) / p)  # beta^2 / 3 = (1 - p) / p
 
 
-# Exercise 8 (notebook 04): what is left of the initial running statistics
-def weight_of_initial_statistics(momentum, steps, convention):
-    keep = 1 - momentum if convention == "pytorch" else momentum
-    return keep ** steps
+# Exercise 8 (notebook 04): the updates of a run and what is left of the initial statistics
+def updates_and_initial_weight(n_samples, batch_size, epochs, momentum, convention,
+                               validation_split=0.0):
+    import math
+
+    n_train = math.floor(n_samples * (1.0 - validation_split))  # fit keeps the last part apart
+    updates = epochs * math.ceil(n_train / batch_size)  # the last, smaller batch counts
+    keep = 1 - momentum if convention == "pytorch" else momentum  # Keras: weight of the old value
+    return updates, keep ** updates
 
 
 # Exercise 9 (notebook 05): the largest Dropout factor at a conv module's BatchNorm
@@ -78,13 +83,7 @@ def first_batchnorm_factor_bound(order, rate):
     return 1 - rate
 
 
-# Exercise 10 (notebook 05): updates of a schedule and what is left of the initial statistics
-def initial_weight_left(n_train, batch, epochs, momentum):
-    updates = epochs * -(-n_train // batch)  # ceil: the last, smaller batch is an update too
-    return updates, momentum ** updates  # Keras' momentum: the weight of the old value
-
-
-# Exercise 11 (notebook 05): the verdict from per-seed paired differences
+# Exercise 10 (notebook 05): the verdict from per-seed paired differences
 def decide(differences, direction, min_effect=0.0, posted_regime=True):
     from scipy import stats
 
@@ -106,7 +105,7 @@ def decide(differences, direction, min_effect=0.0, posted_regime=True):
     return "contradicted" if high < 0 else "undecided"
 
 
-# Exercise 12 (notebook 07): recompute a PyTorch model's BatchNorm statistics
+# Exercise 13 (notebook 07): recompute a PyTorch model's BatchNorm statistics
 def recompute_batchnorm_statistics(model, x):
     import torch
 
@@ -125,16 +124,7 @@ def recompute_batchnorm_statistics(model, x):
     return model
 
 
-# Exercise 13 (notebook 06): the updates of model.fit and what is left of the initial statistics
-def keras_updates_and_weight(n_samples, batch_size, epochs, momentum, validation_split=0.0):
-    import math
-
-    n_train = math.floor(n_samples * (1.0 - validation_split))  # fit keeps the last part apart
-    updates = epochs * math.ceil(n_train / batch_size)  # the last, smaller batch counts
-    return updates, momentum ** updates  # Keras: momentum is the weight of the old value
-
-
-# Exercise 14 (notebook 06): a PyTorch BatchNorm1d computing what a Keras one computes
+# Exercise 11 (notebook 06): a PyTorch BatchNorm1d computing what a Keras one computes
 def torch_twin(layer):
     import keras
     import torch
@@ -152,7 +142,7 @@ def torch_twin(layer):
     return bn.eval()
 
 
-# Exercise 15 (notebook 06): a Keras BatchNormalization's population statistics
+# Exercise 12 (notebook 06): a Keras BatchNormalization's population statistics
 def population_statistics(model, name, x):
     import keras
 

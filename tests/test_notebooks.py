@@ -4,7 +4,10 @@ Every notebook in ``notebooks/`` whose name starts with a digit is a course note
 (picked up by glob, so a new one is covered as soon as it lands). Fast: every notebook is
 stored executed with the reference solutions, without errors and with plots, and has a
 learning goal, exercises and takeaways; every exercise has a stub, a check and a
-reference solution that passes the check, and typical wrong answers fail with a hint.
+reference solution that passes the check, and typical wrong answers fail with a hint;
+the student edition (``execute.py --student-edition``) keeps no exercise or measurement
+output, no answer and no link to the solutions; a predict-lock-measure exercise locks its
+guess before the measurement, and a guess locked after it is refused.
 Slow (``-m slow``): every notebook runs top to bottom with the solutions, and its student
 version fails cleanly - only the exercise cells fail, each with its stub's
 ``NotImplementedError``.
@@ -91,11 +94,11 @@ def _extra_args(number):
         return ns["batchnorm_forward"], ns["planted_backward"]
     if number == 9:
         return (_stored_case("layer-orderings"),)
-    if number in (10, 11):
+    if number == 10:
         return (_live_results()["ae"],)
-    if number == 12:
+    if number == 13:
         pytest.importorskip("torch")
-    if number in (13, 14, 15):
+    if number in (11, 12):
         _keras()
     return ()
 
@@ -123,6 +126,18 @@ def test_the_notebooks_are_there_and_indexed():
     assert not missing, f"notebooks/README.md should list {missing} in its syllabus"
     for word in ("syllabus", "prerequisites", "learning goals", "exercises", "run", "varshift_solutions"):
         assert word in index.lower(), f"notebooks/README.md should give the {word}"
+
+
+def test_the_notebooks_extra_installs_what_the_readme_runs():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(FOLDER.parent / "setup.cfg")
+    extra = config["options.extras_require"]["notebooks"].split()
+    names = {re.split(r"[<>=\[]", requirement)[0].lower() for requirement in extra}
+    assert {"jupyterlab", "nbclient", "nbformat", "ipykernel"} <= names, names
+    index = (FOLDER / "README.md").read_text()
+    assert 'pip install -e ".[notebooks]"' in index and "jupyter lab" in index
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
@@ -159,6 +174,103 @@ def test_every_exercise_is_in_its_notebook_with_a_solution_and_a_check():
         assert any(f"def {function}(" in s and f"course.{check}(" in s
                    and f'"Exercise {number}:' in s for s in sources), (number, function)
         assert callable(getattr(solutions, function)) and callable(getattr(course, check))
+
+
+# ---------------------------------------------------------------------------- editions
+execute = _module("execute")
+
+
+def _tags(cell):
+    return cell.metadata.get("tags", [])
+
+
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_cell_tags_are_the_ones_the_student_edition_knows(path):
+    unknown = {tag for cell in _read(path).cells for tag in _tags(cell)} - set(execute.TAGS)
+    assert not unknown, f"tags {sorted(unknown)}: the student edition knows only {execute.TAGS}"
+
+
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_student_edition_hides_the_answers(path, tmp_path):
+    instructor = _read(path)
+    [written] = execute.write_student_edition([path], tmp_path)
+    assert (tmp_path / "course.py").is_file() and not (tmp_path / "solutions.py").exists()
+    student = nbformat.read(written, as_version=4)
+    nbformat.validate(student)
+    kept = [c for c in instructor.cells if "answer" not in _tags(c)]
+    assert [c.cell_type for c in student.cells] == [c.cell_type for c in kept]
+    assert sum("exercise" in _tags(c) for c in student.cells) == len(_exercise_cells(instructor))
+    for before, cell in zip(kept, student.cells):
+        assert "solutions.py" not in cell.source and "answer" not in _tags(cell)
+        if cell.cell_type == "code":
+            hidden = {"exercise", "measure"} & set(_tags(cell))
+            assert (cell.outputs == [] and cell.execution_count is None) if hidden else \
+                cell.outputs == before.outputs
+            assert cell.source == before.source
+        elif "explanation" in _tags(cell):
+            assert cell.source.startswith("<details>") and cell.source.endswith("</details>")
+            assert "<details open" not in cell.source and before.source.strip() in cell.source
+        else:
+            assert cell.source == before.source
+    assert not any("reference solution" in out.get("text", "") for cell in student.cells
+                   if cell.cell_type == "code" and "exercise" in _tags(cell) for out in cell.outputs)
+    assert _read(path) == instructor, "the instructor edition must not change"
+
+
+def test_student_edition_refuses_an_untagged_link_to_the_solutions():
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("The answers are in [solutions.py](solutions.py).")])
+    with pytest.raises(ValueError, match="cell 0 links solutions.py"):
+        execute.student_edition(notebook)
+    notebook.cells[0].metadata["tags"] = ["answer"]
+    assert execute.student_edition(notebook).cells == []
+
+
+def test_student_edition_is_not_written_over_the_instructor_edition():
+    with pytest.raises(ValueError, match="another folder"):
+        execute.write_student_edition(COURSE[:1], FOLDER)
+
+
+def test_execute_has_a_command_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        execute.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--in-place", "--output-dir", "--student-edition", "--check-student"):
+        assert option in text
+    with pytest.raises(SystemExit) as done:
+        execute.main(["99"])
+    assert done.value.code == 2 and "'99' names no notebook" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["3", "03", "03_measuring_a_network",
+                                  "03_measuring_a_network.ipynb", "03_measuring"])
+def test_execute_finds_a_notebook_by_number_or_name(name):
+    assert execute.find(name).name == "03_measuring_a_network.ipynb"
+
+
+def test_execute_never_overwrites_a_tracked_notebook_unless_asked(tmp_path, monkeypatch):
+    ran = []
+
+    def run(path, solutions=True, allow_errors=False):  # stands in for the kernel
+        ran.append(Path(path))
+        notebook = nbformat.read(path, as_version=4)
+        notebook.metadata["executed_by_test"] = True
+        return notebook, 0.0
+
+    monkeypatch.setattr(execute, "run", run)
+    tracked = COURSE[0]
+    before = tracked.read_bytes()
+    assert execute.main(["1", "--output-dir", str(tmp_path / "out")]) == 0
+    assert tracked.read_bytes() == before
+    assert nbformat.read(tmp_path / "out" / tracked.name, as_version=4).metadata["executed_by_test"]
+    assert execute.OUTPUT_DIR.parent.name == "build", "the default output folder must be git-ignored"
+    copy = tmp_path / tracked.name
+    copy.write_bytes(before)
+    assert execute.main([str(copy), "--in-place"]) == 0
+    assert nbformat.read(copy, as_version=4).metadata["executed_by_test"]
+    assert ran == [tracked, copy.resolve()] and tracked.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp")), "the atomic write left a temporary file"
 
 
 # ---------------------------------------------------------------------------- checks
@@ -216,50 +328,46 @@ WRONG = {
     "6-delta-not-shift": (6, lambda c, v, p: 1 / solutions.predict_shift(c, v, p), "1/Delta"),
     "7-rate-for-p": (7, lambda rate: np.sqrt(3 * (1 - rate) / rate), "retain ratio"),
     "7-no-third": (7, lambda rate: np.sqrt(rate / (1 - rate)), "beta^2 / 3"),
-    "8-conventions-swapped": (8, lambda m, n, convention: (m if convention == "pytorch" else 1 - m) ** n,
-                              "conventions swapped"),
+    "8-conventions-swapped": (8, lambda n, b, e, m, convention, s=0.0: _updates(
+        n, b, e, m if convention == "pytorch" else 1 - m, s), "conventions swapped"),
+    "8-no-split": (8, lambda n, b, e, m, convention, s=0.0: _updates(n, b, e, m, s, convention=convention,
+                                                                    train=lambda: n), "validation"),
+    "8-floor": (8, lambda n, b, e, m, convention, s=0.0: _updates(n, b, e, m, s, convention=convention,
+                                                                 batches=lambda t: t // b), "smaller batch"),
+    "8-validation-rounded-down": (8, lambda n, b, e, m, convention, s=0.0: _updates(
+        n, b, e, m, s, convention=convention, train=lambda: n - int(n * s)), "rounds the training part down"),
     "9-rate-for-p": (9, lambda order, rate: rate if order.index("D") < order.index("B") else 1.0,
                      "retain ratio"),
     "9-no-shift-before": (9, lambda order, rate: 1.0, "inflates the variance"),
     "9-shift-after": (9, lambda order, rate: 1 - rate, "exactly 1"),
-    "10-floor": (10, lambda n, b, e, m: (e * (n // b), m ** (e * (n // b))), "smaller batch"),
-    "10-pytorch-convention": (10, lambda n, b, e, m: (e * -(-n // b), (1 - m) ** (e * -(-n // b))),
-                              "conventions swapped"),
-    "11-normal-interval": (11, lambda d, direction, min_effect=0.0, posted=True: _normal_decide(
+    "10-normal-interval": (10, lambda d, direction, min_effect=0.0, posted=True: _normal_decide(
         d, direction, min_effect, posted), "Student's t"),
-    "11-regime-ignored": (11, lambda d, direction, min_effect=0.0, posted=True: solutions.decide(
+    "10-regime-ignored": (10, lambda d, direction, min_effect=0.0, posted=True: solutions.decide(
         d, direction, min_effect, True), "not tested at the posted regime"),
-    "11-mean-sign": (11, lambda d, direction, min_effect=0.0, posted=True: "holds"
+    "10-mean-sign": (10, lambda d, direction, min_effect=0.0, posted=True: "holds"
                      if np.mean(d) * direction > 0 else solutions.decide(d, direction, min_effect, posted),
                      "never counted as holding"),
-    "12-dropout-on": (12, lambda model, x: _recompute(model, x, train_mode=True), "Dropout was on"),
-    "12-one-pass": (12, lambda model, x: _recompute(model, x, one_pass=True), "forward order"),
-    "13-no-split": (13, lambda n, b, e, m, s=0.0: (e * -(-n // b), m ** (e * -(-n // b))),
-                    "validation"),
-    "13-floor": (13, lambda n, b, e, m, s=0.0: _updates(n, b, e, m, s, batches=lambda t: t // b),
-                 "smaller batch"),
-    "13-validation-rounded-down": (13, lambda n, b, e, m, s=0.0: _updates(
-        n, b, e, m, s, train=lambda: n - int(n * s)), "rounds the training part down"),
-    "13-pytorch-convention": (13, lambda n, b, e, m, s=0.0: _updates(n, b, e, 1 - m, s),
-                              "conventions swapped"),
-    "14-torch-epsilon": (14, lambda layer: _twin(layer, eps=1e-5), "epsilon"),
-    "14-momentum-as-is": (14, lambda layer: _twin(layer, momentum=layer.momentum), "conventions"),
-    "15-dropout-on": (15, lambda model, name, x: _statistics(model, name, x, training=True),
+    "13-dropout-on": (13, lambda model, x: _recompute(model, x, train_mode=True), "Dropout was on"),
+    "13-one-pass": (13, lambda model, x: _recompute(model, x, one_pass=True), "forward order"),
+    "11-torch-epsilon": (11, lambda layer: _twin(layer, eps=1e-5), "epsilon"),
+    "11-momentum-as-is": (11, lambda layer: _twin(layer, momentum=layer.momentum), "conventions"),
+    "12-dropout-on": (12, lambda model, name, x: _statistics(model, name, x, training=True),
                       "Dropout was on"),
-    "15-unbiased": (15, lambda model, name, x: _statistics(model, name, x, ddof=1), "unbiased"),
-    "15-output": (15, lambda model, name, x: _statistics(model, name, x, output=True), "output"),
+    "12-unbiased": (12, lambda model, name, x: _statistics(model, name, x, ddof=1), "unbiased"),
+    "12-output": (12, lambda model, name, x: _statistics(model, name, x, output=True), "output"),
 }
 
 
-def _updates(n, batch, epochs, momentum, split, train=None, batches=None):
-    """Exercise 13 with one step done differently."""
+def _updates(n, batch, epochs, momentum, split, convention="keras", train=None, batches=None):
+    """Exercise 8 with one step done differently (``momentum`` as the fraction kept in the
+    Keras convention; the PyTorch one keeps 1 - momentum)."""
     n_train = train() if train else int(np.floor(n * (1 - split)))
     updates = epochs * (batches(n_train) if batches else -(-n_train // batch))
-    return updates, momentum ** updates
+    return updates, (momentum if convention == "keras" else 1 - momentum) ** updates
 
 
 def _twin(layer, **changes):
-    """Exercise 14's twin with a convention left as PyTorch's default or as Keras'."""
+    """Exercise 11's twin with a convention left as PyTorch's default or as Keras'."""
     bn = solutions.torch_twin(layer)
     for key, value in changes.items():
         setattr(bn, key, value)
@@ -267,7 +375,7 @@ def _twin(layer, **changes):
 
 
 def _statistics(model, name, x, training=False, ddof=0, output=False):
-    """Exercise 15 done with Dropout on, the unbiased variance or the layer's output."""
+    """Exercise 12 done with Dropout on, the unbiased variance or the layer's output."""
     keras = _keras()
     layer = model.get_layer(name)
     h = keras.ops.convert_to_numpy(keras.Model(model.inputs[0], layer.output if output else layer.input)(
@@ -307,14 +415,75 @@ def _recompute(model, x, train_mode=False, one_pass=False):
 @pytest.mark.parametrize("case", sorted(WRONG))
 def test_wrong_answer_fails_with_a_hint(case):
     number, answer, hint = WRONG[case]
-    if number == 12:
+    if number == 13:
         pytest.importorskip("torch")
-    if number in (13, 14, 15):
+    if number in (11, 12):
         _keras()
     check = getattr(course, course.EXERCISES[number][2])
     with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
         check(answer, *_extra_args(number))
     assert hint in str(error.value)
+
+
+def test_generic_hints_point_to_the_idea_not_the_formula():
+    """A wrong answer that is none of the anticipated mistakes gets a hint without the formula."""
+    forward = _extra_args(1)
+    unanticipated = {
+        1: (lambda g, cache: (np.zeros_like(g), {"weight": (g * cache[3]).sum(0), "bias": g.sum(0)}),
+            ("mean(g", "xhat*", "sqrt")),
+        4: (lambda p, c, v, rho, dc: 0.123, ("v + rho", "rho v (d cos^2 - 1)")),
+        6: (lambda c, v, p: 0.123, ("(c^2+v)/p", "Var_train / Var_test")),
+        7: (lambda rate: 0.123, ("beta^2 / 3 =", "(1 - p) / p")),
+    }
+    for number, (answer, formula) in unanticipated.items():
+        check = getattr(course, course.EXERCISES[number][2])
+        with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
+            check(answer, *(forward if number == 1 else ()))
+        assert not [f for f in formula if f in str(error.value)], (number, str(error.value))
+
+
+@pytest.fixture
+def fresh_locks(monkeypatch):
+    """A kernel in which nothing has been locked or measured yet."""
+    monkeypatch.setattr(course, "_locked", {})
+    monkeypatch.setattr(course, "_measured", set())
+    monkeypatch.setattr(course, "graded", {})
+
+
+def test_a_locked_guess_is_graded_against_the_measurement(fresh_locks, capsys):
+    course.lock(6, np.float64(1.128))
+    course.grade(6, 1.175, "the measured shift", rtol=0.05)
+    assert course.graded[6] is True and "you locked 1.128" in capsys.readouterr().out
+    course.lock(4, 0.5)
+    course.lock(4, 0.7)  # replaced: the measurement has not run yet
+    course.grade(4, 0.6, "Monte Carlo", rtol=0.01)
+    assert course.graded[4] is False and "you locked 0.7" in capsys.readouterr().out
+
+
+def test_a_guess_locked_after_the_measurement_is_refused(fresh_locks, capsys):
+    course.grade(7, 1.0, "the measured beta", rtol=0.02)
+    assert course.graded[7] is None and "no guess was locked" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="Exercise 7 - not yet.*measurement already ran"):
+        course.lock(7, 1.0)
+    course.lock(6, 1.1)
+    course.grade(6, 1.1, "shift", rtol=0.05)
+    with pytest.raises(AssertionError, match="measurement already ran"):
+        course.lock(6, 1.2)  # a second guess after seeing the result
+    for bad in ("one", float("nan"), None):
+        with pytest.raises(AssertionError, match="Exercise 5 - not yet"):
+            course.lock(5, bad)
+
+
+@pytest.mark.parametrize("number", [4, 6, 7])
+def test_predict_lock_measure_exercises_lock_before_the_measurement(number):
+    prefix = course.EXERCISES[number][0]
+    cells = _notebook(prefix).cells
+    locks = [i for i, c in enumerate(cells) if c.cell_type == "code" and f"course.lock({number}," in c.source]
+    grades = [i for i, c in enumerate(cells) if c.cell_type == "code" and f"course.grade({number}," in c.source]
+    assert len(locks) == 1 and len(grades) == 1 and locks[0] < grades[0]
+    assert "exercise" in _tags(cells[locks[0]]) and "measure" in _tags(cells[grades[0]])
+    text = "".join(out.get("text", "") for out in cells[grades[0]].outputs)
+    assert f"Exercise {number}: you locked" in text, "stored without the locked reference guess"
 
 
 # ---------------------------------------------------------------------------- slow
