@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import import_keras
 
 _RNG = np.random.default_rng(2023)
 #: Standardised inputs, (N, 12), and their sequence twin, (N, L=12, C=4) channels-last.
@@ -241,7 +242,7 @@ class KerasKit(Kit):
     def _keras(self):
         pytest.importorskip("torch")
         os.environ.setdefault("KERAS_BACKEND", "torch")
-        return pytest.importorskip("keras")
+        return import_keras()
 
     def model(self, noise=None, *, momentum=None, norm="bn", seed=0):
         keras = self._keras()

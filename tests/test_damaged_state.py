@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import import_keras
 from helpers import blobs, dropout_before_bn, trained
 
 import varshift
@@ -133,7 +134,7 @@ def test_damaged_torch_statistics_are_diagnosed_and_repaired():
 def test_damaged_keras_statistics_are_diagnosed_and_repaired():
     os.environ.setdefault("KERAS_BACKEND", "torch")  # as test_keras_quirks.py
     pytest.importorskip("torch")
-    keras = pytest.importorskip("keras")
+    keras = import_keras()
     if keras.backend.backend() != "torch":
         pytest.skip("keras was imported before with another backend")
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6),

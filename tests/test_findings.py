@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_keras
 
 import varshift
 from varshift import nn
@@ -66,7 +67,7 @@ def _torch(noise="dropout", frozen=False):
 def _keras(noise="dropout", frozen=False):
     pytest.importorskip("torch")
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
+    keras = import_keras()
 
     class GaussianNoise(keras.layers.Layer):  # a user's own noise layer, not Keras'
         def call(self, x, training=None):

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import import_keras
 
 nbformat = pytest.importorskip("nbformat")
 pytestmark = pytest.mark.filterwarnings(  # Keras' torch backend (notebook 06's checks)
@@ -82,7 +83,7 @@ def _keras():
     """Keras 3 on the torch backend (the backend notebook 06 and its checks use)."""
     pytest.importorskip("torch")
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    return pytest.importorskip("keras")
+    return import_keras()
 
 
 def _extra_args(number):

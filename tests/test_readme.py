@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_keras
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -39,7 +40,7 @@ def test_readme_pytorch_example_runs(monkeypatch, capsys):
 def test_readme_keras_example_runs(monkeypatch, capsys):
     pytest.importorskip("torch")
     monkeypatch.setenv("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras")
+    keras = import_keras()
     if keras.backend.backend() != "torch":
         pytest.skip("keras was imported before with another backend")
     exec(compile(BLOCKS[3], str(README), "exec"), {})
