@@ -41,6 +41,8 @@ def test_batchnorm_training_needs_more_than_one_value_per_channel():
     (lambda: nn.Dense(0, 3), "Dense: in_features must be a positive integer, got 0"),
     (lambda: nn.Conv2D(1, 2, (3, 0)), r"Conv2D: kernel_size must be an int >= 1 or 2 of them"),
     (lambda: nn.Conv2D(1, 2, 3, stride=2, padding="same"), "padding='same' needs stride 1"),
+    (lambda: nn.Conv2D(6, 8, 3, groups=4), "Conv2D: groups must divide in_channels=6, got 4"),
+    (lambda: nn.Conv1D(4, 6, 3, groups=4), "Conv1D: groups must divide out_channels=6, got 4"),
     (lambda: nn.MaxPool2D(2, padding=2), "padding .* must be at most half the kernel"),
     (lambda: nn.BatchNorm(3, momentum=1.5), r"momentum must be a float in \[0, 1\]"),
     (lambda: nn.BatchNorm(3, eps=0), "eps must be a positive float"),

@@ -93,6 +93,8 @@ def _patches(x, weight_layer):
     k = w.shape[-1]
     if tuple(weight_layer.stride) != (1,) or tuple(weight_layer.dilation) != (1,):
         raise ValueError("theory points need stride 1 and dilation 1 convolutions")
+    if weight_layer.groups != 1:
+        raise ValueError(f"theory points need groups=1 convolutions, got groups={weight_layer.groups}")
     left = (k - 1) // 2
     padded = np.pad(x, ((0, 0), (0, 0), (left, k - 1 - left)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, k, axis=2)  # (N, C, L, k)
