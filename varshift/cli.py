@@ -472,7 +472,7 @@ def _dask_client(address):
 
 def _reproduce(args) -> int:
     from .reproduce import data_skips, default_out, run, skip_notice
-    from .verdicts import tally
+    from .verdicts import adjusted_tally
 
     out = args.out or default_out(args.quick)
     start = time.perf_counter()
@@ -496,8 +496,9 @@ def _reproduce(args) -> int:
     claims = [c for r in figures for c in r.claims]
     statements = [c for r in cases for c in r.claims]
     print(f"{len(figures)} figure(s) and {len(cases)} case stud{'y' if len(cases) == 1 else 'ies'} "
-          f"in {out}/ ({time.perf_counter() - start:.0f} s). Paper claims: {tally(claims)}; "
-          f"our extensions: {tally(claims, 'extension')}; posted statements: {tally(statements)}. Report: {out}/REPORT.md")
+          f"in {out}/ ({time.perf_counter() - start:.0f} s). Holm-adjusted, paper claims: "
+          f"{adjusted_tally(claims)}; our extensions: {adjusted_tally(claims, 'extension')}; posted "
+          f"statements: {adjusted_tally(statements)}. Report: {out}/REPORT.md")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
     return 0

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 __all__ = ["Claim", "VERDICTS", "MIN_SEEDS", "ALPHA", "interval", "judge", "p_values", "holm",
-           "count", "tally"]
+           "count", "tally", "adjusted_tally"]
 
 HOLDS, CONTRADICTED, UNDECIDED, NOT_TESTED = (
     "holds", "contradicted", "undecided", "not tested at the posted regime")
@@ -370,3 +370,12 @@ def tally(claims, kind="claim") -> str:
     if n[NOT_TESTED]:
         parts.append(f"{n[NOT_TESTED]} not tested at the posted regime")
     return ", ".join(parts)
+
+
+def adjusted_tally(claims, kind="claim") -> str:
+    """:func:`tally` of the ``kind`` rows after Holm's adjustment (:func:`holm`, the rows
+    of ``kind`` as one family), with the unadjusted tally beside it where it differs."""
+    family = [c for c in claims if c.kind == kind]
+    adjusted = tally([replace(c, verdict=v) for c, v in zip(family, holm(family))], kind)
+    raw = tally(family, kind)
+    return adjusted if adjusted == raw else f"{adjusted} (without the adjustment: {raw})"

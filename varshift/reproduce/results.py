@@ -131,7 +131,7 @@ def _claim_rows(where, claims, adjusted=None):
 
 def _adjusted(groups, kind):
     """Holm verdicts of every ``kind`` row of ``groups`` (``(where, claim dicts)`` pairs),
-    one family, keyed by ``(where, text)``; with the family's claims and verdicts."""
+    one family, keyed by ``(where, text)``; and the family's claims."""
     from ..verdicts import Claim, holm
 
     keys, claims = [], []
@@ -140,20 +140,7 @@ def _adjusted(groups, kind):
             if c.get("kind", "claim") == kind:
                 keys.append((where, c["text"]))
                 claims.append(Claim(**c))
-    verdicts = holm(claims)
-    return dict(zip(keys, verdicts)), claims, verdicts
-
-
-def _tally(claims, verdicts):
-    """``'H hold, C contradicted, U undecided'`` counted with ``verdicts`` (Holm's), and
-    the unadjusted count beside it where it differs."""
-    from dataclasses import replace
-
-    from ..verdicts import tally
-
-    raw = tally([replace(c, kind="claim") for c in claims])
-    adjusted = tally([replace(c, kind="claim", verdict=v) for c, v in zip(claims, verdicts)])
-    return adjusted + ("" if raw == adjusted else f" (without the adjustment: {raw})")
+    return dict(zip(keys, holm(claims))), claims
 
 
 PROTOCOL = (
@@ -188,7 +175,7 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     changes after results (:mod:`varshift.reproduce.disclosures`), one row per claim
     (paper, ours with interval and n, verdict), the sanity checks apart, the figures
     with captions, the case studies, and what was skipped."""
-    from ..verdicts import Claim
+    from ..verdicts import Claim, adjusted_tally
 
     figures = [json.loads(p.read_text()) for p in sorted(out.glob("fig*.json"), key=_figure_number)]
     cases = [json.loads(p.read_text()) for p in sorted(out.glob("case-*.json"))]
@@ -196,21 +183,21 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     checks = [c for f in figures + cases for c in as_claims(f["claims"]) if c.kind == "sanity"]
     failed = [c for c in checks if c.verdict == "fails"]
     in_figures = [(f["name"], f["claims"]) for f in figures]
-    paper, paper_claims, paper_verdicts = _adjusted(in_figures, "claim")
-    extension, extension_claims, extension_verdicts = _adjusted(in_figures, "extension")
-    case, case_claims, case_verdicts = _adjusted([(k["name"], k["claims"]) for k in cases], "claim")
+    paper, paper_claims = _adjusted(in_figures, "claim")
+    extension, extension_claims = _adjusted(in_figures, "extension")
+    case, case_claims = _adjusted([(k["name"], k["claims"]) for k in cases], "claim")
     lines = ["# varshift reproduction of Li et al. (CVPR 2019) at small scale", "",
              f"Settings: {settings}. Every figure has a PNG, an SVG, its numbers (`.json`) and "
              f"its caption (`.caption.md`); wall times are in `timings.json`.", "",
              "## How the verdicts are reached", "", PROTOCOL, "",
              "## Summary", "",
              "Counts after Holm's adjustment within each family.", "",
-             f"- Paper claims ({len(paper_claims)}): {_tally(paper_claims, paper_verdicts)}"
+             f"- Paper claims ({len(paper_claims)}): {adjusted_tally(paper_claims)}"
              f"{_counted_before()}.",
              f"- Our extensions, comparisons the paper does not make "
-             f"({len(extension_claims)}): {_tally(extension_claims, extension_verdicts)}.",
+             f"({len(extension_claims)}): {adjusted_tally(extension_claims, 'extension')}.",
              f"- Case-study statements ({len(case_claims)}): "
-             f"{_tally(case_claims, case_verdicts)}." if cases else "- Case studies: not run.",
+             f"{adjusted_tally(case_claims)}." if cases else "- Case studies: not run.",
              f"- Sanity and regime checks: {len(checks) - len(failed)} of {len(checks)} pass"
              + (f"; failing: {'; '.join(c.text for c in failed)}." if failed else "."), ""]
     lines += disclosures_markdown(DISCLOSURES)
