@@ -1,0 +1,87 @@
+"""Sphinx configuration of varshift's documentation site.
+
+Build it from the repository's root folder::
+
+    pip install ".[docs]"
+    sphinx-build -W -b html docs docs/_build/html
+
+Nothing is executed while building: the notebooks are rendered with the outputs they were
+stored with, and the figures are the committed ones in ``figures/``.
+"""
+
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))  # document this checkout's varshift, installed or not
+
+import varshift  # noqa: E402  (after the path is set)
+
+# The course lives in notebooks/, outside this source folder, and its pages link to one
+# another by file name. Sphinx reads documents only inside docs/ (a symbolic link is
+# resolved to its target, which breaks those links), so each build copies the course into
+# docs/notebooks/ (ignored by git, never edited by hand). Two changes are made to the copy
+# of the course's README: its link to the repository's README goes to this site's front
+# page, and a hidden table of contents lists the notebooks under it.
+COURSE_FILES = ["README.md", "course.py", "solutions.py"]
+
+
+def _copy_course():
+    source, target = ROOT / "notebooks", DOCS / "notebooks"
+    target.mkdir(exist_ok=True)
+    notebooks = sorted(path.name for path in source.glob("[0-9][0-9]_*.ipynb"))
+    for name in notebooks + COURSE_FILES:
+        text = (source / name).read_text(encoding="utf-8")
+        if name == "README.md":
+            text = text.replace("](../README.md)", "](../index.md)")
+            entries = "\n".join(Path(n).stem for n in notebooks)
+            text += f"\n```{{toctree}}\n:hidden:\n\n{entries}\n```\n"
+        path = target / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")  # unchanged files keep their time
+
+
+_copy_course()
+
+project = "varshift"
+author = "the varshift developers"
+copyright = "2026, the varshift developers"
+release = varshift.__version__
+version = release
+
+extensions = [
+    "myst_nb",                      # Markdown pages (myst-parser) and stored notebooks
+    "numpydoc",                     # the docstrings are numpydoc
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",       # MathJax served from the site: math renders offline
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+exclude_patterns = ["_build", "**/.ipynb_checkpoints"]
+
+# Stored notebooks are rendered as they are: never executed while building.
+nb_execution_mode = "off"
+myst_enable_extensions = ["colon_fence", "dollarmath", "amsmath"]
+myst_heading_anchors = 3
+
+autosummary_generate = True
+templates_path = ["_templates"]  # module pages document their members (module.rst)
+autosummary_imported_members = True
+autodoc_default_options = {"members": True, "inherited-members": False}
+# numpydoc writes each class's method table itself; autosummary must not add a second one
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+
+intersphinx_mapping = {}
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"varshift {release}"
+html_static_path = []
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+}
