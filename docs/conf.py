@@ -44,6 +44,43 @@ def _copy_course():
 
 _copy_course()
 
+
+# The gallery page is written from figures/ at each build, so that it lists every figure
+# the reproduction wrote, with its current caption (the images are referenced where they
+# are, not copied). A caption starts with its title in bold: the title becomes the heading.
+GALLERY_INTRO = """# Gallery of the paper's figures
+
+Every figure of the full reproduction run, as `varshift reproduce` wrote it into `figures/`
+(three architectures on MNIST-1D, 5 paired seeds), with its caption; beside each PNG the
+repository holds an SVG and the figure's numbers as JSON. The claims each figure bears on,
+and their verdicts, are in the [report](figures/REPORT.md); the [case studies](case-studies.md)
+have their own figures. This page is generated from `figures/` by `docs/conf.py`.
+"""
+
+
+def _figure_order(caption):
+    number, _, rest = caption.name.removeprefix("fig").partition("_")
+    return int(number), rest
+
+
+def _write_gallery():
+    parts = [GALLERY_INTRO]
+    for caption in sorted((ROOT / "figures").glob("fig*.caption.md"), key=_figure_order):
+        stem = caption.name.removesuffix(".caption.md")
+        text = caption.read_text(encoding="utf-8").strip()
+        title, separator, body = text.removeprefix("**").partition(".** ")
+        if not (text.startswith("**") and separator):
+            raise ValueError(f"{caption} should start with its title in bold: **Title.**")
+        parts.append(f"## {title}\n\n![{title}](../figures/{stem}.png)\n\n"
+                     f"{body}\n\n`figures/{stem}` (.png, .svg, .json)\n")
+    text = "\n".join(parts)
+    path = DOCS / "gallery.md"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
+_write_gallery()
+
 project = "varshift"
 author = "the varshift developers"
 copyright = "2026, the varshift developers"

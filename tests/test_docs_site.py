@@ -30,6 +30,7 @@ PAGES = {
     "index.html": 1,
     "api/generated/varshift.measure.html": 0,
     "notebooks/03_measuring_a_network.html": 3,
+    "gallery.html": 18,  # every figure of figures/
 }
 
 
