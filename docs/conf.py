@@ -117,7 +117,8 @@ intersphinx_mapping = {}
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"varshift {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["varshift.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
