@@ -9,6 +9,8 @@ Nothing is executed while building: the notebooks are rendered with the outputs 
 stored with, and the figures are the committed ones in ``figures/``.
 """
 
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -80,6 +82,46 @@ def _write_gallery():
 
 
 _write_gallery()
+
+
+# Pages kept beside what they describe (the README of benchmarks/, the report beside its
+# figures) are copied in, with their relative links and images rewritten to point from the
+# copy to the same files: a link to a script becomes a download, a link to a file that is
+# a page of this site that page. The copies are ignored by git.
+COPIED_PAGES = {"benchmarks.md": "benchmarks/README.md", "changelog.md": "CHANGELOG.md",
+                "figures/REPORT.md": "figures/REPORT.md"}
+# files of the repository that are pages of this site under another name
+SITE_PAGES = {"README.md": "index.md", "notebooks/README.md": "notebooks/README.md",
+              **{source: page for page, source in COPIED_PAGES.items()}}
+RELATIVE_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)")
+
+
+def _rewritten(target, source, page):
+    """``target``, a link relative to the repository file ``source``, made relative to the
+    site's page ``page`` (both paths relative to their roots)."""
+    path, hash_, fragment = target.partition("#")
+    in_repository = os.path.normpath(os.path.join(os.path.dirname(source), path))
+    in_repository = in_repository.replace(os.sep, "/")
+    if in_repository in SITE_PAGES:
+        in_site = DOCS / SITE_PAGES[in_repository]
+    elif in_repository.startswith("notebooks/") and in_repository.endswith(".ipynb"):
+        in_site = DOCS / in_repository  # the course is copied in (above)
+    else:
+        in_site = ROOT / in_repository
+    path = os.path.relpath(in_site, (DOCS / page).parent).replace(os.sep, "/")
+    return path + hash_ + fragment
+
+
+def _copy_pages():
+    for page, source in COPIED_PAGES.items():
+        text = RELATIVE_LINK.sub(lambda m, s=source, p=page: m[1] + _rewritten(m[2], s, p),
+                                 (ROOT / source).read_text(encoding="utf-8"))
+        path = DOCS / page
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+
+
+_copy_pages()
 
 project = "varshift"
 author = "the varshift developers"

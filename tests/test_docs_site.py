@@ -31,6 +31,7 @@ PAGES = {
     "api/generated/varshift.measure.html": 0,
     "notebooks/03_measuring_a_network.html": 3,
     "gallery.html": 18,  # every figure of figures/
+    "figures/REPORT.html": 18,
 }
 
 
