@@ -9,6 +9,7 @@ Nothing is executed while building: the notebooks are rendered with the outputs 
 stored with, and the figures are the committed ones in ``figures/``.
 """
 
+import json
 import os
 import re
 import sys
@@ -19,33 +20,6 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # document this checkout's varshift, installed or not
 
 import varshift  # noqa: E402  (after the path is set)
-
-# The course lives in notebooks/, outside this source folder, and its pages link to one
-# another by file name. Sphinx reads documents only inside docs/ (a symbolic link is
-# resolved to its target, which breaks those links), so each build copies the course into
-# docs/notebooks/ (ignored by git, never edited by hand). Two changes are made to the copy
-# of the course's README: its link to the repository's README goes to this site's front
-# page, and a hidden table of contents lists the notebooks under it.
-COURSE_FILES = ["README.md", "course.py", "solutions.py"]
-
-
-def _copy_course():
-    source, target = ROOT / "notebooks", DOCS / "notebooks"
-    target.mkdir(exist_ok=True)
-    notebooks = sorted(path.name for path in source.glob("[0-9][0-9]_*.ipynb"))
-    for name in notebooks + COURSE_FILES:
-        text = (source / name).read_text(encoding="utf-8")
-        if name == "README.md":
-            text = text.replace("](../README.md)", "](../index.md)")
-            entries = "\n".join(Path(n).stem for n in notebooks)
-            text += f"\n```{{toctree}}\n:hidden:\n\n{entries}\n```\n"
-        path = target / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")  # unchanged files keep their time
-
-
-_copy_course()
-
 
 # The gallery page is written from figures/ at each build, so that it lists every figure
 # the reproduction wrote, with its current caption (the images are referenced where they
@@ -93,7 +67,7 @@ COPIED_PAGES = {"benchmarks.md": "benchmarks/README.md", "changelog.md": "CHANGE
 # files of the repository that are pages of this site under another name
 SITE_PAGES = {"README.md": "index.md", "notebooks/README.md": "notebooks/README.md",
               **{source: page for page, source in COPIED_PAGES.items()}}
-RELATIVE_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)")
+RELATIVE_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|#|/)([^)\s\"\\]+)")
 
 
 def _rewritten(target, source, page):
@@ -112,16 +86,41 @@ def _rewritten(target, source, page):
     return path + hash_ + fragment
 
 
-def _copy_pages():
-    for page, source in COPIED_PAGES.items():
-        text = RELATIVE_LINK.sub(lambda m, s=source, p=page: m[1] + _rewritten(m[2], s, p),
-                                 (ROOT / source).read_text(encoding="utf-8"))
-        path = DOCS / page
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
+def _copy_page(source, page, extra=""):
+    def rewrite(markdown):
+        return RELATIVE_LINK.sub(lambda m: m[1] + _rewritten(m[2], source, page), markdown)
+
+    text = (ROOT / source).read_text(encoding="utf-8")
+    if source.endswith(".ipynb"):  # links are rewritten in the markdown cells only
+        notebook = json.loads(text)
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "markdown":
+                cell["source"] = rewrite("".join(cell["source"]))
+        text = json.dumps(notebook, ensure_ascii=False, indent=1) + "\n"
+    else:
+        text = rewrite(text) + extra
+    path = DOCS / page
+    path.parent.mkdir(exist_ok=True)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")  # an unchanged copy keeps its time
 
 
-_copy_pages()
+# The course lives in notebooks/, outside this source folder, and Sphinx reads documents
+# only inside it (a symbolic link is resolved to its target, which breaks the notebooks'
+# links to one another), so the notebooks and the course's README are copied into
+# docs/notebooks/ as well, with a hidden table of contents under the README.
+def _copy_course():
+    notebooks = sorted(path.name for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    for name in notebooks:
+        _copy_page(f"notebooks/{name}", f"notebooks/{name}")
+    entries = "\n".join(Path(name).stem for name in notebooks)
+    _copy_page("notebooks/README.md", "notebooks/README.md",
+               extra=f"\n```{{toctree}}\n:hidden:\n\n{entries}\n```\n")
+
+
+for _page, _source in COPIED_PAGES.items():
+    _copy_page(_source, _page)
+_copy_course()
 
 project = "varshift"
 author = "the varshift developers"
