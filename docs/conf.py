@@ -160,6 +160,8 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"varshift {release}"
 html_static_path = ["_static"]
 html_css_files = ["varshift.css"]
+# pages without sub-pages need no section navigation on the left
+html_sidebars = {page: [] for page in ("index", "getting-started", "benchmarks", "changelog")}
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
