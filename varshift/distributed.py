@@ -1,4 +1,4 @@
-"""Helpers for PyTorch users (``pip install "varshift[torch]"``); importing this module
+"""Helpers for PyTorch users (``pip install ".[torch]"`` from a clone); importing this module
 imports torch.
 
 :func:`varshift.measure`, :func:`~varshift.diagnose` and :func:`~varshift.recalibrate`

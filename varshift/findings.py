@@ -124,7 +124,7 @@ class Finding:
         return SEVERITIES.index(self.severity)
 
 
-Finding.__doc__ += "\n    Codes\n    -----\n" + "\n".join(
+Finding.__doc__ += "\n    Notes\n    -----\n    The codes:\n\n" + "\n".join(
     f"    ``{code.name}`` ({code.source})\n        {code.summary}" for code in CODES.values())
 
 

@@ -368,7 +368,7 @@ def inspect(path) -> Inspection:
         the reading limits (see :func:`varshift.keras_file.read_keras_file`); the message
         names the file and the entry or setting.
     ImportError
-        If h5py (``pip install 'varshift[keras]'``) is missing.
+        If h5py (``pip install ".[keras]"`` from a clone of varshift) is missing.
 
     Notes
     -----

@@ -150,8 +150,8 @@ class Concat(_Container):
     Parameters
     ----------
     *branches : Layer
-        Each maps (N, C, *S) to (N, C_i, *S) with the same N and S; the output is
-        (N, sum C_i, *S). ``Concat(Identity(), block)`` is a DenseNet layer.
+        Each maps ``(N, C, *S)`` to ``(N, C_i, *S)`` with the same N and S; the output
+        is ``(N, sum C_i, *S)``. ``Concat(Identity(), block)`` is a DenseNet layer.
 
     Notes
     -----

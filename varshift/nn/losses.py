@@ -69,11 +69,8 @@ class _Loss:
 class CrossEntropyLoss(_Loss):
     """Mean softmax cross-entropy of logits against integer labels.
 
-    Parameters of the call
-    ----------------------
-    logits : ndarray of shape (N, K)
-    labels : ndarray of int, shape (N,)
-        Values in [0, K).
+    The call ``loss(logits, labels)`` takes ``logits``, an ndarray of shape (N, K), and
+    ``labels``, an ndarray of int of shape (N,) with values in [0, K).
 
     Notes
     -----

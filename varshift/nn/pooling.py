@@ -1,7 +1,7 @@
 """Pooling and reshaping layers: max and average pooling, global average pooling,
 flatten.
 
-Max and average pooling view (N, C, *S) as one image with N * C channels, build its
+Max and average pooling view ``(N, C, *S)`` as one image with N * C channels, build its
 window columns with the same im2col as convolution, and reduce over the window.
 """
 
@@ -126,7 +126,7 @@ class AvgPool2D(_AvgPool):
 
 
 class GlobalAvgPool(Layer):
-    """Mean over every spatial axis: (N, C, *S) -> (N, C).
+    """Mean over every spatial axis: ``(N, C, *S) -> (N, C)``.
 
     Notes
     -----
@@ -148,7 +148,7 @@ class GlobalAvgPool(Layer):
 
 
 class Flatten(Layer):
-    """Reshape (N, *D) to (N, prod(D)) in C order (as PyTorch's ``nn.Flatten``)."""
+    """Reshape ``(N, *D)`` to ``(N, prod(D))`` in C order (as PyTorch's ``nn.Flatten``)."""
 
     kind = Kind.RESHAPE
 
