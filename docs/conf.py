@@ -150,6 +150,9 @@ autosummary_generate = True
 templates_path = ["_templates"]  # module pages document their members (module.rst)
 autosummary_imported_members = True
 autodoc_default_options = {"members": True, "inherited-members": False}
+# varshift.keras and varshift.lightning subclass their framework's callback: the build
+# documents them without Keras, Lightning or PyTorch installed
+autodoc_mock_imports = ["keras", "lightning", "pytorch_lightning", "torch"]
 # numpydoc writes each class's method table itself; autosummary must not add a second one
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-nnx = pytest.importorskip("flax.nnx", reason="flax is not installed (pip install varshift[flax])")
+nnx = pytest.importorskip("flax.nnx", reason="flax is not installed (pip install flax)")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 

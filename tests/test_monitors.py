@@ -66,7 +66,7 @@ def test_missing_keras_names_the_extra():
     result = _run_python("import sys; sys.modules['keras'] = None; import varshift.keras")
     assert result.returncode != 0
     assert "ModuleNotFoundError" in result.stderr
-    assert 'pip install "varshift[keras,torch]"' in result.stderr
+    assert "pip install keras torch" in result.stderr
 
 
 def test_keras_without_its_backend_package_says_to_set_the_backend():
@@ -82,7 +82,7 @@ def test_missing_lightning_names_the_extra():
     result = _run_python("import sys; sys.modules['lightning'] = None; "
                          "sys.modules['pytorch_lightning'] = None; import varshift.lightning")
     assert result.returncode != 0
-    assert 'pip install "varshift[lightning]"' in result.stderr
+    assert "pip install lightning" in result.stderr
 
 
 def test_lightning_monitor_falls_back_to_pytorch_lightning():

@@ -466,7 +466,7 @@ def _dask_client(address):
         from dask.distributed import Client
     except ImportError as err:
         raise SystemExit("varshift: --scheduler needs dask.distributed: "
-                         "pip install 'varshift[dask]'") from err
+                         "pip install 'dask[distributed]'") from err
     return Client(address)
 
 
@@ -769,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=int, default=1,
                     help="training runs in N local processes, one thread each (default 1)")
     rp.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                    help="run the training runs on this Dask scheduler (needs varshift[dask])")
+                    help="run the training runs on this Dask scheduler (needs dask: pip install 'dask[distributed]')")
     rp.add_argument("--cache", default=None,
                     help="folder of cached per-run results (default OUT/tasks); a stopped "
                          "run resumes from it")
@@ -805,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1,
                    help="training runs in N local processes, one thread each (default 1)")
     c.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                   help="run the training runs on this Dask scheduler (needs varshift[dask])")
+                   help="run the training runs on this Dask scheduler (needs dask: pip install 'dask[distributed]')")
     c.add_argument("--cache", metavar="DIR", default=None,
                    help="folder of cached per-run results; a stopped run resumes from it")
     c.add_argument("--json", action="store_true", help="every number, as JSON")
@@ -830,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("varshift inspect model.keras --verbose", "every finding in full"),
         ]) + "\n\n" + EXIT_CODES)
     i.add_argument("model", help="Keras 3 .keras archive or legacy HDF5 .h5 model (needs h5py: "
-                                 "pip install 'varshift[keras]')")
+                                 "pip install h5py)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     _verbose_option(i)
     i.set_defaults(run=_inspect)

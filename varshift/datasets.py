@@ -303,14 +303,14 @@ def load_mnist1d(num_samples=5000, seed=42, train_split=0.8):
 
     Notes
     -----
-    Needs the optional ``mnist1d`` package (``pip install varshift[mnist1d]``); no
+    Needs the optional ``mnist1d`` package (``pip install mnist1d``); no
     download. NumPy's global random state, which the package reseeds, is restored.
     """
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as err:
         raise ImportError("load_mnist1d needs the mnist1d package: "
-                          "pip install 'varshift[mnist1d]' (or pip install mnist1d)") from err
+                          "pip install mnist1d") from err
     num_samples = _validate.integer(num_samples, "num_samples", "load_mnist1d", minimum=10)
     seed = _validate.seed(seed, "seed", "load_mnist1d")
     train_split = _validate.real(train_split, "train_split", "load_mnist1d", 0, 1,

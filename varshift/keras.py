@@ -1,7 +1,7 @@
 """``varshift.keras.ShiftMonitor``: the variance shift in a Keras 3 training run.
 
 Importing this module imports Keras (``import varshift`` does not). Keras must be
-installed (``pip install "varshift[keras]"``) with a backend whose package is
+installed (``pip install keras``) with a backend whose package is
 installed, chosen before Keras is first imported (e.g. ``KERAS_BACKEND=torch``;
 Keras' default is TensorFlow).
 """
@@ -16,12 +16,12 @@ except ModuleNotFoundError as err:
     if err.name == "keras":
         raise ModuleNotFoundError(
             "varshift.keras needs Keras 3, which is not installed: pip install "
-            "\"varshift[keras,torch]\" (and set KERAS_BACKEND=torch)", name="keras") from err
+            "keras torch (and set KERAS_BACKEND=torch)", name="keras") from err
     raise ModuleNotFoundError(
         f"varshift.keras: Keras is installed but its backend's package {err.name!r} is not "
         f"(the default backend is TensorFlow): choose an installed backend with the "
         f"environment variable KERAS_BACKEND before Keras is imported, e.g. "
-        f"KERAS_BACKEND=torch with torch installed (pip install \"varshift[torch]\")",
+        f"KERAS_BACKEND=torch with torch installed (pip install torch)",
         name=err.name) from err
 
 __all__ = ["ShiftMonitor"]

@@ -278,7 +278,7 @@ def _h5py():
         import h5py  # noqa: F401  (the child process reads the file; this checks it can)
     except ImportError as err:
         raise ImportError("reading Keras model files needs h5py: "
-                          "pip install 'varshift[keras]'") from err
+                          "pip install h5py") from err
 
 
 def read_keras_file(path) -> KerasFile:

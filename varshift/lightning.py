@@ -3,7 +3,7 @@
 Works with the ``lightning`` package (``lightning.pytorch``) or the older
 ``pytorch_lightning``, whichever is installed (``lightning`` first). Importing this
 module imports it and torch (``import varshift`` does not); without either:
-``pip install "varshift[lightning]"``.
+``pip install lightning``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _lightning():
             missing.append(name)
     raise ModuleNotFoundError(
         "varshift.lightning needs PyTorch Lightning, which is not installed (neither "
-        f"{' nor '.join(missing)} imports): pip install \"varshift[lightning]\"",
+        f"{' nor '.join(missing)} imports): pip install lightning",
         name="lightning")
 
 
