@@ -459,9 +459,9 @@ def test_ci_checks_the_install_order_of_the_readme():
 
 
 @pytest.mark.slow
-def test_readme_python_example_runs_as_written(mnist_dir):
-    readme = (ROOT / "README.md").read_text()
-    code = readme.split("## Example\n\n```python\n", 1)[1].split("```", 1)[0]
+def test_engine_guide_example_runs_as_written(mnist_dir):
+    guide = (ROOT / "docs" / "guide" / "engine.md").read_text()
+    code = guide.split("## Example\n\n```python\n", 1)[1].split("```", 1)[0]
     assert 'load_mnist("../shared/data/mnist", download=True)' in code
     if not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
         pytest.skip("the example reads ../shared/data/mnist or downloads MNIST")

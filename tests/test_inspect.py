@@ -423,18 +423,6 @@ def test_import_varshift_loads_no_framework():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
-def test_readme_keras_example_runs(keras, tmp_path, monkeypatch, capsys):
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Your Keras model file", 1)[1]
-    block = section.split("```python\n", 1)[1].split("```", 1)[0]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {})
-    first, second = capsys.readouterr().out.splitlines()
-    assert first == "60 ['STATS_NEAR_INIT']" and float(second) == pytest.approx(0.99 ** 60)
-
-
 # ------------------------------------------------------------------ issue 23, items 7 and 8
 def _wrapped_and_nested(keras):
     """Six BatchNormalization layers: one in TimeDistributed right after a Dropout, two
