@@ -25,14 +25,62 @@ def blas_pinned():
 
 
 def blas_kernel():
-    """The kernel family (threadpoolctl's 'architecture') of the OpenBLAS that
-    varshift's layers use, SciPy's: e.g. 'Haswell' or 'SkylakeX'."""
+    """The kernel family (OpenBLAS's ``openblas_get_corename``) of the OpenBLAS that
+    varshift's layers use, SciPy's: e.g. 'Haswell' or 'SkylakeX'. Imports varshift:
+    call it in the orchestrating process or a varshift worker, never in a peer."""
     import scipy.linalg.blas  # noqa: F401 - loads SciPy's OpenBLAS
-    from threadpoolctl import threadpool_info
 
-    libs = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
-    scipys = [i for i in libs if "scipy" in i.get("filepath", "")] or libs
-    return scipys[0].get("architecture", "?") if scipys else "no OpenBLAS"
+    from varshift._runtimes import loaded
+
+    libs = [r for r in loaded() if r.internal_api == "openblas"]
+    scipys = [r for r in libs if "scipy.libs" in r.filepath] or libs
+    if not scipys:
+        return "no OpenBLAS"
+    return scipys[0].architecture or "?"
+
+
+def cpu_model():
+    """The processor's model name (Linux's /proc/cpuinfo), else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def describe_machine():
+    """Lines naming what the numbers were measured on: CPU model, cores and load,
+    OpenBLAS's kernel, torch's version, CPU capability and default thread counts.
+    Run in the orchestrating process (it imports varshift and torch; the workers are
+    fresh processes)."""
+    lines = [f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; load average "
+             f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"]
+    pin = {v: os.environ[v] for v in BLAS_PIN_VARS if v in os.environ}
+    lines.append(f"OpenBLAS (SciPy's, varshift's products): kernel {blas_kernel()}"
+                 + (f"; pinned by {pin}" if pin else "; not pinned"))
+    try:
+        import torch
+    except ImportError:
+        lines.append("torch: not installed")
+    else:
+        lines.append(f"torch {torch.__version__}: CPU capability "
+                     f"{torch.backends.cpu.get_cpu_capability()}, default threads "
+                     f"{torch.get_num_threads()} intra-op / {torch.get_num_interop_threads()} "
+                     f"inter-op (each worker sets its own)")
+    return lines
+
+
+def peer_threads():
+    """A PyTorch peer's thread counts, for its JSON line."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads()}
 
 
 def run_worker(script, args, threads, extra_env=None, native_blas=False):
@@ -46,18 +94,6 @@ def run_worker(script, args, threads, extra_env=None, native_blas=False):
     out = subprocess.run([sys.executable, script, "--worker", *args, "--threads", str(threads)],
                          env=env, check=True, capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]
-
-
-def median_ms(fn, steps, warmup=5):
-    """Median wall time of ``fn()`` in milliseconds after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def varshift_adam_step(model, x, y):
@@ -106,10 +142,10 @@ def median_wall_and_cpu_ms(fn, steps, warmup=5):
     return {"ms": 1000 * statistics.median(wall), "cpu_ms": 1000 * statistics.median(cpu)}
 
 
-def print_seconds_of_second_call(fn):
+def print_seconds_of_second_call(fn, extra=None):
     """Call ``fn`` once to warm up, time a second call, and print ``{"seconds": ...}``
-    (a worker's last line, read by :func:`run_worker`)."""
+    and the entries of ``extra`` (a worker's last line, read by :func:`run_worker`)."""
     fn()
     start = time.perf_counter()
     fn()
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    print(json.dumps({"seconds": time.perf_counter() - start, **(extra or {})}))

@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import describe_machine  # noqa: E402
+
 
 def _demo_seconds(args, out):
     """Wall and CPU seconds of one ``varshift demo`` run in a fresh process."""
@@ -44,6 +47,7 @@ def main():
     parser.add_argument("--measure", type=int, default=10000)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
+    print("\n".join(describe_machine()))
     print(f"varshift demo (1 epoch on {args.train_size} images, measure on {args.measure}), "
           f"{os.cpu_count()} cores, {args.rounds} interleaved rounds")
     results = {"idle": [], "one core busy": []}

@@ -1,6 +1,9 @@
 """``varshift.measure`` of the reference convnet over the 10,000 MNIST test images,
 against a PyTorch forward-hook implementation of the same statistics (train pass +
-eval pass), each engine in a fresh process with the same thread count; and the peak
+eval pass) on the same architecture written with PyTorch's layers (parameter counts
+checked), each engine in a fresh process with the same thread count (the peer's never
+imports varshift, asserted where it times; it reads the images from a ``.npy`` file this
+script writes); and the peak
 memory of ``measure`` on 6,000 and on 60,000 training images.
 
     python benchmarks/measure.py [--threads 2] [--rounds 3]
@@ -19,11 +22,19 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import blas_kernel, blas_pinned, print_seconds_of_second_call, run_worker  # noqa: E402
+from _common import (  # noqa: E402
+    blas_kernel,
+    blas_pinned,
+    describe_machine,
+    peer_threads,
+    print_seconds_of_second_call,
+    run_worker,
+)
 
 BATCH = 256
 
@@ -65,18 +76,20 @@ def varshift_worker(data_dir, n, split, memory):
     seconds = time.perf_counter() - start
     done.set()
     print(json.dumps({"seconds": seconds, "peak_over_baseline_mb": peak[0] - base,
-                      "blas": blas_kernel()}))
+                      "blas": blas_kernel(),
+                      "params": sum(v.size for v in model.state_dict(buffers=False).values())}))
 
 
-def torch_worker(data_dir, n, split, threads):
+def torch_worker(images, threads):
+    """The peer, in a process that never imports varshift: the images come from the
+    ``.npy`` file the orchestrating process wrote."""
+    import numpy as np
     import torch
+    from _torch_peers import assert_varshift_not_imported, parameter_count
     from torch import nn
 
-    from varshift.datasets import load_mnist
-
     torch.set_num_threads(threads)
-    x_train, _, x_test, _ = load_mnist(data_dir)
-    x = torch.from_numpy((x_train if split == "train" else x_test)[:n].copy())
+    x = torch.from_numpy(np.load(images))
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 32, 5, 2, 2), nn.BatchNorm2d(32), nn.LeakyReLU(0.2),
@@ -112,7 +125,19 @@ def torch_worker(data_dir, n, split, threads):
             h.remove()
         return stats
 
-    print_seconds_of_second_call(run)
+    assert_varshift_not_imported()
+    print_seconds_of_second_call(run, {"params": parameter_count(model), **peer_threads()})
+
+
+def _write_images(data_dir, n, split, path):
+    """Save the first ``n`` images of ``split`` for the peer, which cannot load them
+    with varshift."""
+    import numpy as np
+
+    from varshift.datasets import load_mnist
+
+    x_train, _, x_test, _ = load_mnist(data_dir)
+    np.save(path, np.ascontiguousarray((x_train if split == "train" else x_test)[:n]))
 
 
 def main():
@@ -124,12 +149,22 @@ def main():
     parser.add_argument("--split", default="test")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--images", help=argparse.SUPPRESS)  # the peer's input file
     args = parser.parse_args()
     if args.worker == "varshift":
         return varshift_worker(args.data_dir, args.n, args.split, args.memory)
     if args.worker == "torch":
-        return torch_worker(args.data_dir, args.n, args.split, args.threads[0])
+        return torch_worker(args.images, args.threads[0])
     me = os.path.abspath(__file__)
+    print("\n".join(describe_machine()))
+    with tempfile.TemporaryDirectory(prefix="varshift-measure-") as folder:
+        images = os.path.join(folder, "images.npy")
+        _write_images(args.data_dir, args.n, "test", images)
+        _compare(me, args, images)
+
+
+def _compare(me, args, images):
+    """The timing rounds and the memory check (see the module docstring)."""
     extra = ["--data-dir", args.data_dir] if args.data_dir else []
     threads = args.threads[0]
     print(f"measure: reference convnet, {args.n} MNIST test images, batch {BATCH}, "
@@ -139,16 +174,21 @@ def main():
     runs = [(ours, "varshift", False), (peer, "torch", False)]
     if blas_pinned():
         runs.insert(1, (ours + ", OpenBLAS pin unset", "varshift", True))
-    times, kernels = {label: [] for label, _, _ in runs}, {}
+    times, kernels, counts = {label: [] for label, _, _ in runs}, {}, set()
     for _ in range(args.rounds):
         for label, engine, native in runs:
-            out = json.loads(run_worker(me, [engine, "--n", str(args.n), *extra], threads,
-                                        native_blas=native))
+            out = json.loads(run_worker(me, [engine, "--n", str(args.n), "--images", images,
+                                             *extra], threads, native_blas=native))
             times[label].append(out["seconds"])
-            kernels[label] = out.get("blas")
+            counts.add(out["params"])
+            kernels[label] = (f"OpenBLAS {out['blas']}" if out.get("blas") else
+                              f"torch threads {out['torch_threads']} intra-op / "
+                              f"{out['torch_interop_threads']} inter-op")
+    assert len(counts) == 1, f"the engines' parameter counts differ: {counts}"
+    print(f"  {counts.pop()} parameters in both engines")
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, values in times.items():
-        kernel = f"  [OpenBLAS {kernels[name]}]" if kernels[name] else ""
+        kernel = f"  [{kernels[name]}]"
         print(f"  {name:42s} {med[name]:6.2f} s  (rounds: "
               f"{' '.join(f'{v:.2f}' for v in values)}){kernel}")
     for name in times:

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import BLAS_PIN_VARS, blas_pinned  # noqa: E402
+from _common import BLAS_PIN_VARS, blas_pinned, describe_machine  # noqa: E402
 
 
 def quick_run(args, out, native_blas):
@@ -54,6 +54,7 @@ def main():
     settings = {"as the environment says": False}
     if blas_pinned():
         settings = {"OpenBLAS pinned": False, "OpenBLAS pin unset": True}
+    print("\n".join(describe_machine()))
     print(f"varshift reproduce --quick --jobs {args.jobs}, from an empty cache, "
           f"{os.cpu_count()} cores, {args.rounds} round(s)")
     results = {name: [] for name in settings}

@@ -1,7 +1,7 @@
 """``varshift.measure`` of a torch resnet18 (torchvision's shape, built by
 ``tests/torchvision_like.py``, random weights) against a hand-written forward-hook
 implementation of the same statistics, each in a fresh process with the same thread
-count.
+count (the hooks worker never imports varshift, asserted where it times).
 
     python benchmarks/torch_measure.py [--threads 2] [--rounds 3] [--n 512] [--size 32]
 
@@ -20,7 +20,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import print_seconds_of_second_call, run_worker  # noqa: E402
+from _common import (  # noqa: E402
+    describe_machine,
+    peer_threads,
+    print_seconds_of_second_call,
+    run_worker,
+)
 
 BATCH = 64
 
@@ -52,6 +57,7 @@ def varshift_worker(n, size, threads):
 
 def hooks_worker(n, size, threads):
     import torch
+    from _torch_peers import assert_varshift_not_imported
     from torch import nn
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.nn.modules.dropout import _DropoutNd
@@ -112,7 +118,8 @@ def hooks_worker(n, size, threads):
         torch.set_rng_state(rng)
         return stats
 
-    print_seconds_of_second_call(run)
+    assert_varshift_not_imported()
+    print_seconds_of_second_call(run, peer_threads())
 
 
 def main():
@@ -128,14 +135,17 @@ def main():
     if args.worker == "hooks":
         return hooks_worker(args.n, args.size, args.threads)
     me = os.path.abspath(__file__)
+    print("\n".join(describe_machine()))
     print(f"measure: resnet18 (random weights), {args.n} images 3x{args.size}x{args.size}, "
           f"batch {BATCH}, 3 passes, {args.threads} thread(s), each in a fresh process")
     times = {"varshift.measure": [], "hand-written hooks": []}
     for _ in range(args.rounds):
         for name, worker in (("varshift.measure", "varshift"), ("hand-written hooks", "hooks")):
-            times[name].append(json.loads(run_worker(
-                me, [worker, "--n", str(args.n), "--size", str(args.size)],
-                args.threads))["seconds"])
+            out = json.loads(run_worker(me, [worker, "--n", str(args.n), "--size", str(args.size)],
+                                        args.threads))
+            times[name].append(out["seconds"])
+    print(f"  torch threads in the hooks worker: {out['torch_threads']} intra-op / "
+          f"{out['torch_interop_threads']} inter-op")
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, values in times.items():
         print(f"  {name:20s} {med[name]:6.2f} s  (rounds: {' '.join(f'{v:.2f}' for v in values)})")

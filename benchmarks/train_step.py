@@ -4,7 +4,10 @@ varshift against PyTorch CPU, same threads, each engine in its own fresh process
     python benchmarks/train_step.py            # 2 and 1 threads, 3 rounds
     python benchmarks/train_step.py --rounds 1 --threads 2
 
-Prints per-round medians, the ratio of varshift's median to PyTorch's, the first
+The peer is idiomatic PyTorch in a process that never imported varshift (asserted
+where it times); the engines' parameter counts are checked to be equal. Prints the
+machine (CPU, OpenBLAS kernel, torch), per-round medians of wall and CPU time, the
+ratios of varshift's medians to PyTorch's, the first
 call's cost with a cold and a warm Numba cache, and the ``import varshift`` time. Where
 the environment pins OpenBLAS's kernel (``OPENBLAS_CORETYPE``, as on this project's
 machines), varshift also runs once per round with the pin unset in its process alone;
@@ -26,7 +29,9 @@ from _common import (  # noqa: E402
     THREAD_VARS,
     blas_kernel,
     blas_pinned,
-    median_ms,
+    describe_machine,
+    median_wall_and_cpu_ms,
+    peer_threads,
     run_worker,
     torch_adam_step,
     varshift_adam_step,
@@ -39,6 +44,7 @@ def worker(engine, threads, steps, numpy_first):
     if numpy_first:
         import numpy  # noqa: F401  (OpenBLAS initialised before varshift can tune it)
     if engine == "varshift":
+        import numba
         import numpy as np
 
         from varshift.models import reference_convnet  # first, unless --numpy-first
@@ -48,9 +54,11 @@ def worker(engine, threads, steps, numpy_first):
         x = rng.random((BATCH, 1, 28, 28), dtype=np.float32)
         y = rng.integers(0, 10, BATCH)
         step = varshift_adam_step(model, x, y)
-        blas = blas_kernel()
+        params = sum(v.size for v in model.state_dict(buffers=False).values())
+        info = {"blas": blas_kernel(), "numba_threads": numba.get_num_threads()}
     else:
         import torch
+        from _torch_peers import assert_varshift_not_imported, parameter_count
         from torch import nn as tnn
 
         torch.set_num_threads(threads)
@@ -60,9 +68,11 @@ def worker(engine, threads, steps, numpy_first):
             tnn.Conv2d(32, 64, 5, 2, 2), tnn.BatchNorm2d(64), tnn.LeakyReLU(0.2), tnn.Flatten(),
             tnn.Linear(3136, 500), tnn.Tanh(), tnn.Dropout(0.3), tnn.Linear(500, 10))
         step = torch_adam_step(model, torch.rand(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,)))
-        blas = None
+        params = parameter_count(model)
+        info = {"blas": None, **peer_threads()}
+        assert_varshift_not_imported()
 
-    print(json.dumps({"ms": median_ms(step, steps), "blas": blas}))
+    print(json.dumps({**median_wall_and_cpu_ms(step, steps), "params": params, **info}))
 
 
 def first_call(cache_dir):
@@ -101,6 +111,7 @@ def main():
     except ImportError:
         sys.exit("PyTorch is the benchmark peer: pip install torch==2.13.0")
     me = os.path.abspath(__file__)
+    print("\n".join(describe_machine()))
     print(f"reference convnet, batch {BATCH}, {args.steps} timed steps per round, "
           f"median ms per step; each engine in a fresh process ({', '.join(THREAD_VARS)} set)")
     # (label, worker arguments, native_blas); with a pinned OpenBLAS also its own kernel
@@ -111,22 +122,28 @@ def main():
     runs.append(("torch", ["torch"], False))
     for threads in args.threads:
         results = {label: [] for label, _, _ in runs}
-        kernels = {}
         for _ in range(args.rounds):
             for label, worker_args, native in runs:
-                out = json.loads(run_worker(me, [*worker_args, "--steps", str(args.steps)],
-                                            threads, native_blas=native))
-                results[label].append(out["ms"])
-                kernels[label] = out["blas"]
-        med = {k: statistics.median(v) for k, v in results.items()}
-        print(f"\n{threads} thread(s):")
-        for name, values in results.items():
-            rounds = " ".join(f"{v:6.1f}" for v in values)
-            kernel = f"  [OpenBLAS {kernels[name]}]" if kernels[name] else ""
-            print(f"  {name:34s} {med[name]:6.1f} ms   (rounds: {rounds}){kernel}")
+                results[label].append(json.loads(run_worker(
+                    me, [*worker_args, "--steps", str(args.steps)], threads, native_blas=native)))
+        counts = {r["params"] for rows in results.values() for r in rows}
+        assert len(counts) == 1, f"the engines' parameter counts differ: {counts}"
+        med = {name: {key: statistics.median(r[key] for r in rows) for key in ("ms", "cpu_ms")}
+               for name, rows in results.items()}
+        print(f"\n{threads} thread(s), {counts.pop()} parameters in both engines; median wall "
+              f"and CPU ms per step:")
+        for name, rows in results.items():
+            rounds = " ".join(f"{r['ms']:6.1f}" for r in rows)
+            first = rows[0]
+            detail = (f"[OpenBLAS {first['blas']}, Numba threads {first['numba_threads']}]"
+                      if first["blas"] else f"[torch threads {first['torch_threads']} intra-op / "
+                                            f"{first['torch_interop_threads']} inter-op]")
+            print(f"  {name:34s} {med[name]['ms']:6.1f} ms  cpu {med[name]['cpu_ms']:6.1f} ms  "
+                  f"(rounds: {rounds})  {detail}")
         for name in results:
             if name != "torch":
-                print(f"  ratio {name} / PyTorch: {med[name] / med['torch']:.2f}")
+                print(f"  ratio {name} / PyTorch: wall {med[name]['ms'] / med['torch']['ms']:.2f}, "
+                      f"cpu {med[name]['cpu_ms'] / med['torch']['cpu_ms']:.2f}")
         print("  (issue #11, 2 threads: bar <= 1.0, goal <= 0.8)")
     with tempfile.TemporaryDirectory() as cache:
         cold = first_call(cache)

@@ -1,6 +1,7 @@
 """varshift leaves the user's process as it found it (issue 21): environment, thread
 counts, global random states, a pending autograd graph, and one call per model."""
 
+import importlib.util
 import json
 import os
 import random
@@ -45,8 +46,8 @@ after_import = dict(os.environ)
 import numpy as np, torch
 torch.set_num_threads(1)
 from varshift import nn
-from varshift._process import thread_controller
-runtimes = lambda: sorted((lib.filepath, lib.num_threads) for lib in thread_controller().lib_controllers)
+from varshift._runtimes import loaded
+runtimes = lambda: sorted((lib.filepath, lib.num_threads) for lib in loaded())
 model = nn.Sequential(nn.Conv2D(1, 4, 3), nn.BatchNorm(4), nn.ReLU(), nn.Dropout(0.3), seed=0)
 x = np.random.default_rng(0).random((600, 1, 16, 16), dtype=np.float32)
 model(x)
@@ -63,6 +64,123 @@ print(json.dumps({"import": after_import == before, "calls": dict(os.environ) ==
     out = json.loads(run_python(code).strip().splitlines()[-1])
     assert out == {"import": True, "calls": True, "torch_threads": 1, "runtimes": True,
                    "changed": []}
+
+
+THREAD_VARIABLES = ("KMP_DUPLICATE_LIB_OK", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def test_no_environment_write_even_for_a_moment_in_import_calls_and_worker_pools():
+    """No ``putenv``/``unsetenv`` at all (a write put back is still a write, and
+    ``setenv`` is not thread-safe): not while importing varshift, not in a call that
+    saves and restores thread counts, not in ``tasks.run(jobs=2)``; and the C
+    environment agrees with ``os.environ`` afterwards."""
+    code = """
+import ctypes, json, os
+import numpy  # NumPy's own import sets and unsets OPENBLAS_MAIN_FREE (numpy/_core)
+calls = []
+real_putenv, real_unsetenv = os.putenv, os.unsetenv
+os.putenv = lambda key, value: (calls.append(("putenv", os.fsdecode(key))),
+                                real_putenv(key, value))[1]
+os.unsetenv = lambda key: (calls.append(("unsetenv", os.fsdecode(key))), real_unsetenv(key))[1]
+before = dict(os.environ)
+import varshift
+from varshift import nn, tasks
+imported = list(calls)
+import numpy as np
+model = nn.Sequential(nn.Dense(4, 8), nn.BatchNorm(8), nn.Dropout(0.3), seed=0)
+varshift.measure(model, np.ones((300, 4), np.float32))
+called = calls[len(imported):]
+todo = [tasks.Task(f"t{i}", "json:loads", {"s": f"[{i}]"}) for i in range(3)]
+results, _ = tasks.run(todo, jobs=2)
+pooled = calls[len(imported) + len(called):]
+getenv = ctypes.CDLL(None).getenv
+getenv.restype = ctypes.c_char_p
+c_env = {k: (v.decode() if (v := getenv(k.encode())) else None) for k in %r}
+print(json.dumps({"import": imported, "call": called, "pool": pooled,
+                  "results": sorted(results.values()), "same": dict(os.environ) == before,
+                  "c_env": c_env == {k: before.get(k) for k in c_env}}))
+""" % (THREAD_VARIABLES,)
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**env, "PYTHONPATH": path})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == {
+        "import": [], "call": [], "pool": [], "results": [[0], [1], [2]], "same": True,
+        "c_env": True}
+
+
+def worker_threads():
+    """A task (run by the test below in a worker process): the thread counts it sees,
+    after importing torch itself, and the worker's thread variables."""
+    import numba
+
+    from varshift._runtimes import loaded
+
+    report = {"numba": numba.get_num_threads(),
+              "runtimes_before_torch": sorted({lib.num_threads for lib in loaded()}),
+              "environment": {k: os.environ.get(k) for k in THREAD_VARIABLES}}
+    try:
+        import torch
+    except ImportError:
+        return report
+    report.update(torch=torch.get_num_threads(), interop=torch.get_num_interop_threads(),
+                  runtimes=sorted({lib.num_threads for lib in loaded()}))
+    return report
+
+
+def test_pool_workers_run_single_threaded_with_the_parents_environment():
+    """The workers are limited through the libraries' calls (Numba, every OpenMP and
+    BLAS runtime, torch, also when the task imports torch only later), not through
+    environment variables: their environment is the parent's."""
+    import numba
+
+    from varshift import tasks
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two cores to tell one thread from the default")
+    todo = [tasks.Task(f"threads{i}", "test_process_state:worker_threads", {}) for i in range(2)]
+    before = dict(os.environ)
+    results, _ = tasks.run(todo, jobs=2)
+    assert dict(os.environ) == before
+    expected = {"numba": 1, "runtimes_before_torch": [1],
+                "environment": {k: os.environ.get(k) for k in THREAD_VARIABLES}}
+    if importlib.util.find_spec("torch") is not None:
+        expected.update(torch=1, interop=1, runtimes=[1])
+    assert list(results.values()) == [expected, expected]
+
+
+def test_the_runtime_controller_agrees_with_threadpoolctl():
+    """varshift's own controller finds the libraries threadpoolctl finds, with the same
+    kind, thread count and OpenBLAS kernel, and its changes are the ones threadpoolctl
+    sees (threadpoolctl is imported here, in a child process, for the comparison)."""
+    pytest.importorskip("threadpoolctl")
+    code = """
+import json
+import numpy, scipy.linalg.blas
+from varshift.kernels import threads
+threads.load_runtimes()
+from varshift._runtimes import loaded
+import threadpoolctl
+def mine():
+    return sorted((r.filepath, r.internal_api, r.num_threads, r.architecture) for r in loaded())
+def theirs():
+    return sorted((i["filepath"], i["internal_api"], i["num_threads"], i.get("architecture"))
+                  for i in threadpoolctl.threadpool_info())
+same = mine() == theirs()
+counts = {r.filepath: r.num_threads for r in loaded()}
+for r in loaded():
+    r.set_num_threads(1)
+one = {i["num_threads"] for i in threadpoolctl.threadpool_info()}
+for r in loaded():
+    r.set_num_threads(counts[r.filepath])
+print(json.dumps({"same": same, "one": sorted(one), "back": mine() == theirs(),
+                  "kinds": sorted({r.internal_api for r in loaded()})}))
+"""
+    out = json.loads(run_python(code).strip().splitlines()[-1])
+    assert out["same"] and out["back"] and out["one"] == [1], out
+    assert {"openmp", "openblas"} <= set(out["kinds"]), out
 
 
 def test_the_runtimes_load_with_the_environment_as_the_user_left_it():

@@ -3,8 +3,9 @@
 Every public function that runs a model or reads a file is decorated with
 :func:`public`. Around the call it
 
-- saves and puts back the thread counts: every OpenMP and BLAS runtime threadpoolctl
-  finds, Numba's (where its threading layer has started) and torch's;
+- saves and puts back the thread counts: every OpenMP and BLAS runtime loaded
+  (:mod:`varshift._runtimes`), Numba's (where its threading layer has started) and
+  torch's;
 - refuses a second call on a model that a call in another thread is using
   (:class:`ModelInUseError`): varshift switches modes and running statistics of the
   model while it measures, so two calls at once would see each other's changes.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import random
 import sys
 import threading
@@ -33,10 +33,9 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
-from . import _validate
+from . import _runtimes, _validate
 
-__all__ = ["public", "ModelInUseError", "thread_controller", "iterate_keeping_random_states",
-           "random_states_kept"]
+__all__ = ["public", "ModelInUseError", "iterate_keeping_random_states", "random_states_kept"]
 
 
 class ModelInUseError(RuntimeError):
@@ -173,24 +172,6 @@ def random_states_kept():
 
 
 # ---------------------------------------------------------------------- thread counts
-def thread_controller():
-    """A new ``threadpoolctl.ThreadpoolController`` (the OpenMP and BLAS runtimes loaded
-    now). threadpoolctl sets ``KMP_DUPLICATE_LIB_OK`` in the environment when it is
-    first imported; varshift imports it with the environment put back afterwards."""
-    if "threadpoolctl" not in sys.modules:
-        before = os.environ.get("KMP_DUPLICATE_LIB_OK")
-        try:
-            import threadpoolctl  # noqa: F401
-        finally:
-            if before is None:
-                os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
-            else:
-                os.environ["KMP_DUPLICATE_LIB_OK"] = before
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
 def _numba_threads():
     """Numba's thread count in this thread, or None before its threading layer started
     (asking would start it)."""
@@ -206,7 +187,7 @@ def _numba_threads():
 def _thread_counts_kept():
     """Put back, on exit, every OpenMP and BLAS runtime's thread count, Numba's and
     torch's, where the call changed them."""
-    runtimes = [(lib, lib.num_threads) for lib in thread_controller().lib_controllers]
+    runtimes = [(lib, lib.num_threads) for lib in _runtimes.loaded()]
     numba_threads = _numba_threads()
     torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if torch is not None else None

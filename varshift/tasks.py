@@ -16,7 +16,6 @@ import contextvars
 import hashlib
 import importlib
 import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -26,11 +25,7 @@ from pathlib import Path
 from ._files import atomic_write
 from ._json import json_ready
 
-__all__ = ["Task", "run", "cached", "execute", "cache_summary", "SINGLE_THREAD_ENV"]
-
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
-                     "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-"""Environment of worker processes: one thread each (the workers are the parallelism)."""
+__all__ = ["Task", "run", "cached", "execute", "cache_summary"]
 
 
 @dataclass(frozen=True)
@@ -239,27 +234,24 @@ def run(tasks, cache=None, *, jobs=1, client=None, progress=False):
 
 
 def _run_processes(jobs, todo, done):
+    """Compute ``todo`` in ``jobs`` spawned worker processes, each made single-threaded
+    by :func:`varshift.kernels.threads.single_threaded_worker` before its first task
+    (through the libraries' calls: this process's environment, which the workers
+    inherit, is not touched)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)  # inherited by the spawned workers
-    try:
-        with ProcessPoolExecutor(min(jobs, len(todo)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_timed, t.function, t.params, t.options): t for t in todo}
-            try:
-                for i, future in enumerate(as_completed(futures), 1):
-                    done(futures[future], *future.result(), i)
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    from .kernels.threads import single_threaded_worker
+
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=single_threaded_worker) as pool:
+        futures = {pool.submit(_timed, t.function, t.params, t.options): t for t in todo}
+        try:
+            for i, future in enumerate(as_completed(futures), 1):
+                done(futures[future], *future.result(), i)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _run_dask(client, todo, done):

@@ -38,8 +38,10 @@ import threading
 
 import numba
 
+from .. import _runtimes
+
 __all__ = ["PARALLEL_MIN_ITEMS", "PARALLEL_MIN_FLOPS", "limit", "sized", "blas_serial",
-           "batched", "load_runtimes"]
+           "batched", "load_runtimes", "single_threaded_worker"]
 
 PARALLEL_MIN_ITEMS = 1 << 18
 """Values (of the largest array a Numba kernel reads or writes) below which it runs
@@ -144,24 +146,23 @@ def _blas_to_one():
 
 
 def _blas_libraries():
-    """threadpoolctl controllers of the BLAS the layers' products use: the OpenBLAS
-    bundled with SciPy's wheels if there is one, else every loaded BLAS.
+    """The loaded BLAS runtimes (:mod:`varshift._runtimes`) the layers' products use:
+    the OpenBLAS bundled with SciPy's wheels if there is one, else every loaded BLAS.
 
     Not NumPy's bundled copy, which the layers do not use: it reads
     ``OPENBLAS_THREAD_TIMEOUT`` before varshift can set it, so raising its thread count
     again after every small product would wake workers that then spin for ~0.1 s.
     """
     if not _BLAS:
-        load_runtimes()  # SciPy's OpenBLAS is loaded before threadpoolctl looks
-        from .._process import thread_controller
-
-        libs = thread_controller().select(user_api="blas").lib_controllers
+        load_runtimes()  # SciPy's OpenBLAS is loaded before the runtimes are listed
+        libs = [lib for lib in _runtimes.loaded() if lib.user_api == "blas"]
         _BLAS.extend([lib for lib in libs if "scipy.libs" in lib.filepath] or libs)
     return _BLAS
 
 
 def limit(threads: int):
-    """Limit this thread's Numba kernels and every BLAS to ``threads`` threads.
+    """Limit this thread's Numba kernels and every loaded OpenMP and BLAS runtime to
+    ``threads`` threads.
 
     Parameters
     ----------
@@ -173,13 +174,73 @@ def limit(threads: int):
     restore : callable
         Puts back the previous limits.
     """
-    _blas_libraries()  # threadpoolctl imported without its environment change
-    from threadpoolctl import threadpool_limits
-
+    _blas_libraries()  # the runtimes varshift uses are loaded before they are listed
     before = numba.get_num_threads()
+    runtimes = [(lib, lib.get_num_threads()) for lib in _runtimes.loaded()]
     numba.set_num_threads(threads)
-    limiter = threadpool_limits(threads)
-    return lambda: (limiter.restore_original_limits(), numba.set_num_threads(before))
+    for lib, _ in runtimes:
+        lib.set_num_threads(threads)
+
+    def restore():
+        for lib, count in runtimes:
+            lib.set_num_threads(count)
+        numba.set_num_threads(before)
+
+    return restore
+
+
+def single_threaded_worker() -> None:
+    """Make this process, a worker varshift started, compute on one thread: Numba, every
+    OpenMP and BLAS runtime loaded now, and torch (now if imported, else as soon as it
+    is).
+
+    The limits are set through the libraries' own calls, not through environment
+    variables, so the parent process's environment, which the worker inherits, is never
+    written. Used as the ``initializer`` of :func:`varshift.tasks.run`'s process pool;
+    each task also runs under :func:`limit` (1).
+    """
+    load_runtimes()
+    numba.set_num_threads(1)
+    for lib in _runtimes.loaded():
+        lib.set_num_threads(1)
+    if "torch" in sys.modules:
+        _torch_single_threaded(sys.modules["torch"])
+    else:
+        sys.meta_path.insert(0, _AfterImport("torch", _torch_single_threaded))
+
+
+def _torch_single_threaded(torch):
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # inter-op work already started: its pool keeps its size
+        pass
+
+
+class _AfterImport:
+    """A ``sys.meta_path`` finder that calls ``then(module)`` once the module ``name``
+    has been imported, before the import statement returns, and then removes itself."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, then = spec.loader.exec_module, self.then
+
+        def run(module):
+            exec_module(module)
+            then(module)
+
+        spec.loader.exec_module = run
+        return spec
 
 
 def sized(kernel, items):
