@@ -397,9 +397,11 @@ def train_eval_accuracy(ctx):
                 claims.append(Claim.sanity(agree.text, agree.paper, agree.ours + f"; largest gap "
                                            f"{gap.max():.2f}", bool(gap.max() < CLOSE)))
         ax.set(xlabel="epoch", ylabel="training accuracy (%)", title=f"{arch}, Dropout-(a)")
-        shown = np.concatenate([np.ravel(c) for k, c in numbers.items() if k.startswith(f"{arch}/")])
-        ax.set_ylim(np.percentile(shown, 5) - 2, 100.5)
         ax.legend(fontsize="x-small", loc="lower right")
+    # one floor for every panel, so that the panels compare at a glance
+    shown = np.concatenate([np.ravel(c) for c in numbers.values()])
+    for ax in axes[0]:
+        ax.set_ylim(np.percentile(shown, 5) - 2, 100.5)
     return FigureResult("fig7_train_eval_accuracy", "Training accuracy in train and inference mode",
                         fig, f"Li et al.'s Fig. 5 analog: accuracy on 2,000 training sequences after "
                         f"each epoch, in train mode (Dropout on, batch statistics; solid) and in "
