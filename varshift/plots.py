@@ -221,7 +221,9 @@ def plot_noise_types(ax=None, c=0.0, mc=None):
     # inverse to each other over the whole axis (the x-axis margin goes below 0)
     top = ax.secondary_xaxis("top", functions=(lambda v: np.sign(v) * np.sqrt(3 * np.abs(v)),
                                                 lambda b: np.sign(b) * np.asarray(b) ** 2 / 3))
-    top.set_xticks([0.5, 0.75, 1.0])  # within Uout's range, beta <= 1
+    betas = [0, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
+    top.set_xticks(betas, [f"{b:g}" for b in betas])
+    top.set_xticks([0.25], minor=True)  # unlabelled: s^2 = beta^2/3 crowds 0, 0.25 and 0.5
     top.set_xlabel(r"Uout's $\beta$ with this variance ($s^2 = \beta^2/3$)", fontsize="small")
     ax.legend(fontsize="small")
     return ax

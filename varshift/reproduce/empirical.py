@@ -28,6 +28,8 @@ __all__ = ["FIGURES", "Context", "DataMissing"]
 RATES = (0.0, *SWEEP_RATES)
 CLOSE = 0.5
 """Equivalence margin (test-error points) of the paper's "close to the baseline"."""
+PLACEMENT_COLORS = {"a": "C3", "b": "C2"}
+"""Colour of each Dropout placement, the same in every figure: (a) red, (b) green."""
 
 
 class DataMissing(Exception):
@@ -141,6 +143,13 @@ def _band(ax, x, rows, label, color=None, log=False, **kw):
     return line
 
 
+def _lighter(color, amount=0.5):
+    """``color`` blended with white by ``amount`` (0: unchanged, 1: white)."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(c + (1 - c) * amount for c in to_rgb(color))
+
+
 def _integer_ticks(ax):
     from matplotlib.ticker import MaxNLocator
 
@@ -212,7 +221,7 @@ def shift_per_layer(ctx):
         err = axes[0, 2]
         _bars(err, [f"{r:g}" for r in SWEEP_RATES],
               [(f"({pl})", [_get(runs[(pl, r)], "test_error") for r in SWEEP_RATES]) for pl in "ab"],
-              ["C3", "C2"])
+              [PLACEMENT_COLORS[pl] for pl in "ab"])
         base_err, _ = _ci(_get(base, "test_error"))
         err.axhline(base_err, color="k", lw=1, ls="--", label=f"no Dropout ({base_err:.2f} %)")
         err.set(xlabel="drop rate", ylabel="test error (%)", title=f"{arch}: test error, 95 % CI")
@@ -266,16 +275,16 @@ def training(ctx):
     archs = ctx.settings.architectures
     fig, axes = new_figure(1, len(archs), width=4.6, height=3.6)
     numbers, claims, rows = {}, [], []
-    arms = [("no Dropout", "a", 0.0, "dropout"), ("(a) 0.5", "a", 0.5, "dropout"),
-            ("(b) 0.5", "b", 0.5, "dropout")]
+    arms = [("no Dropout", "a", 0.0, "C0"), ("(a) 0.5", "a", 0.5, PLACEMENT_COLORS["a"]),
+            ("(b) 0.5", "b", 0.5, PLACEMENT_COLORS["b"])]
     for ax, arch in zip(axes[0], archs):
-        for i, (name, pl, r, _) in enumerate(arms):
+        for name, pl, r, color in arms:
             runs = ctx.network(arch, pl, r)
             epochs = np.arange(1, len(runs[0]["history"]["eval_mode"]) + 1)
             _band(ax, epochs, [100 - np.array(h["history"]["eval_mode"]) for h in runs],
-                  f"{name}: training", color=f"C{i}")
+                  f"{name}: training", color=color)
             _band(ax, epochs, [h["history"]["test_error"] for h in runs], f"{name}: test",
-                  color=f"C{i}", ls="--")
+                  color=color, ls="--")
         ax.set(ylim=(0, 10), xlabel="epoch", ylabel="error (%), inference mode",
                title=f"{arch}: learning curves, 95 % CI")
         base = ctx.network(arch, "a", 0.0)
@@ -327,7 +336,7 @@ def propagation(ctx):
         downstream = [i for i, f in enumerate(flags) if i > first and not f]
         for row, key in enumerate(("shift", "mean_shift")):
             ax = axes[row, col]
-            for runs, label, color in ((base, "no Dropout", "C0"), (dropped, "(a) drop 0.5", "C3")):
+            for runs, label, color in ((base, "no Dropout", "C0"), (dropped, "(a) drop 0.5", PLACEMENT_COLORS["a"])):
                 _band(ax, np.arange(len(flags)), [[b[key] for b in r["bn"]] for r in runs], label,
                       color=color, marker="o", ms=3)
             for i in np.flatnonzero(flags):
@@ -364,7 +373,7 @@ def train_eval_accuracy(ctx):
     fig, axes = new_figure(1, len(archs), width=4.8, height=3.6)
     numbers, claims = {}, []
     for ax, arch in zip(axes[0], archs):
-        for rate, color in ((0.0, "C0"), (0.5, "C3")):
+        for rate, color in ((0.0, "C0"), (0.5, PLACEMENT_COLORS["a"])):
             runs = ctx.network(arch, "a", rate)
             for mode, style in (("train_mode", "-"), ("eval_mode", "--")):
                 curves = [r["history"][mode] for r in runs]
@@ -388,9 +397,11 @@ def train_eval_accuracy(ctx):
                 claims.append(Claim.sanity(agree.text, agree.paper, agree.ours + f"; largest gap "
                                            f"{gap.max():.2f}", bool(gap.max() < CLOSE)))
         ax.set(xlabel="epoch", ylabel="training accuracy (%)", title=f"{arch}, Dropout-(a)")
-        shown = np.concatenate([np.ravel(c) for k, c in numbers.items() if k.startswith(f"{arch}/")])
-        ax.set_ylim(np.percentile(shown, 5) - 2, 100.5)
         ax.legend(fontsize="x-small", loc="lower right")
+    # one floor for every panel, so that the panels compare at a glance
+    shown = np.concatenate([np.ravel(c) for c in numbers.values()])
+    for ax in axes[0]:
+        ax.set_ylim(np.percentile(shown, 5) - 2, 100.5)
     return FigureResult("fig7_train_eval_accuracy", "Training accuracy in train and inference mode",
                         fig, f"Li et al.'s Fig. 5 analog: accuracy on 2,000 training sequences after "
                         f"each epoch, in train mode (Dropout on, batch statistics; solid) and in "
@@ -485,7 +496,8 @@ def recalibration(ctx):
                          after["a"], base_err, direction=1, unit=" %",
                          names=("(a) Adjust", "no Dropout")),
         ]
-    colors = ["0.4", "C3", "#f4a582", "C2", "#a6dba0"]
+    a, b = PLACEMENT_COLORS["a"], PLACEMENT_COLORS["b"]
+    colors = ["0.4", a, _lighter(a), b, _lighter(b)]
     _bars(ax, archs, list(series.items()), colors)
     ax.set(ylabel="test error (%)", title="Re-estimating the BatchNorm statistics")
     ax.legend(fontsize="x-small", ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -599,7 +611,8 @@ def equal_variance(ctx):
         ax.set(ylabel=ylabel, title=f"Equal noise variance 1/3: {ylabel.split(' (')[0]}")
         ax.tick_params(axis="x", labelrotation=20)
         ax.legend(fontsize="x-small")
-    axes[0, 0].set_ylim(bottom=1)  # a shift of 1 is none
+    # the bars start at 0 (from 1 they made differences of 0.04 look large); 1 is no shift
+    axes[0, 0].axhline(1, color="0.5", lw=0.8, ls="--")
     return FigureResult("fig14_equal_variance", "Uout against Dropout at equal noise variance",
                         fig, f"Uout(beta = {beta:g}) and Dropout({rate:g}) multiply each unit by "
                         f"noise of mean 1 and variance 1/3, at the (a) and the (b) positions; the "
@@ -719,7 +732,7 @@ def width(ctx):
     ax.legend(fontsize="x-small")
     ax = axes[0, 2]
     _band(ax, widths, np.array([numbers[w]["shift"] for w in widths]).T, "Dropout 0.5 (b)",
-          marker="o", color="C3")
+          marker="o", color=PLACEMENT_COLORS["b"])
     ax.axhline(1, color="0.5", lw=0.8, ls="--")
     ax.set(xscale="log", xlabel="hidden width", ylabel=r"shift $\max(r, 1/r)$",
            title="Shift, Dropout 0.5 before the 2nd Dense")
