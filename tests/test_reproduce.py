@@ -78,7 +78,7 @@ def test_reproduce_command(tmp_path):
                           "--out", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "1 figure(s) and 0 case studies" in out.stdout
-    assert "Paper claims: 0 hold, 0 contradicted, 0 undecided" in out.stdout
+    assert "Holm-adjusted, paper claims: 0 hold, 0 contradicted, 0 undecided" in out.stdout
 
 
 def test_runs_are_paired_by_seed():
