@@ -248,3 +248,18 @@ def test_report_reads_a_pilot_cache_and_writes_the_same_bytes(tmp_path):
     pilot.report(out, {"pilot": (settings, cache)})
     assert out.read_bytes() == first
     assert "| PreResNet: drop 0.5 at (a) raises the test error | 4 |" in pilot.markdown(table["rows"])
+
+
+def test_the_other_arms_pilot_the_first_pilots_seeds_and_keep_its_keys():
+    hard = plan.Settings(quick=False, train_sequences=1000)
+    first = plan.pilot_tasks(hard)
+    other = plan.pilot_tasks(hard, arms=plan.OTHER_PILOT_ARMS)
+    assert len(other) == 4 * (10 + 5 + 5) and not {t.key for t in other} & {t.key for t in first}
+    assert {(t.params["arch"], t.params["seed"]) for t in other} == {
+        (t.params["arch"], t.params["seed"]) for t in first}  # the baselines exist already
+    assert {(t.params["placement"], t.params["rate"], t.params["noise"]) for t in other} == set(
+        plan.OTHER_PILOT_ARMS)
+    # the first pilot's keys are those of its cached runs
+    stored = {p.stem for p in (FIGURES / "power" / "tasks").rglob("*.json")}
+    if stored:
+        assert {t.key.rsplit("/", 1)[-1] for t in first} <= stored

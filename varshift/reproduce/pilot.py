@@ -21,7 +21,7 @@ from .. import tasks as _tasks
 from .._files import atomic_write
 from .._json import json_ready
 from . import power
-from .plan import Settings, network_task, pilot_tasks
+from .plan import OTHER_PILOT_ARMS, PILOT_ARMS, Settings, network_task, pilot_tasks
 
 __all__ = ["CACHE", "REPORT", "FIRST_SIZE", "BAND", "regime_size", "calibration_tasks", "choose",
            "load_runs", "report", "markdown", "main"]
@@ -203,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="local worker processes")
     parser.add_argument("--blocks", type=int, default=3,
                         help="blocks of seeds (plan.PILOT_BLOCKS per block)")
+    parser.add_argument("--other-arms", action="store_true",
+                        help="pilot the arms the first pilot left out (plan.OTHER_PILOT_ARMS)")
     parser.add_argument("--report", action="store_true",
                         help=f"write {REPORT} from the finished runs and print it")
     args = parser.parse_args(argv)
@@ -215,7 +217,8 @@ def main(argv=None):
     print(f"PreResNet without Dropout at {FIRST_SIZE} training sequences, seeds "
           f"{CALIBRATION_SEEDS}: {error:.2f} % test error; regime: {settings.describe()}",
           flush=True)
-    _tasks.run(pilot_tasks(settings, args.blocks), args.cache, jobs=args.jobs, progress=True)
+    arms = OTHER_PILOT_ARMS if args.other_arms else PILOT_ARMS
+    _tasks.run(pilot_tasks(settings, args.blocks, arms), args.cache, jobs=args.jobs, progress=True)
 
 
 if __name__ == "__main__":

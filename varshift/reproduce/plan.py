@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..tasks import Task
 
 __all__ = ["Settings", "SWEEP_RATES", "HEAD_RATES", "UOUT_BETAS", "EQUAL_VARIANCE", "PILOT_ARMS",
-           "PILOT_BLOCKS", "network_task", "network_tasks", "pilot_tasks", "width_tasks",
+           "OTHER_PILOT_ARMS", "PILOT_BLOCKS", "network_task", "network_tasks", "pilot_tasks", "width_tasks",
            "stale_tasks"]
 
 SWEEP_RATES = (0.1, 0.3, 0.5, 0.7)
@@ -25,8 +25,13 @@ EQUAL_VARIANCE = (("uout", 1.0), ("dropout", 0.25))
 """Uout(beta=1) and Dropout(0.25) have the same noise variance, 1/3, at (a) and (b)."""
 TRACKED = {(0.0, "a"), (0.5, "a"), (0.5, "b")}
 """(rate, placement) of the Dropout runs whose accuracy is tracked every epoch."""
-PILOT_ARMS = (("a", 0.0), ("a", 0.5), ("b", 0.5))
-"""(placement, drop rate) of the power pilot: the baseline and Dropout 0.5 at (a) and (b)."""
+PILOT_ARMS = (("a", 0.0, "dropout"), ("a", 0.5, "dropout"), ("b", 0.5, "dropout"))
+"""(placement, rate, noise) of the power pilot: the baseline and Dropout 0.5 at (a) and (b)."""
+OTHER_PILOT_ARMS = (("a", 0.1, "dropout"), ("a", 0.7, "dropout"), ("b", 0.7, "dropout"),
+                    ("b", 0.2, "uout"))
+"""The arms the first pilot left out, whose claims can be testable (docs/power-analysis.md,
+"Left for later sessions", item 2): (a) 0.1, (a)/(b) 0.7 and Uout 0.2; the pilot's seeds
+already have their baselines."""
 PILOT_BLOCKS = (("PreResNet", 10), ("WRN", 5), ("DenseNet", 5))
 """Order of the power pilot: so many seeds of each architecture, in turn, block after block."""
 
@@ -123,15 +128,16 @@ def network_tasks(settings):
     return list({t.key: t for t in tasks}.values())
 
 
-def pilot_tasks(settings, blocks=1):
-    """The power pilot's runs (:data:`PILOT_ARMS`) in the order of :data:`PILOT_BLOCKS`:
-    block ``b`` gives each architecture its next seeds (from ``settings.seed``), seed by
-    seed, so a stopped pilot has whole seeds and PreResNet first."""
+def pilot_tasks(settings, blocks=1, arms=PILOT_ARMS):
+    """The power pilot's runs of ``arms`` (:data:`PILOT_ARMS`, or :data:`OTHER_PILOT_ARMS`)
+    in the order of :data:`PILOT_BLOCKS`: block ``b`` gives each architecture its next
+    seeds (from ``settings.seed``), seed by seed, so a stopped pilot has whole seeds and
+    PreResNet first."""
     tasks, first = [], {arch: settings.seed for arch, _ in PILOT_BLOCKS}
     for _ in range(blocks):
         for arch, n in PILOT_BLOCKS:
-            tasks += [network_task(settings, arch, pl, rate, s)
-                      for s in range(first[arch], first[arch] + n) for pl, rate in PILOT_ARMS]
+            tasks += [network_task(settings, arch, pl, rate, s, noise)
+                      for s in range(first[arch], first[arch] + n) for pl, rate, noise in arms]
             first[arch] += n
     return tasks
 
