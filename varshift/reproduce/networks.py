@@ -10,6 +10,10 @@ Placements (Li et al., section 4):
 ``noise='uout'`` puts Uout(beta) instead of Dropout(rate) at the same positions (Table 6),
 ``noise='gaussian'`` GaussianDropout(rate): any name of :data:`varshift.nn.noise.NOISES`.
 
+Width at fixed depth: :func:`preresnet`'s ``widen`` multiplies every channel count and
+keeps the blocks, so widen factors 1, 2, 4 and 8 differ in width only (Li et al.'s
+width claims without WRN's confound of fewer blocks).
+
 Networks with rate 0 have no noise layers, and :func:`seeded` draws the weights
 independently of the noise layers, so for one seed every placement, rate and noise
 starts from the same weights: the arms of a comparison are paired.
@@ -18,6 +22,7 @@ starts from the same weights: the arms of a comparison are paired.
 from __future__ import annotations
 
 from .. import nn
+from .._validate import integer
 from ..nn.noise import NOISES
 
 __all__ = ["preresnet", "wide_resnet", "densenet", "mlp", "seeded", "ARCHITECTURES"]
@@ -59,7 +64,19 @@ def _head(width, placement, noise, amount, classes):
     return [nn.BatchNorm(width), nn.ReLU(), nn.GlobalAvgPool(), *tail, nn.Dense(width, classes)]
 
 
-def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, noise="dropout", classes=10, seed=None):
+def _residual_network(make_block, width, blocks, placement, noise, rate, classes, seed):
+    """Stem Conv(1 -> ``width``, 5), ``blocks`` blocks from ``make_block()`` with a
+    stride-2 max pooling after the middle one, then :func:`_head`."""
+    layers = [nn.Conv1D(1, width, 5, padding="same")]
+    for i in range(blocks):
+        layers.append(make_block())
+        if i == blocks // 2 - 1 or (blocks == 1 and i == 0):
+            layers.append(nn.MaxPool1D(2))
+    return seeded(nn.Sequential(*layers, *_head(width, placement, noise, rate, classes)), seed)
+
+
+def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, widen=1, noise="dropout", classes=10,
+              seed=None):
     """PreResNet-style 1-D network: stem, ``blocks`` pre-activation residual blocks
     (a stride-2 downsampling in the middle), BN-ReLU, global pooling, Dense.
 
@@ -69,23 +86,33 @@ def preresnet(placement="a", rate=0.0, *, width=16, blocks=3, noise="dropout", c
     rate : float
         Drop rate (or Uout's beta with ``noise='uout'``); 0 adds no noise layer.
     width, blocks : int
+    widen : int, default 1
+        Width factor: every layer has ``width * widen`` channels; the number of
+        blocks, BatchNorm and convolution layers does not depend on it (width at
+        fixed depth). The default is the PreResNet of the committed runs.
     noise : {'dropout', 'uout', 'gaussian'}
     classes : int
     seed : int, optional
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``widen`` is not a positive integer, or ``placement`` or ``noise`` is unknown.
     """
     _check(placement)
-    layers = [nn.Conv1D(1, width, 5, padding="same")]
-    for i in range(blocks):
-        layers.append(_block(width, placement, noise, rate))
-        if i == blocks // 2 - 1 or (blocks == 1 and i == 0):
-            layers.append(nn.MaxPool1D(2))
-    return seeded(nn.Sequential(*layers, *_head(width, placement, noise, rate, classes)), seed)
+    channels = width * integer(widen, "widen", "preresnet")
+    return _residual_network(lambda: _block(channels, placement, noise, rate), channels, blocks,
+                             placement, noise, rate, classes, seed)
 
 
 def wide_resnet(placement="b", rate=0.0, *, width=16, widen=3, blocks=2, noise="dropout",
                 classes=10, seed=None):
-    """A Wide ResNet: :func:`preresnet` with ``widen`` times the channels, fewer blocks."""
-    return preresnet(placement, rate, width=width * widen, blocks=blocks, noise=noise,
+    """A Wide ResNet: :func:`preresnet` with ``widen`` times the channels, fewer blocks.
+
+    Its width is confounded with depth (3 times PreResNet's width, 2 blocks instead of
+    3); for width at fixed depth use :func:`preresnet`'s ``widen``.
+    """
+    return preresnet(placement, rate, width=width, blocks=blocks, widen=widen, noise=noise,
                      classes=classes, seed=seed)
 
 
