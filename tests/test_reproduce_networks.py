@@ -1,5 +1,5 @@
-"""The reproduction's 1-D networks: the committed builders unchanged, width at fixed
-depth, and the noise where each placement declares it."""
+"""The reproduction's 1-D networks: the committed builders unchanged, ResNeXt's grouped
+bottlenecks, width at fixed depth, and the noise where each placement declares it."""
 
 import hashlib
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from varshift import nn, optim
-from varshift.reproduce.networks import ARCHITECTURES, preresnet, wide_resnet
+from varshift.reproduce import experiments
+from varshift.reproduce.networks import ARCHITECTURES, preresnet, resnext, wide_resnet
 
 # Computed with the committed builders (f36648d, before ResNeXt and ``widen`` existed):
 # (architecture, placement, rate, noise) -> (parameters, sha256 of the seed-7 weights
@@ -208,6 +209,66 @@ def _noisy_blocks(arch, model):
     return len(blocks_of(model))
 
 
+# ------------------------------------------------------------------ ResNeXt
+def test_resnext_blocks_are_bottlenecks_with_a_grouped_middle_convolution():
+    model = resnext("a", 0.3, seed=0)
+    bodies = blocks_of(model)
+    assert len(bodies) == len(blocks_of(preresnet("a", 0.3))) == 3
+    for body in bodies:
+        layers = convs(body)
+        assert [c.kernel_size for c in layers] == [(1,), (3,), (1,)]
+        assert [c.groups for c in layers] == [1, 8, 1]
+        assert [(c.in_channels, c.out_channels) for c in layers] == [(16, 32), (32, 32), (32, 16)]
+        assert layers[1].params["weight"].shape == (32, 4, 3)  # 4 input channels per group
+    other = convs(blocks_of(resnext("a", 0.3, cardinality=4, group_width=2))[0])[1]
+    assert (other.groups, other.in_channels) == (4, 8)
+
+
+def test_resnext_noise_sits_around_the_grouped_convolution_as_declared():
+    """(a): grouped conv -> noise -> BN; (b): BN -> ReLU -> noise -> 1x1 conv."""
+    for layers, i in noise_sites(resnext("a", 0.3, seed=0)):
+        assert (layers[i - 1].kind, layers[i - 1].groups) == ("conv", 8)
+    for layers, i in noise_sites(resnext("b", 0.3, seed=0)):
+        assert [type(x).__name__ for x in layers[i - 2:i]] == ["BatchNorm", "ReLU"]
+        assert (layers[i + 1].groups, layers[i + 1].kernel_size) == (1, (1,))
+
+
+def test_resnext_keeps_preresnets_stem_and_head():
+    ours, theirs = resnext("head", 0.3, seed=0), preresnet("head", 0.3, seed=0)
+    first = lambda m: m.layers[0]  # noqa: E731
+    assert first(ours).get_config() == first(theirs).get_config()
+    tail = lambda m: [(type(x).__name__, x.get_config()) for x in m.layers[-5:]]  # noqa: E731
+    assert tail(ours) == tail(theirs)
+    pools = lambda m: [i for i, x in enumerate(m.layers) if isinstance(x, nn.MaxPool1D)]  # noqa: E731
+    assert pools(ours) == pools(theirs)
+
+
+def test_resnext_parameter_count_is_in_preresnets_range():
+    ours, theirs = n_parameters(resnext("a", 0.0)), n_parameters(preresnet("a", 0.0))
+    assert (ours, theirs) == (5242, 5194)  # the numbers the docstring states
+    assert abs(ours / theirs - 1) < 0.05
+
+
+def test_resnext_arms_are_paired_by_seed():
+    base = resnext("a", 0.0, seed=4).state_dict(buffers=False)
+    for placement, rate, noise in (("a", 0.5, "dropout"), ("b", 0.3, "uout"), ("head", 0.2, "dropout")):
+        arm = resnext(placement, rate, noise=noise, seed=4).state_dict(buffers=False)
+        assert [v.tobytes() for v in arm.values()] == [v.tobytes() for v in base.values()]
+
+
+@pytest.mark.parametrize("placement", ["a", "b"])
+def test_resnext_theory_points_avoid_the_grouped_convolution(placement):
+    """The task measures a theory point per noise layer; (b)'s weight layer is the 1x1
+    expansion, so the refusal of grouped convolutions does not stop a ResNeXt task."""
+    model = resnext(placement, 0.3, seed=0)
+    x = np.random.default_rng(1).standard_normal((64, 1, 40)).astype(np.float32)
+    with np.errstate(all="ignore"):  # dead ReLU units at initialisation: nan correlations
+        points = experiments._theory_points(model, x, seed=0)
+    assert [p["case"] for p in points] == [placement] * 3
+    if placement == "b":
+        assert {p["d"] for p in points} == {32}  # 1x1 over the 32 bottleneck channels
+
+
 # ------------------------------------------------------------------ width at fixed depth
 def test_widen_changes_channels_not_depth():
     reference = preresnet("b", 0.3, seed=0)
@@ -239,3 +300,16 @@ def test_bad_widen_is_refused_by_name(bad, error):
         preresnet("a", 0.3, widen=bad)
     with pytest.raises(error, match=r"widen must be a positive integer"):
         wide_resnet("b", 0.3, widen=bad)
+
+
+@pytest.mark.parametrize("argument", ["cardinality", "group_width"])
+def test_bad_resnext_sizes_are_refused_by_name(argument):
+    with pytest.raises(ValueError, match=rf"resnext: {argument} must be a positive integer, got 0"):
+        resnext("a", 0.3, **{argument: 0})
+    with pytest.raises(TypeError, match=rf"resnext: {argument} must be a positive integer"):
+        resnext("a", 0.3, **{argument: 2.0})
+
+
+def test_unknown_placement_is_refused():
+    with pytest.raises(ValueError, match=r"placement must be 'a', 'b' or 'head', got 'c'"):
+        resnext("c", 0.3)

@@ -1,5 +1,5 @@
-"""Small PreResNet, Wide ResNet and DenseNet-style 1-D networks with Li et al.'s
-Dropout placements, for MNIST-1D (input (N, 1, 40)).
+"""Small PreResNet, Wide ResNet, ResNeXt and DenseNet-style 1-D networks with Li et
+al.'s Dropout placements, for MNIST-1D (input (N, 1, 40)).
 
 Placements (Li et al., section 4):
 
@@ -25,7 +25,7 @@ from .. import nn
 from .._validate import integer
 from ..nn.noise import NOISES
 
-__all__ = ["preresnet", "wide_resnet", "densenet", "mlp", "seeded", "ARCHITECTURES"]
+__all__ = ["preresnet", "wide_resnet", "resnext", "densenet", "mlp", "seeded", "ARCHITECTURES"]
 
 
 def _noise(noise, amount):
@@ -57,6 +57,20 @@ def _block(width, placement, noise, amount):
     second = [*noise_a, nn.BatchNorm(width), nn.ReLU(), *noise_b,
               nn.Conv1D(width, width, 3, padding="same")]
     return nn.Residual(nn.Sequential(*first, *second))
+
+
+def _bottleneck(width, inner, cardinality, placement, noise, amount):
+    """Pre-activation ResNeXt block BN-ReLU-Conv1x1-BN-ReLU-GroupedConv3-BN-ReLU-Conv1x1
+    (``width`` -> ``inner`` channels in ``cardinality`` groups -> ``width``) with the
+    noise placed: (a) between the grouped convolution and the last BatchNorm, (b) before
+    the last (1x1) convolution."""
+    reduce = [nn.BatchNorm(width), nn.ReLU(), nn.Conv1D(width, inner, 1)]
+    grouped = [nn.BatchNorm(inner), nn.ReLU(),
+               nn.Conv1D(inner, inner, 3, padding="same", groups=cardinality)]
+    noise_a = _noise(noise, amount) if placement == "a" else []
+    noise_b = _noise(noise, amount) if placement == "b" else []
+    expand = [*noise_a, nn.BatchNorm(inner), nn.ReLU(), *noise_b, nn.Conv1D(inner, width, 1)]
+    return nn.Residual(nn.Sequential(*reduce, *grouped, *expand))
 
 
 def _head(width, placement, noise, amount, classes):
@@ -116,6 +130,51 @@ def wide_resnet(placement="b", rate=0.0, *, width=16, widen=3, blocks=2, noise="
                      classes=classes, seed=seed)
 
 
+def resnext(placement="a", rate=0.0, *, width=16, blocks=3, cardinality=8, group_width=4,
+            noise="dropout", classes=10, seed=None):
+    """ResNeXt-style 1-D network: :func:`preresnet`'s stem, number of blocks, stride-2
+    downsampling and head, with pre-activation bottleneck blocks whose middle 3-wide
+    convolution is grouped.
+
+    Each block is BN-ReLU-Conv1x1 (``width`` -> ``cardinality * group_width``),
+    BN-ReLU-Conv3 in ``cardinality`` groups of ``group_width`` channels, BN-ReLU-Conv1x1
+    (back to ``width``), added to its input. As in ResNeXt-29 (8x64d) on CIFAR, the
+    grouped layer is twice as wide as the block's output. The blocks are pre-activation
+    (the original ResNeXt is post-activation) so that the placements mean what they mean
+    in :func:`preresnet`: (a) the noise right before the block's last BatchNorm (after
+    the grouped convolution), (b) right before its last convolution (the 1x1 expansion).
+
+    With the defaults (width 16, 3 blocks, 8 x 4 channels) it has 5,242 parameters,
+    against PreResNet's 5,194, and 10 BatchNorm and 10 convolution layers (PreResNet: 7
+    and 7).
+
+    Parameters
+    ----------
+    placement : {'a', 'b', 'head'}
+    rate : float
+        Drop rate (or Uout's beta with ``noise='uout'``); 0 adds no noise layer.
+    width, blocks : int
+    cardinality : int, default 8
+        Groups of the middle convolution.
+    group_width : int, default 4
+        Channels per group.
+    noise : {'dropout', 'uout', 'gaussian'}
+    classes : int
+    seed : int, optional
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``cardinality`` or ``group_width`` is not a positive integer, or
+        ``placement`` or ``noise`` is unknown.
+    """
+    _check(placement)
+    inner = integer(cardinality, "cardinality", "resnext") * integer(group_width, "group_width",
+                                                                     "resnext")
+    return _residual_network(lambda: _bottleneck(width, inner, cardinality, placement, noise, rate),
+                             width, blocks, placement, noise, rate, classes, seed)
+
+
 def densenet(placement="a", rate=0.0, *, growth=8, layers=4, noise="dropout", classes=10, seed=None):
     """DenseNet-style 1-D network: each layer concatenates its input with
     BN-ReLU-Conv1x1-BN-ReLU-Conv3 (a bottleneck) of ``growth`` new channels.
@@ -153,4 +212,5 @@ def mlp(width, rate=0.0, *, placement="b", depth=2, inputs=784, classes=10, seed
     return seeded(nn.Sequential(*layers, nn.Dense(fan_in, classes)), seed)
 
 
-ARCHITECTURES = {"PreResNet": preresnet, "WRN": wide_resnet, "DenseNet": densenet}
+ARCHITECTURES = {"PreResNet": preresnet, "WRN": wide_resnet, "DenseNet": densenet,
+                 "ResNeXt": resnext}
