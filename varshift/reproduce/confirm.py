@@ -79,13 +79,15 @@ def judge(proto, cache=CACHE):
         judged.append(Claim.paired(c.claim.text, c.paper_source, d, 0.0, direction=c.claim.direction,
                                    min_effect=c.claim.margin or 0.0, unit=" points",
                                    names=("difference", "0")))
-    adjusted = holm(judged)
-    rows, i = [], 0
+    by_id = dict(zip((c.id for c in proto.confirmatory), judged))
+    adjusted = {}
+    for family in proto.families:  # each family adjusted on its own
+        adjusted.update(zip(family, holm([by_id[i] for i in family])))
+    rows = []
     for c in proto.claims:
         row = {"id": c.id, "status": c.status, "text": c.claim.text, "why": c.why}
         if c.status == "confirmatory":
-            row.update(judged[i].__dict__, holm=adjusted[i])
-            i += 1
+            row.update(by_id[c.id].__dict__, holm=adjusted[c.id])
         rows.append(row)
     return rows
 

@@ -63,6 +63,8 @@ class Protocol:
     settings: Settings
     first_seed: int
     claims: tuple
+    families: tuple
+    """Holm families: tuples of confirmatory claim ids, each adjusted on its own."""
     sha256: str
     path: Path
 
@@ -147,7 +149,14 @@ def load(path=PATH) -> Protocol:
     claims = tuple(_claim(c, path) for c in doc["claims"])
     ids = [c.id for c in claims]
     _require(len(set(ids)) == len(ids), path, "claim ids must be unique")
-    return Protocol(doc["version"], settings, int(doc["first_seed"]), claims, digest(path), path)
+    families = tuple(tuple(f) for f in doc["holm_families"])
+    in_families = [i for f in families for i in f]
+    confirmatory = [c.id for c in claims if c.status == "confirmatory"]
+    _require(sorted(in_families) == sorted(confirmatory), path,
+             f"holm_families must hold every confirmatory claim exactly once: families "
+             f"{sorted(in_families)}, confirmatory {sorted(confirmatory)}")
+    return Protocol(doc["version"], settings, int(doc["first_seed"]), claims, families,
+                    digest(path), path)
 
 
 def _git(*args, cwd):
