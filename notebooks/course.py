@@ -1010,13 +1010,15 @@ def check_dropout(forward, backward):
 
 
 # Exercise 15 -----------------------------------------------------------------------
-def _reference_layernorm_backward(g, cache):
-    """LayerNorm's backward in float64 (statistics per sample, over the features)."""
+def _normalisation_dx(g, cache, axis):
+    """The compact dx of a normalisation whose statistics are means over ``axis`` of the
+    cache ``(x, mu, var, xhat, gamma, eps)``: LayerNorm's with ``axis=1``; with ``axis=0``,
+    the mistake of keeping BatchNorm's axis (the course ships no solutions file, so the
+    check carries its own reference)."""
     x, mu, var, xhat, gamma, eps = cache
     h = g * gamma
-    dx = (h - h.mean(axis=1, keepdims=True)
-          - xhat * (h * xhat).mean(axis=1, keepdims=True)) / np.sqrt(var + eps)
-    return dx, {"weight": (g * xhat).sum(axis=0), "bias": g.sum(axis=0)}
+    return (h - h.mean(axis=axis, keepdims=True)
+            - xhat * (h * xhat).mean(axis=axis, keepdims=True)) / np.sqrt(var + eps)
 
 
 def check_layernorm_backward(backward, forward):
@@ -1034,7 +1036,8 @@ def check_layernorm_backward(backward, forward):
     assert np.shape(dx) == x.shape, _hint(15, f"dx must have the shape of x, {x.shape}; got {np.shape(dx)}.")
     assert set(grads) == {"weight", "bias"}, _hint(
         15, f"the dict needs the keys 'weight' and 'bias', got {sorted(grads)}.")
-    dx_ref, grads_ref = _reference_layernorm_backward(g, cache)
+    dx_ref = _normalisation_dx(g, cache, axis=1)
+    grads_ref = {"weight": (g * cache[3]).sum(axis=0), "bias": g.sum(axis=0)}
     assert _close(grads["bias"], grads_ref["bias"]) and _close(grads["weight"], grads_ref["weight"]), _hint(
         15, "gamma and beta are per feature, as in BatchNorm: their gradients are sums over the "
             "samples, shape (features,).")
@@ -1042,7 +1045,7 @@ def check_layernorm_backward(backward, forward):
         xx, mu, var, xhat, gam, eps = cache
         inv = 1 / np.sqrt(var + eps)
         variants = {
-            "batch_axis": _batchnorm_axis_dx(g, xhat, gam, inv),
+            "batch_axis": _normalisation_dx(g, cache, axis=0),
             "gamma_outside": gam * inv * (g - g.mean(1, keepdims=True)
                                           - xhat * (g * xhat).mean(1, keepdims=True)),
             "constants": gam * inv * g,
@@ -1067,9 +1070,3 @@ def check_layernorm_backward(backward, forward):
     assert max(errors) < 1e-6, _hint(15, f"gradcheck error {max(errors):.1e} (should be < 1e-6).")
     _passed(15, f"matches the reference, gradcheck error {max(errors):.1e}")
 
-
-def _batchnorm_axis_dx(g, xhat, gamma, inv_std):
-    """BatchNorm's compact dx (means over the batch, axis 0) applied to LayerNorm's
-    ``xhat``: the mistake of keeping BatchNorm's axis."""
-    h = g * gamma
-    return inv_std * (h - h.mean(0) - xhat * (h * xhat).mean(0))
