@@ -44,7 +44,7 @@ __all__ = ["setup", "mnist_dir", "mnist", "band", "exercise", "solutions_enabled
            "check_equal_variance_beta", "check_updates_and_initial_weight",
            "check_first_batchnorm_bound", "compare_initial_weight_left", "check_decisions",
            "check_recomputed_statistics", "compare_keras_updates", "check_torch_twin",
-           "check_population_statistics"]
+           "check_population_statistics", "check_dropout", "check_layernorm_backward"]
 
 HERE = Path(__file__).resolve().parent
 ENV = "VARSHIFT_SOLUTIONS"
@@ -63,6 +63,8 @@ EXERCISES = {
     11: ("06", "torch_twin", "check_torch_twin"),
     12: ("06", "population_statistics", "check_population_statistics"),
     13: ("07", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
+    14: ("08", "dropout_forward", "check_dropout"),
+    15: ("08", "layernorm_backward", "check_layernorm_backward"),
 }
 """Exercise number -> (notebook, function name, check name)."""
 
@@ -943,3 +945,128 @@ def check_population_statistics(compute, model=None, x=None, name=None):
                                        f"variance {ratio:.4g} times recalibrate's; {hint}"))
     _passed(12, f"'{name}': mean and variance per channel agree with varshift.recalibrate "
                 f"(largest difference {np.abs(var - want_var).max():.1e})")
+
+
+# Exercise 14 -----------------------------------------------------------------------
+class _HandWrittenDropout(nn.Layer):
+    """Dropout made of ``forward(x, rate, rng) -> (out, cache)`` and ``backward(dout,
+    cache) -> dx``, drawing from a generator seeded anew in every call: every forward of
+    gradcheck then draws the same mask."""
+
+    def __init__(self, forward, backward, rate, seed):
+        super().__init__()
+        self._fw, self._bw, self.rate, self.seed = forward, backward, rate, seed
+
+    def _forward(self, x):
+        return self._fw(x, self.rate, np.random.default_rng(self.seed))
+
+    def _backward(self, dout, cache):
+        return self._bw(dout, cache), {}
+
+
+def check_dropout(forward, backward):
+    """Exercise 14: inverted Dropout, ``forward(x, rate, rng) -> (out, cache)`` (train
+    mode; ``rate`` is the drop probability) and ``backward(dout, cache) -> dx``: the kept
+    fraction, the expectation, the values, and ``varshift.gradcheck`` of the pair."""
+    x = np.random.default_rng(4).normal(1.0, 2.0, size=(400, 50))
+    for rate in (0.2, 0.5, 0.8):
+        result = forward(x, rate, np.random.default_rng(5))
+        assert isinstance(result, tuple) and len(result) == 2, _hint(
+            14, "forward returns a pair (out, cache); backward needs the cache.")
+        out = np.asarray(result[0], float)
+        assert out.shape == x.shape, _hint(14, f"out must have the shape of x, {x.shape}; got {out.shape}.")
+        kept = out != 0
+        fraction = kept.mean()
+        # 20,000 Bernoulli draws: the kept fraction is within 0.02 of 1 - rate
+        if abs(fraction - rate) < 0.02 and rate != 0.5:
+            raise AssertionError(_hint(14, f"at rate {rate} you keep {fraction:.2f} of the units: "
+                                           "rate is the probability of *dropping* a unit."))
+        assert abs(fraction - (1 - rate)) < 0.02, _hint(
+            14, f"at rate {rate} you keep {fraction:.2f} of the units; each unit is kept "
+                f"independently with probability 1 - rate = {1 - rate:.1f}.")
+        scale = out[kept] / x[kept]
+        if np.allclose(scale, 1.0):
+            raise AssertionError(_hint(14, "the kept units are passed unchanged, so the mean of the "
+                                           "output falls with the rate. Inverted Dropout rescales "
+                                           "in training so that inference needs nothing."))
+        assert np.allclose(scale, 1 / (1 - rate)), _hint(
+            14, f"the kept units are multiplied by {np.median(scale):.4g} at rate {rate}; "
+                "choose the factor that keeps the expectation of every unit unchanged.")
+        dout = np.random.default_rng(6).normal(size=x.shape)
+        dx = np.asarray(backward(dout, result[1]), float)
+        assert dx.shape == x.shape, _hint(14, f"dx must have the shape of x, {x.shape}; got {dx.shape}.")
+        if np.allclose(dx[kept], dout[kept]) or np.allclose(dx, dout):
+            raise AssertionError(_hint(14, "dx passes dout through unchanged where units were kept: "
+                                           "the forward multiplied them by a factor, and the "
+                                           "backward multiplies by the same one."))
+        assert np.all(dx[~kept] == 0), _hint(
+            14, "a dropped unit did not reach the output, so its gradient is 0: backward uses "
+                "the same mask as the forward that produced the cache (keep it there).")
+    errors = [varshift.gradcheck(_HandWrittenDropout(forward, backward, rate, seed), x[:8, :6])
+              for rate, seed in ((0.3, 1), (0.6, 2))]
+    assert max(errors) < 1e-6, _hint(14, f"gradcheck error {max(errors):.1e} (should be < 1e-6).")
+    _passed(14, f"keeps 1 - rate of the units, scaled by 1 / (1 - rate); gradcheck error "
+                f"{max(errors):.1e}")
+
+
+# Exercise 15 -----------------------------------------------------------------------
+def _normalisation_dx(g, cache, axis):
+    """The compact dx of a normalisation whose statistics are means over ``axis`` of the
+    cache ``(x, mu, var, xhat, gamma, eps)``: LayerNorm's with ``axis=1``; with ``axis=0``,
+    the mistake of keeping BatchNorm's axis (the course ships no solutions file, so the
+    check carries its own reference)."""
+    x, mu, var, xhat, gamma, eps = cache
+    h = g * gamma
+    return (h - h.mean(axis=axis, keepdims=True)
+            - xhat * (h * xhat).mean(axis=axis, keepdims=True)) / np.sqrt(var + eps)
+
+
+def check_layernorm_backward(backward, forward):
+    """Exercise 15: ``backward(g, cache)`` of the notebook's LayerNorm ``forward`` against a
+    reference and against float64 central differences (``varshift.gradcheck``)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(2.0, 3.0, size=(6, 10))
+    gamma, beta = rng.uniform(0.5, 1.5, 10), rng.normal(size=10)
+    g = rng.normal(size=x.shape)
+    _, cache = forward(x, gamma, beta)
+    result = backward(g, cache)
+    assert isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict), _hint(
+        15, "return a pair (dx, {'weight': dgamma, 'bias': dbeta}).")
+    dx, grads = result
+    assert np.shape(dx) == x.shape, _hint(15, f"dx must have the shape of x, {x.shape}; got {np.shape(dx)}.")
+    assert set(grads) == {"weight", "bias"}, _hint(
+        15, f"the dict needs the keys 'weight' and 'bias', got {sorted(grads)}.")
+    dx_ref = _normalisation_dx(g, cache, axis=1)
+    grads_ref = {"weight": (g * cache[3]).sum(axis=0), "bias": g.sum(axis=0)}
+    assert _close(grads["bias"], grads_ref["bias"]) and _close(grads["weight"], grads_ref["weight"]), _hint(
+        15, "gamma and beta are per feature, as in BatchNorm: their gradients are sums over the "
+            "samples, shape (features,).")
+    if not _close(dx, dx_ref):
+        xx, mu, var, xhat, gam, eps = cache
+        inv = 1 / np.sqrt(var + eps)
+        variants = {
+            "batch_axis": _normalisation_dx(g, cache, axis=0),
+            "gamma_outside": gam * inv * (g - g.mean(1, keepdims=True)
+                                          - xhat * (g * xhat).mean(1, keepdims=True)),
+            "constants": gam * inv * g,
+        }
+        hints = {
+            "batch_axis": "those are BatchNorm's means, over the batch (axis 0). LayerNorm's "
+                          "statistics are per sample, over the features: take every mean over "
+                          "the axis the forward pass averaged over.",
+            "gamma_outside": "gamma varies along the axis LayerNorm averages over, so it cannot "
+                             "be taken out of the means as in BatchNorm: the upstream gradient of "
+                             "xhat is g * gamma, and the means are of that.",
+            "constants": "you treated mu and sigma^2 as constants; in LayerNorm both depend on "
+                         "every feature of the sample: add the paths through mu and sigma^2.",
+        }
+        found = next((k for k, v in variants.items() if _close(dx, v)), None)
+        raise AssertionError(_hint(15, hints.get(found, (
+            "dx differs from the reference. The graph is BatchNorm's with the roles of the axes "
+            "swapped; redo its node-by-node derivation for one sample, and test each local rule "
+            "on its own by central differences."))))
+    errors = [varshift.gradcheck(handwritten_layer(forward, backward, d), rng.normal(size=(n, d)))
+              for n, d in ((3, 8), (5, 4))]
+    assert max(errors) < 1e-6, _hint(15, f"gradcheck error {max(errors):.1e} (should be < 1e-6).")
+    _passed(15, f"matches the reference, gradcheck error {max(errors):.1e}")
+

@@ -1,4 +1,4 @@
-"""Reference solutions of the course exercises (notebooks 01-07).
+"""Reference solutions of the course exercises (notebooks 01-08).
 
 Try the exercises first: the notebooks' checks give hints. ``course.exercise`` uses
 these functions instead of yours when ``VARSHIFT_SOLUTIONS=1`` is set.
@@ -150,3 +150,25 @@ def population_statistics(model, name, x):
     h = np.asarray(keras.ops.convert_to_numpy(inputs(x, training=False)), np.float64)
     h = h.reshape(-1, h.shape[-1])  # channels last: every axis but the last is a sample
     return h.mean(axis=0), h.var(axis=0)  # ddof=0: Keras' biased variance
+
+
+# Exercise 14 (notebook 08): inverted Dropout, forward and backward
+def dropout_forward(x, rate, rng):
+    keep = 1.0 - rate
+    mask = (rng.random(x.shape) < keep) / keep  # 0 or 1/keep: E[mask] = 1
+    return x * mask, mask
+
+
+def dropout_backward(dout, cache):
+    return dout * cache  # the same mask, the same factor
+
+
+# Exercise 15 (notebook 08): LayerNorm's backward pass
+def layernorm_backward(g, cache):
+    x, mu, var, xhat, gamma, eps = cache
+    dgamma = (g * xhat).sum(axis=0)
+    dbeta = g.sum(axis=0)
+    h = g * gamma  # gamma varies along the normalised axis: inside the means
+    dx = (h - h.mean(axis=1, keepdims=True)
+          - xhat * (h * xhat).mean(axis=1, keepdims=True)) / np.sqrt(var + eps)
+    return dx, {"weight": dgamma, "bias": dbeta}

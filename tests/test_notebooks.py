@@ -101,12 +101,16 @@ def _extra_args(number):
         pytest.importorskip("torch")
     if number in (11, 12):
         _keras()
+    if number == 14:
+        return (solutions.dropout_backward,)
+    if number == 15:
+        return (_definitions("08", "layernorm_forward")["layernorm_forward"],)
     return ()
 
 
 def _namespace(prefix):
     """What an exercise cell of notebook ``prefix`` needs from the cells before it."""
-    namespace = _definitions(prefix, "batchnorm_forward", "planted_backward")
+    namespace = _definitions(prefix, "batchnorm_forward", "planted_backward", "layernorm_forward")
     if prefix == "05":
         namespace.update(_live_results(), stored=lambda name: _stored_case(name))
     if prefix == "07":
@@ -348,6 +352,14 @@ WRONG = {
     "10-mean-sign": (10, lambda d, direction, min_effect=0.0, posted=True: "holds"
                      if np.mean(d) * direction > 0 else solutions.decide(d, direction, min_effect, posted),
                      "never counted as holding"),
+    "14-rate-kept": (14, lambda x, rate, rng: _dropout(x, rate, rng, keep=rate), "probability of *dropping*"),
+    "14-no-rescale": (14, lambda x, rate, rng: _dropout(x, rate, rng, scale=1.0), "Inverted Dropout rescales"),
+    "14-backward-mask-only": (14, lambda x, rate, rng: _dropout(x, rate, rng, backward_factor=False),
+                              "multiplies by the same one"),
+    "15-batch-axis": (15, lambda g, cache: _layernorm_backward(g, cache, axis=0), "per sample"),
+    "15-gamma-outside": (15, lambda g, cache: _layernorm_backward(g, cache, gamma_inside=False),
+                         "gamma varies along the axis"),
+    "15-constants": (15, lambda g, cache: _layernorm_backward(g, cache, constants=True), "constants"),
     "13-dropout-on": (13, lambda model, x: _recompute(model, x, train_mode=True), "Dropout was on"),
     "13-one-pass": (13, lambda model, x: _recompute(model, x, one_pass=True), "forward order"),
     "11-torch-epsilon": (11, lambda layer: _twin(layer, eps=1e-5), "epsilon"),
@@ -365,6 +377,29 @@ def _updates(n, batch, epochs, momentum, split, convention="keras", train=None, 
     n_train = train() if train else int(np.floor(n * (1 - split)))
     updates = epochs * (batches(n_train) if batches else -(-n_train // batch))
     return updates, (momentum if convention == "keras" else 1 - momentum) ** updates
+
+
+def _dropout(x, rate, rng, keep=None, scale=None, backward_factor=True):
+    """Exercise 14's forward pass with one step done differently: the kept fraction, the
+    factor, or a cache without the factor (the reference backward, ``dout * cache``, then
+    multiplies by the mask alone)."""
+    keep = 1.0 - rate if keep is None else keep
+    scale = 1.0 / keep if scale is None else scale
+    kept = rng.random(x.shape) < keep
+    return x * kept * scale, kept * scale if backward_factor else kept * 1.0
+
+
+def _layernorm_backward(g, cache, axis=1, gamma_inside=True, constants=False):
+    """Exercise 15 with BatchNorm's axis, gamma taken out of the means, or mu and sigma^2
+    treated as constants."""
+    x, mu, var, xhat, gamma, eps = cache
+    grads = {"weight": (g * xhat).sum(0), "bias": g.sum(0)}
+    inv = 1 / np.sqrt(var + eps)
+    if constants:
+        return gamma * inv * g, grads
+    h = g * gamma if gamma_inside else g
+    dx = inv * (h - h.mean(axis, keepdims=True) - xhat * (h * xhat).mean(axis, keepdims=True))
+    return (dx if gamma_inside else gamma * dx), grads
 
 
 def _twin(layer, **changes):
@@ -435,11 +470,13 @@ def test_generic_hints_point_to_the_idea_not_the_formula():
         4: (lambda p, c, v, rho, dc: 0.123, ("v + rho", "rho v (d cos^2 - 1)")),
         6: (lambda c, v, p: 0.123, ("(c^2+v)/p", "Var_train / Var_test")),
         7: (lambda rate: 0.123, ("beta^2 / 3 =", "(1 - p) / p")),
+        15: (lambda g, cache: (np.zeros_like(g), {"weight": (g * cache[3]).sum(0), "bias": g.sum(0)}),
+             ("mean(", "h * xhat", "sqrt")),
     }
     for number, (answer, formula) in unanticipated.items():
         check = getattr(course, course.EXERCISES[number][2])
         with pytest.raises(AssertionError, match=f"Exercise {number} - not yet. Hint:") as error:
-            check(answer, *(forward if number == 1 else ()))
+            check(answer, *(forward if number == 1 else _extra_args(number) if number == 15 else ()))
         assert not [f for f in formula if f in str(error.value)], (number, str(error.value))
 
 
