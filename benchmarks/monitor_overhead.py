@@ -21,7 +21,6 @@ evaluation pass (the ratio of the medians).
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,20 +28,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
+sys.path.insert(0, HERE)
+from _common import cpu_model  # noqa: E402
 
 BATCH = 256
-
-
-def cpu_model() -> str:
-    """The processor's name from /proc/cpuinfo (the platform's otherwise)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None):
