@@ -55,6 +55,12 @@ def test_constructor_arguments_are_checked(make, message):
         make()
 
 
+def test_conv_padding_given_as_an_array_is_named():
+    # the property test found it: padding == "same" compared an array elementwise
+    with pytest.raises(TypeError, match="Conv1D: padding must be an int >= 0"):
+        nn.Conv1D(1, 2, 3, padding=np.zeros(3))
+
+
 def test_backward_errors():
     layer = nn.Dense(2, 3)
     with pytest.raises(RuntimeError, match="backward called before forward"):

@@ -396,8 +396,8 @@ VALID.update({
     "opt_tuple2": lambda v: v is None or int_tuple_ok(2, 1)(v),
     "pad1": lambda v: int_tuple_ok(1, 0)(v) and np.all(np.asarray(v) <= 1),  # half the kernel 2
     "pad2": lambda v: int_tuple_ok(2, 0)(v) and np.all(np.asarray(v) <= 1),
-    "conv_pad1": lambda v: v == "same" or int_tuple_ok(1, 0)(v),
-    "conv_pad2": lambda v: v == "same" or int_tuple_ok(2, 0)(v),
+    "conv_pad1": lambda v: (isinstance(v, str) and v == "same") or int_tuple_ok(1, 0)(v),
+    "conv_pad2": lambda v: (isinstance(v, str) and v == "same") or int_tuple_ok(2, 0)(v),
 })
 
 

@@ -76,7 +76,7 @@ class _Conv(Layer):
         if isinstance(padding, str) and padding != "same":
             raise ValueError(f"{owner}: padding must be 'same', an int >= 0 or {n} of them, "
                              f"got {padding!r}")
-        if padding == "same":
+        if isinstance(padding, str):  # 'same'
             if self.stride != (1,) * n:
                 raise ValueError(f"{owner}: padding='same' needs stride 1, got {self.stride}")
             self.padding = "same"
