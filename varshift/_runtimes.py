@@ -2,8 +2,8 @@
 
 A small ctypes controller for what varshift needs of threadpoolctl: find the OpenMP and
 BLAS (OpenBLAS, MKL, BLIS) libraries loaded now and get or set their thread counts.
-It exists because importing threadpoolctl writes ``KMP_DUPLICATE_LIB_OK`` into the
-environment (``os.environ.setdefault``), and varshift writes no environment variable,
+It exists because importing threadpoolctl sets ``KMP_DUPLICATE_LIB_OK`` in the
+process environment, and varshift writes no environment variable,
 not even for a moment: ``setenv`` is not safe while another thread reads the
 environment. This module imports nothing that writes it and loads no library: a
 library is opened with ``RTLD_NOLOAD`` only once the process has loaded it.
