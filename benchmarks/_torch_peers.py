@@ -5,8 +5,8 @@ varshift: a peer is built and timed in a process that never imported varshift (s
 :func:`assert_varshift_not_imported`), since varshift's import and its thread runtimes
 can change how a PyTorch step runs.
 
-The architectures are those of ``varshift.reproduce.networks.preresnet`` and
-``densenet`` with Dropout at placement 'a'; the benchmarks compare the two engines'
+The architectures are those of ``varshift.reproduce.networks.preresnet``, ``resnext``
+and ``densenet`` with Dropout at placement 'a'; the benchmarks compare the two engines'
 parameter counts and stop if they differ.
 """
 
@@ -56,6 +56,49 @@ class PreResNet1d(nn.Module):
         return self.fc(x.mean(dim=2))
 
 
+class BottleneckBlock(nn.Module):
+    """Pre-activation ResNeXt block: BN-ReLU-Conv1x1 (``width`` -> ``inner``),
+    BN-ReLU-Conv3 in ``groups`` groups, Dropout, BN-ReLU-Conv1x1 (back to ``width``),
+    added to its input."""
+
+    def __init__(self, width, inner, groups, rate):
+        super().__init__()
+        self.bn1 = nn.BatchNorm1d(width)
+        self.reduce = nn.Conv1d(width, inner, 1)
+        self.bn2 = nn.BatchNorm1d(inner)
+        self.grouped = nn.Conv1d(inner, inner, 3, padding="same", groups=groups)
+        self.drop = nn.Dropout(rate)
+        self.bn3 = nn.BatchNorm1d(inner)
+        self.expand = nn.Conv1d(inner, width, 1)
+
+    def forward(self, x):
+        out = self.reduce(torch.relu(self.bn1(x)))
+        out = self.grouped(torch.relu(self.bn2(out)))
+        out = self.expand(torch.relu(self.bn3(self.drop(out))))
+        return x + out
+
+
+class ResNeXt1d(nn.Module):
+    """PreResNet1d's stem, pooling and head around three ResNeXt bottleneck blocks of 8
+    groups of 4 channels."""
+
+    def __init__(self, rate=0.3, width=16, cardinality=8, group_width=4, classes=10):
+        super().__init__()
+        inner = cardinality * group_width
+
+        def block():
+            return BottleneckBlock(width, inner, cardinality, rate)
+
+        self.stem = nn.Conv1d(1, width, 5, padding="same")
+        self.blocks = nn.Sequential(block(), nn.MaxPool1d(2), block(), block())
+        self.bn = nn.BatchNorm1d(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.blocks(self.stem(x))))
+        return self.fc(x.mean(dim=2))
+
+
 class DenseLayer(nn.Module):
     """Concatenates its input with BN-ReLU-Conv1x1-Dropout-BN-ReLU-Conv3 of ``growth``
     new channels."""
@@ -95,7 +138,7 @@ class DenseNet1d(nn.Module):
         return self.fc(x.mean(dim=2))
 
 
-NETWORKS = {"preresnet": PreResNet1d, "densenet": DenseNet1d}
+NETWORKS = {"preresnet": PreResNet1d, "resnext": ResNeXt1d, "densenet": DenseNet1d}
 """Benchmark name -> the PyTorch class (the varshift model is
 ``varshift.reproduce.networks.<name>('a', 0.3)``)."""
 

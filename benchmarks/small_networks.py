@@ -1,12 +1,12 @@
 """One training step (forward, backward, Adam) of the reproduction's 1-D networks,
-``reproduce.networks.preresnet("a", 0.3)`` and ``densenet("a", 0.3)`` on MNIST-1D-shaped
-input (batch 100, (N, 1, 40)), varshift against idiomatic PyTorch (the same
-architecture written with PyTorch's own layers in ``_torch_peers.py``, same parameter
-count, checked), at 1 and 2 threads, each engine and thread count in its own fresh
-process, rounds interleaved. The PyTorch worker never imports varshift and asserts so
-where it times.
+``reproduce.networks.preresnet("a", 0.3)``, ``resnext("a", 0.3)`` and
+``densenet("a", 0.3)`` on MNIST-1D-shaped input (batch 100, (N, 1, 40)), varshift
+against idiomatic PyTorch (the same architecture written with PyTorch's own layers in
+``_torch_peers.py``, same parameter count, checked), at 1 and 2 threads, each engine
+and thread count in its own fresh process, rounds interleaved. The PyTorch worker never
+imports varshift and asserts so where it times.
 
-    python benchmarks/small_networks.py               # both networks, 1 and 2 threads
+    python benchmarks/small_networks.py               # all three networks, 1 and 2 threads
     python benchmarks/small_networks.py --rounds 5 --threads 2
 
 Prints, per network and thread count, the medians over rounds of each process's median
@@ -36,7 +36,7 @@ from _common import (  # noqa: E402
 )
 
 BATCH, LENGTH = 100, 40
-NETWORKS = ("preresnet", "densenet")
+NETWORKS = ("preresnet", "resnext", "densenet")
 
 
 def _data():
