@@ -138,6 +138,7 @@ class WidthProtocol:
 
     @property
     def confirmatory(self):
+        """The claims the runs judge (each in one Holm family)."""
         return [c for c in self.claims if c.status == "confirmatory"]
 
     def claim_seeds(self, claim):
