@@ -1,15 +1,18 @@
 """The confirmatory run's locked protocol: declared from the pilot, locked by git,
 refused when changed after its runs, judged only when every declared run exists."""
 
+import inspect
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from varshift import tasks as _tasks
-from varshift.reproduce import confirm, power, protocol
+from varshift.reproduce import confirm, experiments, power, protocol
+from varshift.reproduce.plan import network_task
 from varshift.verdicts import VERDICTS
 
 PILOT = json.loads(open("figures/power/power.json").read())["pilot"]
@@ -48,6 +51,22 @@ def test_runs_are_fresh_seeds_seed_major_and_as_many_as_the_claims_need():
             assert proto.seeds()[arm] >= c.seeds
     pilot = {t.key for t in runs if t.params["seed"] < 100}
     assert not pilot
+
+
+def test_the_committed_v2_runs_keep_their_keys_and_parameters():
+    """Version 2's runs were computed before ``widen`` existed: every committed run is still
+    one of the protocol's tasks, with the same key and parameters, and train_network
+    takes those parameters as they are (no ``widen``: the architecture's own network)."""
+    committed = sorted(Path(confirm.CACHE).glob("network/*/*/seed*.json"))
+    assert committed  # the run in progress has committed some
+    tasks = {t.key: t for t in protocol.load().tasks()}
+    for path in committed:
+        record = json.loads(path.read_text())
+        assert record["key"] == str(path.relative_to(confirm.CACHE))[:-len(".json")]
+        assert tasks[record["key"]].params == record["params"] and "widen" not in record["params"]
+        inspect.signature(experiments.train_network).bind(**record["params"])
+    pinned = network_task(protocol.load().settings, "PreResNet", "a", 0.0, 100)
+    assert pinned.key == "network/PreResNet/base/seed100-2ca16bcaac"
 
 
 def test_bad_protocol_files_are_refused_with_the_field_named(tmp_path):

@@ -313,3 +313,15 @@ def test_bad_resnext_sizes_are_refused_by_name(argument):
 def test_unknown_placement_is_refused():
     with pytest.raises(ValueError, match=r"placement must be 'a', 'b' or 'head', got 'c'"):
         resnext("c", 0.3)
+
+
+def test_network_without_widen_is_the_architectures_own_and_widen_is_preresnets_only():
+    for arch in ("PreResNet", "WRN", "DenseNet", "ResNeXt"):
+        same = [p.copy() for _, p, _ in nn.seeded(experiments.network(arch, "b", 0.3), 7).named_parameters()]
+        ref = [p for _, p, _ in nn.seeded(ARCHITECTURES[arch]("b", 0.3), 7).named_parameters()]
+        assert all(np.array_equal(x, y) for x, y in zip(same, ref)) and len(same) == len(ref)
+    with pytest.raises(ValueError, match="widen applies to arch 'PreResNet' only"):
+        experiments.network("WRN", "a", 0.0, widen=2)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        experiments.network("ResNet", "a", 0.0)
+    assert experiments.initial_weights("PreResNet", 0, 2)[1]["d"] == 96

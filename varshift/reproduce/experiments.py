@@ -22,7 +22,7 @@ from ..nn.layer import modes, preserved
 from ..theory import test_variance, train_variance, weight_cos2
 from .networks import ARCHITECTURES, mlp, preresnet, seeded
 
-__all__ = ["train_network", "initial_weights", "train_mlp", "train_stale", "mnist1d", "cosine_lr"]
+__all__ = ["network", "train_network", "initial_weights", "train_mlp", "train_stale", "mnist1d", "cosine_lr"]
 
 TRACKED = 2000  # training samples evaluated after every epoch (train vs eval mode)
 
@@ -171,26 +171,64 @@ def _flips(model, x, y, seed, keep=4):
                           "eval_logits": logits["eval"][i]} for i in lost[:keep]]}
 
 
-def initial_weights(arch, seed):
+def network(arch, placement, rate, *, noise="dropout", widen=None):
+    """The untrained network ``arch`` of :data:`~.networks.ARCHITECTURES` with the noise
+    placed, as :func:`train_network` builds it.
+
+    Parameters
+    ----------
+    arch : str
+        A key of :data:`~.networks.ARCHITECTURES`.
+    placement, rate, noise
+        As in :func:`train_network`.
+    widen : int, optional
+        PreResNet's width factor (:func:`~.networks.preresnet`); None builds the
+        architecture's default, so a task without ``widen`` keeps its network (and key).
+
+    Raises
+    ------
+    ValueError
+        If ``arch`` is unknown, or ``widen`` is given for an architecture other than
+        PreResNet.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {tuple(ARCHITECTURES)}, got {arch!r}")
+    if widen is None:
+        return ARCHITECTURES[arch](placement, rate, noise=noise)
+    if arch != "PreResNet":
+        raise ValueError(f"widen applies to arch 'PreResNet' only (width at fixed depth), got "
+                         f"widen={widen!r} with arch {arch!r}")
+    return preresnet(placement, rate, noise=noise, widen=widen)
+
+
+def initial_weights(arch, seed, widen=None):
     """``train_network``'s ``weights`` rows of ``arch`` at initialisation: the network
     ``seed`` starts from, before any update (the same for every arm of that seed).
+
+    Parameters
+    ----------
+    arch : str
+    seed : int
+    widen : int, optional
+        As in :func:`network`.
 
     Returns
     -------
     list of dict
         Per weight layer: ``name``, ``d``, ``cos2``, ``d_cos2``.
     """
-    model = seeded(ARCHITECTURES[arch]("a", 0.0), seed)
+    model = seeded(network(arch, "a", 0.0, widen=widen), seed)
     return [{"name": a.name, "d": a.d, "cos2": a.cos2, "d_cos2": a.d_cos2} for a in weight_cos2(model)]
 
 
 def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dropout",
-                  lr=3e-3, batch_size=100, track=False, momentum=None, n_train=None):
+                  lr=3e-3, batch_size=100, track=False, momentum=None, n_train=None,
+                  widen=None):
     """Train one 1-D network on MNIST-1D and measure it (one task of the sweep).
 
     Parameters
     ----------
-    arch : {'PreResNet', 'WRN', 'DenseNet'}
+    arch : {'PreResNet', 'WRN', 'DenseNet', 'ResNeXt'}
     placement : {'a', 'b', 'head'}
     rate : float
         Drop rate, or Uout's beta with ``noise='uout'``; 0 is the no-noise network.
@@ -212,6 +250,10 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
     n_train : int, optional
         Train (and measure, recalibrate, count flips) on the first ``n_train``
         training sequences only; the test set stays the same. Default: all of them.
+    widen : int, optional
+        PreResNet's width factor at fixed depth (:func:`network`). Default: the
+        architecture's own width; tasks leave it out then, so that their keys are
+        those of the runs computed before it existed.
 
     Returns
     -------
@@ -225,7 +267,7 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
     """
     x, y, x_test, y_test = mnist1d(num_samples)
     x, y = x[:n_train], y[:n_train]  # n_train None: all
-    model = ARCHITECTURES[arch](placement, rate, noise=noise)
+    model = network(arch, placement, rate, noise=noise, widen=widen)
     if momentum is not None:
         for _, layer in model.walk():
             if layer.kind == "batchnorm":

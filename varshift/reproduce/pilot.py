@@ -183,14 +183,17 @@ def markdown(rows, budget=power.BUDGET):
         if r["testable"] is None:
             continue
         if r["margin"] is not None:
-            mde, effect = f"power at n: {_num(r['power']['alpha'])} / {_num(r['power']['holm'])}", "0 (margin 0.5)"
-        else:
-            mde = f"{_num(r['mde']['alpha'])} / {_num(r['mde']['holm'])}; {_num(r['mde_grid']['30'])}"
+            mde, effect = (f"power at n: {_num(r['power']['alpha'])} / {_num(r['power']['holm'])}"
+                           if r["power"] else "-"), f"0 (margin {r['margin']:g})"
+        else:  # no MDE where the pilot's differences do not vary (sd 0)
+            mde = (f"{_num(r['mde']['alpha'])} / {_num(r['mde']['holm'])}; {_num(r['mde_grid']['30'])}"
+                   if r["mde"] else "-")
             effect = f"{_num(r['paper'])}, {_num(r['scaled'])}" if r["paper"] is not None else "none"
         need = " / ".join(str(n or ">10,000") for n in (r["seeds"]["alpha"], r["seeds"]["holm"],
                                                         r["seeds_upper"])) if r["seeds"] else "-"
         verdict = ("testable" if r["testable"] else "**not testable**: " + (
-            f"> {budget}" if r["seeds"] else "no effect" if r["paper"] is None else "effect 0 or reversed"))
+            f"> {budget}" if r["seeds"] else "no effect" if r["paper"] is None else
+            "sd 0" if r["sd"] == 0 else "effect 0 or reversed"))
         lines.append(f"| {r['text']} | {r['n']} | {_num(r['sd'])} | {mde} | {effect} | {need} | {verdict} |")
     return "\n".join(lines)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ALPHA", "POWER", "BUDGET", "PAPER_BASELINE", "PAPER", "Term", "AccuracyClaim",
-           "CLAIMS", "power", "equivalence_power", "min_effect", "seeds_needed", "holm_alpha", "sd_upper",
-           "differences", "paper_effect", "scaled_effect", "analyse"]
+           "CLAIMS", "accuracy_claims", "power", "equivalence_power", "min_effect", "seeds_needed",
+           "holm_alpha", "sd_upper", "accuracy", "differences", "paper_effect", "scaled_effect", "analyse"]
 
 ALPHA = 0.05
 """Two-sided level of the verdicts' 95 % interval."""
@@ -35,14 +35,17 @@ A1, B1, A3, B3 = ("a", 0.1, "dropout"), ("b", 0.1, "dropout"), ("a", 0.3, "dropo
 A7, B7 = ("a", 0.7, "dropout"), ("b", 0.7, "dropout")
 HEAD2, UOUT2 = ("head", 0.2, "dropout"), ("b", 0.2, "uout")
 
-PAPER_BASELINE = {"PreResNet": 5.02, "WRN": 3.97, "DenseNet": 4.72}
-"""No-Dropout CIFAR-10 test error (%) per architecture: Li et al.'s Table 4, drop 0.0."""
+PAPER_BASELINE = {"PreResNet": 5.02, "WRN": 3.97, "DenseNet": 4.72, "ResNeXt": 3.77}
+"""No-Dropout CIFAR-10 test error (%) per architecture: Li et al.'s Table 4, drop 0.0
+(ResNeXt: the locked width protocol, ``protocols/width.json``; :data:`CLAIMS` has none)."""
 
 _TABLE3 = {"PreResNet": (8.42, 6.42, 5.85, 5.77), "WRN": (4.59, 4.20, 3.81, 3.71),
-           "DenseNet": (8.70, 6.82, 5.63, 5.29)}  # (a) 0.5, Adjust, (b) 0.5, Adjust
-_FIG4_07 = {"PreResNet": (14.5, 7.2), "WRN": (10.2, 4.4), "DenseNet": (18.0, 7.2)}  # (a), (b)
-_TABLE4_02 = {"PreResNet": 5.01, "WRN": 4.00, "DenseNet": 4.73}
-_TABLE6_02 = {"PreResNet": 4.85, "WRN": 3.80, "DenseNet": 4.64}
+           "DenseNet": (8.70, 6.82, 5.63, 5.29),
+           "ResNeXt": (4.43, 3.96, 4.09, 3.93)}  # (a) 0.5, Adjust, (b) 0.5, Adjust
+_FIG4_07 = {"PreResNet": (14.5, 7.2), "WRN": (10.2, 4.4), "DenseNet": (18.0, 7.2),
+            "ResNeXt": (4.6, 4.9)}  # (a), (b)
+_TABLE4_02 = {"PreResNet": 5.01, "WRN": 4.00, "DenseNet": 4.73, "ResNeXt": 3.69}
+_TABLE6_02 = {"PreResNet": 4.85, "WRN": 3.80, "DenseNet": 4.64, "ResNeXt": 3.83}
 
 
 def _paper():
@@ -63,7 +66,8 @@ def _paper():
             (arch, UOUT2, "test"): (_TABLE6_02[arch], f"Table 6, {c10}, beta 0.2"),
         })
     # Fig. 5, final training accuracy (%) of (a) 0.5: C10 DenseNet about 99 (train mode)
-    # against 96.5 (inference mode); C10 PreResNet within about 0.5 points (no gap); no WRN panel
+    # against 96.5 (inference mode); C10 PreResNet within about 0.5 points (no gap); no WRN
+    # or ResNeXt panel
     table[("DenseNet", A5, "train_mode")] = (99.0, "Fig. 5, C10 DenseNet, train mode (chart)")
     table[("DenseNet", A5, "eval_mode")] = (96.5, "Fig. 5, C10 DenseNet, eval mode (chart)")
     table[("PreResNet", A5, "train_mode")] = (98.75, "Fig. 5, C10 PreResNet, train mode (chart)")
@@ -112,7 +116,9 @@ def _diff(arch, arm, ref, quantity="test", ref_quantity=None):
     return (Term(1, arch, arm, quantity), Term(-1, arch, ref, ref_quantity or quantity))
 
 
-def _claims(archs=("PreResNet", "WRN", "DenseNet")):
+def accuracy_claims(archs=("PreResNet", "WRN", "DenseNet")):
+    """The accuracy claims of ``archs``, per architecture in the order of REPORT.md's
+    figures, then (PreResNet and WRN both given) the wide-against-thin claim."""
     claims = []
     for arch in archs:
         fig5 = f"fig5_shift_per_layer_{arch.lower()}"
@@ -148,7 +154,7 @@ def _claims(archs=("PreResNet", "WRN", "DenseNet")):
     return claims
 
 
-CLAIMS = _claims()
+CLAIMS = accuracy_claims()
 """The accuracy claims of the full run (paper claims only; fig7's no-Dropout rows, which
 compare 100 % with 100 %, are sanity checks), in the order of REPORT.md's figures."""
 
@@ -312,7 +318,9 @@ def sd_upper(sd, n, confidence=0.8):
 
 
 # ------------------------------------------------------------------ claims from a pilot
-def _value(result, quantity):
+def accuracy(result, quantity):
+    """One run's accuracy ``quantity`` (:class:`Term`): test error, test error after
+    recalibration, or final training accuracy in train or inference mode (%)."""
     if quantity == "test":
         return result["test_error"]
     if quantity == "adjusted":
@@ -338,7 +346,7 @@ def differences(claim, runs):
     """
     arms = [runs.get(a, {}) for a in claim.arms]
     seeds = sorted(set.intersection(*(set(a) for a in arms)))
-    values = np.array([sum(t.sign * _value(runs[(t.arch, t.arm)][s], t.quantity) for t in claim.terms)
+    values = np.array([sum(t.sign * accuracy(runs[(t.arch, t.arm)][s], t.quantity) for t in claim.terms)
                        for s in seeds], float)
     return seeds, values
 

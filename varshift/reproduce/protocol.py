@@ -1,4 +1,11 @@
-"""The locked protocol of the confirmatory run (issue 24).
+"""The locked protocols of issue 24: declared before their runs, locked by git.
+
+A protocol is a versioned JSON file in ``protocols/`` beside this module. This module
+reads the parts every protocol shares (:func:`read`: the version and the training
+regime) and locks any loaded protocol (:func:`lock`, :func:`check`: anything with
+``version``, ``sha256`` and ``path``). It also loads the first one, the confirmatory
+run's ``protocols/confirmatory.json`` (:func:`load`); the second, width at fixed depth
+and ResNeXt, is :mod:`varshift.reproduce.width`'s.
 
 Every accuracy claim of the confirmatory run is declared in one versioned file,
 ``protocols/confirmatory.json`` beside this module, before any of its runs exists: its
@@ -26,10 +33,13 @@ from .._files import atomic_write
 from .plan import Settings, network_task
 from .power import AccuracyClaim, Term
 
-__all__ = ["PATH", "STATUSES", "Protocol", "ProtocolChanged", "load", "digest", "lock", "check"]
+__all__ = ["FOLDER", "PATH", "STATUSES", "Protocol", "ProtocolChanged", "require", "read", "load", "digest",
+           "lock", "check"]
 
-PATH = Path(__file__).with_name("protocols") / "confirmatory.json"
-"""The declared protocol (package data)."""
+FOLDER = Path(__file__).with_name("protocols")
+"""Where the declared protocols are (package data)."""
+PATH = FOLDER / "confirmatory.json"
+"""The confirmatory run's protocol."""
 STATUSES = ("confirmatory", "not testable at this regime", "awaiting its pilot")
 LOCK = "protocol-lock.json"
 """Name of the lock record in a run's cache folder."""
@@ -95,7 +105,8 @@ def digest(path=PATH) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _require(condition, path, what):
+def require(condition, path, what):
+    """Raise ``ValueError("{path}: {what}")`` unless ``condition`` (protocol validation)."""
     if not condition:
         raise ValueError(f"{path}: {what}")
 
@@ -103,35 +114,61 @@ def _require(condition, path, what):
 def _claim(entry, path):
     where = f"claim {entry.get('id', '?')!r}"
     keys = {"id", "figure", "text", "terms", "direction", "margin", "paper", "status", "seeds", "why"}
-    _require(isinstance(entry, dict) and set(entry) == keys, path,
+    require(isinstance(entry, dict) and set(entry) == keys, path,
              f"{where} must have exactly the keys {sorted(keys)}, got "
              f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
-    _require(entry["status"] in STATUSES, path,
+    require(entry["status"] in STATUSES, path,
              f"{where}: status must be one of {STATUSES}, got {entry['status']!r}")
-    _require(entry["direction"] in (1, -1, 0), path, f"{where}: direction must be 1, -1 or 0")
-    _require((entry["margin"] is None) == (entry["direction"] != 0), path,
+    require(entry["direction"] in (1, -1, 0), path, f"{where}: direction must be 1, -1 or 0")
+    require((entry["margin"] is None) == (entry["direction"] != 0), path,
              f"{where}: a margin goes with direction 0 and only with it")
     seeds = entry["seeds"]
     if entry["status"] == "confirmatory":
-        _require(isinstance(seeds, int) and not isinstance(seeds, bool) and 3 <= seeds <= 30, path,
+        require(isinstance(seeds, int) and not isinstance(seeds, bool) and 3 <= seeds <= 30, path,
                  f"{where}: a confirmatory claim needs 3 to 30 seeds, got {seeds!r}")
     else:
-        _require(seeds is None, path, f"{where}: only confirmatory claims have seeds, got {seeds!r}")
+        require(seeds is None, path, f"{where}: only confirmatory claims have seeds, got {seeds!r}")
     terms = []
     for t in entry["terms"]:
-        _require(t.get("arch") in _ARCHS and t.get("quantity") in _QUANTITIES
+        require(t.get("arch") in _ARCHS and t.get("quantity") in _QUANTITIES
                  and t.get("sign") in (1, -1), path, f"{where}: bad term {t!r}")
         terms.append(Term(t["sign"], t["arch"], (t["placement"], float(t["rate"]), t["noise"]),
                           t["quantity"]))
-    _require(terms, path, f"{where}: no terms")
+    require(terms, path, f"{where}: no terms")
     claim = AccuracyClaim(entry["figure"], entry["text"], tuple(terms), entry["direction"],
                           entry["margin"])
     return DeclaredClaim(entry["id"], claim, entry["status"], seeds, entry["paper"]["effect"],
                          entry["paper"]["source"], entry["why"])
 
 
+def read(path):
+    """A protocol file's JSON document and the training settings of its regime (the parts
+    every protocol shares).
+
+    Returns
+    -------
+    doc : dict
+    settings : plan.Settings
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the offending field: ``version`` not an integer >= 1, or a
+        ``regime`` whose epochs or number of sequences are not those of its settings.
+    """
+    path = Path(path)
+    doc = json.loads(path.read_text())
+    require(isinstance(doc.get("version"), int) and doc["version"] >= 1, path,
+             f"version must be an integer >= 1, got {doc.get('version')!r}")
+    regime = doc["regime"]
+    settings = Settings(quick=False, train_sequences=regime["train_sequences"])
+    require(settings.epochs == regime["epochs"] and settings.num_samples == regime["num_samples"],
+             path, f"regime {regime} does not match the settings it names ({settings.describe()})")
+    return doc, settings
+
+
 def load(path=PATH) -> Protocol:
-    """Read and validate a protocol file.
+    """Read and validate the confirmatory protocol file.
 
     Raises
     ------
@@ -139,20 +176,14 @@ def load(path=PATH) -> Protocol:
         Naming the file and the offending field.
     """
     path = Path(path)
-    doc = json.loads(path.read_text())
-    _require(isinstance(doc.get("version"), int) and doc["version"] >= 1, path,
-             f"version must be an integer >= 1, got {doc.get('version')!r}")
-    regime = doc["regime"]
-    settings = Settings(quick=False, train_sequences=regime["train_sequences"])
-    _require(settings.epochs == regime["epochs"] and settings.num_samples == regime["num_samples"],
-             path, f"regime {regime} does not match the settings it names ({settings.describe()})")
+    doc, settings = read(path)
     claims = tuple(_claim(c, path) for c in doc["claims"])
     ids = [c.id for c in claims]
-    _require(len(set(ids)) == len(ids), path, "claim ids must be unique")
+    require(len(set(ids)) == len(ids), path, "claim ids must be unique")
     families = tuple(tuple(f) for f in doc["holm_families"])
     in_families = [i for f in families for i in f]
     confirmatory = [c.id for c in claims if c.status == "confirmatory"]
-    _require(sorted(in_families) == sorted(confirmatory), path,
+    require(sorted(in_families) == sorted(confirmatory), path,
              f"holm_families must hold every confirmatory claim exactly once: families "
              f"{sorted(in_families)}, confirmatory {sorted(confirmatory)}")
     return Protocol(doc["version"], settings, int(doc["first_seed"]), claims, families,
@@ -171,6 +202,9 @@ def _read_lock(cache):
 
 def check(protocol, cache):
     """Refuse a protocol whose version was locked in ``cache`` under another hash.
+
+    ``protocol`` is any loaded protocol: an object with ``version``, ``sha256`` and
+    ``path`` (:class:`Protocol`, :class:`varshift.reproduce.width.WidthProtocol`).
 
     Returns
     -------
@@ -193,7 +227,8 @@ def check(protocol, cache):
 
 
 def lock(protocol, cache):
-    """Lock ``protocol`` before its first run: it must be committed, unchanged, in git.
+    """Lock ``protocol`` (any loaded protocol, as in :func:`check`) before its first run:
+    it must be committed, unchanged, in git.
 
     Returns
     -------
