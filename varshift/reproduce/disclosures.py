@@ -387,15 +387,16 @@ def markdown(disclosures=DISCLOSURES) -> list:
             lines.append(f"- **Not changed:** {d.unchanged}")
         lines.append("")
         if d.moved:
-            lines += ["| where | row | counted as, before -> after | verdict (then and now) |",
-                      "|---|---|---|---|"]
-            lines += [f"| {m.figure} | {_cell(m.text)} | {m.before} -> {m.after} | "
-                      f"{m.verdict} |" for m in d.moved]
+            lines += ["Rows counted under another kind (before -> after; the verdict then and "
+                      "now):", ""]
+            lines += [f"- `{m.figure}`: {_cell(m.text)}: {m.before} -> {m.after}; {m.verdict}."
+                      for m in d.moved]
             lines.append("")
         if d.edits:
-            lines += ["| where | row | column | before | after | our result at the time |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {e.figure} | {_cell(e.text)} | {e.column} | {_cell(e.old)} | "
-                      f"{_cell(e.new)} | {_cell(e.result)} |" for e in d.edits]
+            lines += ["Cells rewritten (the row, the column; before, after; our result when it "
+                      "was made):", ""]
+            lines += [f"- `{e.figure}`: {_cell(e.text)} ({e.column} column). Before: "
+                      f"\"{_cell(e.old)}\". After: \"{_cell(e.new)}\". Our result then: "
+                      f"{_cell(e.result)}." for e in d.edits]
             lines.append("")
     return lines
