@@ -223,7 +223,7 @@ _TOPICS = (
 def _topic(text):
     """Which part of the summary a paper claim belongs to, from its text."""
     lowered = text.lower()
-    if "mechanism and cost" in lowered:
+    if "cost is the shift's" in lowered:
         return "cost"
     if any(w in lowered for w in ("width", "wide", "cos^2")):
         return "width"
