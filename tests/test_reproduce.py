@@ -46,7 +46,8 @@ def test_analytic_figures_are_sanity_checks_that_pass(tmp_path):
         assert data["claims"] and all(c["kind"] == "sanity" and c["verdict"] == "passes"
                                       for c in data["claims"]), data["claims"]
     report = (tmp_path / "REPORT.md").read_text()
-    assert "| fig4_noise_types | Uout shifts far less than Dropout" in report
+    assert "(`fig4_noise_types`)" in report
+    assert "| Uout shifts far less than Dropout (beta 0.1 vs drop 0.1) | passes |" in report
     assert "Paper claims (0): 0 hold, 0 contradicted, 0 undecided" in report
     assert "Sanity and regime checks: 10 of 10 pass" in report and report.count("![") == 4
 
@@ -141,7 +142,7 @@ def test_a_partial_run_keeps_the_other_figures_in_the_report(tmp_path):
     reproduce.run(tmp_path, quick=True, only=["shift-heatmap", "noise-types"])
     reproduce.run(tmp_path, quick=True, only=["noise-types"])
     report = (tmp_path / "REPORT.md").read_text()
-    assert "| fig3_shift_heatmap |" in report and "| fig4_noise_types |" in report
+    assert "(`fig3_shift_heatmap`)" in report and "(`fig4_noise_types`)" in report
     assert report.count("![") == 2
     assert (tmp_path / "fig3_shift_heatmap.svg").stat().st_size < 500_000  # rasterised mesh
 

@@ -101,6 +101,13 @@ def test_moved_rows_and_edits_match_the_committed_rows():
                        if m.after == "sanity" else m.verdict)
             assert (row["kind"], row["verdict"]) == (m.after, verdict), m
         for e in d.edits:
+            if any((e.figure, e.text, e.column) == (again.figure, again.text, again.column)
+                   for later in DISCLOSURES[DISCLOSURES.index(d) + 1:] for again in later.edits):
+                assert e.new == next(again.old for later in DISCLOSURES[DISCLOSURES.index(d) + 1:]
+                                     for again in later.edits
+                                     if (again.figure, again.text, again.column)
+                                     == (e.figure, e.text, e.column))
+                continue  # edited again later: the next edit starts where this one ended
             row = rows[(e.figure, e.text)]
             assert row[{"paper": "paper", "claim": "text", "ours": "ours"}[e.column]] == e.new, e
             assert e.old != e.new

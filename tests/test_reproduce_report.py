@@ -1,0 +1,75 @@
+"""REPORT.md's layout: a one-page summary first, tables no wider than a screen, the
+paper's words and our numbers beside every row."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from varshift.reproduce.plan import Settings
+from varshift.reproduce.results import WIDTH, write_report
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """REPORT.md rendered from the committed figure and case JSON (and NOTES.md)."""
+    if not (FIGURES / "REPORT.md").exists():
+        pytest.skip("no committed figures")
+    out = tmp_path_factory.mktemp("report")
+    for path in [*FIGURES.glob("fig*.json"), *FIGURES.glob("case-*.json"), FIGURES / "NOTES.md"]:
+        if path.exists():
+            shutil.copy(path, out / path.name)
+    write_report(out, [], Settings(quick=False).describe() + "; case studies in their quick mode")
+    return (out / "REPORT.md").read_text()
+
+
+@pytest.mark.parametrize("source", ["rendered", "committed"])
+def test_no_table_row_is_wider_than_a_screen(rendered, source):
+    report = rendered if source == "rendered" else (FIGURES / "REPORT.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("|")]
+    assert len(rows) > 100  # the claim tables are tables
+    wide = [(len(line), line[:60]) for line in rows if len(line) > WIDTH]
+    assert wide == []
+
+
+def test_a_wide_row_would_be_caught(tmp_path):
+    # the check above measures what the renderer writes: a long claim text exceeds it
+    claim = {"text": "x" * WIDTH, "paper": "p", "ours": "o", "verdict": "holds", "kind": "claim",
+             "rule": "", "p_holds": 0.001, "p_against": 0.9, "n": 5}
+    (tmp_path / "fig1_a.json").write_text(json.dumps(
+        {"name": "fig1_a", "title": "A", "caption": "c", "numbers": {}, "claims": [claim]}))
+    write_report(tmp_path, [], "test")
+    rows = [x for x in (tmp_path / "REPORT.md").read_text().splitlines() if x.startswith("|")]
+    assert max(map(len, rows)) > WIDTH
+
+
+def test_the_summary_comes_first_and_fits_a_page(rendered):
+    headings = re.findall(r"^## (.+)$", rendered, re.MULTILINE)
+    assert headings[:3] == ["Summary", "How the verdicts are reached", "Paper claims"]
+    assert headings.index("Changes after results") > headings.index("Sanity and regime checks (not evidence)")
+    summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
+    assert len(summary.split()) < 800  # about a page of prose
+    for topic in ("Mechanism", "Accuracy", "Width", "Paper claims (", "Our extensions",
+                  "Changes after results"):
+        assert topic in summary, topic
+    assert "confirmatory run is in progress" in summary
+
+
+def test_every_summary_id_names_a_row_with_that_verdict(rendered):
+    summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
+    verdicts = dict(re.findall(r"^\| ([PES]\d+) \| .* \| (\S+)(?: \(raw: .*\))? \|$", rendered,
+                               re.MULTILINE))
+    held = [i for part in re.findall(r"hold after Holm's adjustment \(([^)]*)\)", summary)
+            for i in part.split(", ")]
+    assert held and all(verdicts[i] == "holds" for i in held)
+
+
+def test_every_row_has_its_note(rendered):
+    ids = re.findall(r"^\| ([PES]\d+) \|", rendered, re.MULTILINE)
+    assert len(ids) == len(set(ids)) > 50
+    for i in ids:
+        assert f"- **{i}.** " in rendered, i
