@@ -16,28 +16,77 @@ def _axes(ax):
     return ax
 
 
+#: Tick mantissas per decade on a log axis of ratios, by how many decades it spans (at most).
+_RATIO_MANTISSAS = ((0.5, (1, 1.1, 1.25, 1.5, 2, 3, 5)), (1.5, (1, 1.5, 2, 3, 5)),
+                    (np.inf, (1, 2, 5)))
+
+
+def _ratio_ticks(low, high):
+    """Plain-number ticks (1, 1.25, 1.5, 2, 5, 10, ...) between ``low`` and ``high`` (both
+    > 0) on a log axis; finer when the axis spans little."""
+    low, high = sorted((low, high))
+    mantissas = next(m for most, m in _RATIO_MANTISSAS if np.log10(high / low) <= most)
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    ticks = [m * 10.0 ** e for e in decades for m in mantissas]
+    return [t for t in ticks if low <= t * (1 + 1e-9) and t <= high * (1 + 1e-9)]
+
+
+def _ratio_locator():
+    """A matplotlib Locator placing :func:`_ratio_ticks` on the axis' current view (it
+    follows the view when more curves are drawn)."""
+    from matplotlib import ticker
+
+    class RatioLocator(ticker.Locator):
+        def __call__(self):
+            return self.tick_values(*self.axis.get_view_interval())
+
+        def tick_values(self, vmin, vmax):
+            return _ratio_ticks(vmin, vmax) if vmin > 0 and vmax > 0 else []
+
+    return RatioLocator()
+
+
 def plot_bn_shift(report, ax=None, label=None, **line_kw):
-    """Li et al.'s Fig. 1: ``max(real/moving, moving/real)`` per BatchNorm layer index.
+    """Li et al.'s Fig. 1: ``max(real/moving, moving/real)`` per BatchNorm layer.
+
+    The shift is a ratio, so the y axis is logarithmic (a shift of 1.3 is as far from 1
+    as its inverse, and stays visible next to a shift of 16), ticked with plain numbers;
+    the x ticks are the BatchNorm layers' names, as the report's tables print them.
 
     Parameters
     ----------
     report : varshift.Report
     ax : matplotlib Axes, optional
     label : str, optional
-        Legend entry (several reports can share one Axes).
+        Legend entry (several reports of the same model can share one Axes).
     **line_kw
         Passed to ``ax.plot``.
+
+    Returns
+    -------
+    matplotlib Axes
     """
+    from matplotlib import ticker
+
     ax = _axes(ax)
     index = [b.index for b in report.bn]
     shift = [b.shift for b in report.bn]
     ax.plot(index, shift, marker="o", label=label, **line_kw)
     ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
-    ax.set_xlabel("BatchNorm layer index")
+    ax.set_yscale("log")
+    if index:  # the axis spans at least 1 to 1.5, so that shifts of about 1 get ticks
+        ax.update_datalim([(index[0], 1.0), (index[0], 1.5)], updatex=False)
+        ax.autoscale_view()
+    ax.yaxis.set_major_locator(_ratio_locator())
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xlabel("BatchNorm layer (its name in the model)")
     ax.set_ylabel("max(real/moving, moving/real)")
-    ax.set_title("Variance shift per BatchNorm layer")
+    ax.set_title("Variance shift per BatchNorm layer (log scale)")
     if index:
-        ax.set_xticks(index)
+        names = [str(b.name) for b in report.bn]
+        long = max(len(n) for n in names) > 8
+        ax.set_xticks(index, names, rotation=30 if long else 0, ha="right" if long else "center")
     if label is not None:
         ax.legend()
     return ax
