@@ -1070,3 +1070,129 @@ def check_layernorm_backward(backward, forward):
     assert max(errors) < 1e-6, _hint(15, f"gradcheck error {max(errors):.1e} (should be < 1e-6).")
     _passed(15, f"matches the reference, gradcheck error {max(errors):.1e}")
 
+
+
+# Exercise 16 -----------------------------------------------------------------------
+def _spatial_reference(x, gamma, beta, g):
+    """The engine's BatchNorm on (N, C, H, W) maps: output, dx and parameter gradients."""
+    bn = nn.BatchNorm(x.shape[1]).astype(np.float64)
+    bn.params["weight"][...] = gamma
+    bn.params["bias"][...] = beta
+    out = bn(x)
+    return out, bn.backward(g), bn.grads
+
+
+def _spatial_variants(x, gamma, beta, eps=1e-5):
+    """Forward passes with the statistics taken over the wrong values (typical mistakes)."""
+    c = x.shape[1]
+    shape = (1, c, 1, 1)
+
+    def normalise(mu, var):
+        return gamma.reshape(shape) * (x - mu) / np.sqrt(var + eps) + beta.reshape(shape)
+
+    scrambled = x.reshape(-1, c)  # reshape without moving the channel axis last
+    wrong = ((scrambled - scrambled.mean(0)) / np.sqrt(scrambled.var(0) + eps)).reshape(x.shape)
+    return {
+        "per_position": normalise(x.mean(0, keepdims=True), x.var(0, keepdims=True)),
+        "all_channels": normalise(x.mean(), x.var()),
+        "unbiased": normalise(x.mean((0, 2, 3), keepdims=True), x.var((0, 2, 3), keepdims=True, ddof=1)),
+        "scrambled": gamma.reshape(shape) * wrong + beta.reshape(shape),
+    }
+
+
+def check_spatial_batchnorm(forward, backward):
+    """Exercise 16: ``forward(x, gamma, beta) -> (out, cache)`` and ``backward(g, cache) ->
+    (dx, {'weight': dgamma, 'bias': dbeta})`` of BatchNorm on (N, C, H, W) maps in train
+    mode, against the engine's :class:`varshift.nn.BatchNorm` and float64 central
+    differences (``varshift.gradcheck``)."""
+    rng = np.random.default_rng(16)
+    x = rng.normal(1.0, 2.0, size=(4, 3, 5, 6)) * np.array([1.0, 3.0, 0.5])[None, :, None, None]
+    gamma, beta = rng.uniform(0.5, 1.5, 3), rng.normal(size=3)
+    g = rng.normal(size=x.shape)
+    result = forward(x, gamma, beta)
+    assert isinstance(result, tuple) and len(result) == 2, _hint(
+        16, "forward returns a pair (out, cache); backward needs the cache.")
+    out = np.asarray(result[0], float)
+    assert out.shape == x.shape, _hint(16, f"out must have the shape of x, {x.shape}; got {out.shape}.")
+    want, dx_ref, grads_ref = _spatial_reference(x, gamma, beta, g)
+    if not _close(out, want):
+        hints = {
+            "per_position": "those are statistics per channel *and position* (over the batch "
+                            "alone): a convolution's channel is one feature seen at every "
+                            "position, so it gets one mean and one variance, over N, H and W.",
+            "all_channels": "one mean and variance for the whole batch; BatchNorm keeps one per "
+                            "channel.",
+            "unbiased": "the batch is normalised with the biased variance (dividing by the "
+                        "number of values), as in the dense layer.",
+            "scrambled": "x.reshape(-1, C) on an (N, C, H, W) array does not give one column "
+                         "per channel: the channel axis is not last. Move it last first, or "
+                         "take the statistics over the right axes of x directly.",
+        }
+        found = next((k for k, v in _spatial_variants(x, gamma, beta).items() if _close(out, v)), None)
+        raise AssertionError(_hint(16, "the forward pass differs from the engine's BatchNorm by up "
+                                       f"to {np.abs(out - want).max():.3g}; " + hints.get(found, (
+                                           "normalise every channel with the mean and variance of "
+                                           "all its values in the batch, then scale and shift it "
+                                           "with its own gamma and beta."))))
+    grad_result = backward(g, result[1])
+    assert isinstance(grad_result, tuple) and len(grad_result) == 2 and isinstance(grad_result[1], dict), _hint(
+        16, "backward returns a pair (dx, {'weight': dgamma, 'bias': dbeta}).")
+    dx, grads = grad_result
+    assert set(grads) == {"weight", "bias"}, _hint(
+        16, f"the dict needs the keys 'weight' and 'bias', got {sorted(grads)}.")
+    for key in ("weight", "bias"):
+        got = np.asarray(grads[key], float)
+        assert got.shape == (3,), _hint(
+            16, f"d{'gamma' if key == 'weight' else 'beta'} has one value per channel, shape (3,); "
+                f"got {got.shape}: sum over every axis but the channel's.")
+        assert _close(got, grads_ref[key]), _hint(
+            16, f"d{'gamma' if key == 'weight' else 'beta'} differs from the engine's: each "
+                "channel's parameter touches all N * H * W outputs of the channel, so its gradient "
+                "is a sum over all of them.")
+    assert np.shape(dx) == x.shape, _hint(16, f"dx must have the shape of x, {x.shape}; got {np.shape(dx)}.")
+    if not _close(dx, dx_ref):
+        inference = gamma[None, :, None, None] / np.sqrt(x.var((0, 2, 3), keepdims=True) + 1e-5) * g
+        hint = ("you treated the mean and the variance as constants - that is the gradient of "
+                "inference mode. In train mode both depend on every value of the channel."
+                if _close(dx, inference) else
+                "dx differs from the engine's. The layer is Exercise 1's BatchNorm applied to the "
+                "matrix of all positions, one row per (n, h, w) and one column per channel: every "
+                "reduction of the dense backward pass runs over the rows of that matrix.")
+        raise AssertionError(_hint(16, hint))
+    errors = [varshift.gradcheck(handwritten_layer(forward, backward, c), rng.normal(size=(n, c, h, w)))
+              for n, c, h, w in ((3, 2, 3, 4), (2, 3, 2, 2))]
+    assert max(errors) < 1e-6, _hint(16, f"gradcheck error {max(errors):.1e} (should be < 1e-6).")
+    _passed(16, f"matches the engine's BatchNorm on (N, C, H, W) maps, gradcheck error {max(errors):.1e}")
+
+
+# Exercise 17 -----------------------------------------------------------------------
+def check_std_ratio(std_ratio):
+    """Exercise 17: ``std_ratio(gain, layers)``, the factor by which the standard deviation
+    of the pre-activations of a plain ReLU MLP (weights of variance gain / fan-in, no bias,
+    symmetric about 0) changes over ``layers`` layers."""
+    for gain, layers in ((1.0, 4), (2.0, 9), (1 / 3, 3), (4.0, 3), (5 / 3, 6), (1.0, 1)):
+        got, want = float(std_ratio(gain, layers)), (gain / 2) ** (layers / 2)
+        if math.isclose(got, want, rel_tol=1e-9):
+            continue
+        wrong = {
+            gain ** (layers / 2): "ReLU zeroes part of every pre-activation: what fraction of the "
+                                  "second moment of a value symmetric about 0 gets through?",
+            (gain / 2) ** layers: "that is the factor of the variance; the standard deviation is "
+                                  "its square root.",
+            (gain / 2) ** ((layers + 1) / 2): "count the weight layers between the two "
+                                              "pre-activations: `layers` of them, not one more.",
+            (gain / 2) ** ((layers - 1) / 2): "count the weight layers between the two "
+                                              "pre-activations: `layers` of them, not one fewer.",
+        }
+        hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
+                    "follow the second moment through one layer: a weight layer sums fan-in "
+                    "products of independent zero-mean weights and inputs, and ReLU keeps "
+                    "only part of its input; then repeat.")
+        raise AssertionError(_hint(17, f"gain {gain:.4g}, {layers} layers: you return {got:.6g}, "
+                                       f"expected {want:.6g}; {hint}"))
+    _passed(17, "the factor of every test point agrees")
+
+
+EXERCISES.update({16: ("09", "spatial_batchnorm_forward", "check_spatial_batchnorm"),
+                  17: ("09", "std_ratio", "check_std_ratio")})
+__all__ += ["check_spatial_batchnorm", "check_std_ratio"]

@@ -172,3 +172,31 @@ def layernorm_backward(g, cache):
     dx = (h - h.mean(axis=1, keepdims=True)
           - xhat * (h * xhat).mean(axis=1, keepdims=True)) / np.sqrt(var + eps)
     return dx, {"weight": dgamma, "bias": dbeta}
+
+
+# Exercise 16 (notebook 09): BatchNorm of convolutional feature maps, train mode
+def spatial_batchnorm_forward(x, gamma, beta, eps=1e-5):
+    axes = (0, 2, 3)  # one mean and one variance per channel, over N, H and W
+    mu = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)  # biased, as in the dense layer
+    xhat = (x - mu) / np.sqrt(var + eps)
+    g, b = gamma.reshape(1, -1, 1, 1), beta.reshape(1, -1, 1, 1)
+    return g * xhat + b, (x, mu, var, xhat, g, eps)
+
+
+def spatial_batchnorm_backward(g, cache):
+    x, mu, var, xhat, gamma, eps = cache
+    axes = (0, 2, 3)
+    dgamma = (g * xhat).sum(axis=axes)
+    dbeta = g.sum(axis=axes)
+    # Exercise 1's compact form, every mean over the N * H * W values of a channel
+    dx = gamma / np.sqrt(var + eps) * (g - g.mean(axis=axes, keepdims=True)
+                                       - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    return dx, {"weight": dgamma, "bias": dbeta}
+
+
+# Exercise 17 (notebook 09): how the scale of the pre-activations changes with depth
+def std_ratio(gain, layers):
+    # E[h'^2] = fan_in * (gain / fan_in) * E[relu(h)^2] and E[relu(h)^2] = E[h^2] / 2
+    # for h symmetric about 0: the variance is multiplied by gain / 2 per layer
+    return (gain / 2) ** (layers / 2)

@@ -105,6 +105,8 @@ def _extra_args(number):
         return (solutions.dropout_backward,)
     if number == 15:
         return (_definitions("08", "layernorm_forward")["layernorm_forward"],)
+    if number == 16:
+        return (solutions.spatial_batchnorm_backward,)
     return ()
 
 
@@ -360,6 +362,14 @@ WRONG = {
     "15-gamma-outside": (15, lambda g, cache: _layernorm_backward(g, cache, gamma_inside=False),
                          "gamma varies along the axis"),
     "15-constants": (15, lambda g, cache: _layernorm_backward(g, cache, constants=True), "constants"),
+    "16-per-position": (16, lambda x, gamma, beta, eps=1e-5: _spatial_forward(x, gamma, beta, "per_position"),
+                        "per channel *and position*"),
+    "16-reshape-without-transpose": (16, lambda x, gamma, beta, eps=1e-5: _spatial_forward(
+        x, gamma, beta, "scrambled"), "channel axis is not last"),
+    "16-unbiased": (16, lambda x, gamma, beta, eps=1e-5: _spatial_forward(x, gamma, beta, "unbiased"),
+                    "biased variance"),
+    "17-no-relu": (17, lambda gain, layers: gain ** (layers / 2), "ReLU zeroes part"),
+    "17-variance": (17, lambda gain, layers: (gain / 2) ** layers, "square root"),
     "13-dropout-on": (13, lambda model, x: _recompute(model, x, train_mode=True), "Dropout was on"),
     "13-one-pass": (13, lambda model, x: _recompute(model, x, one_pass=True), "forward order"),
     "11-torch-epsilon": (11, lambda layer: _twin(layer, eps=1e-5), "epsilon"),
@@ -369,6 +379,13 @@ WRONG = {
     "12-unbiased": (12, lambda model, name, x: _statistics(model, name, x, ddof=1), "unbiased"),
     "12-output": (12, lambda model, name, x: _statistics(model, name, x, output=True), "output"),
 }
+
+
+def _spatial_forward(x, gamma, beta, mistake):
+    """Exercise 16's forward pass with the statistics taken over the wrong values (the
+    cache stays the reference one)."""
+    _, cache = solutions.spatial_batchnorm_forward(x, gamma, beta)
+    return course._spatial_variants(x, gamma, beta)[mistake], cache
 
 
 def _updates(n, batch, epochs, momentum, split, convention="keras", train=None, batches=None):
@@ -472,6 +489,7 @@ def test_generic_hints_point_to_the_idea_not_the_formula():
         7: (lambda rate: 0.123, ("beta^2 / 3 =", "(1 - p) / p")),
         15: (lambda g, cache: (np.zeros_like(g), {"weight": (g * cache[3]).sum(0), "bias": g.sum(0)}),
              ("mean(", "h * xhat", "sqrt")),
+        17: (lambda gain, layers: 0.123, ("gain / 2", "** (layers", "1/2")),
     }
     for number, (answer, formula) in unanticipated.items():
         check = getattr(course, course.EXERCISES[number][2])
@@ -512,7 +530,7 @@ def test_a_guess_locked_after_the_measurement_is_refused(fresh_locks, capsys):
             course.lock(5, bad)
 
 
-@pytest.mark.parametrize("number", [4, 6, 7])
+@pytest.mark.parametrize("number", [4, 6, 7, 17])
 def test_predict_lock_measure_exercises_lock_before_the_measurement(number):
     prefix = course.EXERCISES[number][0]
     cells = _notebook(prefix).cells
