@@ -8,9 +8,10 @@ reference solution that passes the check, and typical wrong answers fail with a 
 the student edition (``execute.py --student-edition``) keeps no exercise or measurement
 output, no answer and no link to the solutions; a predict-lock-measure exercise locks its
 guess before the measurement, and a guess locked after it is refused.
-Slow (``-m slow``): every notebook runs top to bottom with the solutions, and its student
+Slow (``-m slow``): every notebook runs top to bottom with the solutions, its student
 version fails cleanly - only the exercise cells fail, each with its stub's
-``NotImplementedError``.
+``NotImplementedError`` - and every number its text quotes from the stored outputs is
+printed again by a fresh run (``notebook_numbers``; tolerances at ``KERNEL_RTOL``).
 """
 
 import importlib.util
