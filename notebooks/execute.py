@@ -190,7 +190,8 @@ def run(path, *, solutions=True, allow_errors=False):
     settings_cell = notebook.cells.pop()
     printed = "".join(out.get("text", "") for out in settings_cell.outputs
                       if out.output_type == "stream" and out.name == "stdout")
-    _stamp(notebook, json.loads(printed))
+    if printed:  # nothing if the settings cell itself failed (allow_errors): no record
+        _stamp(notebook, json.loads(printed))
     return notebook, seconds
 
 
