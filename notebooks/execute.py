@@ -18,6 +18,15 @@ the outputs show every check passing. They are written to ``--output-dir`` (defa
 ``build/notebooks/``, ignored by git); a tracked notebook is overwritten only with
 ``--in-place``. A cell that raises stops that notebook and writes nothing for it.
 
+Every execution records the settings its numbers were computed with: the versions of
+NumPy and SciPy, each loaded BLAS library's version, kernel (OpenBLAS picks one for the
+processor: SkylakeX, Haswell, ...) and thread count, and Numba's thread count, as the
+notebook's ``course.setup()`` left them. They go to ``metadata["varshift"]["executed_with"]``
+and, in words, between ``<!-- stored-with -->`` and ``<!-- /stored-with -->`` where a
+markdown cell has these markers (the notebook's line saying which settings made its
+stored numbers). ``tests/test_notebooks.py`` re-executes the notebooks and compares every
+number the text quotes with the fresh outputs, strictly where the settings are the same.
+
 The repository keeps the **instructor edition**: exercises with their reference outputs,
 answers and model answers, all marked with cell tags (``View > Cell metadata`` in
 JupyterLab):
@@ -49,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import shutil
 import sys
@@ -118,20 +128,71 @@ def find(name: str) -> Path:
     return matches[0]
 
 
+_SETTINGS_CELL = """\
+import json, pathlib
+import numba, numpy, scipy
+from varshift import _runtimes
+print(json.dumps({"numpy": numpy.__version__, "scipy": scipy.__version__,
+                  "numba_threads": numba.get_num_threads(),
+                  "blas": [{"library": pathlib.Path(r.filepath).parent.name, "version": r.version,
+                            "kernel": r.architecture, "threads": r.num_threads}
+                           for r in _runtimes.loaded() if r.user_api == "blas"]}))
+"""
+"""Run after a notebook's last cell, in its kernel, and removed again: the settings that
+made its numbers (the BLAS libraries as loaded then, with their kernels and thread
+counts, and Numba's thread count, as the notebook's ``course.setup()`` left them)."""
+
+SETTINGS_START, SETTINGS_END = "<!-- stored-with -->", "<!-- /stored-with -->"
+"""Markers of the place in a markdown cell that ``execute.py`` fills with the settings of
+the run that stored the outputs."""
+
+
+def describe(settings) -> str:
+    """The settings of an execution (``metadata["varshift"]["executed_with"]``) in words."""
+    blas = "; ".join(f"{b['library'].removesuffix('.libs')}'s BLAS {b['version']}, kernel "
+                     f"{b['kernel']}, {b['threads']} thread{'s' * (b['threads'] != 1)}"
+                     for b in settings["blas"])
+    return (f"NumPy {settings['numpy']}, SciPy {settings['scipy']} ({blas or 'no BLAS found'}), "
+            f"Numba {settings['numba_threads']} thread{'s' * (settings['numba_threads'] != 1)}")
+
+
+def _stamp(notebook, settings) -> None:
+    """Record ``settings`` in the notebook's metadata and between the markers
+    :data:`SETTINGS_START` and :data:`SETTINGS_END` of its markdown cells."""
+    notebook.metadata.setdefault("varshift", {})["executed_with"] = settings
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and SETTINGS_START in cell.source:
+            head, rest = cell.source.split(SETTINGS_START, 1)
+            if SETTINGS_END not in rest:
+                raise ValueError(f"a markdown cell has {SETTINGS_START} without {SETTINGS_END}")
+            cell.source = (f"{head}{SETTINGS_START}{describe(settings)}{SETTINGS_END}"
+                           f"{rest.split(SETTINGS_END, 1)[1]}")
+
+
 def run(path, *, solutions=True, allow_errors=False):
     """Execute the notebook at ``path`` in memory; returns ``(notebook, seconds)``.
 
+    The settings the kernel computed with (:func:`describe`) are recorded in
+    ``notebook.metadata["varshift"]["executed_with"]`` and written between the markers
+    :data:`SETTINGS_START` and :data:`SETTINGS_END` where a markdown cell has them.
     Raises ``nbclient.exceptions.CellExecutionError`` at the first failing cell unless
     ``allow_errors``.
     """
     path = Path(path)
     notebook = nbformat.read(path, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(_SETTINGS_CELL))
     start = time.perf_counter()
     with _solutions(solutions):
         NotebookClient(notebook, timeout=TIMEOUT, kernel_name="python3", allow_errors=allow_errors,
                        record_timing=False, resources={"metadata": {"path": str(path.parent)}}
                        ).execute()
-    return notebook, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    settings_cell = notebook.cells.pop()
+    printed = "".join(out.get("text", "") for out in settings_cell.outputs
+                      if out.output_type == "stream" and out.name == "stdout")
+    if printed:  # nothing if the settings cell itself failed (allow_errors): no record
+        _stamp(notebook, json.loads(printed))
+    return notebook, seconds
 
 
 def tags(cell) -> list[str]:
