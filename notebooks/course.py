@@ -75,8 +75,10 @@ def setup(threads=1):
 
     One BLAS and one Numba thread: the matrices here are small, so a second thread
     gains little (and on a busy 2-core machine, threads that wait for each other make
-    small products many times slower); one thread also makes the numbers identical to
-    the stored ones on any machine.
+    small products many times slower). With one thread a run repeats the stored numbers
+    where the BLAS kernel is the same (each notebook's header names it); another kernel
+    changes trained networks' numbers in their later digits, an unstable run's entirely
+    (see notebooks/README.md).
     """
     import matplotlib.pyplot as plt
     import numba

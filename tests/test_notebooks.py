@@ -552,15 +552,6 @@ def run_notebook(mnist_dir, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
-def test_notebook_runs_top_to_bottom_with_the_solutions(path, run_notebook):
-    notebook, seconds = run_notebook(path, solutions=True)  # raises at a failing cell
-    print(f"{path.name}: {seconds:.0f} s")
-    assert any("image/png" in out.get("data", {}) for cell in notebook.cells
-               if cell.cell_type == "code" for out in cell.outputs)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
 def test_student_version_fails_only_at_the_exercises(path, run_notebook):
     notebook, seconds = run_notebook(path, solutions=False, allow_errors=True)
@@ -653,11 +644,15 @@ def test_stored_settings_line_matches_the_run_that_stored_the_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
-def test_text_quotes_only_numbers_a_fresh_run_prints(path, run_notebook):
-    """Re-execute the notebook; every number its markdown quotes from the stored outputs
-    must be printed by the fresh run too (tolerances: :data:`KERNEL_RTOL`)."""
+def test_notebook_runs_with_the_solutions_and_prints_what_its_text_quotes(path, run_notebook):
+    """Re-execute the notebook top to bottom with the solutions (one run serves both
+    checks): it raises at no cell, draws its plots, and every number its markdown quotes
+    from the stored outputs is printed by the fresh run too (tolerances:
+    :data:`KERNEL_RTOL`)."""
     stored = _read(path)
-    fresh, seconds = run_notebook(path, solutions=True)
+    fresh, seconds = run_notebook(path, solutions=True)  # raises at a failing cell
+    assert any("image/png" in out.get("data", {}) for cell in fresh.cells
+               if cell.cell_type == "code" for out in cell.outputs)
     before = stored.metadata.get("varshift", {}).get("executed_with")
     now = fresh.metadata["varshift"]["executed_with"]
     rtol = 0.0 if before == now else KERNEL_RTOL
