@@ -60,8 +60,8 @@ EXERCISES = {
     8: ("04", "updates_and_initial_weight", "check_updates_and_initial_weight"),
     9: ("05", "first_batchnorm_factor_bound", "check_first_batchnorm_bound"),
     10: ("05", "decide", "check_decisions"),
-    11: ("06", "torch_twin", "check_torch_twin"),
-    12: ("06", "population_statistics", "check_population_statistics"),
+    11: ("05", "torch_twin", "check_torch_twin"),
+    12: ("05", "population_statistics", "check_population_statistics"),
     13: ("07", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
     14: ("08", "dropout_forward", "check_dropout"),
     15: ("08", "layernorm_backward", "check_layernorm_backward"),
@@ -473,7 +473,7 @@ def check_equal_variance_beta(uout_beta_for):
 
 # Exercise 8 ------------------------------------------------------------------------
 def _updates_and_weight(n_samples, batch_size, epochs, momentum, convention, validation_split=0.0):
-    """The reference count of exercise 8 (the comparisons of notebooks 5 and 6 use it)."""
+    """The reference count of exercise 8 (the comparisons of notebook 5 use it)."""
     n_train = int(math.floor(n_samples * (1.0 - validation_split)))
     updates = epochs * math.ceil(n_train / batch_size)
     keep = 1 - momentum if convention == "pytorch" else momentum
@@ -777,7 +777,7 @@ def _keras_numpy(variable):
     return np.asarray(_keras().ops.convert_to_numpy(variable), np.float64)
 
 
-# Exercise 8, against Keras (notebook 06) ---------------------------------------
+# Exercise 8, against Keras (notebook 05) ---------------------------------------
 def _constant_fit(n, batch, epochs, momentum, validation_split):
     """Keras' own count: fit a lone BatchNormalization(momentum) on constant inputs. Every
     batch has variance 0, so the moving variance is exactly what is left of its initial 1."""

@@ -124,7 +124,7 @@ def recompute_batchnorm_statistics(model, x):
     return model
 
 
-# Exercise 11 (notebook 06): a PyTorch BatchNorm1d computing what a Keras one computes
+# Exercise 11 (notebook 05): a PyTorch BatchNorm1d computing what a Keras one computes
 def torch_twin(layer):
     import keras
     import torch
@@ -142,7 +142,7 @@ def torch_twin(layer):
     return bn.eval()
 
 
-# Exercise 12 (notebook 06): a Keras BatchNormalization's population statistics
+# Exercise 12 (notebook 05): a Keras BatchNormalization's population statistics
 def population_statistics(model, name, x):
     import keras
 

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import notebook_numbers
 import numpy as np
@@ -26,7 +25,7 @@ import pytest
 from conftest import import_keras
 
 nbformat = pytest.importorskip("nbformat")
-pytestmark = pytest.mark.filterwarnings(  # Keras' torch backend (notebook 06's checks)
+pytestmark = pytest.mark.filterwarnings(  # Keras' torch backend (notebook 05's checks)
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 FOLDER = Path(__file__).resolve().parents[1] / "notebooks"
@@ -82,7 +81,7 @@ def _live_results():
 
 
 def _keras():
-    """Keras 3 on the torch backend (the backend notebook 06 and its checks use)."""
+    """Keras 3 on the torch backend (the backend notebook 05 and its checks use)."""
     pytest.importorskip("torch")
     os.environ.setdefault("KERAS_BACKEND", "torch")
     return import_keras()
@@ -116,20 +115,19 @@ def _namespace(prefix):
     """What an exercise cell of notebook ``prefix`` needs from the cells before it."""
     namespace = _definitions(prefix, "batchnorm_forward", "planted_backward", "layernorm_forward")
     if prefix == "05":
-        namespace.update(_live_results(), stored=lambda name: _stored_case(name))
+        _keras()
+        # exercises 11-12's checks build their own Keras cases when given None
+        namespace.update(_live_results(), stored=lambda name: _stored_case(name),
+                         keras_bn=None, before_bn=None, xc=None)
     if prefix == "07":
         pytest.importorskip("torch")
         namespace["model"], namespace["x"] = None, None  # the check builds its own case
-    if prefix == "06":
-        _keras()
-        # the checks build their own cases
-        namespace.update(model=SimpleNamespace(get_layer=lambda name: None), before_bn=None, xc=None)
     return namespace
 
 
 # ---------------------------------------------------------------------------- stored
 def test_the_notebooks_are_there_and_indexed():
-    assert {"01", "02", "03", "04", "05", "06", "07"} <= {n[:2] for n in NAMES}
+    assert {"01", "02", "03", "04", "05", "07"} <= {n[:2] for n in NAMES}
     index = (FOLDER / "README.md").read_text()
     missing = [name for name in NAMES if f"({name})" not in index]
     assert not missing, f"notebooks/README.md should list {missing} in its syllabus"
