@@ -62,9 +62,9 @@ EXERCISES = {
     10: ("05", "decide", "check_decisions"),
     11: ("05", "torch_twin", "check_torch_twin"),
     12: ("05", "population_statistics", "check_population_statistics"),
-    13: ("07", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
-    14: ("08", "dropout_forward", "check_dropout"),
-    15: ("08", "layernorm_backward", "check_layernorm_backward"),
+    13: ("06", "recompute_batchnorm_statistics", "check_recomputed_statistics"),
+    14: ("07", "dropout_forward", "check_dropout"),
+    15: ("07", "layernorm_backward", "check_layernorm_backward"),
 }
 """Exercise number -> (notebook, function name, check name)."""
 
@@ -1195,6 +1195,6 @@ def check_std_ratio(std_ratio):
     _passed(17, "the factor of every test point agrees")
 
 
-EXERCISES.update({16: ("09", "spatial_batchnorm_forward", "check_spatial_batchnorm"),
-                  17: ("09", "std_ratio", "check_std_ratio")})
+EXERCISES.update({16: ("08", "spatial_batchnorm_forward", "check_spatial_batchnorm"),
+                  17: ("08", "std_ratio", "check_std_ratio")})
 __all__ += ["check_spatial_batchnorm", "check_std_ratio"]

@@ -105,7 +105,7 @@ def decide(differences, direction, min_effect=0.0, posted_regime=True):
     return "contradicted" if high < 0 else "undecided"
 
 
-# Exercise 13 (notebook 07): recompute a PyTorch model's BatchNorm statistics
+# Exercise 13 (notebook 06): recompute a PyTorch model's BatchNorm statistics
 def recompute_batchnorm_statistics(model, x):
     import torch
 
@@ -152,7 +152,7 @@ def population_statistics(model, name, x):
     return h.mean(axis=0), h.var(axis=0)  # ddof=0: Keras' biased variance
 
 
-# Exercise 14 (notebook 08): inverted Dropout, forward and backward
+# Exercise 14 (notebook 07): inverted Dropout, forward and backward
 def dropout_forward(x, rate, rng):
     keep = 1.0 - rate
     mask = (rng.random(x.shape) < keep) / keep  # 0 or 1/keep: E[mask] = 1
@@ -163,7 +163,7 @@ def dropout_backward(dout, cache):
     return dout * cache  # the same mask, the same factor
 
 
-# Exercise 15 (notebook 08): LayerNorm's backward pass
+# Exercise 15 (notebook 07): LayerNorm's backward pass
 def layernorm_backward(g, cache):
     x, mu, var, xhat, gamma, eps = cache
     dgamma = (g * xhat).sum(axis=0)
@@ -174,7 +174,7 @@ def layernorm_backward(g, cache):
     return dx, {"weight": dgamma, "bias": dbeta}
 
 
-# Exercise 16 (notebook 09): BatchNorm of convolutional feature maps, train mode
+# Exercise 16 (notebook 08): BatchNorm of convolutional feature maps, train mode
 def spatial_batchnorm_forward(x, gamma, beta, eps=1e-5):
     axes = (0, 2, 3)  # one mean and one variance per channel, over N, H and W
     mu = x.mean(axis=axes, keepdims=True)
@@ -195,7 +195,7 @@ def spatial_batchnorm_backward(g, cache):
     return dx, {"weight": dgamma, "bias": dbeta}
 
 
-# Exercise 17 (notebook 09): how the scale of the pre-activations changes with depth
+# Exercise 17 (notebook 08): how the scale of the pre-activations changes with depth
 def std_ratio(gain, layers):
     # E[h'^2] = fan_in * (gain / fan_in) * E[relu(h)^2] and E[relu(h)^2] = E[h^2] / 2
     # for h symmetric about 0: the variance is multiplied by gain / 2 per layer

@@ -31,7 +31,7 @@ def close_figures():
 
 
 def test_shift_axis_is_log_with_plain_ticks_and_layer_names():
-    # notebook 7's case: 15.7 next to 1.32 and 1.57, on a linear axis flattened to 1
+    # notebook 6's case: 15.7 next to 1.32 and 1.57, on a linear axis flattened to 1
     ax = plot_bn_shift(fake_report([15.7, 1.32, 1.57], ["1", "5", "9"]))
     assert ax.get_yscale() == "log"
     assert tick_texts(ax, "x") == ["1", "5", "9"]
