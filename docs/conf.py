@@ -111,6 +111,9 @@ def _copy_page(source, page, extra=""):
 # docs/notebooks/ as well, with a hidden table of contents under the README.
 def _copy_course():
     notebooks = sorted(path.name for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    for stale in (DOCS / "notebooks").glob("*.ipynb"):  # renamed or removed since the last build
+        if stale.name not in notebooks:
+            stale.unlink()
     for name in notebooks:
         _copy_page(f"notebooks/{name}", f"notebooks/{name}")
     entries = "\n".join(Path(name).stem for name in notebooks)
