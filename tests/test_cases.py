@@ -632,6 +632,5 @@ def test_the_quick_report_says_how_it_trims_the_cases():
     assert "bn-dropout-mnist-convnet with seeds 3 (not 5);" in quick
     assert "layer-orderings with train images 2,000 (not 6,000), test images 500 (not 1,000);" \
         in quick
-    assert "stale-running-stats with question steps 300 (not 600), test images 500 (not 1,000)" \
-        in quick
+    assert quick.endswith("; stale-running-stats with question steps 300 (not 600)")
     assert plan.Settings(quick=False).describe_cases() == "case studies in their quick mode"

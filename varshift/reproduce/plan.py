@@ -38,12 +38,12 @@ QUICK_EPOCHS = 5
 """Epochs of the quick mode's 1-D networks (30 in the full mode)."""
 QUICK_CASES = {"bn-dropout-mnist-convnet": {"seeds": 3},
                "layer-orderings": {"n_train": 2000, "n_test": 500},
-               "stale-running-stats": {"question_steps": 300, "n_test": 500}}
+               "stale-running-stats": {"question_steps": 300}}
 """What the quick reproduction trims from the case studies' own quick mode, which the full
 reproduction and ``varshift case NAME`` run unchanged: case name -> keyword arguments of
 its ``run`` and ``tasks`` (:class:`varshift.cases.Case`). The quick run is a preview:
-these three cases took 60 % of its time (the layer orderings' training, the convnet
-case's five seeds, the stale-statistics case's 600 steps and batch-1 evaluations)."""
+these three cases took 60 % of its CPU time (the layer orderings' training, the convnet
+case's five seeds, the stale-statistics case's 600-step runs)."""
 
 _EXPERIMENTS = "varshift.reproduce.experiments"
 
