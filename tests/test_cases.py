@@ -593,3 +593,44 @@ def test_a_saved_result_loads_as_its_case_and_plots(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="another version of varshift"):
         cases.load(tmp_path / "old.json")
+
+
+def test_the_quick_reproduction_trims_cases_and_the_full_one_does_not(tmp_path, monkeypatch):
+    from varshift import reproduce
+    from varshift.reproduce import plan
+
+    class Captured(Exception):
+        pass
+
+    batches, computed = [], []
+
+    def capture(tasks, **_):
+        computed.append([t.key for t in tasks])
+        raise Captured
+
+    monkeypatch.setattr(reproduce.Context, "mnist_missing", None)  # the files are not read
+    monkeypatch.setattr(reproduce.Context, "prefetch",
+                        lambda self, names, extra=(): batches.append([t.key for t in extra]))
+    monkeypatch.setattr(_case, "run_tasks", capture)
+    case = cases.CASES[convnet.NAME]
+    own = [t.key for t in case.tasks(True, data_dir="somewhere")]
+    trimmed = [t.key for t in case.tasks(True, data_dir="somewhere", **plan.QUICK_CASES[case.name])]
+    for quick, planned in ((True, trimmed), (False, own)):
+        batches.clear(), computed.clear()
+        with pytest.raises(Captured):
+            reproduce.run(tmp_path, quick=quick, only=[case.name], data_dir="somewhere")
+        assert batches == computed == [planned]
+    # seeds 0-2 of every configuration: runs of the full reproduction (and of its cache)
+    assert len(own) == 5 * 5 and len(trimmed) == 5 * 3 and set(trimmed) < set(own)
+
+
+def test_the_quick_report_says_how_it_trims_the_cases():
+    from varshift.reproduce import plan
+
+    quick = plan.Settings(quick=True).describe_cases()
+    assert quick.startswith("case studies in their quick mode, trimmed for a preview: ")
+    assert "bn-dropout-mnist-convnet with seeds 3 (not 5);" in quick
+    assert "layer-orderings with train images 2,000 (not 6,000), test images 500 (not 1,000);" \
+        in quick
+    assert quick.endswith("; stale-running-stats with question steps 300 (not 600)")
+    assert plan.Settings(quick=False).describe_cases() == "case studies in their quick mode"

@@ -81,20 +81,26 @@ class ConvnetResult(CaseResult):
                    title="Every seed's test accuracy during training")
             ax.legend(fontsize="small")
             return ax
-        ax.axhspan(98.5, 99, color="0.85", label="posted: 98.5-99% usual")
+        posted = ax.axhspan(98.5, 99, color="0.85", label="posted: 98.5-99% usual")
         for i, records in enumerate(runs.values()):
-            for key, offset, marker, label in (("eval", -0.12, "o", "eval mode"),
-                                               ("recalibrated", 0.12, "^", "recalibrated")):
+            for key, offset, marker in (("eval", -0.12, "o"), ("recalibrated", 0.12, "^")):
                 if key not in records[0]:
                     continue
                 values = 100 * np.array([r[key] for r in records])
-                ax.plot(np.full(len(values), i + offset), values, marker, color=f"C{i}",
-                        alpha=0.7, label=label if i == 0 else None)
+                ax.plot(np.full(len(values), i + offset), values, marker, color=f"C{i}", alpha=0.7)
                 ax.errorbar(i + offset, values.mean(), values.std(ddof=1) if len(values) > 1 else 0,
                             fmt="_", color="k", capsize=4, ms=14)
         ax.set_xticks(range(len(runs)), [n.replace(", ", "\n") for n in runs])
         ax.set(ylabel="test accuracy (%)", title="Final test accuracy of every seed (bars: mean ± sd)")
-        _legend_above(ax, 3)
+        # the colour is the configuration (its tick label): the legend keys are grey and
+        # tell the marker and the bar apart
+        handles = [posted,
+                   ax.plot([], [], "o", color="0.45", alpha=0.7, label="eval mode, one seed")[0],
+                   ax.plot([], [], "^", color="0.45", alpha=0.7,
+                           label="recalibrated, one seed")[0],
+                   ax.errorbar([], [], [], fmt="_", color="k", capsize=4, ms=14,
+                               label="mean ± sd")]
+        _legend_above(ax, 4, handles=handles)
         return ax
 
 

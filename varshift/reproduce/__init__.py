@@ -102,8 +102,10 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     out : str or Path, optional
         Output folder; default :func:`default_out` (``figures/quick`` when ``quick``).
     quick : bool, default False
-        PreResNet only, 3 seeds, 10 epochs (minutes) instead of three architectures,
-        5 seeds and 30 epochs (hours of CPU; use ``jobs`` or ``client``).
+        PreResNet only, 3 seeds, 5 epochs, and two case studies trimmed further
+        (minutes; :data:`plan.QUICK_CASES <varshift.reproduce.plan.QUICK_CASES>`)
+        instead of three architectures, 5 seeds and 30 epochs (hours of CPU; use
+        ``jobs`` or ``client``).
     only : list of str, optional
         Names from :data:`FIGURES` and :data:`varshift.cases.CASES` (default: all).
     seeds : int, optional
@@ -132,7 +134,8 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     Notes
     -----
     The case studies always run in their quick mode (their full modes take hours; run
-    them with ``varshift case NAME --full``).
+    them with ``varshift case NAME --full``); the quick reproduction also trims two of
+    them (fewer seeds, fewer training images), as its report says.
     """
     names = _names(only)
     out = default_out(quick) if out is None else Path(out)
@@ -147,7 +150,7 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     out.mkdir(parents=True, exist_ok=True)
     seconds.update({f"task:{k}": v for k, v in ctx.seconds.items()})
     write_timings(out, seconds)
-    write_report(out, skipped, settings.describe() + "; case studies in their quick mode")
+    write_report(out, skipped, f"{settings.describe()}; {settings.describe_cases()}")
     return results, skipped
 
 
@@ -159,11 +162,13 @@ def _make(names, skips, ctx, out):
     results, skipped, seconds = [], [], {}
 
     seed, data_dir, progress = ctx.seed, ctx.data_dir, ctx.progress
+    options = ctx.settings.case_options  # the quick reproduction trims some cases
     # one batch of every training run (full parallelism to the end), without those
     # of the figures and cases skipped for missing data
     ctx.prefetch([n for n in names if n in FIGURES and n not in skips],
                  [task for name in names if name in CASES and name not in skips
-                  for task in CASES[name].tasks(True, data_dir=data_dir, seed=seed)])
+                  for task in CASES[name].tasks(True, data_dir=data_dir, seed=seed,
+                                                **options(name))])
     for i, name in enumerate(names, 1):
         if progress:
             print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
@@ -174,7 +179,8 @@ def _make(names, skips, ctx, out):
         if name in CASES:
             try:
                 case = CASES[name].run(quick=True, data_dir=data_dir, seed=seed, progress=progress,
-                                       jobs=ctx.jobs, client=ctx.client, cache=ctx.cache)
+                                       jobs=ctx.jobs, client=ctx.client, cache=ctx.cache,
+                                       **options(name))
             except FileNotFoundError as err:
                 skipped.append((name, str(err).splitlines()[0] + " Provide them with "
                                 "--data-dir or VARSHIFT_DATA (see the README)."))

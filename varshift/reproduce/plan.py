@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from ..tasks import Task
 
 __all__ = ["Settings", "SWEEP_RATES", "HEAD_RATES", "UOUT_BETAS", "EQUAL_VARIANCE", "PILOT_ARMS",
-           "OTHER_PILOT_ARMS", "PILOT_BLOCKS", "network_task", "network_tasks", "pilot_tasks", "width_tasks",
-           "stale_tasks"]
+           "OTHER_PILOT_ARMS", "PILOT_BLOCKS", "QUICK_EPOCHS", "QUICK_CASES", "network_task",
+           "network_tasks", "pilot_tasks", "width_tasks", "stale_tasks"]
 
 SWEEP_RATES = (0.1, 0.3, 0.5, 0.7)
 """Drop rates of the placement sweep (Li et al.'s Fig. 4; 0.0 is the baseline)."""
@@ -34,6 +34,16 @@ OTHER_PILOT_ARMS = (("a", 0.1, "dropout"), ("a", 0.7, "dropout"), ("b", 0.7, "dr
 already have their baselines."""
 PILOT_BLOCKS = (("PreResNet", 10), ("WRN", 5), ("DenseNet", 5))
 """Order of the power pilot: so many seeds of each architecture, in turn, block after block."""
+QUICK_EPOCHS = 5
+"""Epochs of the quick mode's 1-D networks (30 in the full mode)."""
+QUICK_CASES = {"bn-dropout-mnist-convnet": {"seeds": 3},
+               "layer-orderings": {"n_train": 2000, "n_test": 500},
+               "stale-running-stats": {"question_steps": 300}}
+"""What the quick reproduction trims from the case studies' own quick mode, which the full
+reproduction and ``varshift case NAME`` run unchanged: case name -> keyword arguments of
+its ``run`` and ``tasks`` (:class:`varshift.cases.Case`). The quick run is a preview:
+these three cases took 60 % of its CPU time (the layer orderings' training, the convnet
+case's five seeds, the stale-statistics case's 600-step runs)."""
 
 _EXPERIMENTS = "varshift.reproduce.experiments"
 
@@ -45,8 +55,9 @@ class Settings:
     Parameters
     ----------
     quick : bool
-        Minutes (PreResNet only, 3 seeds, 10 epochs on 5,000 sequences) instead of
-        hours (three architectures, 5 seeds, 30 epochs on 10,000 sequences).
+        Minutes (PreResNet only, 3 seeds, :data:`QUICK_EPOCHS` epochs on 5,000
+        sequences, and lighter case studies: :data:`QUICK_CASES`) instead of hours
+        (three architectures, 5 seeds, 30 epochs on 10,000 sequences).
     seeds : int, optional
         Seeds per setting (default 3 quick, 5 full).
     seed : int, default 0
@@ -80,7 +91,7 @@ class Settings:
 
     @property
     def epochs(self) -> int:
-        epochs = 10 if self.quick else 30
+        epochs = QUICK_EPOCHS if self.quick else 30
         if self.train_sequences is None:
             return epochs
         return round(epochs * (self.num_samples * 4 // 5) / self.train_sequences)
@@ -99,6 +110,35 @@ class Settings:
                 f"{self.n_seeds} seeds ({self.seed}-{self.seed + self.n_seeds - 1}); "
                 f"{self.epochs} epochs of Adam (lr 3e-3, cosine decay to 0, batch 100) on "
                 f"{train:,} MNIST-1D training sequences, {self.num_samples // 5:,} test sequences")
+
+    def case_options(self, name) -> dict:
+        """Keyword arguments of case ``name``'s ``run`` and ``tasks`` in this
+        reproduction: those of :data:`QUICK_CASES` in the quick mode, none in the full
+        mode (the case's own quick mode)."""
+        return dict(QUICK_CASES.get(name, {})) if self.quick else {}
+
+    def describe_cases(self) -> str:
+        """How this reproduction runs the case studies, for its report: in their quick
+        mode; in the quick reproduction, with the settings :data:`QUICK_CASES` changes
+        (named as in the case's results) and their values in the case's quick mode."""
+        if not self.quick:
+            return "case studies in their quick mode"
+        from ..cases import CASES
+
+        trims = []
+        for name, options in QUICK_CASES.items():
+            own, trimmed = _case_settings(CASES[name], {}), _case_settings(CASES[name], options)
+            trims.append(f"{name} with " + ", ".join(
+                f"{key.replace('_', ' ')} {value:,} (not {own[key]:,})"
+                for key, value in trimmed.items() if value != own[key]))
+        return f"case studies in their quick mode, trimmed for a preview: {'; '.join(trims)}"
+
+
+def _case_settings(case, options) -> dict:
+    """The settings (as in its result) of ``case``'s quick mode run with ``options``."""
+    seeds = options.get("seeds") or case.default_seeds.quick
+    own = case._options({k: v for k, v in options.items() if k != "seeds"})
+    return case.settings(seeds, case._params(True, own), own)
 
 
 def network_task(settings, arch, placement, rate, seed, noise="dropout"):
