@@ -29,10 +29,10 @@ DECLARED = (
     "were committed (ae1410c, 2026-11-24 07:14 UTC; git records when results were committed, "
     "not when they were computed). Much else was changed after the results, though: which "
     "comparisons count as the paper's claims (f0579f2, 16 min 43 s after the 5-seed results, "
-    "d3d182c and 05fac29), what the paper column quotes (6 rows in f0579f2, 30 in d3d182c, 26 "
-    "in 05fac29), Holm's adjustment (ded8da9), and six comparisons added (d3d182c: cos^2 "
+    "d3d182c, 05fac29 and 5ed1b5b), what the paper column quotes (6 rows in f0579f2, 30 in "
+    "d3d182c, 26 in 05fac29, 10 in 5ed1b5b), Holm's adjustment (ded8da9), and six comparisons added (d3d182c: cos^2 "
     "against its value at initialisation; 05fac29: whether (a)'s cost is the shift's). Today "
-    "there are 88 rows: 55 paper claims, 27 extensions and 6 former claims among the sanity "
+    "there are 88 rows: 54 paper claims, 28 extensions and 6 former claims among the sanity "
     f"checks. Every such change is listed under [{SECTION}]({ANCHOR}) "
     "with its reason.")
 """What was declared before the results, for the report's protocol paragraph (it replaces
@@ -78,7 +78,8 @@ class Disclosure:
     title: str
     after: str
     """Which results existed when it was made."""
-    what: str
+    what: str | tuple
+    """What changed: one string, or a lead and its parts (rendered as sub-bullets)."""
     reason: str
     """The reason given at the time (commit message, code comments), quoted."""
     effect: str
@@ -216,6 +217,39 @@ _MOVED_05F = (
     *(("fig15_conv_angles", _INIT_TEXT.format(a), v) for a, v in
       zip(_ARCHS, ("undecided", "undecided", "holds"))),
     ("fig7_train_eval_accuracy", _FALLS.format("WRN"), "undecided"),
+)
+
+# 5ed1b5b: paper-column labels that said more than the paper (figure, text, before, after,
+# our result then)
+_COST_WRN = ("WRN: (a) 0.5's cost is the shift's: Adjust lowers it and inference mode trails "
+             "train mode (added after results)")
+_LEADS_OLD = ("Sec. 3: (b)'s shift (Eq. 12) is below (a)'s (Eq. 8) once d cos^2 > 1; Fig. 4 draws "
+              "(a) on a 1-3 axis, (b) on 1-1.2 (axis ranges, not values)")
+_LEADS_NEW = ("not stated by the paper; follows from Eq. 12 (needs rho > 0): (b)'s shift is below "
+              "(a)'s (Eq. 8) once d cos^2 > 1; Fig. 4 draws (a) on a 1-3 axis, (b) on 1-1.2 (axis "
+              "ranges, not values)")
+_EQ15_OLD = "Eq. 15: 3/(3+beta^2) vs p (0.92 vs 0.5)"
+_EQ15_NEW = ("our evaluation of Eq. 15 at beta 0.5: 3/(3+beta^2) = 0.92 vs p = 0.5 (the paper's "
+             "example: beta 0.1, 0.997, against 0.9 for drop 0.1)")
+_HEAD_NEW = ("Table 4, C10 {}: {} % at 0.2; the gain at 0.2 is ResNet-200's on ImageNet (Table 5: "
+             "21.70 -> 21.48 top-1)")
+_EDITED_5ED = (
+    *((f"fig5_shift_per_layer_{a.lower()}", f"{a}: (a) shifts more than (b) at drop 0.5",
+       _LEADS_OLD, _LEADS_NEW, f"{d}, holds") for a, d in zip(
+        _ARCHS, ("+0.592 [+0.478, +0.706]", "+0.630 [+0.571, +0.690]",
+                 "+0.751 [+0.698, +0.805]"))),
+    *(("fig10_after_bn_and_uout", _HEAD_CLAIM.format(a), _HEAD_PER_NET.format(a, change),
+       _HEAD_NEW.format(a, change), f"{d}, undecided") for a, change, d in zip(
+        _ARCHS, ("5.02 -> 5.01", "3.97 -> 4.00", "4.72 -> 4.73"),
+        ("-0.02 [-0.21, +0.17]", "-0.01 [-0.20, +0.18]", "-0.07 [-0.16, +0.02]"))),
+    *(("fig14_equal_variance", f"{a}: Uout shifts less than Dropout at the same nominal amount "
+       "(0.5, (b))", _EQ15_OLD, _EQ15_NEW, f"{d}, holds") for a, d in zip(
+        _ARCHS, ("-0.200 [-0.264, -0.136]", "-0.092 [-0.105, -0.078]",
+                 "-0.061 [-0.073, -0.049]"))),
+    ("fig15_conv_angles", "Dropout 0.5 at (b) costs the wide network less test error than the "
+     "thin one", "Fig. 4 / Table 3: WRN (b) 0.5 3.81 vs 3.97 % baseline; PreResNet 5.85 vs "
+     "5.02 %", "Fig. 4 / Tables 3/4: WRN (b) 0.5 3.81 vs 3.97 % baseline; PreResNet 5.85 vs "
+     "5.02 %", "-1.43 [-2.17, -0.69], holds before Holm's adjustment, undecided after"),
 )
 
 DISCLOSURES = (
@@ -456,12 +490,56 @@ DISCLOSURES = (
                   "every figure's PNG, SVG and caption.",
         moved=tuple(Moved(f, t, v, "claim", "extension") for f, t, v in _MOVED_05F),
         edits=tuple(RowEdit(f, t, "paper", old, new, v) for f, t, old, new, v in _EDITED_05F)),
+    Disclosure(
+        commit="5ed1b5b", date="2026-12-07 00:05:21",
+        title="paper-column labels that said more than the paper; WRN's cost row an extension",
+        counts_before="55 paper claims, Holm-adjusted: 22 hold, 0 contradicted, 33 undecided",
+        after="every result of this report, with every verdict known; a cold read of REPORT "
+              "as the paper's authors would read it (issue 24) had listed the rows.",
+        what=("the paper column of 10 rows was relabelled:",
+              "fig14's three rows \"Uout shifts less than Dropout at the same nominal amount\" "
+              "gave 0.92 as if it were the paper's: it is our evaluation of Eq. 15 at beta 0.5 "
+              "(the paper's example is beta 0.1, 0.997, against 0.9 for drop 0.1);",
+              "fig5's three rows \"(a) shifts more than (b) at drop 0.5\" cited Sec. 3 for (b)'s "
+              "shift being below (a)'s once d cos^2 > 1: the paper does not say so; it follows "
+              "from Eq. 12 and needs rho > 0;",
+              "fig15's wide-against-thin cost row cited Table 3 for WRN's 3.97 % baseline, which "
+              "is Table 4's;",
+              "fig10's three head-Dropout rows now name ResNet-200 on ImageNet (Table 5) as the "
+              "source of the gain at 0.2; each row's own Table 4 C10 numbers (5.02 -> 5.01, "
+              "3.97 -> 4.00, 4.72 -> 4.73) are unchanged.",
+              "fig9's WRN row \"(a) 0.5's cost is the shift's\" (added after results in 05fac29) "
+              "became an extension: one of its two parts needs inference mode to trail train "
+              "mode, and the paper's Fig. 5 has no WRN panel, the reason 05fac29 moved WRN's "
+              "fig7 row."),
+        reason="commit message: \"0.92 is our evaluation of Eq. 15 at beta 0.5\" and \"for "
+               "which the paper's Fig. 5 has no WRN panel\"; issue 24's cold read: labels that "
+               "say more than the paper.",
+        effect="paper claims 55 -> 54 (WRN's cost row moved to the extensions); Holm-adjusted "
+               "22 hold, 0 contradicted, 33 undecided -> 22 hold, 0 contradicted, 32 undecided "
+               "(unadjusted 36/1/18 -> 36/1/17). Extensions 27 -> 28, Holm-adjusted 2 hold, 2 "
+               "contradicted, 23 undecided -> 2 hold, 2 contradicted, 24 undecided (unadjusted "
+               "8/3/16 -> 8/3/17). The moved row is undecided, adjusted and not; no other row "
+               "changed its verdict, adjusted or not. Sanity checks unchanged. The paper claims "
+               "after fig9's WRN row take the next lower id (P33 -> P32 and so on).",
+        unchanged="every number, direction, margin and verdict; every claim text; every "
+                  "figure's PNG, SVG and caption.",
+        moved=(Moved("fig9_recalibration", _COST_WRN, "undecided", "claim", "extension"),),
+        edits=tuple(RowEdit(f, t, "paper", old, new, v) for f, t, old, new, v in _EDITED_5ED)),
 )
 """Every change after results, oldest first."""
 
 
 def _cell(text):
     return str(text).replace("|", "\\|")
+
+
+def _what(what) -> list:
+    """The "What changed" lines: one bullet, or its first part with the others as
+    sub-bullets when ``what`` is a tuple."""
+    if isinstance(what, str):
+        return [f"- **What changed:** {what}"]
+    return [f"- **What changed:** {what[0]}", *(f"  - {part}" for part in what[1:])]
 
 
 def markdown(disclosures=DISCLOSURES) -> list:
@@ -476,7 +554,7 @@ def markdown(disclosures=DISCLOSURES) -> list:
              "(b30cc43).", ""]
     for i, d in enumerate(disclosures, 1):
         lines += [f"### {i}. {d.commit} ({d.date} UTC): {d.title}", "",
-                  f"- **After:** {d.after}", f"- **What changed:** {d.what}",
+                  f"- **After:** {d.after}", *_what(d.what),
                   f"- **Reason given at the time:** {d.reason}",
                   f"- **Effect on the counts:** {d.effect}"]
         if d.unchanged:

@@ -210,8 +210,7 @@ def _counted_before() -> list:
     rows = [f"| {d.commit} | {d.counts_before} |" for d in DISCLOSURES if d.counts_before]
     if not rows:
         return []
-    return ["", f"The paper claims as counted just before each change after results that moved "
-            f"them ([{SECTION}]({ANCHOR})):", "", "| before | paper claims as then counted |",
+    return ["", "Paper claims as counted just before each change that moved them:", "", "| before | paper claims as then counted |",
             "|---|---|", *rows]
 
 
@@ -264,14 +263,15 @@ SUMMARY_NOTES = {
                  "against moving variance on the training data in inference mode). The growth "
                  "with the drop rate ({grow_dense}, {grow_pre}, {grow_wrn}) follows almost "
                  "directly from Eq. 8: low-risk tests.",
-    "cost": "Per network: is (a) 0.5's extra test error the shift's? Both parts must hold: "
+    "cost": "Both parts must hold: "
             "re-estimating the statistics (Adjust) lowers the error, and inference-mode "
             "training accuracy falls below train mode. PreResNet points against the shift "
             "explanation: Adjust raises its error (+0.58 [-0.21, +1.37] points) and its "
             "inference-mode training accuracy is above train mode's (-1.10 [-2.69, +0.49]); "
             "DenseNet's inference-mode gap "
             "holds before the adjustment (+2.88 [+1.03, +4.73]; {gap_dense}, undecided after "
-            "it), its Adjust gain is undecided (-1.81 [-3.96, +0.34]).",
+            "it), its Adjust gain is undecided (-1.81 [-3.96, +0.34]). WRN's row is among the "
+            "extensions: the paper's Fig. 5 has no WRN panel.",
     "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach 0.8-1.2 % test "
                 "error (fig16, against the paper's 4-5 %), so the paper's effects scale down "
                 "about fourfold, below the smallest difference 5 seeds detect with 80 % power "
@@ -283,11 +283,9 @@ SUMMARY_NOTES = {
                 "version 2 of `varshift/reproduce/protocols/confirmatory.json`: version 1 "
                 "(af98a39) was declared before any confirmatory run; version 2 came after 10 of "
                 "its 179 runs had finished and before any verdict or summary of them was "
-                "computed (it fixed the Holm family to version 1's 13 claims and added a rule "
-                "for incomplete runs; no run, seed or claim changed). Its runs are cached in "
+                "computed (no run, seed or claim changed). Its runs are cached in "
                 "`figures/confirmatory/` and judged only once all 179 declared runs exist "
-                "(`python -m varshift.reproduce.confirm --report` says how many do). Its "
-                "verdicts are not part of this report.",
+                "(`python -m varshift.reproduce.confirm --report`). Its verdicts are not part of this report.",
     "width": "**Confounded by depth in this run**: WRN is 2 blocks of 48 channels and PreResNet "
              "3 blocks of 16, so wide against thin also compares depths (the review of issue "
              "24 traces the smaller shift to PreResNet's third block). A sweep of the widen "
