@@ -187,17 +187,17 @@ def _adjusted(groups, kind):
 
 
 PROTOCOL = (
-    DECLARED + " The verdict comes "
+    DECLARED + "\n\nThe verdict comes "
     "from the 95 % Student-t interval of the per-seed differences: **holds** if it excludes 0 "
     "(or the margin) in the paper's direction, **contradicted** if it excludes 0 the other way, "
     "**undecided** otherwise; with fewer than 3 seeds a claim is undecided whatever its "
-    "interval. **Multiplicity:** the paper claims, our extensions and the case-study "
+    "interval.\n\n**Multiplicity:** the paper claims, our extensions and the case-study "
     "statements are three families; in each, Holm's step-down procedure adjusts the "
     "one-sided tests behind the verdicts (level 0.025 each, the level of a 95 % interval's "
     "bound), for \"holds\" and for \"contradicted\" apart. The tables show the adjusted "
     "verdict and, where it differs, the unadjusted one (\"raw\"); the summary counts the "
     "adjusted ones. "
-    "Undecided is not counted as holding. Checks that are true by "
+    "Undecided is not counted as holding.\n\nChecks that are true by "
     "construction when the code is right (closed forms against themselves or against Monte "
     "Carlo, a shift of 1 after recalibrating on the same data) are listed separately and are "
     "not evidence for the paper; the regime checks (training has plateaued) are listed with "
