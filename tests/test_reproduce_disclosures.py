@@ -141,8 +141,8 @@ def test_the_counts_before_each_change_are_those_of_its_parent_commit(d, rendere
     else:
         expected = f"{len(paper)} paper claims, {tally(paper)}"
     assert d.counts_before == expected
-    line = next(x for x in rendered.splitlines() if x.startswith("- Paper claims ("))
-    assert f"{d.counts_before} before {d.commit}" in line
+    summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
+    assert f"| {d.commit} | {d.counts_before} |" in summary.splitlines()
 
 
 def test_summary_counts_the_current_rows_after_holm(rendered):

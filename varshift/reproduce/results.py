@@ -187,29 +187,31 @@ def _adjusted(groups, kind):
 
 
 PROTOCOL = (
-    DECLARED + " The verdict comes "
+    DECLARED + "\n\nThe verdict comes "
     "from the 95 % Student-t interval of the per-seed differences: **holds** if it excludes 0 "
     "(or the margin) in the paper's direction, **contradicted** if it excludes 0 the other way, "
     "**undecided** otherwise; with fewer than 3 seeds a claim is undecided whatever its "
-    "interval. **Multiplicity:** the paper claims, our extensions and the case-study "
+    "interval.\n\n**Multiplicity:** the paper claims, our extensions and the case-study "
     "statements are three families; in each, Holm's step-down procedure adjusts the "
     "one-sided tests behind the verdicts (level 0.025 each, the level of a 95 % interval's "
     "bound), for \"holds\" and for \"contradicted\" apart. The tables show the adjusted "
     "verdict and, where it differs, the unadjusted one (\"raw\"); the summary counts the "
     "adjusted ones. "
-    "Undecided is not counted as holding. Checks that are true by "
+    "Undecided is not counted as holding.\n\nChecks that are true by "
     "construction when the code is right (closed forms against themselves or against Monte "
     "Carlo, a shift of 1 after recalibrating on the same data) are listed separately and are "
     "not evidence for the paper; the regime checks (training has plateaued) are listed with "
     "them.")
 
 
-def _counted_before() -> str:
-    """The paper claims as counted before each change after results that moved them
-    (empty when none did)."""
-    parts = [f"{d.counts_before} before {d.commit}" for d in DISCLOSURES if d.counts_before]
-    return (f"; as counted before the changes after results that moved them ([{SECTION}]"
-            f"({ANCHOR})): " + "; ".join(parts)) if parts else ""
+def _counted_before() -> list:
+    """The paper claims as counted just before each change after results that moved them,
+    a table of commit and counts (no lines when none did)."""
+    rows = [f"| {d.commit} | {d.counts_before} |" for d in DISCLOSURES if d.counts_before]
+    if not rows:
+        return []
+    return ["", "Paper claims as counted just before each change that moved them:", "", "| before | paper claims as then counted |",
+            "|---|---|", *rows]
 
 
 _TOPICS = (
@@ -246,6 +248,11 @@ def _topic_line(rows):
             + (f", {raw} without it" if raw != held else ""))
     if "contradicted" in verdicts:
         line += f"; {verdicts.count('contradicted')} contradicted ({_ids(rows, 'contradicted')})"
+    raw_only = [r for r in rows if r.claim["verdict"] == "contradicted"
+                and (r.adjusted or r.claim["verdict"]) != "contradicted"]
+    if raw_only:
+        line += (f"; {len(raw_only)} contradicted before the adjustment only ("
+                 + ", ".join(f"{r.id}, {r.claim['text']}" for r in raw_only) + ")")
     return line + f"; {verdicts.count('undecided')} undecided"
 
 
@@ -253,10 +260,18 @@ SUMMARY_NOTES = {
     "mechanism": "The shift grows with the drop rate at (a), (a) shifts far more than (b), the "
                  "shift and a mean shift reach later BatchNorm layers (the chain reaction), and "
                  "Uout shifts less than Dropout: measured with the paper's protocol (real "
-                 "against moving variance on the training data in inference mode).",
-    "cost": "Per network: is (a) 0.5's extra test error the shift's? Both parts must hold: "
+                 "against moving variance on the training data in inference mode). The growth "
+                 "with the drop rate ({grow_dense}, {grow_pre}, {grow_wrn}) follows almost "
+                 "directly from Eq. 8: low-risk tests.",
+    "cost": "Both parts must hold: "
             "re-estimating the statistics (Adjust) lowers the error, and inference-mode "
-            "training accuracy falls below train mode.",
+            "training accuracy falls below train mode. PreResNet points against the shift "
+            "explanation: Adjust raises its error (+0.58 [-0.21, +1.37] points) and its "
+            "inference-mode training accuracy is above train mode's (-1.10 [-2.69, +0.49]); "
+            "DenseNet's inference-mode gap "
+            "holds before the adjustment (+2.88 [+1.03, +4.73]; {gap_dense}, undecided after "
+            "it), its Adjust gain is undecided (-1.81 [-3.96, +0.34]). WRN's row is among the "
+            "extensions: the paper's Fig. 5 has no WRN panel.",
     "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach 0.8-1.2 % test "
                 "error (fig16, against the paper's 4-5 %), so the paper's effects scale down "
                 "about fourfold, below the smallest difference 5 seeds detect with 80 % power "
@@ -264,18 +279,38 @@ SUMMARY_NOTES = {
                 "paired sd of 0.15 points that difference is about 0.25 points, against scaled "
                 "gains of 0.04 for Uout). Undecided here mostly means untested, not absent. "
                 "**A confirmatory run is in progress** at a harder regime "
-                "(1,000 training sequences, fresh seeds, sizes from a power analysis), under "
-                "protocol version 2, locked before its runs "
-                "(`varshift/reproduce/protocols/confirmatory.json`); its runs are cached in "
+                "(1,000 training sequences, fresh seeds, sizes from a power analysis) under "
+                "version 2 of `varshift/reproduce/protocols/confirmatory.json`: version 1 "
+                "(af98a39) was declared before any confirmatory run; version 2 came after 10 of "
+                "its 179 runs had finished and before any verdict or summary of them was "
+                "computed (no run, seed or claim changed). Its runs are cached in "
                 "`figures/confirmatory/` and judged only once all 179 declared runs exist "
-                "(`python -m varshift.reproduce.confirm --report` says how many do). Its "
-                "verdicts are not part of this report.",
+                "(`python -m varshift.reproduce.confirm --report`). Its verdicts are not part of this report.",
     "width": "**Confounded by depth in this run**: WRN is 2 blocks of 48 channels and PreResNet "
              "3 blocks of 16, so wide against thin also compares depths (the review of issue "
              "24 traces the smaller shift to PreResNet's third block). A sweep of the widen "
              "factor (1, 2, 4, 8) at fixed depth is planned, not run (docs/power-analysis.md, "
-             "section 5). The MLP rows vary the width alone.",
+             "section 5). The MLP rows vary the width alone. The paper's two WRN claims, a "
+             "smaller shift ({wide_shift}) and a smaller cost ({wide_cost}), are both "
+             "undecided after the adjustment; the rows that hold are d cos^2 and MLP rows "
+             "({mlp_cos}, {mlp_shift}, {wrn_cos}).",
 }
+
+
+_NAMED = {
+    "grow_pre": "PreResNet: the shift grows with the drop rate at (a)",
+    "grow_wrn": "WRN: the shift grows with the drop rate at (a)",
+    "grow_dense": "DenseNet: the shift grows with the drop rate at (a)",
+    "gap_dense": "DenseNet: with Dropout 0.5 (a), inference-mode training accuracy falls below "
+                 "train mode",
+    "wide_shift": "At (b) drop 0.5 the wide network shifts less than the thin one",
+    "wide_cost": "Dropout 0.5 at (b) costs the wide network less test error than the thin one",
+    "mlp_cos": "MLP: d cos^2 grows with the width (32 -> 2048)",
+    "mlp_shift": "MLP: at drop 0.5 (b) the shift shrinks with the width (32 -> 2048)",
+    "wrn_cos": "WRN's filters have a larger d cos^2 than PreResNet's",
+}
+"""The rows :data:`SUMMARY_NOTES` names (``{key}``), by claim text: the summary gives their
+ids, or their text where a partial run lacks them."""
 
 
 def _summary(paper_rows, families, checks, failed):
@@ -288,7 +323,10 @@ def _summary(paper_rows, families, checks, failed):
              "are after Holm's adjustment within each family ([how](#how-the-verdicts-are-"
              "reached)); ids (P: paper claims, E: our extensions, S: sanity checks) point to the "
              "tables below.", ""]
-    lines += [f"- **{title}.** {_topic_line(by_topic[key])}. {SUMMARY_NOTES[key]}"
+    ids = {r.claim["text"]: r.id for _, rows in paper_rows for r in rows}
+    named = {key: ids.get(text, f'"{text}"') for key, text in _NAMED.items()}
+    lines += [f"- **{title}.** {_topic_line(by_topic[key])}. "
+              f"{SUMMARY_NOTES[key].format(**named)}"
               for key, title in _TOPICS if by_topic[key]]
     lines += ["", "Counts by family, after Holm's adjustment:", ""] + families
     lines += [f"- Sanity and regime checks: {len(checks) - len(failed)} of {len(checks)} pass"
@@ -296,7 +334,7 @@ def _summary(paper_rows, families, checks, failed):
               + " (true by construction or checks of the regime, not evidence).",
               f"- Changes after results: {len(DISCLOSURES)} changes were made after the numbers "
               f"they concern existed; each is listed with its reason and its effect on the "
-              f"counts under [{SECTION}]({ANCHOR}).", ""]
+              f"counts under [{SECTION}]({ANCHOR}).", *_counted_before(), ""]
     return lines
 
 
@@ -324,7 +362,8 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     extension_rows = _numbered(figures, "extension", extension)
     sanity_rows = _numbered(figures + [{**k, "title": k["title"]} for k in cases], "sanity")
     families = [f"- Paper claims ({len(paper_claims)}): {adjusted_tally(paper_claims)}"
-                f"{_counted_before()}.",
+                + ("; as counted before earlier changes: the table below" if any(
+                    d.counts_before for d in DISCLOSURES) else "") + ".",
                 f"- Our extensions, comparisons the paper does not make "
                 f"({len(extension_claims)}): {adjusted_tally(extension_claims, 'extension')}.",
                 f"- Case-study statements ({len(case_claims)}): "
