@@ -263,15 +263,10 @@ SUMMARY_NOTES = {
                  "against moving variance on the training data in inference mode). The growth "
                  "with the drop rate ({grow_dense}, {grow_pre}, {grow_wrn}) follows almost "
                  "directly from Eq. 8: low-risk tests.",
-    "cost": "Both parts must hold: "
-            "re-estimating the statistics (Adjust) lowers the error, and inference-mode "
-            "training accuracy falls below train mode. PreResNet points against the shift "
-            "explanation: Adjust raises its error (+0.58 [-0.21, +1.37] points) and its "
-            "inference-mode training accuracy is above train mode's (-1.10 [-2.69, +0.49]); "
-            "DenseNet's inference-mode gap "
-            "holds before the adjustment (+2.88 [+1.03, +4.73]; {gap_dense}, undecided after "
-            "it), its Adjust gain is undecided (-1.81 [-3.96, +0.34]). WRN's row is among the "
-            "extensions: the paper's Fig. 5 has no WRN panel.",
+    "cost": "Both parts must hold: re-estimating the statistics (Adjust) lowers the error, "
+            "and inference-mode training accuracy falls below train mode. Per network (each "
+            "part's paired difference and 95 % interval; the verdict of the row after Holm's "
+            "adjustment): {cost_parts}.",
     "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach 0.8-1.2 % test "
                 "error (fig16, against the paper's 4-5 %), so the paper's effects scale down "
                 "about fourfold, below the smallest difference 5 seeds detect with 80 % power "
@@ -290,10 +285,9 @@ SUMMARY_NOTES = {
              "3 blocks of 16, so wide against thin also compares depths (the review of issue "
              "24 traces the smaller shift to PreResNet's third block). A sweep of the widen "
              "factor (1, 2, 4, 8) at fixed depth is planned, not run (docs/power-analysis.md, "
-             "section 5). The MLP rows vary the width alone. The paper's two WRN claims, a "
-             "smaller shift ({wide_shift}) and a smaller cost ({wide_cost}), are both "
-             "undecided after the adjustment; the rows that hold are d cos^2 and MLP rows "
-             "({mlp_cos}, {mlp_shift}, {wrn_cos}).",
+             "section 5). The MLP rows vary the width alone. The paper's two WRN claims: a "
+             "smaller shift ({wide_shift}) and a smaller cost ({wide_cost}); the d cos^2 and "
+             "MLP rows: {mlp_cos}, {mlp_shift}, {wrn_cos}.",
 }
 
 
@@ -301,8 +295,6 @@ _NAMED = {
     "grow_pre": "PreResNet: the shift grows with the drop rate at (a)",
     "grow_wrn": "WRN: the shift grows with the drop rate at (a)",
     "grow_dense": "DenseNet: the shift grows with the drop rate at (a)",
-    "gap_dense": "DenseNet: with Dropout 0.5 (a), inference-mode training accuracy falls below "
-                 "train mode",
     "wide_shift": "At (b) drop 0.5 the wide network shifts less than the thin one",
     "wide_cost": "Dropout 0.5 at (b) costs the wide network less test error than the thin one",
     "mlp_cos": "MLP: d cos^2 grows with the width (32 -> 2048)",
@@ -310,7 +302,15 @@ _NAMED = {
     "wrn_cos": "WRN's filters have a larger d cos^2 than PreResNet's",
 }
 """The rows :data:`SUMMARY_NOTES` names (``{key}``), by claim text: the summary gives their
-ids, or their text where a partial run lacks them."""
+ids and verdicts, or their text where a partial run lacks them."""
+
+
+def _cost_parts(rows):
+    """The rows asking whether (a)'s cost is the shift's, each as its network, its id and
+    verdict after Holm's adjustment, and our numbers (the parts' differences)."""
+    return "; ".join(f"{r.claim['text'].split(':', 1)[0]} ({r.id}: "
+                     f"{r.adjusted or r.claim['verdict']}): {r.claim['ours']}"
+                     for r in rows) or "no such row in this run"
 
 
 def _summary(paper_rows, families, checks, failed):
@@ -323,8 +323,10 @@ def _summary(paper_rows, families, checks, failed):
              "are after Holm's adjustment within each family ([how](#how-the-verdicts-are-"
              "reached)); ids (P: paper claims, E: our extensions, S: sanity checks) point to the "
              "tables below.", ""]
-    ids = {r.claim["text"]: r.id for _, rows in paper_rows for r in rows}
+    ids = {r.claim["text"]: f"{r.id}: {r.adjusted or r.claim['verdict']}"
+           for _, rows in paper_rows for r in rows}
     named = {key: ids.get(text, f'"{text}"') for key, text in _NAMED.items()}
+    named["cost_parts"] = _cost_parts(by_topic["cost"])
     lines += [f"- **{title}.** {_topic_line(by_topic[key])}. "
               f"{SUMMARY_NOTES[key].format(**named)}"
               for key, title in _TOPICS if by_topic[key]]
