@@ -77,11 +77,11 @@ def test_argument_errors_and_failure_restores_the_model(monkeypatch):
 
     calls = []
 
-    def failing(*args):
+    def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("boom")
-        original(*args)
+        return original(*args, **kwargs)
 
     original = module._recalibrate_layer
     monkeypatch.setattr(module, "_recalibrate_layer", failing)
