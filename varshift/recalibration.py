@@ -201,8 +201,13 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
                 raise ValueError(f"recalibrate: {bn.not_recalibrated}")
         before = report()
         modes = Modes(batchnorm=False, dropout=dropout == "on", other=dropout == "on")
-        plan = (plan_passes(session, [bn.name for bn in targets], next(iter(batches)), modes)
-                if dropout == "off" and cache_bytes else Plan.plain(len(targets)))
+        plan = Plan.plain(len(targets))
+        if dropout == "off" and cache_bytes:
+            first = next(iter(batches))  # the plan is found on its first samples
+            with _validate.reraise_with_context(f"recalibrate: data batch 0 of shape "
+                                                f"{tuple(first.shape)}"), \
+                    np.errstate(over="ignore", invalid="ignore"):
+                plan = plan_passes(session, [bn.name for bn in targets], first, modes)
         kept = {}
         for k, bn in enumerate(targets):
             # the first pass counts the samples: beyond the budget, every pass is plain
