@@ -33,8 +33,8 @@ def _torch_models(names):
     from torchvision_like import densenet121, resnet18
 
     torch.manual_seed(0)
-    makers = {"resnet18": (lambda: resnet18(width=16), 256),
-              "densenet121": (lambda: densenet121(growth_rate=8, num_init_features=16), 128)}
+    makers = {"resnet18": (lambda: resnet18(width=8), 128),
+              "densenet121": (lambda: densenet121(growth_rate=4, num_init_features=8), 64)}
     out = {}
     for name in names:
         if name in makers:
@@ -52,14 +52,14 @@ def _keras_model():
     import keras
 
     model = keras.applications.DenseNet121(weights=None, input_shape=(32, 32, 3), classes=10)
-    x = np.random.default_rng(0).standard_normal((64, 32, 32, 3)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((32, 32, 32, 3)).astype(np.float32)
     return {"keras DenseNet121": (model, x)}
 
 
 def _engine_models():
     from varshift.reproduce.networks import densenet, preresnet
 
-    x = np.random.default_rng(0).standard_normal((512, 1, 64)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2048, 1, 64)).astype(np.float32)
     out = {}
     for name, model in (("engine PreResNet", preresnet(width=16, blocks=6, seed=0)),
                         ("engine DenseNet", densenet(growth=8, layers=8, seed=0))):
@@ -84,15 +84,15 @@ def main():
         models.update(_engine_models())
     print("\n".join(describe_machine()))
     calls = {
-        "measure": lambda m, x: varshift.measure(m, x, batch_size=64),
-        "recalibrate": lambda m, x: varshift.recalibrate(m, x, batch_size=64, reports=False),
-        "recal plain": lambda m, x: varshift.recalibrate(m, x, batch_size=64, reports=False,
+        "measure": lambda m, x: varshift.measure(m, x, batch_size=32),
+        "recalibrate": lambda m, x: varshift.recalibrate(m, x, batch_size=32, reports=False),
+        "recal plain": lambda m, x: varshift.recalibrate(m, x, batch_size=32, reports=False,
                                                          cache_bytes=0),
     }
     print(f"{'model':<20} {'call':<12} {'wall s':>8} {'CPU s':>8} {'x measure (CPU)':>16}")
     for label, (model, x) in models.items():
-        for fn in calls.values():  # warm-up (compilation, first-call costs)
-            fn(model, x)
+        for name in ("measure", "recalibrate"):  # warm-up (compilation, first calls)
+            calls[name](model, x)
         times = {name: ([], []) for name in calls}
         for _ in range(args.rounds):
             for name, fn in calls.items():

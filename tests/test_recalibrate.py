@@ -269,9 +269,9 @@ def test_torch_each_convolution_computes_the_data_once():
     recalibrate(model, x, batch_size=batch, reports=False)
     bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     convs = [id(m) for m in model.modules() if isinstance(m, Counting)]
-    # the data once, the trace (3 x 64 samples), the probe (at most 32 samples) a few
+    # the data once, the trace (3 x 64 samples), the probe (at most 16 samples) a few
     # times, one sample per batch and pass
-    bound = n + 3 * 64 + 4 * 32 + bns * (n // batch)
+    bound = n + 3 * 64 + 4 * 16 + bns * (n // batch)
     assert all(computed.get(c, 0) <= bound for c in convs), computed
     computed.clear()
     recalibrate(twin, x, batch_size=batch, reports=False, cache_bytes=0)  # plain passes

@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["Plan", "Recorder", "PROBE_SAMPLES", "plan_passes"]
 
 #: Samples of the first batch the plan is found and checked on.
-PROBE_SAMPLES = 32
+PROBE_SAMPLES = 16
 
 
 @dataclass

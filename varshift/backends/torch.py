@@ -444,7 +444,7 @@ class TorchAdapter(Adapter):
         return tensor.detach().clone()
 
     def take(self, tensor, index):
-        return tensor[torch.from_numpy(index).to(tensor.device)]
+        return tensor.index_select(0, torch.from_numpy(index).to(tensor.device))
 
     def reportable(self, output):
         return (isinstance(output, torch.Tensor) and output.dim() > 0
