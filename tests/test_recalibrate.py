@@ -77,11 +77,11 @@ def test_argument_errors_and_failure_restores_the_model(monkeypatch):
 
     calls = []
 
-    def failing(*args):
+    def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("boom")
-        original(*args)
+        return original(*args, **kwargs)
 
     original = module._recalibrate_layer
     monkeypatch.setattr(module, "_recalibrate_layer", failing)
@@ -133,3 +133,240 @@ def test_variances_below_the_dtype_range_warn_and_are_not_called_stale(scale):
         warnings.simplefilter("error", UserWarning)  # float64 holds these variances
         result = recalibrate(twin, x.astype(np.float64))
     assert result.after.bn[0].shift == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- passes that replay
+# recalibrate's pass k replays kept layer outputs (varshift.backends.replay); these
+# tests hold it to the layer-by-layer definition, computed here without varshift.
+
+def _torch_layer_by_layer(model, x, batch_size):
+    """Each BatchNorm in call order gets the mean and unbiased variance of its input
+    over ``x``, with the BatchNorms before it already set (the definition)."""
+    import torch
+
+    model.eval()
+    order = []
+    handles = [m.register_forward_pre_hook(lambda m, args: order.append(m))
+               for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(x[:2])
+    for handle in handles:
+        handle.remove()
+    for bn in order:
+        seen = []
+        handle = bn.register_forward_pre_hook(
+            lambda m, args, seen=seen: seen.append(args[0].double()))
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                model(x[start:start + batch_size])
+        handle.remove()
+        h = torch.cat([s.transpose(0, 1).reshape(s.shape[1], -1) for s in seen], 1)
+        bn.running_mean = h.mean(1).float()
+        bn.running_var = h.var(1, unbiased=True).float()
+    return order
+
+
+def _damaged_torch(model, seed=0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean = torch.rand(m.num_features, generator=gen) - 0.5
+            m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
+    return model.eval()
+
+
+class _GlobalSkip:
+    """Built lazily (torch is imported by the tests that use it)."""
+
+    @staticmethod
+    def make():
+        import torch
+        from torch import nn as tnn
+
+        class GlobalSkip(tnn.Module):
+            """The last BatchNorm reads the raw input again: no pass may replay it."""
+
+            def __init__(self):
+                super().__init__()
+                self.conv1, self.bn1 = tnn.Conv2d(3, 3, 3, padding=1), tnn.BatchNorm2d(3)
+                self.conv2, self.bn2 = tnn.Conv2d(3, 3, 3, padding=1), tnn.BatchNorm2d(3)
+                self.bn3 = tnn.BatchNorm2d(3)
+
+            def forward(self, x):
+                h = torch.relu(self.bn1(self.conv1(x)))
+                h = torch.relu(self.bn2(self.conv2(h)))
+                return self.bn3(h + x)
+
+        return GlobalSkip()
+
+
+@pytest.mark.parametrize("shape", ["resnet", "densenet", "global_skip"])
+def test_torch_statistics_equal_the_layer_by_layer_definition(shape):
+    torch = pytest.importorskip("torch")
+    from torchvision_like import densenet121, resnet18
+
+    from varshift.backends import session_for
+    from varshift.backends.modes import EVAL
+    from varshift.backends.replay import plan_passes
+
+    torch.manual_seed(0)
+    model = {"resnet": lambda: resnet18(width=4),
+             "densenet": lambda: densenet121(growth_rate=4, num_init_features=8,
+                                             block_config=(2, 3)),
+             "global_skip": _GlobalSkip.make}[shape]()
+    model = _damaged_torch(model)
+    x = torch.randn(150, 3, 16, 16)
+    expected = copy.deepcopy(model)
+    order = _torch_layer_by_layer(expected, x, 64)
+    recalibrate(model, x, batch_size=64, reports=False)
+    names = {m: name for name, m in expected.named_modules()}
+    got = dict(model.named_modules())
+    for bn in order:
+        mine = got[names[bn]]
+        np.testing.assert_allclose(mine.running_mean.numpy(), bn.running_mean.numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=names[bn])
+        np.testing.assert_allclose(mine.running_var.numpy(), bn.running_var.numpy(),
+                                   rtol=1e-5, err_msg=names[bn])
+        assert int(mine.num_batches_tracked) == 3
+    # which passes replay: all but the first; with a skip from the input, not the last
+    session = session_for(copy.deepcopy(model), "recalibrate")
+    with session.preserved(0):
+        session.trace(x)
+        plan = plan_passes(session, [names[bn] for bn in order], x, EVAL)
+    replaying = [plan.replays(k) for k in range(len(order))]
+    assert replaying == ([False] + [True] * (len(order) - 1) if shape != "global_skip"
+                         else [False, True, False])
+
+
+def test_torch_each_convolution_computes_the_data_once():
+    """A regression to one pass from the input per BatchNorm computes the first
+    convolutions once per BatchNorm."""
+    torch = pytest.importorskip("torch")
+    from torchvision_like import resnet18
+
+    computed = {}
+
+    class Counting(torch.nn.Conv2d):
+        def forward(self, x):  # not called where the layer is replayed
+            computed[id(self)] = computed.get(id(self), 0) + len(x)
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model = resnet18(width=4)
+    for m in list(model.modules()):
+        for child_name, child in list(m.named_children()):
+            if type(child) is torch.nn.Conv2d:
+                counting = Counting(child.in_channels, child.out_channels, child.kernel_size,
+                                    child.stride, child.padding, bias=child.bias is not None)
+                counting.load_state_dict(child.state_dict())
+                setattr(m, child_name, counting)
+    model = _damaged_torch(model)
+    n, batch = 256, 64
+    x = torch.randn(n, 3, 16, 16)
+    twin = copy.deepcopy(model)
+    recalibrate(model, x, batch_size=batch, reports=False)
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    convs = [id(m) for m in model.modules() if isinstance(m, Counting)]
+    # the data once, the trace (3 x 64 samples), the probe (at most 16 samples) a few
+    # times, one sample per batch and pass
+    bound = n + 3 * 64 + 4 * 16 + bns * (n // batch)
+    assert all(computed.get(c, 0) <= bound for c in convs), computed
+    computed.clear()
+    recalibrate(twin, x, batch_size=batch, reports=False, cache_bytes=0)  # plain passes
+    assert computed[id(twin.conv1)] == n * bns + 3 * 64
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_engine_replayed_passes_equal_plain_passes_and_the_definition():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 2, 8, 8)).astype(np.float32)
+    block = nn.Sequential(nn.Conv2D(4, 4, 3, padding=1), nn.BatchNorm(4), nn.ReLU(),
+                          nn.Conv2D(4, 4, 3, padding=1), nn.BatchNorm(4))
+    model = nn.Sequential(nn.Conv2D(2, 4, 3, padding=1), nn.BatchNorm(4), nn.ReLU(),
+                          nn.Residual(block), nn.ReLU(),
+                          nn.Concat(nn.Sequential(nn.Conv2D(4, 3, 1), nn.BatchNorm(3)),
+                                    nn.Sequential(nn.Conv2D(4, 3, 1), nn.BatchNorm(3))),
+                          nn.BatchNorm(6), nn.GlobalAvgPool(), nn.Dense(6, 2), seed=0)
+    for start in range(0, 300, 50):
+        model(x[start:start + 50])  # running statistics from train mode
+    twin = copy.deepcopy(model)
+    recalibrate(model, x, batch_size=128, reports=False)
+    recalibrate(twin, x, batch_size=128, reports=False, cache_bytes=0)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, twin.state_dict()[key], err_msg=key)
+    model.eval()  # the definition for the last BatchNorm, upstream ones set
+    h = x
+    for layer in model.layers[:6]:
+        h = layer(h)
+    moved = np.moveaxis(h, 1, 0).reshape(6, -1).astype(np.float64)
+    np.testing.assert_allclose(model[6].buffers["running_var"], moved.var(1, ddof=1), rtol=1e-5)
+
+
+def test_keras_functional_statistics_equal_the_layer_by_layer_definition():
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+
+    inputs = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn_a")(h))
+    left = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(3, 1)(h))
+    right = keras.layers.BatchNormalization(name="bn_c")(keras.layers.Conv2D(3, 1)(h))
+    h = keras.layers.Concatenate()([left, right])
+    h = keras.layers.BatchNormalization(name="bn_d")(keras.layers.Conv2D(4, 3)(h))
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.uniform(-0.5, 0.5, c).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+    x = rng.standard_normal((200, 8, 8, 2)).astype(np.float32)
+    recalibrate(model, x, batch_size=64, reports=False)
+    for name in ["bn_a", "bn_b", "bn_c", "bn_d"]:  # the others are set: the definition
+        layer = model.get_layer(name)
+        seen = keras.ops.convert_to_numpy(keras.Model(inputs, layer.input)(x, training=False))
+        seen = seen.reshape(-1, seen.shape[-1]).astype(np.float64)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), seen.mean(0),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance),
+                                   seen.var(0), rtol=1e-5, err_msg=name)
+
+
+def test_flax_replayed_passes_equal_plain_passes():
+    pytest.importorskip("flax")
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv1 = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+            self.bn1 = nnx.BatchNorm(4, rngs=rngs)
+            self.conv2 = nnx.Conv(4, 4, (3, 3), rngs=rngs)
+            self.bn2 = nnx.BatchNorm(4, rngs=rngs)
+            self.bn3 = nnx.BatchNorm(4, rngs=rngs)
+
+        def __call__(self, x):
+            h = nnx.relu(self.bn1(self.conv1(x)))
+            return self.bn3(nnx.relu(self.bn2(self.conv2(h))) + h)
+
+    x = np.random.default_rng(0).standard_normal((120, 6, 6, 2)).astype(np.float32)
+    model = Net(nnx.Rngs(0))
+    model.train()
+    model(x)  # running statistics from train mode
+    model.eval()
+    twin = nnx.clone(model)
+    recalibrate(model, x, batch_size=50, reports=False)
+    recalibrate(twin, x, batch_size=50, reports=False, cache_bytes=0)
+    for a, b in ((model.bn1, twin.bn1), (model.bn2, twin.bn2), (model.bn3, twin.bn3)):
+        np.testing.assert_array_equal(np.asarray(a.var[...]), np.asarray(b.var[...]))
+        np.testing.assert_array_equal(np.asarray(a.mean[...]), np.asarray(b.mean[...]))
+
+
+def test_cache_bytes_is_checked():
+    x, _ = blobs(200)
+    with pytest.raises((TypeError, ValueError), match="cache_bytes"):
+        recalibrate(dropout_before_bn(), x, cache_bytes=-1)

@@ -17,10 +17,14 @@ from . import _validate
 from ._process import public
 from ._progress import progress_bar
 from .backends import Modes, session_for
+from .backends.replay import Plan, Recorder, plan_passes
 from .measurement import Report, measure_with
 from .stats import RunningMoments
 
 __all__ = ["recalibrate", "Recalibration"]
+
+#: Default ``cache_bytes`` of :func:`recalibrate`: 1 GiB.
+CACHE_BYTES = 1 << 30
 
 @dataclass
 class Recalibration:
@@ -79,7 +83,7 @@ def _shown(b) -> str:
 @public()
 def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, seed=0,
                 progress=False, reports=True, input_key=None,
-                include_frozen=False) -> Recalibration:
+                include_frozen=False, cache_bytes=CACHE_BYTES) -> Recalibration:
     """Replace every BatchNorm's running statistics by exact population statistics.
 
     Parameters
@@ -89,9 +93,8 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         ``num_batches_tracked`` of BatchNorm layers that keep running statistics
         (a Keras BatchNormalization's ``moving_mean`` and ``moving_variance``).
     data : array or tensor, (x, y) pair, or re-iterable of batches (a list, a DataLoader)
-        Usually the training inputs. Read once per BatchNorm layer (each pass stops
-        at that layer) plus once to find the layers' order and twice for the
-        reports, so not a generator.
+        Usually the training inputs. Read once per BatchNorm layer (see Notes), plus
+        once to find the layers' order and twice for the reports, so not a generator.
     batch_size : int, default 256
     dropout : {'off', 'on'}, default 'off'
         'off' (Dropout in inference mode) removes Li et al.'s shift; 'on' keeps the
@@ -116,6 +119,9 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         ``requires_grad=False`` parameters, Keras ``trainable=False``, Flax
         ``use_running_average=True``). By default they keep the statistics they were
         frozen with, and the result lists them in ``frozen``.
+    cache_bytes : int, default 1 GiB
+        Memory for the layer outputs kept between passes (see Notes); 0 runs every
+        pass from the input.
 
     Returns
     -------
@@ -156,6 +162,19 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     ``DAMAGED_RUNNING_STATS``) are replaced like any others; their shift in the
     "before" report is undefined (NaN or infinite, "damaged" in the printed table),
     and so may be the shifts of the layers after them.
+
+    One pass over ``data`` per BatchNorm layer, each stopping at its layer. The first
+    runs the model from the input; pass k replays the outputs that pass k-1 and
+    earlier kept of the layers that returned before BatchNorm k-1 was called (the
+    model runs on one sample per batch up to them), so it computes only what lies
+    between BatchNorms k-1 and k: the passes cost about one forward pass over the
+    data in all, not one per layer. Which outputs reach BatchNorm k is found on the
+    first samples of the first batch, where each pass is checked to give BatchNorm k
+    the input of a full forward pass bit for bit
+    (:mod:`varshift.backends.replay`); a pass that fails the check, every pass with
+    ``dropout='on'``, of a model whose BatchNorms are called twice per forward pass,
+    or whose kept outputs would exceed ``cache_bytes``, runs from the input over all
+    of the data. The statistics are the same either way.
     """
     session = session_for(model, "recalibrate")
     _validate.choice(dropout, "dropout", "recalibrate", ("off", "on"))
@@ -163,6 +182,7 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     progress = _validate.flag(progress, "progress", "recalibrate")
     reports = _validate.flag(reports, "reports", "recalibrate")
     include_frozen = _validate.flag(include_frozen, "include_frozen", "recalibrate")
+    cache_bytes = _validate.integer(cache_bytes, "cache_bytes", "recalibrate", minimum=0)
     batches = _reiterable(session.batches(data, batch_size, "recalibrate", input_key=input_key))
     report_data = batches if holdout is None else session.batches(
         holdout, batch_size, "recalibrate", name="holdout", input_key=input_key)
@@ -180,8 +200,21 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
             if bn.not_recalibrated:
                 raise ValueError(f"recalibrate: {bn.not_recalibrated}")
         before = report()
-        for bn in targets:
-            _recalibrate_layer(session, bn, batches, dropout, progress)
+        modes = Modes(batchnorm=False, dropout=dropout == "on", other=dropout == "on")
+        plan = Plan.plain(len(targets))
+        if dropout == "off" and cache_bytes:
+            first = next(iter(batches))  # the plan is found on its first samples
+            with _validate.reraise_with_context(f"recalibrate: data batch 0 of shape "
+                                                f"{tuple(first.shape)}"), \
+                    np.errstate(over="ignore", invalid="ignore"):
+                plan = plan_passes(session, [bn.name for bn in targets], first, modes)
+        kept = {}
+        for k, bn in enumerate(targets):
+            # the first pass counts the samples: beyond the budget, every pass is plain
+            if not _recalibrate_layer(session, bn, batches, modes, progress, plan, k, kept,
+                                      budget=cache_bytes if k == 0 else None):
+                plan = Plan.plain(len(targets))
+                kept.clear()
         after = report()
     return Recalibration(before, after, [bn.name for bn in targets],
                          [bn.name for bn in tracking if bn not in targets])
@@ -195,26 +228,47 @@ def _reiterable(batches):
     return batches
 
 
-def _recalibrate_layer(session, bn, batches, dropout, progress):
-    """Exact statistics of BatchNorm ``bn``'s input over ``batches``, written to it."""
-    modes = Modes(batchnorm=False, dropout=dropout == "on", other=dropout == "on")
+def _recalibrate_layer(session, bn, batches, modes, progress, plan, k, kept,
+                       budget=None) -> bool:
+    """Exact statistics of BatchNorm ``bn``'s input over ``batches``, written to it, in
+    pass ``k`` of ``plan``, replaying and updating ``kept`` (layer -> its outputs per
+    batch). Returns False if the plan's kept outputs need more than ``budget`` bytes
+    for the samples of ``batches`` (then this pass keeps nothing)."""
+    adapter, samples, fits = session.adapter, 0, True
     moments, count = RunningMoments(bn.num_features), 0
+    keep = plan.keep[k]
+    for key in keep:
+        kept[key] = []
     for i, x in enumerate(progress_bar(batches, progress, batches.num_batches,
                                        f"recalibrate {bn.name}")):
+        replay = None
+        if plan.replays(k):
+            replay = {key: adapter.copy(kept[key][i]) for key in plan.live[k]}
+            replay.update({key: adapter.copy(plan.standins[key]) for key in plan.dead[k]})
+        watch = Recorder(adapter, keep=keep, replayed=replay or ()) if keep else None
         # the pass also runs bn itself, with its old (maybe damaged) statistics: a
         # NaN there is no concern, and a non-finite result is refused when written
         with _validate.reraise_with_context(f"recalibrate: data batch {i} of shape "
                                             f"{tuple(x.shape)}"), \
                 np.errstate(over="ignore", invalid="ignore"):
-            seen = session.batchnorm_input(bn.name, x, modes)
+            seen = session.batchnorm_input(bn.name, x[:1] if replay else x, modes,
+                                           replay=replay, watch=watch)
+        samples += len(x)
+        if budget is not None and plan.bytes_per_sample * samples > budget:
+            keep, fits = (), False
+        for key in keep:
+            kept[key].append(watch.outputs[key])
         moments = moments.merge(seen)
         count += seen.count > 0
+    for key in [key for key, last in plan.last_use.items() if last <= k and key in kept]:
+        del kept[key]
     if moments.count < 2:
         raise ValueError(f"recalibrate: BatchNorm {bn.name!r} saw {moments.count:.0f} value(s) "
                          f"per channel of data; a variance needs at least 2 (give more samples)")
     var = moments.var(ddof=1 if bn.unbiased else 0)
     session.set_running_stats(bn.name, moments.mean, var, int(count))
     _warn_underflow(bn, var, session.running_stats(bn.name)[1])
+    return fits
 
 
 #: Relative error of a stored running variance beyond which it underflowed: rounding

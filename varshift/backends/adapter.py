@@ -163,7 +163,7 @@ class Adapter(ABC):
         ``interceptor`` (see the module docstring); afterwards the model is as before."""
 
     @abstractmethod
-    def call(self, x, training):
+    def call(self, x, training, replay=None):
         """The model's output for batch ``x``.
 
         Parameters
@@ -171,6 +171,10 @@ class Adapter(ABC):
         x : batch of shape (N, ...)
         training : dict of str to bool
             Train (True) or inference mode of every layer of :meth:`layers`.
+        replay : dict of str to tensor, optional
+            Layers (called once per forward pass) that are not run: each call returns
+            the given output instead (still reported to the interceptor, without
+            ``on_batchnorm``), whatever its input (:mod:`~varshift.backends.replay`).
         """
 
     def run_passes(self, x, passes, statistics) -> bool:
@@ -218,6 +222,16 @@ class Adapter(ABC):
     @abstractmethod
     def tensors(self, output) -> list:
         """The tensors of a (nested) output."""
+
+    def take(self, tensor, index):
+        """The samples ``index`` (an integer NumPy array) of ``tensor``, in that
+        order."""
+        return tensor[index]
+
+    def copy(self, tensor):
+        """An independent copy of ``tensor``, safe from in-place changes of the
+        original and of the copy (the tensor itself where tensors are immutable)."""
+        return tensor
 
     @abstractmethod
     def reportable(self, output) -> bool:

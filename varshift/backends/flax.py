@@ -186,7 +186,7 @@ class FlaxAdapter(Adapter):
                            and jnp.issubdtype(v[...].dtype, jnp.floating)), jnp.float32)
         self._in_train = [m for m in self._modules.values()
                           if any(getattr(m, attr, None) is False for attr in _MODES)]
-        self._interceptor, self._training = None, {}
+        self._interceptor, self._training, self._replay = None, {}, {}
 
     # ------------------------------------------------------------------ structure
     def layers(self):
@@ -227,23 +227,26 @@ class FlaxAdapter(Adapter):
     def _called(self, module, name, call, args, kwargs):
         """A call of an intercepted module, in its mode, reported to the interceptor."""
         key = self._interceptor.on_enter(name)
-        out = None
-        if name in self._bn and args and isinstance(args[0], jax.Array):
+        out = self._replay.get(name)
+        if out is None and name in self._bn and args and isinstance(args[0], jax.Array):
             out = self._interceptor.on_batchnorm(key, args[0])
         if out is None:
             out = call(module, *args, **kwargs)
         self._interceptor.on_exit(key, out)
         return out
 
-    def call(self, x, training):
-        self._training = training
+    def call(self, x, training, replay=None):
+        self._training, self._replay = training, replay or {}
         for name, m in self._modules.items():
             for attr in _MODES:
                 if hasattr(m, attr) and getattr(m, attr) is not (not training[name]):
                     setattr(m, attr, not training[name])
             if name in self._bn and m.axis_name is not None:
                 m.axis_name = m.axis_index_groups = None
-        return self.model(x)
+        try:
+            return self.model(x)
+        finally:
+            self._replay = {}
 
     def reseed(self, sequence):
         """Every ``nnx.Rngs`` stream of the model: a key from ``sequence`` (of the

@@ -283,6 +283,7 @@ class KerasAdapter(Adapter):
         self._buffers = [v for v in model.non_trainable_variables if id(v) not in seeds]
         self.dtype = model.dtype_policy.compute_dtype
         self._interceptor, self._training, self._unwrapped = None, {}, []
+        self._replay = {}
 
     # ------------------------------------------------------------------ structure
     def layers(self):
@@ -338,8 +339,8 @@ class KerasAdapter(Adapter):
             key = self._interceptor.on_enter(name)
             if layer._call_has_training_arg:
                 kwargs["training"] = self._training[name]
-            out = None
-            if batchnorm:
+            out = self._replay.get(name)
+            if out is None and batchnorm:
                 out = self._interceptor.on_batchnorm(key, args[0] if args else kwargs["inputs"])
             if out is None:
                 out = call(*args, **kwargs)
@@ -348,10 +349,13 @@ class KerasAdapter(Adapter):
 
         return wrapped
 
-    def call(self, x, training):
-        self._training = training
-        with _no_grad():
-            return self.model(x, training=training[""])
+    def call(self, x, training, replay=None):
+        self._training, self._replay = training, replay or {}
+        try:
+            with _no_grad():
+                return self.model(x, training=training[""])
+        finally:
+            self._replay = {}
 
     def reseed(self, sequence):
         """Seed every seed generator (and torch's, on the torch backend)."""
@@ -389,6 +393,9 @@ class KerasAdapter(Adapter):
 
     def tensors(self, output):
         return [t for t in keras.tree.flatten(output) if keras.ops.is_tensor(t)]
+
+    def copy(self, tensor):
+        return keras.ops.copy(tensor)
 
     def reportable(self, output):
         return keras.ops.is_tensor(output) and len(output.shape) > 0

@@ -120,7 +120,7 @@ class NumpyAdapter(Adapter):
         super().__init__(model, owner)
         self._layers = dict(model.walk())
         self._paths = {id(layer): path for path, layer in self._layers.items()}
-        self._interceptor = None
+        self._interceptor, self._replay = None, {}
         self._passes = ()      # the passes a forward computes, for the hooks
         self._pristine = None  # the buffers as train-mode calls must leave them
         # a BatchNorm in inference mode inside a model in train mode (model.train();
@@ -160,16 +160,18 @@ class NumpyAdapter(Adapter):
         finally:
             self._interceptor = None
 
-    def call(self, x, training):
+    def call(self, x, training, replay=None):
         for path, layer in self._layers.items():
             layer.training = training[path]
         wrapped = [layer for path, layer in self._layers.items()
                    if not isinstance(layer, Sequential)]
         for layer in wrapped:
             layer.forward = self._wrapped(layer)
+        self._replay = replay or {}
         try:
             return self.model(x)
         finally:
+            self._replay = {}
             for layer in wrapped:
                 del layer.forward
 
@@ -179,8 +181,8 @@ class NumpyAdapter(Adapter):
 
         def wrapped(x):
             key = self._interceptor.on_enter(path)
-            out = None
-            if isinstance(layer, BatchNorm):
+            out = self._replay.get(path)
+            if out is None and isinstance(layer, BatchNorm):
                 out = self._interceptor.on_batchnorm(key, layer._prepare_input(x))
             if out is None:
                 out = forward(x)
@@ -220,6 +222,9 @@ class NumpyAdapter(Adapter):
 
     def tensors(self, output):
         return [np.asarray(output)]
+
+    def copy(self, tensor):
+        return np.array(tensor, copy=True)
 
     def reportable(self, output):
         return isinstance(output, np.ndarray) and output.ndim > 0

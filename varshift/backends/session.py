@@ -104,6 +104,7 @@ class Session:
         self._statistics, self._passes = None, ()
         self._target, self._collected = None, None
         self._probe = None      # noise_upstream's record of BatchNorm inputs and outputs
+        self._watch = None      # a replay.Recorder watching every call, or None
         self._buffers = None    # buffers as train-mode calls must leave them
         self._seeds = None      # the random state of each batch
         self._written = {}      # running statistics written in this session
@@ -207,12 +208,16 @@ class Session:
             info.kind, info.kind is Kind.BATCHNORM and self._bn[name].frozen)
             for name, info in self._layers.items()}
 
-    def _forward(self, x, modes, active=()):
-        """The model's output for ``x`` in ``modes`` (None if :class:`Stop` ended it);
-        buffers a train-mode call changed are put back."""
+    def _forward(self, x, modes, active=(), replay=None):
+        """The model's output for ``x`` in ``modes`` (None if :class:`Stop` ended it),
+        with the layers of ``replay`` replayed (see :meth:`Adapter.call
+        <varshift.backends.adapter.Adapter.call>`); buffers a train-mode call changed
+        are put back."""
         training = self._training(modes, active)
         self._calls, self._stack = {}, []
         try:
+            if replay is not None:
+                return self.adapter.call(x, training, replay=replay)
             return self.adapter.call(x, training)
         except Stop:
             return None
@@ -242,6 +247,8 @@ class Session:
         key = name if calls == 1 else f"{name}#{calls}"
         self._stack.append(key)
         self._order.setdefault(key, False)
+        if self._watch is not None:
+            self._watch.enter(key)
         return key
 
     def on_batchnorm(self, key, x):
@@ -250,6 +257,8 @@ class Session:
         layer :meth:`batchnorm_input` collects."""
         name = key.partition("#")[0]
         self._bn_order.setdefault(name, None)
+        if self._watch is not None:
+            self._watch.batchnorm(key, x)
         if self._probe is not None:
             return self._probe.on_batchnorm(key, self.adapter.to_numpy(x))
         axis = self._bn[name].channel_axis
@@ -264,7 +273,10 @@ class Session:
     def on_exit(self, key, output):
         """Layer call ``key`` returned ``output``."""
         self._stack.pop()  # not after an exception: the stack names the failing layer
-        if not self.adapter.reportable(output):
+        reportable = self.adapter.reportable(output)
+        if self._watch is not None:
+            self._watch.exit(key, output, reportable)
+        if not reportable:
             return
         self._order[key] = True
         if self._probe is not None and key.partition("#")[0] in self._bn:
@@ -327,17 +339,44 @@ class Session:
                  if len(t.shape) and t.shape[0] == n]
         return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
 
-    def batchnorm_input(self, name, x, modes) -> RunningMoments:
+    def batchnorm_input(self, name, x, modes, replay=None, watch=None) -> RunningMoments:
         """Moments of what BatchNorm ``name`` receives when ``x`` runs in ``modes``,
         computing no more of the model than needed (per channel, over the batch and
-        over every call of the layer)."""
+        over every call of the layer).
+
+        Parameters
+        ----------
+        name : str
+        x : batch
+        modes : Modes
+        replay : dict of str to tensor, optional
+            Layers not run, returning these outputs instead (see
+            :meth:`Adapter.call <varshift.backends.adapter.Adapter.call>`).
+        watch : object, optional
+            Told of every call (``enter(key)``, ``batchnorm(key, x)``,
+            ``exit(key, output, reportable)``): a
+            :class:`~varshift.backends.replay.Recorder`.
+        """
         self._target, self._collected = name, RunningMoments(self._bn[name].num_features)
+        self._watch = watch
         self._reseed()
         try:
-            self._forward(x, modes)
+            self._forward(x, modes, replay=replay)
             return self._collected
         finally:
-            self._target, self._collected = None, None
+            self._target, self._collected, self._watch = None, None, None
+
+    def watched(self, x, modes, watch, replay=None, stop=None):
+        """Run ``x`` in ``modes`` with ``watch`` told of every call (see
+        :meth:`batchnorm_input`), stopping after BatchNorm ``stop`` is called."""
+        self._watch, self._target = watch, stop
+        if stop is not None:
+            self._collected = RunningMoments(self._bn[stop].num_features)
+        self._reseed()
+        try:
+            self._forward(x, modes, replay=replay)
+        finally:
+            self._target, self._collected, self._watch = None, None, None
 
     def noise_upstream(self, x) -> dict:
         """For every BatchNorm, the noise layers that reach it with no BatchNorm in

@@ -111,6 +111,13 @@ def _moments(t) -> RunningMoments:
                                      "mean": mean.cpu().numpy(), "m2": m2.cpu().numpy()})
 
 
+def _returning(output):
+    """A forward method that returns ``output`` whatever it is called with."""
+    def forward(*args, **kwargs):
+        return output
+    return forward
+
+
 def _tensors(value):
     """The tensors in a (nested) output: a tensor, tuple, list or dict."""
     if isinstance(value, torch.Tensor):
@@ -312,6 +319,7 @@ class TorchAdapter(Adapter):
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
                           torch.get_default_dtype())
         self._interceptor, self._handles, self._pending = None, [], []
+        self._replay = {}
 
     # ------------------------------------------------------------------ structure
     def layers(self):
@@ -356,7 +364,8 @@ class TorchAdapter(Adapter):
     def _before(self, module, args):
         key = self._interceptor.on_enter(self._names[module])
         replacement = None
-        if isinstance(module, _BatchNorm) and args and isinstance(args[0], torch.Tensor):
+        if (isinstance(module, _BatchNorm) and args and isinstance(args[0], torch.Tensor)
+                and self._names[module] not in self._replay):
             replacement = self._interceptor.on_batchnorm(key, args[0])
         self._pending.append((key, replacement))
 
@@ -366,12 +375,27 @@ class TorchAdapter(Adapter):
         self._interceptor.on_exit(key, output)
         return output
 
-    def call(self, x, training):
+    def call(self, x, training, replay=None):
         for name, m in self._modules.items():
             m.training = training[name]
         self._pending = []  # (key, replacement output) of the modules running
-        with torch.no_grad():
-            return self.model(x)
+        # a replayed module's forward is an instance attribute returning its output
+        # (a pre-hook cannot skip the forward); its hooks still run
+        self._replay = replay or {}
+        own = [(self._modules[name], vars(self._modules[name]).get("forward"))
+               for name in self._replay]
+        for name, output in self._replay.items():
+            self._modules[name].forward = _returning(output)
+        try:
+            with torch.no_grad():
+                return self.model(x)
+        finally:
+            for m, forward in own:
+                if forward is None:
+                    del m.forward
+                else:
+                    m.forward = forward
+            self._replay = {}
 
     def reseed(self, sequence):
         """Seed torch's random state (CPU, and CUDA where initialised)."""
@@ -415,6 +439,12 @@ class TorchAdapter(Adapter):
 
     def tensors(self, output):
         return list(_tensors(output))
+
+    def copy(self, tensor):
+        return tensor.detach().clone()
+
+    def take(self, tensor, index):
+        return tensor.index_select(0, torch.from_numpy(index).to(tensor.device))
 
     def reportable(self, output):
         return (isinstance(output, torch.Tensor) and output.dim() > 0

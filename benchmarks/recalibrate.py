@@ -1,0 +1,112 @@
+"""``varshift.recalibrate`` against one ``varshift.measure`` on the same data, in the same
+process: a ratio of varshift to itself (issue #25's target: at most 2x, goal 1.5x).
+
+    python benchmarks/recalibrate.py [--rounds 3] [--models resnet18,densenet121,keras,engine]
+
+``recalibrate`` runs with ``reports=False`` (the reports are two ``measure`` calls);
+``recal plain`` is the same call with ``cache_bytes=0``, every pass from the input, which
+is what ``recalibrate`` did before its passes replayed kept layer outputs (its ratio is
+the "before"). Models: torchvision-shaped ResNet-18 and DenseNet-121 (full depth,
+narrow, from ``tests/torchvision_like.py``) on 32x32 images, Keras' DenseNet121
+(``weights=None``) on Keras' torch backend, and the engine's 1-D PreResNet and DenseNet
+(``varshift.reproduce.networks``). Each round times every call once, interleaved;
+medians over the rounds of wall and CPU time (all threads).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+os.environ.setdefault("KERAS_BACKEND", "torch")  # this script's own process
+
+import numpy as np  # noqa: E402
+from _common import describe_machine  # noqa: E402
+
+
+def _torch_models(names):
+    import torch
+    from torchvision_like import densenet121, resnet18
+
+    torch.manual_seed(0)
+    makers = {"resnet18": (lambda: resnet18(width=8), 128),
+              "densenet121": (lambda: densenet121(growth_rate=4, num_init_features=8), 64)}
+    out = {}
+    for name in names:
+        if name in makers:
+            make, n = makers[name]
+            model = make()
+            model.train()
+            x = torch.randn(n, 3, 32, 32)
+            with torch.no_grad():
+                model(x[:64])  # running statistics from a train-mode batch
+            out[f"torch {name}"] = (model.eval(), x)
+    return out
+
+
+def _keras_model():
+    import keras
+
+    model = keras.applications.DenseNet121(weights=None, input_shape=(32, 32, 3), classes=10)
+    x = np.random.default_rng(0).standard_normal((32, 32, 32, 3)).astype(np.float32)
+    return {"keras DenseNet121": (model, x)}
+
+
+def _engine_models():
+    from varshift.reproduce.networks import densenet, preresnet
+
+    x = np.random.default_rng(0).standard_normal((2048, 1, 64)).astype(np.float32)
+    out = {}
+    for name, model in (("engine PreResNet", preresnet(width=16, blocks=6, seed=0)),
+                        ("engine DenseNet", densenet(growth=8, layers=8, seed=0))):
+        model.train()
+        model(x[:128])  # running statistics from a train-mode batch
+        out[name] = (model.eval(), x)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", default="resnet18,densenet121,keras,engine")
+    args = parser.parse_args()
+    import varshift
+
+    names = args.models.split(",")
+    models = _torch_models(names)
+    if "keras" in names:
+        models.update(_keras_model())
+    if "engine" in names:
+        models.update(_engine_models())
+    print("\n".join(describe_machine()))
+    calls = {
+        "measure": lambda m, x: varshift.measure(m, x, batch_size=32),
+        "recalibrate": lambda m, x: varshift.recalibrate(m, x, batch_size=32, reports=False),
+        "recal plain": lambda m, x: varshift.recalibrate(m, x, batch_size=32, reports=False,
+                                                         cache_bytes=0),
+    }
+    print(f"{'model':<20} {'call':<12} {'wall s':>8} {'CPU s':>8} {'x measure (CPU)':>16}")
+    for label, (model, x) in models.items():
+        for name in ("measure", "recalibrate"):  # warm-up (compilation, first calls)
+            calls[name](model, x)
+        times = {name: ([], []) for name in calls}
+        for _ in range(args.rounds):
+            for name, fn in calls.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn(model, x)
+                times[name][0].append(time.perf_counter() - start)
+                times[name][1].append(time.process_time() - start_cpu)
+        base = statistics.median(times["measure"][1])
+        for name, (wall, cpu) in times.items():
+            print(f"{label:<20} {name:<12} {statistics.median(wall):>8.2f} "
+                  f"{statistics.median(cpu):>8.2f} {statistics.median(cpu) / base:>16.2f}",
+                  flush=True)
+    print("load average after:", " ".join(f"{v:.2f}" for v in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()

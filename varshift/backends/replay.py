@@ -1,0 +1,250 @@
+"""Recalibration passes that resume from kept layer outputs instead of from the input.
+
+:func:`~varshift.recalibrate` needs, for BatchNorm k in forward order, its input over
+all of the data with BatchNorms 0..k-1 already final. Everything the model computed
+before BatchNorm k-1 was called is final after pass k-1, so pass k only has to compute
+what lies between BatchNorm k-1 and BatchNorm k. A :class:`Plan` says, per pass, which
+layers are *replayed*: not run, their output taken from what an earlier pass kept. The
+model runs on the first sample of each batch only; a replayed layer returns the whole
+batch's output, and what follows it runs on the whole batch.
+
+The replayed layers of pass k are the *frontier*: the calls that returned before
+BatchNorm k-1 was called while their caller had not (the children of the calls open at
+that moment, and the top-level calls). Those whose output reaches BatchNorm k are
+*live*: replayed with the outputs kept over all of the data. The others are *dead*:
+replayed with a one-sample stand-in, so that they are not computed.
+
+Nothing is assumed about the model's code. The plan is found on a probe (the first
+:data:`PROBE_SAMPLES` samples of the first batch) by running every pass there as it
+will run on the data: a frontier layer is live if swapping one sample of its output for
+another changes that sample of BatchNorm k's input; then the pass with the live layers
+replayed must give BatchNorm k the input of a full forward pass, bit for bit, or it
+runs the plain way (over all of the data from the input, as the passes of the first
+BatchNorm, of ``dropout='on'`` and of models whose BatchNorms are called twice do). A
+model that reads its raw input after the frontier (a skip from the input to a later
+layer), noise in inference mode or batch statistics fail the check. What is checked
+on the probe is assumed of every batch: a forward method whose control flow depends on
+the values of the data could differ on other batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Plan", "Recorder", "PROBE_SAMPLES", "plan_passes"]
+
+#: Samples of the first batch the plan is found and checked on.
+PROBE_SAMPLES = 16
+
+
+@dataclass
+class _Call:
+    """A layer call in a forward pass: its caller and when it started and returned
+    (ticks of one clock)."""
+
+    parent: str | None
+    enter: int
+    exit: int | None = None
+
+
+class Recorder:
+    """Told of every call of a forward pass (see
+    :meth:`Session.batchnorm_input <varshift.backends.session.Session.batchnorm_input>`):
+    the calls, the inputs of chosen BatchNorms, and copies of chosen outputs.
+
+    Parameters
+    ----------
+    adapter : Adapter
+    keep : set of str or None
+        Call keys whose outputs are kept (None: every call's with a tensor output).
+    inputs : iterable of str
+        BatchNorm keys whose inputs are kept (as NumPy arrays).
+    replayed : iterable of str
+        Replayed keys (their outputs are not kept).
+    """
+
+    def __init__(self, adapter, keep=None, inputs=(), replayed=()):
+        self.adapter = adapter
+        self.keep, self.want, self.replayed = keep, set(inputs), set(replayed)
+        self.calls, self.outputs, self.inputs = {}, {}, {}
+        self._stack, self._clock = [], 0
+
+    def enter(self, key):
+        self.calls[key] = _Call(self._stack[-1] if self._stack else None, self._clock)
+        self._clock += 1
+        self._stack.append(key)
+
+    def batchnorm(self, key, x):
+        if key in self.want:
+            self.inputs[key] = np.array(self.adapter.to_numpy(x), copy=True)
+
+    def exit(self, key, output, reportable):
+        self._stack.pop()
+        self.calls[key].exit = self._clock
+        self._clock += 1
+        if (reportable and key not in self.replayed
+                and (self.keep is None or key in self.keep)):
+            self.outputs[key] = self.adapter.copy(output)
+
+
+@dataclass
+class Plan:
+    """How each recalibration pass runs.
+
+    Attributes
+    ----------
+    live, dead : list of tuple of str
+        Per pass: the layers replayed with kept outputs, and with stand-ins (both
+        empty: a plain pass, from the input over all of the data).
+    keep : list of set of str
+        Per pass: the layers whose outputs this pass keeps for later passes.
+    last_use : dict of str to int
+        Layer -> the last pass that replays its kept outputs.
+    standins : dict of str to tensor
+        One-sample outputs of the dead layers.
+    bytes_per_sample : int
+        The most bytes per sample of data kept at once.
+    """
+
+    live: list
+    dead: list
+    keep: list
+    last_use: dict = field(default_factory=dict)
+    standins: dict = field(default_factory=dict)
+    bytes_per_sample: int = 0
+
+    @classmethod
+    def plain(cls, passes):
+        """Every pass plain."""
+        return cls([()] * passes, [()] * passes, [set() for _ in range(passes)])
+
+    def replays(self, k) -> bool:
+        """Whether pass ``k`` replays layers."""
+        return bool(self.live[k] or self.dead[k])
+
+
+def plan_passes(session, targets, x, modes) -> Plan:
+    """The passes that recalibrate BatchNorms ``targets`` (names, in forward order),
+    found and checked on batch ``x`` (see the module docstring).
+
+    Parameters
+    ----------
+    session : Session
+        Inside :meth:`~varshift.backends.session.Session.preserved`.
+    targets : list of str
+    x : batch
+        Its first :data:`PROBE_SAMPLES` samples are used.
+    modes : Modes
+        The recalibration's modes (inference, Dropout off).
+    """
+    x = x[:PROBE_SAMPLES]
+    if len(x) < 2 or not targets:
+        return Plan.plain(len(targets))
+    adapter = session.adapter
+    full = Recorder(adapter, keep=set(), inputs=targets)
+    session.watched(x, modes, full)
+    calls = full.calls
+    single = {key for key in calls if "#" not in key and f"{key}#2" not in calls}
+    if any(name not in single for name in targets) or len(full.inputs) != len(targets):
+        return Plan.plain(len(targets))  # a BatchNorm called twice, or not reached
+    plan = Plan.plain(len(targets))
+    kept, producer, sizes, tiny = {}, {}, {}, x[:1]
+    for k, name in enumerate(targets):
+        recorder = None
+        if k:
+            frontier = _frontier(calls, targets[k - 1], kept)
+            live = _live(session, name, tiny, modes, full.inputs[name], kept, frontier)
+            recorder = _replayed_pass(session, name, tiny, modes, full.inputs[name], kept,
+                                      frontier, live, single)
+        if recorder is None:  # plain
+            recorder = Recorder(adapter, keep=single)
+            session.watched(x, modes, recorder, stop=name)
+        else:
+            plan.live[k], plan.dead[k] = recorder.live, recorder.dead
+            for key in recorder.live:
+                plan.keep[producer[key]].add(key)
+                plan.last_use[key] = k
+            for key in recorder.dead:
+                plan.standins[key] = kept[key][:1]
+        for key, output in recorder.outputs.items():
+            array = adapter.to_numpy(output)
+            if array.ndim and len(array) == len(x):  # not computed on the one sample
+                kept[key], producer[key] = output, k
+                sizes[key] = array.nbytes // len(x)
+        # what can still be on a frontier: calls of calls open when this BatchNorm starts
+        kept = {key: output for key, output in kept.items()
+                if key in _frontier(calls, name, kept)}
+    first = {}
+    for k, keys in enumerate(plan.keep):
+        for key in keys:
+            first.setdefault(key, k)
+    plan.bytes_per_sample = max((sum(sizes[key] for key in first
+                                     if first[key] <= k <= plan.last_use[key])
+                                 for k in range(len(targets))), default=0)
+    return plan
+
+
+def _frontier(calls, batchnorm, kept) -> list:
+    """The kept calls that returned before ``batchnorm`` started while their caller
+    had not (see the module docstring)."""
+    start, open_ = calls[batchnorm].enter, {None}
+    parent = calls[batchnorm].parent
+    while parent is not None:
+        open_.add(parent)
+        parent = calls[parent].parent
+    return [key for key, call in calls.items() if key in kept and call.parent in open_
+            and call.exit is not None and call.exit < start]
+
+
+def _probe(session, name, tiny, modes, replay, keep):
+    """Run pass ``name`` on ``tiny`` with ``replay``: the Recorder (with BatchNorm
+    ``name``'s input), or None if the model failed (it cannot run this way)."""
+    recorder = Recorder(session.adapter, keep=keep, inputs=[name], replayed=replay)
+    try:
+        session.watched(tiny, modes, recorder, replay=replay, stop=name)
+    except Exception:  # noqa: BLE001 -- any failure of a replayed pass means: run it plain
+        return None
+    return recorder if name in recorder.inputs else None
+
+
+def _live(session, name, tiny, modes, expected, kept, frontier) -> list:
+    """The frontier layers whose outputs reach BatchNorm ``name``: layer j's output has
+    sample j (modulo the probe's size) swapped for the next one; the samples of
+    BatchNorm ``name``'s input that change name the live layers (all of them if the
+    model mixes samples or fails)."""
+    n = len(expected)
+    replay = {}
+    for j, key in enumerate(frontier):
+        index = np.arange(n)
+        index[j % n] = (j + 1) % n
+        replay[key] = session.adapter.take(kept[key], index)
+    recorder = _probe(session, name, tiny, modes, replay, frozenset())
+    if recorder is None or recorder.inputs[name].shape != expected.shape:
+        return list(frontier)
+    seen, expected = recorder.inputs[name].reshape(n, -1), expected.reshape(n, -1)
+    changed = [seen[i].tobytes() != expected[i].tobytes() for i in range(n)]
+    return [key for j, key in enumerate(frontier) if changed[j % n]]
+
+
+def _replayed_pass(session, name, tiny, modes, expected, kept, frontier, live, single):
+    """The probe's run of pass ``name`` replaying ``live`` with the kept outputs and
+    the rest of the ``frontier`` with stand-ins (else every frontier layer with its
+    kept outputs), if it gives BatchNorm ``name`` exactly ``expected``; else None. It
+    keeps the outputs of the layers in ``single`` (called once per forward pass)."""
+    tries = [live, frontier] if len(live) < len(frontier) else [frontier]
+    for chosen in tries:
+        dead = [key for key in frontier if key not in chosen]
+        replay = {key: session.adapter.copy(kept[key]) for key in chosen}
+        replay.update({key: session.adapter.copy(kept[key][:1]) for key in dead})
+        recorder = _probe(session, name, tiny, modes, replay, single)
+        if recorder is not None and _same(recorder.inputs[name], expected):
+            recorder.live, recorder.dead = tuple(chosen), tuple(dead)
+            return recorder
+    return None
+
+
+def _same(a, b) -> bool:
+    """Bit for bit (NaN equal to itself)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
