@@ -11,7 +11,6 @@ confirmatory claim, adjusts the family with Holm's procedure, and writes
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -120,13 +119,9 @@ def markdown(proto, record, rows) -> str:
 
 def main(argv=None):
     """Command line: lock the protocol, then run (or report on) its declared runs."""
-    parser = argparse.ArgumentParser(prog="python -m varshift.reproduce.confirm",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--jobs", type=int, default=1, help="local worker processes")
-    parser.add_argument("--report", action="store_true",
-                        help=f"write {REPORT} once every declared run exists, else say how many do")
-    args = parser.parse_args(argv)
+    args = protocol.runner_arguments(
+        "confirm", __doc__.splitlines()[0], CACHE,
+        f"write {REPORT} once every declared run exists, else say how many do").parse_args(argv)
     proto = protocol.load()
     if args.report:
         record = protocol.check(proto, args.cache)

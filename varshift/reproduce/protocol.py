@@ -23,6 +23,7 @@ computed needs a new ``version`` and a line in REPORT's "Changes after results"
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
@@ -257,3 +258,14 @@ def lock(protocol, cache):
     with atomic_write(Path(cache) / LOCK, "w", owner="protocol.lock") as f:
         f.write(json.dumps(records, indent=1, sort_keys=True) + "\n")
     return records[str(protocol.version)]
+
+
+def runner_arguments(module, description, cache, report_help):
+    """The command line of a protocol's runner (``python -m varshift.reproduce.<module>``):
+    ``--cache`` (default ``cache``), ``--jobs`` and ``--report`` (help ``report_help``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m varshift.reproduce.{module}",
+                                     description=description)
+    parser.add_argument("--cache", type=Path, default=cache)
+    parser.add_argument("--jobs", type=int, default=1, help="local worker processes")
+    parser.add_argument("--report", action="store_true", help=report_help)
+    return parser

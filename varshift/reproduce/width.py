@@ -25,7 +25,6 @@ the ResNeXt pilot's power table once the pilot is complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,13 +425,9 @@ def markdown(proto, record, rows, progress_):
 
 def main(argv=None):
     """Command line: lock the protocol, then run (or report on) its declared runs."""
-    parser = argparse.ArgumentParser(prog="python -m varshift.reproduce.width",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--jobs", type=int, default=1, help="local worker processes")
-    parser.add_argument("--report", action="store_true",
-                        help=f"write {REPORT} for the complete families, else say how many runs are done")
-    args = parser.parse_args(argv)
+    args = protocol.runner_arguments(
+        "width", __doc__.splitlines()[0], CACHE,
+        f"write {REPORT} for the complete families, else say how many runs are done").parse_args(argv)
     proto = load(PATH)
     if args.report:
         record = protocol.check(proto, args.cache)
