@@ -146,6 +146,12 @@ def exercise(function):
     return solution
 
 
+def _anticipated(got, wrong, generic):
+    """The hint of the anticipated wrong answer ``got`` equals (``wrong``: value -> hint),
+    else the ``generic`` hint, which points to the idea."""
+    return next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)), generic)
+
+
 def _passed(number, text):
     source = " (reference solution)" if solutions_enabled() else ""
     print(f"Exercise {number} passed{source}: {text}")
@@ -337,9 +343,9 @@ def check_train_variance(train_variance):
                                      "E[x^2] / p^2 with E[a^2] = p.",
             v: "that is the variance without Dropout (inference mode).",
         }
-        hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "write X = a x / p, compute E[X] and E[X^2] using that a and x are "
-                    "independent and a^2 = a.")
+        hint = _anticipated(got, wrong,
+                            "write X = a x / p, compute E[X] and E[X^2] using that a and x are "
+                            "independent and a^2 = a.")
         raise AssertionError(_hint(3, f"at c={c}, v={v}, p={p} you return {got:.6g}, "
                                       f"Eq. 7 gives {want:.6g}; {hint}"))
     rng = np.random.default_rng(3)
@@ -373,10 +379,10 @@ def check_delta_case_b(delta_case_b):
             (v + rho * v * dc) / (own + rho * v * dc): "the cross term is rho v (d cos^2 - 1): "
                 "sum_{i != j} w_i w_j = (sum w)^2 - sum w^2 = |w|^2 (d cos^2 - 1).",
         }
-        hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "start from Eq. 9 and 10: Dropout inflates each unit's own variance "
-                    "(Eq. 7) and leaves the covariances between units alone (Eq. 11); write "
-                    "the sum over i != j with d cos^2 theta, and |w|^2 cancels.")
+        hint = _anticipated(got, wrong,
+                            "start from Eq. 9 and 10: Dropout inflates each unit's own variance "
+                            "(Eq. 7) and leaves the covariances between units alone (Eq. 11); write "
+                            "the sum over i != j with d cos^2 theta, and |w|^2 cancels.")
         raise AssertionError(_hint(4, f"at p={p}, c={c}, v={v}, rho={rho}, d cos^2={dc} you "
                                       f"return {got:.6g}, Eq. 12 gives {want:.6g}; {hint}"))
     _passed(4, "Eq. 12 agrees with varshift.theory on every test point")
@@ -463,10 +469,10 @@ def check_equal_variance_beta(uout_beta_for):
             math.sqrt(rate / (1 - rate)): "U(-beta, beta) has variance beta^2 / 3, not beta^2.",
             3 * rate / (1 - rate): "that is beta^2; return beta.",
         }
-        hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "write the variance of each noise's multiplier (Dropout's a / p, "
-                    "Uout's 1 + r with r ~ U(-beta, beta)) as a function of rate or beta, "
-                    "and set them equal.")
+        hint = _anticipated(got, wrong,
+                            "write the variance of each noise's multiplier (Dropout's a / p, "
+                            "Uout's 1 + r with r ~ U(-beta, beta)) as a function of rate or beta, "
+                            "and set them equal.")
         raise AssertionError(_hint(7, f"rate {rate}: you return {got:.6g}, expected {want:.6g}; {hint}"))
     _passed(7, f"Dropout(0.25) and Uout(beta={uout_beta_for(0.25):.3g}) add the same noise variance")
 
@@ -1186,10 +1192,10 @@ def check_std_ratio(std_ratio):
             (gain / 2) ** ((layers - 1) / 2): "count the weight layers between the two "
                                               "pre-activations: `layers` of them, not one fewer.",
         }
-        hint = next((h for w, h in wrong.items() if math.isclose(got, w, rel_tol=1e-9)),
-                    "follow the second moment through one layer: a weight layer sums fan-in "
-                    "products of independent zero-mean weights and inputs, and ReLU keeps "
-                    "only part of its input; then repeat.")
+        hint = _anticipated(got, wrong,
+                            "follow the second moment through one layer: a weight layer sums fan-in "
+                            "products of independent zero-mean weights and inputs, and ReLU keeps "
+                            "only part of its input; then repeat.")
         raise AssertionError(_hint(17, f"gain {gain:.4g}, {layers} layers: you return {got:.6g}, "
                                        f"expected {want:.6g}; {hint}"))
     _passed(17, "the factor of every test point agrees")
