@@ -1,6 +1,11 @@
 """Cached, resumable tasks: serial, local processes and Dask give identical results."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +56,50 @@ def test_an_interrupted_run_resumes_from_the_cache(tmp_path, serial, monkeypatch
     (tmp_path / f"{TASKS[1].key}.json").write_text("{broken")  # a damaged file is recomputed
     calls.clear()
     assert tasks.run(TASKS, tmp_path)[0] == serial and calls == [1]
+
+
+def _running(pid):
+    """Whether process ``pid`` exists and is not a zombie (an orphan that ended is not
+    always reaped where the container's first process does not wait for children)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+def test_a_killed_runner_takes_its_workers_with_it(tmp_path):
+    """SIGKILL gives the runner's Python code no chance to stop its pool: the workers
+    must notice on their own that their parent is gone."""
+    here = str(Path(__file__).parent)
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "from varshift import tasks\n"
+              "tasks.run([tasks.Task(f'wait/{i}', 'worker_probe:write_pid_and_wait',\n"
+              "                      {'folder': %r, 'i': i}) for i in range(2)], jobs=2)\n"
+              % (here, str(tmp_path)))
+    runner = subprocess.Popen([sys.executable, "-c", script])
+    pids = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("*.pid"))) < 2 and runner.poll() is None:
+            assert time.monotonic() < deadline, "the workers did not start within 120 s"
+            time.sleep(0.1)
+        assert runner.poll() is None, f"the runner ended early, exit code {runner.returncode}"
+        pids = [int(p.read_text()) for p in sorted(tmp_path.glob("*.pid"))]
+        assert runner.pid not in pids and all(_running(p) for p in pids)
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if _running(p)], "workers outlived their runner by 10 s"
+    finally:
+        for pid in [runner.pid] + pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
 
 
 def test_bad_arguments_are_named():

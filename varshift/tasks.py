@@ -16,7 +16,9 @@ import contextvars
 import hashlib
 import importlib
 import json
+import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -234,17 +236,13 @@ def run(tasks, cache=None, *, jobs=1, client=None, progress=False):
 
 
 def _run_processes(jobs, todo, done):
-    """Compute ``todo`` in ``jobs`` spawned worker processes, each made single-threaded
-    by :func:`varshift.kernels.threads.single_threaded_worker` before its first task
-    (through the libraries' calls: this process's environment, which the workers
-    inherit, is not touched)."""
+    """Compute ``todo`` in ``jobs`` spawned worker processes, started by
+    :func:`_start_worker`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from .kernels.threads import single_threaded_worker
-
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=single_threaded_worker) as pool:
+                             initializer=_start_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_timed, t.function, t.params, t.options): t for t in todo}
         try:
             for i, future in enumerate(as_completed(futures), 1):
@@ -252,6 +250,32 @@ def _run_processes(jobs, todo, done):
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _start_worker(parent: int) -> None:
+    """Initializer of :func:`_run_processes`'s workers.
+
+    It makes the worker single-threaded with
+    :func:`varshift.kernels.threads.single_threaded_worker` (through the libraries' calls:
+    the parent's environment, which the worker inherits, is not touched), and starts a
+    daemon thread that ends the worker once ``parent`` is gone. A runner stopped by a
+    signal its Python code never sees (``kill``, ``pkill``, the end of a session) thus
+    takes its workers with it within about a second, instead of leaving them to finish
+    their tasks as orphans.
+    """
+    from .kernels.threads import single_threaded_worker
+
+    single_threaded_worker()
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True,
+                     name="varshift-parent-watch").start()
+
+
+def _exit_without(parent: int, interval: float = 0.5) -> None:
+    """Return never; end this process at once when its parent is no longer ``parent``
+    (an orphan is adopted by another process)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _run_dask(client, todo, done):
