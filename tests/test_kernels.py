@@ -170,6 +170,34 @@ def test_blas_matmul_matches_numpy(dtype, layout, rng):
     assert gemm.matmul_blas(a[:0], b).shape == (0, 9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["cc", "fc", "cf", "ff", "strided"])
+@pytest.mark.parametrize("shape", [(64, 300, 900), (3, 40, 257)])
+def test_a_product_split_over_threads_matches_one_blas_call(dtype, layout, shape, rng):
+    """Row blocks (``a`` C-contiguous) or column blocks (``b`` Fortran-contiguous, ``a``
+    not C), with an odd number of rows or columns and more blocks than rows."""
+    from varshift.kernels import gemm
+
+    m, k, n = shape
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    if layout[0] == "f":
+        a = np.asfortranarray(a)
+    if layout[1:] == "f":
+        b = np.asfortranarray(b)
+    if layout == "strided":
+        a = rng.standard_normal((m, 2 * k)).astype(dtype)[:, ::2]
+    gemm.matmul_blas(a[:1], b[:, :1])  # loads BLAS
+    one = gemm._product(a, b, 1)
+    for blocks in (2, 5):
+        split = gemm._product(a, b, blocks)
+        assert split.dtype == dtype and split.flags.c_contiguous
+        if dtype == np.float32 and m > 8:  # same kernel on row or column slices
+            np.testing.assert_array_equal(split, one)
+        np.testing.assert_allclose(split, one, rtol=1e-5 if dtype == np.float32 else 1e-13,
+                                   atol=1e-5 if dtype == np.float32 else 1e-13)
+
+
 @pytest.mark.parametrize("shape", [(6, 3, 1), (6, 3, 5)])
 def test_reassociated_reductions_still_propagate_non_finite_values(shape):
     x = np.ones(shape, np.float32)
@@ -203,9 +231,14 @@ def test_thread_policy_runs_small_work_serially_and_restores_the_limits():
         run(threads.PARALLEL_MIN_ITEMS - 1)
         run(threads.PARALLEL_MIN_ITEMS)
         assert seen == [1, 2] and numba.get_num_threads() == 2
-        small = threads.blas_serial(blas_threads, 2, 2, 2)
-        large = threads.blas_serial(blas_threads, threads.PARALLEL_MIN_FLOPS, 1, 1)
-        assert small == [1] * len(before) and large == before == blas_threads()
+        def product(blocks):
+            return blocks, blas_threads(), numba.get_num_threads()
+
+        # BLAS runs on one thread in every product; a large one is split over Numba's
+        small = threads.product(product, 2, 2, 2)
+        large = threads.product(product, threads.PARALLEL_MIN_FLOPS, 1, 1)
+        assert max(before) == 2 and blas_threads() == before
+        assert small[:2] == (1, [1] * len(before)) and large == (2, [1] * len(before), 2)
     finally:
         restore()
     one = threads.limit(1)  # a process-wide limit of one thread is never exceeded
@@ -213,6 +246,7 @@ def test_thread_policy_runs_small_work_serially_and_restores_the_limits():
         seen.clear()
         run(threads.PARALLEL_MIN_ITEMS)
         assert seen == [1] and set(blas_threads()) == {1}
+        assert threads.product(lambda blocks: blocks, threads.PARALLEL_MIN_FLOPS, 1, 1) == 1
     finally:
         one()
 
@@ -238,7 +272,7 @@ def test_batched_calls_switch_threads_once_and_restore_them(monkeypatch):
     def work(nested, fail=False):
         run(small)
         run(small)
-        blas_in_small = threads.blas_serial(blas_threads, 2, 2, 2)
+        blas_in_small = threads.product(lambda blocks: blas_threads(), 2, 2, 2)
         if nested:
             work(False)  # an inner batched call gives nothing back itself
         run(large)

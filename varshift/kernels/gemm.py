@@ -1,14 +1,16 @@
 """Matrix products for the layers: ``matmul_numpy`` (``a @ b``, the reference) and
-``matmul_blas``, which calls SciPy's BLAS ``sgemm``/``dgemm`` directly; and
-``add_bias_nchw_*``, which turns a convolution's product, (C_out, N, S) or
-channels-last (N, S, C_out), into its output (N, C_out, S) plus the bias (a fused Numba
-pass is 3-4x faster than NumPy's transposed add).
+``matmul_blas``, which calls SciPy's BLAS ``sgemm``/``dgemm`` directly, on one BLAS
+thread, splitting a large product over Numba's threads
+(:func:`varshift.kernels.threads.product`); and ``add_bias_nchw_*``, which turns a
+convolution's product, (C_out, N, S) or channels-last (N, S, C_out), into its output
+(N, C_out, S) plus the bias (a fused Numba pass is 3-4x faster than NumPy's transposed
+add).
 
 Why not NumPy's ``@``: NumPy's OpenBLAS starts its threads when NumPy is imported,
 usually before varshift, and they then spin for ~0.1 s after every product, taking a
 core from the Numba kernel that follows (a training step was 1.35x slower). SciPy's
 OpenBLAS is a separate instance that is loaded only at the first product, by
-:func:`varshift.kernels.threads.load_runtimes`, asking for a short spin.
+:func:`varshift.kernels.threads.load_runtimes`, and never given more than one thread.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def _fortran_operand(x):
 def matmul_blas(a, b):
     """``a @ b`` for 2-D float32/float64 arrays of one dtype, C-contiguous result.
 
-    Computes ``c^T = b^T a^T`` in Fortran order, so that C- or F-contiguous operands
-    (e.g. ``w.T`` views) are passed to BLAS without copies. Small products run on one
-    BLAS thread (:func:`varshift.kernels.threads.blas_serial`).
+    Every product calls SciPy's BLAS ``sgemm``/``dgemm`` on one BLAS thread. A large one
+    (:func:`varshift.kernels.threads.product`) is split into row blocks over Numba's
+    threads instead, one single-threaded BLAS call per block, so that the layers' kernels
+    and products share one pool of threads.
     """
     if a.dtype != b.dtype or a.dtype.char not in "fd" or 0 in a.shape or 0 in b.shape:
         return a @ b
@@ -52,12 +55,52 @@ def matmul_blas(a, b):
         from scipy.linalg import blas
 
         _GEMM.update(f=blas.sgemm, d=blas.dgemm)
-    first, trans_first = _fortran_operand(b)
-    second, trans_second = _fortran_operand(a)
-    return threads.blas_serial(
-        lambda: _GEMM[a.dtype.char](1.0, first, second, trans_a=trans_first,
-                                    trans_b=trans_second).T,
-        a.shape[0], b.shape[1], a.shape[1])
+    return threads.product(lambda blocks: _product(a, b, blocks), a.shape[0], b.shape[1],
+                           a.shape[1])
+
+
+def _product(a, b, blocks):
+    """``a @ b`` (C-contiguous) in one BLAS call, or in ``blocks`` blocks of rows (if
+    ``a`` is C-contiguous) or of columns (if ``b`` is Fortran-contiguous), so that no
+    operand is copied where one of the two is laid out that way."""
+    if blocks == 1:
+        first, trans_first = _fortran_operand(b)
+        second, trans_second = _fortran_operand(a)
+        return _GEMM[a.dtype.char](1.0, first, second, trans_a=trans_first,
+                                   trans_b=trans_second).T
+    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    if not a.flags.c_contiguous and b.flags.f_contiguous:
+        _column_blocks(a if a.flags.f_contiguous else np.ascontiguousarray(a), b.T, out, blocks)
+    else:
+        b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)
+        _row_blocks(np.ascontiguousarray(a), b, out, blocks)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _row_blocks(a, b, out, blocks):
+    """``out = a @ b`` for C-contiguous ``a`` and ``out``: ``blocks`` blocks of rows on
+    Numba's threads, each one BLAS call."""
+    m = a.shape[0]
+    step = (m + blocks - 1) // blocks
+    for block in prange(blocks):
+        lo = block * step
+        hi = min(m, lo + step)
+        if lo < hi:
+            np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@njit(parallel=True, cache=True)
+def _column_blocks(a, b_t, out, blocks):
+    """``out = a @ b_t.T`` for C-contiguous ``b_t`` and ``out``: ``blocks`` blocks of
+    columns on Numba's threads, each one BLAS call and a copy into ``out``."""
+    n = b_t.shape[0]
+    step = (n + blocks - 1) // blocks
+    for block in prange(blocks):
+        lo = block * step
+        hi = min(n, lo + step)
+        if lo < hi:
+            out[:, lo:hi] = np.dot(b_t[lo:hi], a.T).T
 
 
 def add_bias_nchw_numpy(product, bias, out, channels_last=False):
