@@ -77,15 +77,21 @@ def _product(a, b, blocks):
     return out
 
 
+@njit(cache=True)
+def _block(size, blocks, block):
+    """``(start, stop)`` of block ``block`` of ``blocks`` near-equal parts of
+    ``range(size)`` (empty when there are more blocks than items)."""
+    step = (size + blocks - 1) // blocks
+    start = min(size, block * step)
+    return start, min(size, start + step)
+
+
 @njit(parallel=True, cache=True)
 def _row_blocks(a, b, out, blocks):
     """``out = a @ b`` for C-contiguous ``a`` and ``out``: ``blocks`` blocks of rows on
     Numba's threads, each one BLAS call."""
-    m = a.shape[0]
-    step = (m + blocks - 1) // blocks
     for block in prange(blocks):
-        lo = block * step
-        hi = min(m, lo + step)
+        lo, hi = _block(a.shape[0], blocks, block)
         if lo < hi:
             np.dot(a[lo:hi], b, out[lo:hi])
 
@@ -94,11 +100,8 @@ def _row_blocks(a, b, out, blocks):
 def _column_blocks(a, b_t, out, blocks):
     """``out = a @ b_t.T`` for C-contiguous ``b_t`` and ``out``: ``blocks`` blocks of
     columns on Numba's threads, each one BLAS call and a copy into ``out``."""
-    n = b_t.shape[0]
-    step = (n + blocks - 1) // blocks
     for block in prange(blocks):
-        lo = block * step
-        hi = min(n, lo + step)
+        lo, hi = _block(b_t.shape[0], blocks, block)
         if lo < hi:
             out[:, lo:hi] = np.dot(b_t[lo:hi], a.T).T
 
