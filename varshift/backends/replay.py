@@ -174,8 +174,8 @@ def plan_passes(session, targets, x, modes) -> Plan:
                 kept[key], producer[key] = output, k
                 sizes[key] = array.nbytes // len(x)
         # what can still be on a frontier: calls of calls open when this BatchNorm starts
-        kept = {key: output for key, output in kept.items()
-                if key in _frontier(calls, name, kept)}
+        reachable = set(_frontier(calls, name, kept))
+        kept = {key: output for key, output in kept.items() if key in reachable}
     first = {}
     for k, keys in enumerate(plan.keep):
         for key in keys:
