@@ -370,3 +370,79 @@ def test_cache_bytes_is_checked():
     x, _ = blobs(200)
     with pytest.raises((TypeError, ValueError), match="cache_bytes"):
         recalibrate(dropout_before_bn(), x, cache_bytes=-1)
+
+
+def test_torch_an_early_layer_reaching_a_late_batchnorm_is_found_among_many():
+    """More frontier layers than probe samples: the layers are tested in groups, and
+    only the two that reach the last BatchNorm are kept."""
+    torch = pytest.importorskip("torch")
+    from torch import nn as tnn
+
+    from varshift.backends import session_for
+    from varshift.backends.modes import EVAL
+    from varshift.backends.replay import PROBE_SAMPLES, plan_passes
+
+    class LongSkip(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = tnn.Conv2d(3, 3, 1)
+            self.chain = tnn.ModuleList(tnn.Conv2d(3, 3, 1) for _ in range(2 * PROBE_SAMPLES))
+            self.bn0, self.bn1 = tnn.BatchNorm2d(3), tnn.BatchNorm2d(3)
+
+        def forward(self, x):
+            a = h = self.first(x)
+            for conv in self.chain:
+                h = conv(h)
+            return self.bn1(torch.relu(self.bn0(h)) + a)
+
+    torch.manual_seed(0)
+    model = _damaged_torch(LongSkip().eval())
+    x = torch.randn(100, 3, 6, 6)
+    session = session_for(copy.deepcopy(model), "recalibrate")
+    with session.preserved(0):
+        session.trace(x)
+        plan = plan_passes(session, ["bn0", "bn1"], x, EVAL)
+    last = f"chain.{2 * PROBE_SAMPLES - 1}"
+    assert plan.live[1] == ("first", last)
+    assert len(plan.dead[1]) == 2 * PROBE_SAMPLES - 1
+    assert plan.keep[0] == {"first", last}
+    twin = copy.deepcopy(model)
+    recalibrate(model, x, batch_size=32, reports=False)
+    recalibrate(twin, x, batch_size=32, reports=False, cache_bytes=0)
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_keras_graph_calls_no_replayed_layer(monkeypatch):
+    """In a functional model's replayed pass, the layers before the frontier are not
+    called (their stand-ins are), and the statistics equal plain passes' bit for bit."""
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+
+    inputs = keras.Input((6, 6, 2))
+    first = keras.layers.Conv2D(3, 3, padding="same", name="first")
+    h = keras.layers.BatchNormalization(name="bn_a")(first(inputs))
+    h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(3, 1)(h))
+    h = keras.layers.BatchNormalization(name="bn_c")(keras.layers.Conv2D(3, 1)(h))
+    model = keras.Model(inputs, h)
+    x = np.random.default_rng(0).standard_normal((90, 6, 6, 2)).astype(np.float32)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    calls = {"first": 0}
+    layer_call = keras.layers.Conv2D.__call__
+
+    def counting(self, *args, **kwargs):
+        if self.name == "first":
+            calls["first"] += 1
+        return layer_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Conv2D, "__call__", counting)
+    recalibrate(twin, x, batch_size=30, reports=False, cache_bytes=0)
+    plain, calls["first"] = calls["first"], 0
+    recalibrate(model, x, batch_size=30, reports=False)
+    # plain: the trace and 3 passes x 3 batches; replayed: the trace, the first pass's
+    # 3 batches, and the probe's full run and first pass (the later passes call none)
+    assert calls["first"] == plain - 2 * 3 + 2
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -17,7 +17,8 @@ replayed with a one-sample stand-in, so that they are not computed.
 Nothing is assumed about the model's code. The plan is found on a probe (the first
 :data:`PROBE_SAMPLES` samples of the first batch) by running every pass there as it
 will run on the data: a frontier layer is live if swapping one sample of its output for
-another changes that sample of BatchNorm k's input; then the pass with the live layers
+another changes that sample of BatchNorm k's input (layers are tested in groups, a
+sample per group, and the groups that change are split: :func:`_live`); then the pass with the live layers
 replayed must give BatchNorm k the input of a full forward pass, bit for bit, or it
 runs the plain way (over all of the data from the input, as the passes of the first
 BatchNorm, of ``dropout='on'`` and of models whose BatchNorms are called twice do). A
@@ -174,8 +175,8 @@ def plan_passes(session, targets, x, modes) -> Plan:
                 kept[key], producer[key] = output, k
                 sizes[key] = array.nbytes // len(x)
         # what can still be on a frontier: calls of calls open when this BatchNorm starts
-        kept = {key: output for key, output in kept.items()
-                if key in _frontier(calls, name, kept)}
+        reachable = set(_frontier(calls, name, kept))
+        kept = {key: output for key, output in kept.items() if key in reachable}
     first = {}
     for k, keys in enumerate(plan.keep):
         for key in keys:
@@ -210,22 +211,59 @@ def _probe(session, name, tiny, modes, replay, keep):
 
 
 def _live(session, name, tiny, modes, expected, kept, frontier) -> list:
-    """The frontier layers whose outputs reach BatchNorm ``name``: layer j's output has
-    sample j (modulo the probe's size) swapped for the next one; the samples of
-    BatchNorm ``name``'s input that change name the live layers (all of them if the
-    model mixes samples or fails)."""
-    n = len(expected)
-    replay = {}
-    for j, key in enumerate(frontier):
-        index = np.arange(n)
-        index[j % n] = (j + 1) % n
-        replay[key] = session.adapter.take(kept[key], index)
-    recorder = _probe(session, name, tiny, modes, replay, frozenset())
-    if recorder is None or recorder.inputs[name].shape != expected.shape:
-        return list(frontier)
-    seen, expected = recorder.inputs[name].reshape(n, -1), expected.reshape(n, -1)
-    changed = [seen[i].tobytes() != expected[i].tobytes() for i in range(n)]
-    return [key for j, key in enumerate(frontier) if changed[j % n]]
+    """The frontier layers whose outputs reach BatchNorm ``name``, by group testing.
+
+    Each run gives up to ``n - 1`` groups of layers (``n`` samples in the probe) a
+    sample of their own, ``g``, swapped for the next one in all of their outputs; a
+    group whose sample of BatchNorm ``name``'s input changes holds a live layer and is
+    split for a later run, until single layers remain. The first run gives the latest
+    layers (the likeliest to be live) groups of their own and puts the others in one
+    group. The last sample is never swapped: if it changes, the model mixes samples,
+    and all of the frontier is live (as when the model fails)."""
+    n, live, shape = len(expected), [], expected.shape
+    expected = expected.reshape(n, -1)
+    queue = _groups(frontier, n - 1, latest=True)
+    while queue:
+        groups, queue = queue[:n - 1], queue[n - 1:]
+        swapped = {key: g for g, group in enumerate(groups) for key in group}
+        replay = {}
+        for key in frontier:
+            if key in swapped:
+                index = np.arange(n)
+                index[swapped[key]] = swapped[key] + 1
+                replay[key] = session.adapter.take(kept[key], index)
+            else:
+                replay[key] = session.adapter.copy(kept[key])
+        recorder = _probe(session, name, tiny, modes, replay, frozenset())
+        if recorder is None or recorder.inputs[name].shape != shape:
+            return list(frontier)
+        seen = recorder.inputs[name].reshape(n, -1)
+        if seen[n - 1].tobytes() != expected[n - 1].tobytes():
+            return list(frontier)  # the model mixes samples
+        for g, group in enumerate(groups):
+            if seen[g].tobytes() != expected[g].tobytes():
+                if len(group) == 1:
+                    live.append(group[0])
+                else:
+                    queue += _groups(group, n - 1)
+    live = set(live)
+    return [key for key in frontier if key in live]
+
+
+def _groups(keys, n, latest=False) -> list:
+    """``keys`` in at most ``n`` groups: ``latest``, the last ``n - 1`` alone and the
+    rest together; else in order, of sizes that differ by at most one."""
+    if len(keys) <= n:
+        return [[key] for key in keys]
+    if latest:
+        return [list(keys[:len(keys) - n + 1])] + [[key] for key in keys[len(keys) - n + 1:]]
+    size, extra = divmod(len(keys), n)
+    out, start = [], 0
+    for g in range(n):
+        stop = start + size + (g < extra)
+        out.append(list(keys[start:stop]))
+        start = stop
+    return out
 
 
 def _replayed_pass(session, name, tiny, modes, expected, kept, frontier, live, single):

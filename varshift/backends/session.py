@@ -105,7 +105,8 @@ class Session:
         self._target, self._collected = None, None
         self._probe = None      # noise_upstream's record of BatchNorm inputs and outputs
         self._watch = None      # a replay.Recorder watching every call, or None
-        self._buffers = None    # buffers as train-mode calls must leave them
+        self._buffers = None    # buffers as train-mode calls must leave them (None: as now)
+        self._modes = {}        # (modes, active layers) -> every layer's mode
         self._seeds = None      # the random state of each batch
         self._written = {}      # running statistics written in this session
         self._depth = 0         # nesting of preserved()
@@ -158,7 +159,7 @@ class Session:
         """Write BatchNorm ``name``'s running statistics (inside :meth:`preserved`)."""
         self.adapter.write_running_stats(name, mean, var, num_batches_tracked)
         self._written[name] = (mean, var, num_batches_tracked)
-        self._buffers = self.adapter.save_buffers()  # what train-mode calls must leave now
+        self._buffers = None  # saved again before the next train-mode call needs it
 
     # ------------------------------------------------------------------ structure
     def layers(self) -> list:
@@ -203,10 +204,15 @@ class Session:
 
     # ------------------------------------------------------------------ calls
     def _training(self, modes, active=()):
-        """Every layer's mode in ``modes``; the layers ``active`` train regardless."""
-        return {name: name in active or modes.training(
-            info.kind, info.kind is Kind.BATCHNORM and self._bn[name].frozen)
-            for name, info in self._layers.items()}
+        """Every layer's mode in ``modes``; the layers ``active`` train regardless
+        (computed once per ``modes`` and ``active``: recalibration runs thousands of
+        passes)."""
+        key = (modes, frozenset(active))
+        if key not in self._modes:
+            self._modes[key] = {name: name in active or modes.training(
+                info.kind, info.kind is Kind.BATCHNORM and self._bn[name].frozen)
+                for name, info in self._layers.items()}
+        return self._modes[key]
 
     def _forward(self, x, modes, active=(), replay=None):
         """The model's output for ``x`` in ``modes`` (None if :class:`Stop` ended it),
@@ -214,6 +220,8 @@ class Session:
         <varshift.backends.adapter.Adapter.call>`); buffers a train-mode call changed
         are put back."""
         training = self._training(modes, active)
+        if self._buffers is None and any(training.values()):
+            self._buffers = self.adapter.save_buffers()
         self._calls, self._stack = {}, []
         try:
             if replay is not None:

@@ -377,7 +377,8 @@ class TorchAdapter(Adapter):
 
     def call(self, x, training, replay=None):
         for name, m in self._modules.items():
-            m.training = training[name]
+            if m.training is not training[name]:  # Module.__setattr__ is slow: only changes
+                m.training = training[name]
         self._pending = []  # (key, replacement output) of the modules running
         # a replayed module's forward is an instance attribute returning its output
         # (a pre-hook cannot skip the forward); its hooks still run
