@@ -46,7 +46,8 @@ these three cases took 60 % of its CPU time (the layer orderings' training, the 
 case's five seeds, the stale-statistics case's 600-step runs). Trimmed to 3 convnet
 seeds, 2,000 training images and 300 steps, the quick run still took 5 min 32 s on an
 idle 2-core AMD EPYC (2026-12-07; the bar is 5 minutes); with 1,500 images and 200 steps
-5 min 13 s; the convnet case has since trained on 4,000 images."""
+5 min 13 s; the convnet case has since trained on 4,000 images (so its quick runs are
+no longer seeds 0-2 of the full reproduction's, and do not share its cache)."""
 
 _EXPERIMENTS = "varshift.reproduce.experiments"
 
