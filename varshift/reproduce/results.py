@@ -267,12 +267,13 @@ SUMMARY_NOTES = {
             "and inference-mode training accuracy falls below train mode. Per network (each "
             "part's paired difference and 95 % interval; the verdict of the row after Holm's "
             "adjustment): {cost_parts}.",
-    "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach 0.8-1.2 % test "
-                "error (fig16, against the paper's 4-5 %), so the paper's effects scale down "
-                "about fourfold, below the smallest difference 5 seeds detect with 80 % power "
-                "for nearly every accuracy claim (docs/power-analysis.md, section 2: with a "
-                "paired sd of 0.15 points that difference is about 0.25 points, against scaled "
-                "gains of 0.04 for Uout). Undecided here mostly means untested, not absent. "
+    "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach {baselines} "
+                "test error (fig16, against the paper's 4-5 %), so the paper's effects scale "
+                "down {scale}. In the full run (8,000 training sequences, 5 seeds) that puts them "
+                "below the smallest difference 5 seeds detect with 80 % power for nearly every "
+                "accuracy claim (docs/power-analysis.md, section 2: with a paired sd of 0.15 "
+                "points that difference is about 0.25 points, against scaled gains of 0.04 for "
+                "Uout). Undecided here mostly means untested, not absent. "
                 "**A confirmatory run is in progress** at a harder regime "
                 "(1,000 training sequences, fresh seeds, sizes from a power analysis) under "
                 "version 2 of `varshift/reproduce/protocols/confirmatory.json`: version 1 "
@@ -305,6 +306,23 @@ _NAMED = {
 ids and verdicts, or their text where a partial run lacks them."""
 
 
+def _baselines(figures):
+    """``{baselines}`` and ``{scale}`` of :data:`SUMMARY_NOTES`: the range of this run's
+    no-Dropout test errors (fig16's means over seeds, per network), and how many times
+    smaller than the paper's (:data:`varshift.reproduce.power.PAPER_BASELINE`) they are."""
+    from .power import PAPER_BASELINE
+
+    table = next((f["numbers"]["table"] for f in figures if f["name"] == "fig16_training"), [])
+    ours = {r["arch"]: float(np.mean(r["test_error"])) for r in table
+            if r["setting"] == "no noise" and r["arch"] in PAPER_BASELINE}
+    if not ours:
+        return {"baselines": "a test error this run did not measure (no fig16)",
+                "scale": "by a factor this run cannot give"}
+    factor = np.mean([PAPER_BASELINE[a] / e for a, e in ours.items()])
+    return {"baselines": f"{min(ours.values()):.1f}-{max(ours.values()):.1f} %",
+            "scale": f"by a factor of about {factor:.1f}"}
+
+
 def _cost_parts(rows):
     """The rows asking whether (a)'s cost is the shift's, each as its network, its id and
     verdict after Holm's adjustment, and our numbers (the parts' differences)."""
@@ -313,9 +331,10 @@ def _cost_parts(rows):
                      for r in rows) or "no such row in this run"
 
 
-def _summary(paper_rows, families, checks, failed):
+def _summary(paper_rows, families, checks, failed, figures):
     """REPORT's first section, a page: the paper claims by topic, then each family's
-    counts, all after Holm's adjustment (``families``: its count lines)."""
+    counts, all after Holm's adjustment (``families``: its count lines; ``figures``: the
+    figures' JSON, for the regime's numbers)."""
     by_topic = {key: [r for _, rows in paper_rows for r in rows if _topic(r.claim["text"]) == key]
                 for key, _ in _TOPICS}
     lines = ["## Summary", "",
@@ -327,6 +346,7 @@ def _summary(paper_rows, families, checks, failed):
            for _, rows in paper_rows for r in rows}
     named = {key: ids.get(text, f'"{text}"') for key, text in _NAMED.items()}
     named["cost_parts"] = _cost_parts(by_topic["cost"])
+    named.update(_baselines(figures))
     lines += [f"- **{title}.** {_topic_line(by_topic[key])}. "
               f"{SUMMARY_NOTES[key].format(**named)}"
               for key, title in _TOPICS if by_topic[key]]
@@ -373,7 +393,7 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     lines = ["# varshift reproduction of Li et al. (CVPR 2019) at small scale", "",
              f"Settings: {settings}. Every figure has a PNG, an SVG, its numbers (`.json`) and "
              f"its caption (`.caption.md`); wall times are in `timings.json`.", ""]
-    lines += _summary(paper_rows, families, checks, failed)
+    lines += _summary(paper_rows, families, checks, failed, figures)
     lines += ["## How the verdicts are reached", "", PROTOCOL, "",
               "## Paper claims", "",
               "Each table: the claim and its verdict (after Holm's adjustment; raw: without it). "
