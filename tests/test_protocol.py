@@ -13,6 +13,7 @@ import pytest
 from varshift import tasks as _tasks
 from varshift.reproduce import confirm, experiments, power, protocol
 from varshift.reproduce.plan import network_task
+from varshift.reproduce.results import confirmatory_markdown
 from varshift.verdicts import VERDICTS
 
 PILOT = json.loads(open("figures/power/power.json").read())["pilot"]
@@ -146,10 +147,15 @@ def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
     _fake_results(proto, cache)
     rows = confirm.judge(proto, cache)
     judged = [r for r in rows if r["status"] == "confirmatory"]
+    by_id_all = {r["id"]: r for r in rows}
     assert len(rows) == len(proto.claims) and len(judged) == 13
     by_id = {r["id"]: r for r in judged}
     assert by_id["A01"]["verdict"] == by_id["A01"]["holm"] == "holds"  # (a) 0.5 is 2 points worse
     assert by_id["A01"]["n"] == 11 and by_id["A35"]["n"] == 27
     assert all(r["holm"] in VERDICTS for r in judged)
-    text = confirm.markdown(proto, {"commit": "abc1234"}, rows)
+    verdicts = json.loads(json.dumps(confirm.document(proto, {"commit": "abc1234"}, rows)))
+    assert verdicts["first_seed"] == 100 and "1,000" in verdicts["regime"]
+    text = "\n".join(confirmatory_markdown(verdicts))
     assert proto.sha256 in text and "abc1234" in text and "A40" in text
+    assert "| A01 | PreResNet: drop 0.5 at (a) raises the test error | holds |" in text
+    assert f"- **A02.** {by_id_all['A02']['why']}" in text  # a claim awaiting its pilot, with why

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from varshift.reproduce.plan import Settings
-from varshift.reproduce.results import WIDTH, write_report
+from varshift.reproduce.results import CONFIRMATORY, WIDTH, write_report
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 
@@ -20,9 +20,11 @@ def rendered(tmp_path_factory):
     if not (FIGURES / "REPORT.md").exists():
         pytest.skip("no committed figures")
     out = tmp_path_factory.mktemp("report")
-    for path in [*FIGURES.glob("fig*.json"), *FIGURES.glob("case-*.json"), FIGURES / "NOTES.md"]:
+    for path in [*FIGURES.glob("fig*.json"), *FIGURES.glob("case-*.json"), FIGURES / "NOTES.md",
+                 FIGURES / CONFIRMATORY]:
         if path.exists():
-            shutil.copy(path, out / path.name)
+            (out / path.relative_to(FIGURES)).parent.mkdir(exist_ok=True)
+            shutil.copy(path, out / path.relative_to(FIGURES))
     write_report(out, [], Settings(quick=False).describe() + "; case studies in their quick mode")
     return (out / "REPORT.md").read_text()
 
@@ -56,12 +58,15 @@ def test_the_summary_comes_first_and_fits_a_page(rendered):
     for topic in ("Mechanism", "Accuracy", "Width", "Paper claims (", "Our extensions",
                   "Changes after results"):
         assert topic in summary, topic
-    assert "confirmatory run is in progress" in summary
+    if (FIGURES / CONFIRMATORY).exists():
+        assert "Confirmatory accuracy claims (13)" in summary and "## Confirmatory run" in rendered
+    else:
+        assert "its verdicts are not part of this report" in summary
 
 
 def test_every_summary_id_names_a_row_with_that_verdict(rendered):
     summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
-    verdicts = dict(re.findall(r"^\| ([PES]\d+) \| .* \| (\S+)(?: \(raw: .*\))? \|$", rendered,
+    verdicts = dict(re.findall(r"^\| ([PESA]\d+) \| .* \| (\S+)(?: \(raw: .*\))? \|$", rendered,
                                re.MULTILINE))
     held = [i for part in re.findall(r"hold after Holm's adjustment \(([^)]*)\)", summary)
             for i in part.split(", ")]
@@ -69,7 +74,7 @@ def test_every_summary_id_names_a_row_with_that_verdict(rendered):
 
 
 def test_every_row_has_its_note(rendered):
-    ids = re.findall(r"^\| ([PES]\d+) \|", rendered, re.MULTILINE)
+    ids = re.findall(r"^\| ([PESA]\d+) \|", rendered, re.MULTILINE)
     assert len(ids) == len(set(ids)) > 50
     for i in ids:
         assert f"- **{i}.** " in rendered, i
@@ -89,3 +94,35 @@ def test_the_summary_states_this_runs_baselines_not_fixed_ones(rendered):
     table = json.loads((FIGURES / "fig16_training.json").read_text())["numbers"]["table"]
     means = [sum(r["test_error"]) / len(r["test_error"]) for r in table if r["setting"] == "no noise"]
     assert f"reach {min(means):.1f}-{max(means):.1f} % test error" in rendered
+
+
+def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
+    """With a confirmatory ``verdicts.json`` beside the figures, the summary counts its
+    Holm-adjusted verdicts (ids named), and its section lists every declared claim."""
+    def row(i, raw, adjusted):
+        return {"id": i, "status": "confirmatory", "text": f"claim {i}", "why": "sized",
+                "paper": f"paper {i}", "ours": f"ours {i}", "verdict": raw, "kind": "claim",
+                "rule": "", "p_holds": 0.01, "p_against": 0.9, "n": 11, "holm": adjusted}
+    verdicts = {"version": 2, "sha256": "f" * 64, "commit": "abc1234", "first_seed": 100,
+                "regime": "240 epochs on 1,000 sequences",
+                "claims": [row("A01", "holds", "holds"), row("A05", "holds", "undecided"),
+                           row("A08", "contradicted", "contradicted"),
+                           {"id": "A02", "status": "awaiting its pilot", "text": "claim A02",
+                            "why": "its arm was not piloted"},
+                           {"id": "A03", "status": "not testable at this regime",
+                            "text": "claim A03", "why": "below the detectable effect"}]}
+    (tmp_path / CONFIRMATORY).parent.mkdir()
+    (tmp_path / CONFIRMATORY).write_text(json.dumps(verdicts))
+    write_report(tmp_path, [], "test")
+    report = (tmp_path / "REPORT.md").read_text()
+    summary = report[report.index("## Summary"):report.index("## How the verdicts")]
+    assert ("Of its 3 claims, 1 of 3 hold after Holm's adjustment (A01), 2 without it; "
+            "1 contradicted (A08); 1 undecided; 1 declared not testable at this regime and 1 "
+            "awaiting their pilot") in summary
+    assert "- Confirmatory accuracy claims (3): 1 of 3 hold after Holm's adjustment (A01)" in summary
+    section = report[report.index("## Confirmatory run"):]
+    assert "| A05 | claim A05 | undecided (raw: holds) |" in section
+    assert "| A08 | claim A08 | **contradicted** |" in section
+    assert "- **A01.** Paper: paper A01. Ours: ours A01." in section
+    assert "| A03 | claim A03 | not testable at this regime |" in section
+    assert "- **A02.** its arm was not piloted" in section

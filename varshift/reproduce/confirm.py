@@ -6,7 +6,8 @@ declared run into :data:`CACHE` (resumable: finished runs are skipped). ``--repo
 computes nothing: until every declared run exists it only says how many are done (no
 verdict is looked at before the declared number of seeds); then it judges each
 confirmatory claim, adjusts the family with Holm's procedure, and writes
-:data:`REPORT` (JSON) and its Markdown beside it.
+:data:`REPORT` (JSON) and its Markdown beside it; REPORT.md's summary and its section
+"Confirmatory run" are rendered from that JSON.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from pathlib import Path
 from .. import tasks as _tasks
 from .._files import atomic_write
 from .._json import json_ready
-from ..verdicts import Claim, holm, tally
+from ..verdicts import Claim, holm
 from . import power, protocol
+from .results import CONFIRMATORY, confirmatory_markdown
 
-__all__ = ["CACHE", "REPORT", "progress", "judge", "markdown", "main"]
+__all__ = ["CACHE", "REPORT", "progress", "judge", "document", "main"]
 
 CACHE = Path("figures/confirmatory/tasks")
 """Where the confirmatory runs are cached (relative to the repository root)."""
-REPORT = Path("figures/confirmatory/verdicts.json")
+REPORT = Path("figures") / CONFIRMATORY
 
 
 def progress(proto, cache=CACHE):
@@ -91,30 +93,12 @@ def judge(proto, cache=CACHE):
     return rows
 
 
-def markdown(proto, record, rows) -> str:
-    """REPORT-style Markdown of :func:`judge`'s rows."""
-    from dataclasses import replace
-
-    judged = [r for r in rows if r["status"] == "confirmatory"]
-    claims = [Claim(**{k: r[k] for k in Claim.__dataclass_fields__}) for r in judged]
-    adjusted = [replace(c, verdict=r["holm"]) for c, r in zip(claims, judged)]
-    lines = [f"# Confirmatory run: protocol version {proto.version}", "",
-             f"Protocol `{proto.path.name}`, sha256 `{proto.sha256}`, locked in commit "
-             f"{record['commit']}; {proto.settings.describe().split('; ', 2)[-1]}; seeds from "
-             f"{proto.first_seed}.", "",
-             f"- Confirmatory claims ({len(claims)}), Holm-adjusted: {tally(adjusted)}; "
-             f"unadjusted: {tally(claims)}.",
-             f"- Declared not testable at this regime: "
-             f"{sum(r['status'] == 'not testable at this regime' for r in rows)}; awaiting "
-             f"their pilot: {sum(r['status'] == 'awaiting its pilot' for r in rows)}.", "",
-             "| id | claim | ours: paired difference [95 % CI], n | verdict | Holm |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['id']} | {r['text']} | {r['ours']} | {r['verdict']} | {r['holm']} |"
-              for r in judged]
-    lines += ["", "| id | claim | declared in advance | why |", "|---|---|---|---|"]
-    lines += [f"| {r['id']} | {r['text']} | {r['status']} | {r['why']} |"
-              for r in rows if r["status"] != "confirmatory"]
-    return "\n".join(lines) + "\n"
+def document(proto, record, rows) -> dict:
+    """:data:`REPORT`'s JSON document: the protocol's version, hash and locking commit,
+    its regime and first seed, and :func:`judge`'s ``rows``."""
+    return json_ready({"version": proto.version, "sha256": proto.sha256, "commit": record["commit"],
+                       "regime": proto.settings.describe().split("; ", 2)[-1],
+                       "first_seed": proto.first_seed, "claims": rows})
 
 
 def main(argv=None):
@@ -131,11 +115,10 @@ def main(argv=None):
             return
         rows = judge(proto, args.cache)
         REPORT.parent.mkdir(parents=True, exist_ok=True)
+        verdicts = document(proto, record, rows)
         with atomic_write(REPORT, "w", owner="confirm.report") as f:
-            f.write(json.dumps(json_ready({"version": proto.version, "sha256": proto.sha256,
-                                           "commit": record["commit"], "claims": rows}),
-                               indent=1) + "\n")
-        text = markdown(proto, record, rows)
+            f.write(json.dumps(verdicts, indent=1) + "\n")
+        text = "\n".join(confirmatory_markdown(verdicts, "#")) + "\n"
         with atomic_write(REPORT.with_suffix(".md"), "w", owner="confirm.report") as f:
             f.write(text)
         print(text)

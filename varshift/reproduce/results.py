@@ -13,8 +13,8 @@ from .._json import json_ready
 from .disclosures import ANCHOR, DECLARED, DISCLOSURES, SECTION
 from .disclosures import markdown as disclosures_markdown
 
-__all__ = ["FigureResult", "mean_sd", "new_figure", "save_figure", "write_figure", "write_case",
-           "write_report", "write_timings"]
+__all__ = ["CONFIRMATORY", "FigureResult", "confirmatory_markdown", "mean_sd", "new_figure",
+           "save_figure", "write_figure", "write_case", "write_report", "write_timings"]
 
 
 def new_figure(rows, cols, width=5.2, height=3.6):
@@ -217,7 +217,7 @@ def _counted_before() -> list:
 _TOPICS = (
     ("mechanism", "Mechanism: the variance shift itself"),
     ("cost", "Is the accuracy cost the shift's? (rows added after results)"),
-    ("accuracy", "Accuracy: test error and training accuracy"),
+    ("accuracy", "Accuracy in the full run (exploratory): test error and training accuracy"),
     ("width", "Width: wide against thin"),
 )
 
@@ -273,15 +273,8 @@ SUMMARY_NOTES = {
                 "below the smallest difference 5 seeds detect with 80 % power for nearly every "
                 "accuracy claim (docs/power-analysis.md, section 2: with a paired sd of 0.15 "
                 "points that difference is about 0.25 points, against scaled gains of 0.04 for "
-                "Uout). Undecided here mostly means untested, not absent. "
-                "**A confirmatory run is in progress** at a harder regime "
-                "(1,000 training sequences, fresh seeds, sizes from a power analysis) under "
-                "version 2 of `varshift/reproduce/protocols/confirmatory.json`: version 1 "
-                "(af98a39) was declared before any confirmatory run; version 2 came after 10 of "
-                "its 179 runs had finished and before any verdict or summary of them was "
-                "computed (no run, seed or claim changed). Its runs are cached in "
-                "`figures/confirmatory/` and judged only once all 179 declared runs exist "
-                "(`python -m varshift.reproduce.confirm --report`). Its verdicts are not part of this report.",
+                "Uout). Undecided here mostly means untested, not absent: the confirmatory "
+                "run (above) is the powered test.",
     "width": "**Confounded by depth in this run**: WRN is 2 blocks of 48 channels and PreResNet "
              "3 blocks of 16, so wide against thin also compares depths (the review of issue "
              "24 traces the smaller shift to PreResNet's third block). A sweep of the widen "
@@ -331,10 +324,85 @@ def _cost_parts(rows):
                      for r in rows) or "no such row in this run"
 
 
-def _summary(paper_rows, families, checks, failed, figures):
+CONFIRMATORY = Path("confirmatory/verdicts.json")
+"""The confirmatory run's verdicts (:mod:`varshift.reproduce.confirm`), relative to the
+figures' folder."""
+CONFIRMATORY_TITLE = "Confirmatory run: the accuracy claims at a powered regime"
+_CONFIRMATORY_ANCHOR = "#confirmatory-run-the-accuracy-claims-at-a-powered-regime"
+_NOT_YET = ("A confirmatory run at a harder regime (1,000 training sequences, fresh seeds, "
+            "sizes from a power analysis, claims locked in "
+            "`varshift/reproduce/protocols/confirmatory.json` before its runs) is judged apart "
+            "(`python -m varshift.reproduce.confirm --report`, which writes `{path}`); its "
+            "verdicts are not part of this report.")
+
+
+def _confirmatory_rows(verdicts):
+    """The judged rows of a confirmatory ``verdicts`` document as :class:`_Row`\\ s (the
+    protocol's ids, Holm's verdict as the adjusted one)."""
+    return [_Row(r["id"], "confirmatory", r, r["holm"]) for r in verdicts["claims"]
+            if r["status"] == "confirmatory"]
+
+
+def _declared_counts(verdicts):
+    """``'N declared not testable at this regime and M awaiting their pilot'``."""
+    statuses = [r["status"] for r in verdicts["claims"]]
+    return (f"{statuses.count('not testable at this regime')} declared not testable at this "
+            f"regime and {statuses.count('awaiting its pilot')} awaiting their pilot, both "
+            f"before any confirmatory run")
+
+
+def _confirmatory_summary(verdicts):
+    """The summary's sentence on the confirmatory run (or, without ``verdicts``, where
+    its verdicts will be)."""
+    if verdicts is None:
+        return _NOT_YET.format(path=Path("figures") / CONFIRMATORY)
+    rows = _confirmatory_rows(verdicts)
+    return (f"Of its {len(rows)} claims, {_topic_line(rows)}; {_declared_counts(verdicts)}. "
+            f"Regime: {verdicts['regime']}; protocol version {verdicts['version']}, locked in "
+            f"commit {verdicts['commit']} ([table]({_CONFIRMATORY_ANCHOR})). The accuracy "
+            f"verdicts of this report are these; the full run's (next) are exploratory.")
+
+
+def confirmatory_markdown(verdicts, heading="##"):
+    """The confirmatory run's section (lines of Markdown) from its ``verdicts`` document
+    (:func:`varshift.reproduce.confirm.document`): the protocol, the counts after Holm's
+    adjustment, the judged claims as REPORT's other tables (notes below), and the claims
+    declared untestable or awaiting their pilot, with the reason declared for each."""
+    from ..verdicts import Claim, tally
+
+    rows = _confirmatory_rows(verdicts)
+    claims = [Claim(**{k: r.claim[k] for k in Claim.__dataclass_fields__ if k in r.claim})
+              for r in rows]
+    adjusted = [Claim(**{**c.__dict__, "verdict": r.adjusted}) for c, r in zip(claims, rows)]
+    lines = [f"{heading} {CONFIRMATORY_TITLE}", "",
+             f"Protocol `confirmatory.json` version {verdicts['version']}, sha256 "
+             f"`{verdicts['sha256']}`, locked in commit {verdicts['commit']}; "
+             f"{verdicts['regime']}; seeds from {verdicts['first_seed']}, each claim on its "
+             f"declared number of seeds (n below). Verdicts: the same paired rule as above, "
+             f"with Holm's adjustment over the protocol's family of {len(rows)} claims.", "",
+             f"- Confirmatory claims ({len(rows)}), after Holm's adjustment: {tally(adjusted)}; "
+             f"without it: {tally(claims)}.",
+             f"- Not judged: {_declared_counts(verdicts)}.", "",
+             "| id | claim | verdict |", "|---|---|---|"]
+    lines += [f"| {r.id} | {_cell(r.claim['text'])} | "
+              f"{_verdict_cell(r.claim['verdict'], r.adjusted)} |" for r in rows]
+    lines.append("")
+    lines += [f"- **{r.id}.** Paper: {r.claim['paper'] or 'none'}. Ours: {r.claim['ours']}."
+              for r in rows]
+    others = [r for r in verdicts["claims"] if r["status"] != "confirmatory"]
+    lines += ["", "Declared before any confirmatory run, and not judged:", "",
+              "| id | claim | declared |", "|---|---|---|"]
+    lines += [f"| {r['id']} | {_cell(r['text'])} | {r['status']} |" for r in others]
+    lines.append("")
+    lines += [f"- **{r['id']}.** {r['why']}" for r in others]
+    return lines + [""]
+
+
+def _summary(paper_rows, families, checks, failed, figures, verdicts):
     """REPORT's first section, a page: the paper claims by topic, then each family's
     counts, all after Holm's adjustment (``families``: its count lines; ``figures``: the
-    figures' JSON, for the regime's numbers)."""
+    figures' JSON, for the regime's numbers; ``verdicts``: the confirmatory run's, or
+    None)."""
     by_topic = {key: [r for _, rows in paper_rows for r in rows if _topic(r.claim["text"]) == key]
                 for key, _ in _TOPICS}
     lines = ["## Summary", "",
@@ -347,9 +415,13 @@ def _summary(paper_rows, families, checks, failed, figures):
     named = {key: ids.get(text, f'"{text}"') for key, text in _NAMED.items()}
     named["cost_parts"] = _cost_parts(by_topic["cost"])
     named.update(_baselines(figures))
-    lines += [f"- **{title}.** {_topic_line(by_topic[key])}. "
-              f"{SUMMARY_NOTES[key].format(**named)}"
-              for key, title in _TOPICS if by_topic[key]]
+    for key, title in _TOPICS:
+        if key == "accuracy":
+            lines.append("- **Accuracy, confirmatory (declared before its runs, powered).** "
+                         + _confirmatory_summary(verdicts))
+        if by_topic[key]:
+            lines.append(f"- **{title}.** {_topic_line(by_topic[key])}. "
+                         f"{SUMMARY_NOTES[key].format(**named)}")
     lines += ["", "Counts by family, after Holm's adjustment:", ""] + families
     lines += [f"- Sanity and regime checks: {len(checks) - len(failed)} of {len(checks)} pass"
               + (f"; failing: {'; '.join(c.text for c in failed)}" if failed else "")
@@ -393,7 +465,14 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     lines = ["# varshift reproduction of Li et al. (CVPR 2019) at small scale", "",
              f"Settings: {settings}. Every figure has a PNG, an SVG, its numbers (`.json`) and "
              f"its caption (`.caption.md`); wall times are in `timings.json`.", ""]
-    lines += _summary(paper_rows, families, checks, failed, figures)
+    verdicts_path = out / CONFIRMATORY
+    verdicts = json.loads(verdicts_path.read_text()) if verdicts_path.exists() else None
+    if verdicts is not None:
+        rows = _confirmatory_rows(verdicts)
+        families.insert(0, f"- Confirmatory accuracy claims ({len(rows)}): "
+                           f"{_topic_line(rows).split('; ', 1)[0]} ([table]"
+                           f"({_CONFIRMATORY_ANCHOR})).")
+    lines += _summary(paper_rows, families, checks, failed, figures, verdicts)
     lines += ["## How the verdicts are reached", "", PROTOCOL, "",
               "## Paper claims", "",
               "Each table: the claim and its verdict (after Holm's adjustment; raw: without it). "
@@ -401,6 +480,8 @@ def write_report(out: Path, skipped, settings: str) -> Path:
               "± sd of each arm, the mean paired difference with its 95 % interval, and the "
               "number of seeds.", ""]
     lines += _claim_table(paper_rows, "claim")
+    if verdicts is not None:
+        lines += confirmatory_markdown(verdicts)
     lines += ["## Our extensions (not claims of the paper; same rule, counted apart)", ""]
     lines += _claim_table(extension_rows, "extension")
     lines += ["## Sanity and regime checks (not evidence)", ""]
