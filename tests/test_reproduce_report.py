@@ -119,7 +119,9 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     assert ("Of its 3 claims, 1 of 3 hold after Holm's adjustment (A01), 2 without it; "
             "1 contradicted (A08); 1 undecided; 1 declared not testable at this regime and 1 "
             "awaiting their pilot") in summary
-    assert "- Confirmatory accuracy claims (3): 1 of 3 hold after Holm's adjustment (A01)" in summary
+    assert ("- Confirmatory accuracy claims (3): 1 hold, 1 contradicted, 1 undecided (without the "
+            "adjustment: 2 hold, 1 contradicted, 0 undecided)") in summary
+    assert "**Contradicted**: claim A08 (A08)." in summary
     section = report[report.index("## Confirmatory run"):]
     assert "| A05 | claim A05 | undecided (raw: holds) |" in section
     assert "| A08 | claim A08 | **contradicted** |" in section

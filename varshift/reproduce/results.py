@@ -259,29 +259,24 @@ def _topic_line(rows):
 SUMMARY_NOTES = {
     "mechanism": "The shift grows with the drop rate at (a), (a) shifts far more than (b), the "
                  "shift and a mean shift reach later BatchNorm layers (the chain reaction), and "
-                 "Uout shifts less than Dropout: measured with the paper's protocol (real "
-                 "against moving variance on the training data in inference mode). The growth "
+                 "Uout shifts less than Dropout (the paper's protocol: real against moving "
+                 "variance, training data, inference mode). The growth "
                  "with the drop rate ({grow_dense}, {grow_pre}, {grow_wrn}) follows almost "
                  "directly from Eq. 8: low-risk tests.",
     "cost": "Both parts must hold: re-estimating the statistics (Adjust) lowers the error, "
             "and inference-mode training accuracy falls below train mode. Per network (each "
-            "part's paired difference and 95 % interval; the verdict of the row after Holm's "
-            "adjustment): {cost_parts}.",
+            "part's paired difference [95 % interval]; the row's Holm verdict): "
+            "{cost_parts}.{confirmatory_cost}",
     "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach {baselines} "
                 "test error (fig16, against the paper's 4-5 %), so the paper's effects scale "
-                "down {scale}. In the full run (8,000 training sequences, 5 seeds) that puts them "
-                "below the smallest difference 5 seeds detect with 80 % power for nearly every "
-                "accuracy claim (docs/power-analysis.md, section 2: with a paired sd of 0.15 "
-                "points that difference is about 0.25 points, against scaled gains of 0.04 for "
-                "Uout). Undecided here mostly means untested, not absent: the confirmatory "
-                "run (above) is the powered test.",
+                "down {scale}, below what 5 seeds detect with 80 % power for nearly every "
+                "accuracy claim (docs/power-analysis.md, section 2). Undecided here mostly "
+                "means untested, not absent: the confirmatory run (above) is the powered test.",
     "width": "**Confounded by depth in this run**: WRN is 2 blocks of 48 channels and PreResNet "
-             "3 blocks of 16, so wide against thin also compares depths (the review of issue "
-             "24 traces the smaller shift to PreResNet's third block). A sweep of the widen "
-             "factor (1, 2, 4, 8) at fixed depth is planned, not run (docs/power-analysis.md, "
-             "section 5). The MLP rows vary the width alone. The paper's two WRN claims: a "
-             "smaller shift ({wide_shift}) and a smaller cost ({wide_cost}); the d cos^2 and "
-             "MLP rows: {mlp_cos}, {mlp_shift}, {wrn_cos}.",
+             "3 blocks of 16 (the smaller shift comes from PreResNet's third block). A sweep of "
+             "the widen factor (1, 2, 4, 8) at fixed depth is declared "
+             "(`varshift/reproduce/protocols/width.json`) and running. The paper's two WRN "
+             "claims: a smaller shift ({wide_shift}) and a smaller cost ({wide_cost}).",
 }
 
 
@@ -291,9 +286,6 @@ _NAMED = {
     "grow_dense": "DenseNet: the shift grows with the drop rate at (a)",
     "wide_shift": "At (b) drop 0.5 the wide network shifts less than the thin one",
     "wide_cost": "Dropout 0.5 at (b) costs the wide network less test error than the thin one",
-    "mlp_cos": "MLP: d cos^2 grows with the width (32 -> 2048)",
-    "mlp_shift": "MLP: at drop 0.5 (b) the shift shrinks with the width (32 -> 2048)",
-    "wrn_cos": "WRN's filters have a larger d cos^2 than PreResNet's",
 }
 """The rows :data:`SUMMARY_NOTES` names (``{key}``), by claim text: the summary gives their
 ids and verdicts, or their text where a partial run lacks them."""
@@ -351,16 +343,55 @@ def _declared_counts(verdicts):
             f"before any confirmatory run")
 
 
+def _listed(rows, verdict):
+    """``'text (id); text (id)'`` of the ``rows`` whose adjusted verdict is ``verdict``."""
+    return "; ".join(f"{r.claim['text']} ({r.id})" for r in rows if r.adjusted == verdict)
+
+
 def _confirmatory_summary(verdicts):
-    """The summary's sentence on the confirmatory run (or, without ``verdicts``, where
+    """The summary's sentences on the confirmatory run (or, without ``verdicts``, where
     its verdicts will be)."""
     if verdicts is None:
         return _NOT_YET.format(path=Path("figures") / CONFIRMATORY)
     rows = _confirmatory_rows(verdicts)
+    against = _listed(rows, "contradicted")
     return (f"Of its {len(rows)} claims, {_topic_line(rows)}; {_declared_counts(verdicts)}. "
-            f"Regime: {verdicts['regime']}; protocol version {verdicts['version']}, locked in "
-            f"commit {verdicts['commit']} ([table]({_CONFIRMATORY_ANCHOR})). The accuracy "
-            f"verdicts of this report are these; the full run's (next) are exploratory.")
+            + (f"**Contradicted**: {against}. " if against else "")
+            + f"Protocol version {verdicts['version']}, locked in commit {verdicts['commit']}; "
+            f"regime and numbers: [its section]({_CONFIRMATORY_ANCHOR}).")
+
+
+_COST_PARTS = {"re-estimating the statistics lowers the test error at (a) 0.5": "Adjust lowers the "
+                                                                            "test error",
+               "inference-mode training accuracy falls below train mode": "inference-mode "
+                                                                          "training accuracy "
+                                                                          "below train mode"}
+"""The confirmatory claims that test the two parts of the cost question (by text), and
+each part's short name."""
+
+
+def _confirmatory_cost(verdicts):
+    """The cost bullet's sentence on the confirmatory run's rows that test its parts
+    (empty without ``verdicts``)."""
+    rows = _confirmatory_rows(verdicts or {"claims": []})
+    parts = []
+    for text, name in _COST_PARTS.items():
+        tested = [f"{r.claim['text'].split(':', 1)[0]} {r.id}: {r.adjusted}" for r in rows
+                  if text in r.claim["text"]]
+        parts += [f"{name}: {', '.join(tested)}"] if tested else []
+    return f" In the confirmatory run (powered): {'; '.join(parts)}." if parts else ""
+
+
+def _confirmatory_tally(rows):
+    """:func:`~varshift.verdicts.tally` of confirmatory ``rows`` after Holm's adjustment,
+    with the unadjusted one beside it where it differs."""
+    from ..verdicts import Claim, tally
+
+    claims = [Claim(**{k: r.claim[k] for k in Claim.__dataclass_fields__ if k in r.claim})
+              for r in rows]
+    adjusted = tally([Claim(**{**c.__dict__, "verdict": r.adjusted}) for c, r in zip(claims, rows)])
+    raw = tally(claims)
+    return adjusted if adjusted == raw else f"{adjusted} (without the adjustment: {raw})"
 
 
 def confirmatory_markdown(verdicts, heading="##"):
@@ -368,20 +399,15 @@ def confirmatory_markdown(verdicts, heading="##"):
     (:func:`varshift.reproduce.confirm.document`): the protocol, the counts after Holm's
     adjustment, the judged claims as REPORT's other tables (notes below), and the claims
     declared untestable or awaiting their pilot, with the reason declared for each."""
-    from ..verdicts import Claim, tally
-
     rows = _confirmatory_rows(verdicts)
-    claims = [Claim(**{k: r.claim[k] for k in Claim.__dataclass_fields__ if k in r.claim})
-              for r in rows]
-    adjusted = [Claim(**{**c.__dict__, "verdict": r.adjusted}) for c, r in zip(claims, rows)]
     lines = [f"{heading} {CONFIRMATORY_TITLE}", "",
              f"Protocol `confirmatory.json` version {verdicts['version']}, sha256 "
              f"`{verdicts['sha256']}`, locked in commit {verdicts['commit']}; "
              f"{verdicts['regime']}; seeds from {verdicts['first_seed']}, each claim on its "
              f"declared number of seeds (n below). Verdicts: the same paired rule as above, "
              f"with Holm's adjustment over the protocol's family of {len(rows)} claims.", "",
-             f"- Confirmatory claims ({len(rows)}), after Holm's adjustment: {tally(adjusted)}; "
-             f"without it: {tally(claims)}.",
+             f"- Confirmatory claims ({len(rows)}), after Holm's adjustment: "
+             f"{_confirmatory_tally(rows)}.",
              f"- Not judged: {_declared_counts(verdicts)}.", "",
              "| id | claim | verdict |", "|---|---|---|"]
     lines += [f"| {r.id} | {_cell(r.claim['text'])} | "
@@ -408,12 +434,14 @@ def _summary(paper_rows, families, checks, failed, figures, verdicts):
     lines = ["## Summary", "",
              "Li et al.'s claims tested on small 1-D analogs of their networks (MNIST-1D). Counts "
              "are after Holm's adjustment within each family ([how](#how-the-verdicts-are-"
-             "reached)); ids (P: paper claims, E: our extensions, S: sanity checks) point to the "
+             "reached)); ids (P: paper claims, E: our extensions, S: sanity checks, A: the "
+             "confirmatory run's claims) point to the "
              "tables below.", ""]
     ids = {r.claim["text"]: f"{r.id}: {r.adjusted or r.claim['verdict']}"
            for _, rows in paper_rows for r in rows}
     named = {key: ids.get(text, f'"{text}"') for key, text in _NAMED.items()}
     named["cost_parts"] = _cost_parts(by_topic["cost"])
+    named["confirmatory_cost"] = _confirmatory_cost(verdicts)
     named.update(_baselines(figures))
     for key, title in _TOPICS:
         if key == "accuracy":
@@ -470,8 +498,7 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     if verdicts is not None:
         rows = _confirmatory_rows(verdicts)
         families.insert(0, f"- Confirmatory accuracy claims ({len(rows)}): "
-                           f"{_topic_line(rows).split('; ', 1)[0]} ([table]"
-                           f"({_CONFIRMATORY_ANCHOR})).")
+                           f"{_confirmatory_tally(rows)} ([table]({_CONFIRMATORY_ANCHOR})).")
     lines += _summary(paper_rows, families, checks, failed, figures, verdicts)
     lines += ["## How the verdicts are reached", "", PROTOCOL, "",
               "## Paper claims", "",
