@@ -11,8 +11,8 @@ imports varshift and asserts so where it times.
 
 Prints, per network and thread count, the medians over rounds of each process's median
 wall and CPU milliseconds per step (CPU time counts every thread, so threads that spin
-show up there), and the ratios varshift / PyTorch. Targets (issue #11): wall ratio
-<= 1.0 with 2 threads (goal <= 0.7), and no network slower at 2 threads than at 1.
+show up there), and the ratios varshift / PyTorch. Targets (issue #25): wall ratio
+<= 1.0 at 1 and at 2 threads (goal <= 0.7), and no network slower at 2 threads than at 1.
 """
 
 import argparse
