@@ -35,6 +35,30 @@ def rng():
     return np.random.default_rng(12345)
 
 
+FIGURES = Path(__file__).resolve().parents[1] / "figures"
+
+
+@pytest.fixture(scope="session")
+def rendered_report(tmp_path_factory):
+    """REPORT.md rendered from the committed figure and case JSON, NOTES.md and the
+    confirmatory verdicts, as `figures/REPORT.md` is."""
+    import shutil
+
+    from varshift.reproduce.plan import Settings
+    from varshift.reproduce.results import CONFIRMATORY, write_report
+
+    if not (FIGURES / "REPORT.md").exists():
+        pytest.skip("no committed figures")
+    out = tmp_path_factory.mktemp("report")
+    for path in [*FIGURES.glob("fig*.json"), *FIGURES.glob("case-*.json"), FIGURES / "NOTES.md",
+                 FIGURES / CONFIRMATORY]:
+        if path.exists():
+            (out / path.relative_to(FIGURES)).parent.mkdir(exist_ok=True)
+            shutil.copy(path, out / path.relative_to(FIGURES))
+    write_report(out, [], Settings(quick=False).describe() + "; case studies in their quick mode")
+    return (out / "REPORT.md").read_text()
+
+
 #: How to install each package the Keras tests need, for the skip reason.
 INSTALL_HINTS = {
     "keras": "pip install -e '.[keras]'",

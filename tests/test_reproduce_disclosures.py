@@ -5,7 +5,6 @@ its numbers while changes after results exist."""
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 
 from varshift.reproduce import disclosures
 from varshift.reproduce.disclosures import DISCLOSURES, SECTION
-from varshift.reproduce.plan import Settings
 from varshift.reproduce.results import PROTOCOL, write_report
 from varshift.verdicts import Claim, tally
 
@@ -36,17 +34,8 @@ def section(report):
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    """REPORT.md rendered from the committed figure and case JSON (and NOTES.md)."""
-    if not (FIGURES / "REPORT.md").exists():
-        pytest.skip("no committed figures")
-    out = tmp_path_factory.mktemp("report")
-    for path in list(FIGURES.glob("fig*.json")) + list(FIGURES.glob("case-*.json")):
-        shutil.copy(path, out / path.name)
-    if (FIGURES / "NOTES.md").exists():
-        shutil.copy(FIGURES / "NOTES.md", out / "NOTES.md")
-    write_report(out, [], Settings(quick=False).describe() + "; case studies in their quick mode")
-    return (out / "REPORT.md").read_text()
+def rendered(rendered_report):
+    return rendered_report
 
 
 def test_committed_report_is_the_rendered_one(rendered):

@@ -3,30 +3,18 @@ paper's words and our numbers beside every row."""
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from varshift.reproduce.plan import Settings
 from varshift.reproduce.results import CONFIRMATORY, WIDTH, write_report
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    """REPORT.md rendered from the committed figure and case JSON (and NOTES.md)."""
-    if not (FIGURES / "REPORT.md").exists():
-        pytest.skip("no committed figures")
-    out = tmp_path_factory.mktemp("report")
-    for path in [*FIGURES.glob("fig*.json"), *FIGURES.glob("case-*.json"), FIGURES / "NOTES.md",
-                 FIGURES / CONFIRMATORY]:
-        if path.exists():
-            (out / path.relative_to(FIGURES)).parent.mkdir(exist_ok=True)
-            shutil.copy(path, out / path.relative_to(FIGURES))
-    write_report(out, [], Settings(quick=False).describe() + "; case studies in their quick mode")
-    return (out / "REPORT.md").read_text()
+def rendered(rendered_report):
+    return rendered_report
 
 
 @pytest.mark.parametrize("source", ["rendered", "committed"])
@@ -54,7 +42,7 @@ def test_the_summary_comes_first_and_fits_a_page(rendered):
     assert headings[:3] == ["Summary", "How the verdicts are reached", "Paper claims"]
     assert headings.index("Changes after results") > headings.index("Sanity and regime checks (not evidence)")
     summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
-    assert len(summary.split()) < 800  # about a page of prose
+    assert len(summary.split()) < 900  # about a page of prose, with its glossary
     for topic in ("Mechanism", "Accuracy", "Width", "Paper claims (", "Our extensions",
                   "Changes after results"):
         assert topic in summary, topic
@@ -98,15 +86,19 @@ def test_the_summary_states_this_runs_baselines_not_fixed_ones(rendered):
 
 def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     """With a confirmatory ``verdicts.json`` beside the figures, the summary counts its
-    Holm-adjusted verdicts (ids named), and its section lists every declared claim."""
-    def row(i, raw, adjusted):
-        return {"id": i, "status": "confirmatory", "text": f"claim {i}", "why": "sized",
+    Holm-adjusted verdicts (ids named), states what the contradicted claims measured, and
+    its section lists every declared claim."""
+    def row(i, raw, adjusted, estimate, low, high, sized_for):
+        return {"id": i, "status": "confirmatory", "text": f"net: claim {i}", "why": "sized",
                 "paper": f"paper {i}", "ours": f"ours {i}", "verdict": raw, "kind": "claim",
-                "rule": "", "p_holds": 0.01, "p_against": 0.9, "n": 11, "holm": adjusted}
+                "rule": "", "p_holds": 0.01, "p_against": 0.9, "n": 11, "holm": adjusted,
+                "estimate": estimate, "low": low, "high": high, "sd": 0.5, "direction": 1,
+                "sized_for": sized_for}
     verdicts = {"version": 2, "sha256": "f" * 64, "commit": "abc1234", "first_seed": 100,
-                "regime": "240 epochs on 1,000 sequences",
-                "claims": [row("A01", "holds", "holds"), row("A05", "holds", "undecided"),
-                           row("A08", "contradicted", "contradicted"),
+                "regime": "240 epochs on 1,000 sequences", "train_sequences": 1000,
+                "claims": [row("A01", "holds", "holds", 1.0, 0.5, 1.5, 1.2),
+                           row("A05", "holds", "undecided", 0.4, 0.05, 0.75, 2.0),
+                           row("A08", "contradicted", "contradicted", -0.9, -1.3, -0.5, 1.5),
                            {"id": "A02", "status": "awaiting its pilot", "text": "claim A02",
                             "why": "its arm was not piloted"},
                            {"id": "A03", "status": "not testable at this regime",
@@ -116,15 +108,40 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     write_report(tmp_path, [], "test")
     report = (tmp_path / "REPORT.md").read_text()
     summary = report[report.index("## Summary"):report.index("## How the verdicts")]
-    assert ("Of its 3 claims, 1 of 3 hold after Holm's adjustment (A01), 2 without it; "
-            "1 contradicted (A08); 1 undecided; 1 declared not testable at this regime and 1 "
-            "awaiting their pilot") in summary
+    assert "**Accuracy at 1,000 training sequences, confirmatory" in summary
+    assert ("1 of 3 hold after Holm's adjustment (A01), 2 without it; 1 contradicted (A08); "
+            "1 undecided; 1 declared not testable at this regime and 1 awaiting their pilot") in summary
+    assert "net: claim A08 (A08: -0.90 [-1.30, -0.50])" in summary  # what was measured
+    # A05's interval [0.05, 0.75] excludes the 2.0 it was sized for: smaller than sized for
+    assert "excludes the effect the claim was sized for: A05." in summary
     assert ("- Confirmatory accuracy claims (3): 1 hold, 1 contradicted, 1 undecided (without the "
             "adjustment: 2 hold, 1 contradicted, 0 undecided)") in summary
-    assert "**Contradicted**: claim A08 (A08)." in summary
     section = report[report.index("## Confirmatory run"):]
-    assert "| A05 | claim A05 | undecided (raw: holds) |" in section
-    assert "| A08 | claim A08 | **contradicted** |" in section
-    assert "- **A01.** Paper: paper A01. Ours: ours A01." in section
+    assert "| A05 | net: claim A05 | undecided (raw: holds) |" in section
+    assert "| A08 | net: claim A08 | **contradicted** |" in section
+    assert ("- **A08.** Paper: paper A08. Ours: mean paired difference -0.90 points (95 % CI -1.30 "
+            "to -0.50; sd across seeds 0.50; n = 11), against the paper's direction; sized to "
+            "detect +1.50") in section
+    assert "which the interval includes" in section and "which the interval excludes" in section
     assert "| A03 | claim A03 | not testable at this regime |" in section
     assert "- **A02.** its arm was not piloted" in section
+
+
+def test_the_cost_question_is_answered_per_network_from_its_confirmatory_parts():
+    from varshift.reproduce.results import _confirmatory_cost
+
+    def part(i, text, adjusted, estimate):
+        return {"id": i, "status": "confirmatory", "text": text, "holm": adjusted,
+                "estimate": estimate}
+    adjust = "re-estimating the statistics lowers the test error at (a) 0.5"
+    below = "with Dropout 0.5 (a), inference-mode training accuracy falls below train mode"
+    verdicts = {"train_sequences": 1000, "claims": [
+        part("A1", f"Net1: {adjust}", "holds", -1.0), part("A2", f"Net1: {below}", "holds", 1.0),
+        part("A3", f"Net2: {adjust}", "contradicted", 0.8),
+        part("A4", f"Net2: {below}", "holds", 1.3),
+        part("A5", f"Net3: {below}", "undecided", 0.1)]}
+    text = _confirmatory_cost(verdicts)
+    assert text.startswith(" Confirmatory at 1,000 sequences: Net1: yes (")
+    assert "Net2: no (" in text and "Net3: not settled (" in text
+    assert "+0.80 points, A3: contradicted" in text
+    assert _confirmatory_cost(None) == ""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .. import tasks as _tasks
 from .._files import atomic_write
 from .._json import json_ready
@@ -27,6 +29,8 @@ __all__ = ["CACHE", "REPORT", "progress", "judge", "document", "main"]
 CACHE = Path("figures/confirmatory/tasks")
 """Where the confirmatory runs are cached (relative to the repository root)."""
 REPORT = Path("figures") / CONFIRMATORY
+SIZING = Path("figures/power/power.json")
+"""The pilot's power table, whose ``'pilot'`` rows sized the confirmatory claims."""
 
 
 def progress(proto, cache=CACHE):
@@ -46,15 +50,17 @@ def _runs(proto, cache):
     return runs
 
 
-def judge(proto, cache=CACHE):
+def judge(proto, cache=CACHE, sizing=SIZING):
     """Every claim of ``proto`` with its verdict, from the finished runs.
 
     Returns
     -------
     list of dict
         Per claim: ``id``, ``status``, the :class:`~varshift.verdicts.Claim` fields
-        (``verdict`` unadjusted) and ``holm`` (the adjusted verdict; confirmatory
-        claims only).
+        (``verdict`` unadjusted), ``holm`` (the adjusted verdict), ``sd`` (of the
+        per-seed differences), ``direction`` (the paper's sign) and ``sized_for`` (the
+        effect the pilot table ``sizing`` sized the claim for; None where it gives
+        none): the last five for confirmatory claims only.
 
     Raises
     ------
@@ -69,7 +75,7 @@ def judge(proto, cache=CACHE):
         raise FileNotFoundError(f"{done} of {declared} declared runs are in {cache}: verdicts wait "
                                 "for all of them")
     runs = _runs(proto, cache)
-    judged = []
+    judged, sds = [], {}
     for c in proto.confirmatory:
         wanted = range(proto.first_seed, proto.first_seed + c.seeds)
         mine = {arm: {s: r for s, r in runs[arm].items() if s in wanted} for arm in c.claim.arms}
@@ -77,6 +83,7 @@ def judge(proto, cache=CACHE):
         if len(seeds) != c.seeds:
             raise FileNotFoundError(f"claim {c.id} needs seeds {wanted.start}-{wanted.stop - 1} "
                                     f"in every arm; {cache} has {seeds}")
+        sds[c.id] = float(np.std(d, ddof=1))
         judged.append(Claim.paired(c.claim.text, c.paper_source, d, 0.0, direction=c.claim.direction,
                                    min_effect=c.claim.margin or 0.0, unit=" points",
                                    names=("difference", "0")))
@@ -84,13 +91,25 @@ def judge(proto, cache=CACHE):
     adjusted = {}
     for family in proto.families:  # each family adjusted on its own
         adjusted.update(zip(family, holm([by_id[i] for i in family])))
+    sized_for = _sized_for(sizing)
     rows = []
     for c in proto.claims:
         row = {"id": c.id, "status": c.status, "text": c.claim.text, "why": c.why}
         if c.status == "confirmatory":
-            row.update(by_id[c.id].__dict__, holm=adjusted[c.id])
+            row.update(by_id[c.id].__dict__, holm=adjusted[c.id], sd=sds[c.id],
+                       direction=c.claim.direction, sized_for=sized_for.get(c.claim.text))
         rows.append(row)
     return rows
+
+
+def _sized_for(sizing):
+    """Claim text -> the effect the pilot table ``sizing`` sized it for (the paper's,
+    scaled to the pilot's error level; points), from its ``'pilot'`` rows; empty where
+    the file does not exist."""
+    if not Path(sizing).exists():
+        return {}
+    rows = json.loads(Path(sizing).read_text())["pilot"]["rows"]
+    return {r["text"]: r["scaled"] for r in rows if r.get("scaled") is not None}
 
 
 def document(proto, record, rows) -> dict:
@@ -98,6 +117,7 @@ def document(proto, record, rows) -> dict:
     its regime and first seed, and :func:`judge`'s ``rows``."""
     return json_ready({"version": proto.version, "sha256": proto.sha256, "commit": record["commit"],
                        "regime": proto.settings.describe().split("; ", 2)[-1],
+                       "train_sequences": proto.settings.train_sequences,
                        "first_seed": proto.first_seed, "claims": rows})
 
 

@@ -214,6 +214,17 @@ def _counted_before() -> list:
             "|---|---|", *rows]
 
 
+GLOSSARY = (
+    "*Terms.* (a): Dropout right before a BatchNorm; (b): Dropout before a block's last "
+    "convolution, so a weight layer lies between it and the next BatchNorm. Shift: how far a "
+    "BatchNorm's moving variance is from the variance it meets in inference mode (Dropout "
+    "off). Adjust: re-estimating BatchNorm's statistics on the training data with Dropout "
+    "off (the paper's Table 3). Holm: the correction for testing many claims at once; raw: "
+    "without it. Powered: seeds chosen in advance to give 80 % power for the paper's effect "
+    "scaled to our error level.")
+"""The summary's definitions, for a reader who starts there."""
+_FULL_RUN = "Full run (exploratory): "
+
 _TOPICS = (
     ("mechanism", "Mechanism: the variance shift itself"),
     ("cost", "Is the accuracy cost the shift's? (rows added after results)"),
@@ -259,14 +270,12 @@ def _topic_line(rows):
 SUMMARY_NOTES = {
     "mechanism": "The shift grows with the drop rate at (a), (a) shifts far more than (b), the "
                  "shift and a mean shift reach later BatchNorm layers (the chain reaction), and "
-                 "Uout shifts less than Dropout (the paper's protocol: real against moving "
-                 "variance, training data, inference mode). The growth "
+                 "Uout shifts less than Dropout. The growth "
                  "with the drop rate ({grow_dense}, {grow_pre}, {grow_wrn}) follows almost "
                  "directly from Eq. 8: low-risk tests.",
-    "cost": "Both parts must hold: re-estimating the statistics (Adjust) lowers the error, "
-            "and inference-mode training accuracy falls below train mode. Per network (each "
-            "part's paired difference [95 % interval]; the row's Holm verdict): "
-            "{cost_parts}.{confirmatory_cost}",
+    "cost": "Both parts must hold: Adjust (re-estimating BatchNorm's statistics with Dropout "
+            "off, the paper's Table 3) lowers the error, and inference-mode training accuracy "
+            "falls below train mode.{confirmatory_cost}",
     "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach {baselines} "
                 "test error (fig16, against the paper's 4-5 %), so the paper's effects scale "
                 "down {scale}, below what 5 seeds detect with 80 % power for nearly every "
@@ -308,14 +317,6 @@ def _baselines(figures):
             "scale": f"by a factor of about {factor:.1f}"}
 
 
-def _cost_parts(rows):
-    """The rows asking whether (a)'s cost is the shift's, each as its network, its id and
-    verdict after Holm's adjustment, and our numbers (the parts' differences)."""
-    return "; ".join(f"{r.claim['text'].split(':', 1)[0]} ({r.id}: "
-                     f"{r.adjusted or r.claim['verdict']}): {r.claim['ours']}"
-                     for r in rows) or "no such row in this run"
-
-
 CONFIRMATORY = Path("confirmatory/verdicts.json")
 """The confirmatory run's verdicts (:mod:`varshift.reproduce.confirm`), relative to the
 figures' folder."""
@@ -340,12 +341,29 @@ def _declared_counts(verdicts):
     statuses = [r["status"] for r in verdicts["claims"]]
     return (f"{statuses.count('not testable at this regime')} declared not testable at this "
             f"regime and {statuses.count('awaiting its pilot')} awaiting their pilot, both "
-            f"before any confirmatory run")
+            f"in the protocol before any verdict was computed")
 
 
-def _listed(rows, verdict):
-    """``'text (id); text (id)'`` of the ``rows`` whose adjusted verdict is ``verdict``."""
-    return "; ".join(f"{r.claim['text']} ({r.id})" for r in rows if r.adjusted == verdict)
+def _direction(row):
+    """Whether a confirmatory row's mean difference lies in the paper's direction."""
+    sign = row["estimate"] * row["direction"]
+    return "in the paper's direction" if sign > 0 else "against the paper's direction" if sign < 0 else "zero"
+
+
+def _measured(row):
+    """A confirmatory row's numbers in words: the mean paired difference with its 95 %
+    interval, the sd across seeds and n, which way it points, and the effect the claim
+    was sized for (with whether the interval excludes it: a description, not a test)."""
+    text = (f"mean paired difference {row['estimate']:+.2f} points (95 % CI {row['low']:+.2f} to "
+            f"{row['high']:+.2f}; sd across seeds {row['sd']:.2f}; n = {row['n']}), "
+            f"{_direction(row)}")
+    sized = row.get("sized_for")
+    if sized is not None:
+        inside = row["low"] <= sized <= row["high"]
+        text += (f"; sized to detect {sized:+.2f} (the paper's effect scaled to the pilot's error "
+                 f"level), which the interval {'includes' if inside else 'excludes'} (a "
+                 f"description, not a declared test)")
+    return text
 
 
 def _confirmatory_summary(verdicts):
@@ -354,32 +372,50 @@ def _confirmatory_summary(verdicts):
     if verdicts is None:
         return _NOT_YET.format(path=Path("figures") / CONFIRMATORY)
     rows = _confirmatory_rows(verdicts)
-    against = _listed(rows, "contradicted")
-    return (f"Of its {len(rows)} claims, {_topic_line(rows)}; {_declared_counts(verdicts)}. "
-            + (f"**Contradicted**: {against}. " if against else "")
+    against = "; ".join(f"{r.claim['text']} ({r.id}: {r.claim['estimate']:+.2f} "
+                        f"[{r.claim['low']:+.2f}, {r.claim['high']:+.2f}])"
+                        for r in rows if r.adjusted == "contradicted")
+    small = [r.id for r in rows if r.adjusted == "undecided" and r.claim.get("sized_for") is not None
+             and not r.claim["low"] <= r.claim["sized_for"] <= r.claim["high"]]
+    return (f"{_topic_line(rows)}; {_declared_counts(verdicts)}. "
+            + (f"**Contradicted** (the paper's statement; our mean paired difference in points "
+               f"and its 95 % interval, against the paper's direction): {against}. "
+               if against else "")
+            + (f"Undecided, with an interval that excludes the effect the claim was sized for: "
+               f"{', '.join(small)}. " if small else "")
             + f"Protocol version {verdicts['version']}, locked in commit {verdicts['commit']}; "
             f"regime and numbers: [its section]({_CONFIRMATORY_ANCHOR}).")
 
 
-_COST_PARTS = {"re-estimating the statistics lowers the test error at (a) 0.5": "Adjust lowers the "
-                                                                            "test error",
-               "inference-mode training accuracy falls below train mode": "inference-mode "
-                                                                          "training accuracy "
-                                                                          "below train mode"}
+_COST_PARTS = {"re-estimating the statistics lowers the test error at (a) 0.5":
+               "Adjust changed the (a) 0.5 test error by",
+               "inference-mode training accuracy falls below train mode":
+               "inference-mode training accuracy trails train mode by"}
 """The confirmatory claims that test the two parts of the cost question (by text), and
-each part's short name."""
+how each part's number reads."""
 
 
 def _confirmatory_cost(verdicts):
-    """The cost bullet's sentence on the confirmatory run's rows that test its parts
-    (empty without ``verdicts``)."""
-    rows = _confirmatory_rows(verdicts or {"claims": []})
-    parts = []
-    for text, name in _COST_PARTS.items():
-        tested = [f"{r.claim['text'].split(':', 1)[0]} {r.id}: {r.adjusted}" for r in rows
-                  if text in r.claim["text"]]
-        parts += [f"{name}: {', '.join(tested)}"] if tested else []
-    return f" In the confirmatory run (powered): {'; '.join(parts)}." if parts else ""
+    """The cost bullet's answer per network from the confirmatory rows that test its parts
+    (empty without ``verdicts``): no where a part is contradicted, yes where every part
+    holds, not settled otherwise."""
+    by_arch = {}
+    for r in _confirmatory_rows(verdicts or {"claims": []}):
+        for text, reads in _COST_PARTS.items():
+            if text in r.claim["text"]:
+                by_arch.setdefault(r.claim["text"].split(":", 1)[0], []).append((reads, r))
+    answers = []
+    for arch, parts in by_arch.items():
+        found = [r.adjusted for _, r in parts]
+        answer = ("no" if "contradicted" in found else "yes" if len(parts) == len(_COST_PARTS)
+                  and set(found) == {"holds"} else "not settled")
+        answers.append(f"{arch}: {answer} (" + "; ".join(
+            f"{reads} {r.claim['estimate']:+.2f} points, {r.id}: {r.adjusted}" for reads, r in parts)
+            + ")")
+    if not answers:
+        return ""
+    size = f" at {verdicts['train_sequences']:,} sequences" if verdicts.get("train_sequences") else ""
+    return f" Confirmatory{size}: " + "; ".join(answers) + "."
 
 
 def _confirmatory_tally(rows):
@@ -413,7 +449,7 @@ def confirmatory_markdown(verdicts, heading="##"):
     lines += [f"| {r.id} | {_cell(r.claim['text'])} | "
               f"{_verdict_cell(r.claim['verdict'], r.adjusted)} |" for r in rows]
     lines.append("")
-    lines += [f"- **{r.id}.** Paper: {r.claim['paper'] or 'none'}. Ours: {r.claim['ours']}."
+    lines += [f"- **{r.id}.** Paper: {r.claim['paper'] or 'none'}. Ours: {_measured(r.claim)}."
               for r in rows]
     others = [r for r in verdicts["claims"] if r["status"] != "confirmatory"]
     lines += ["", "Declared before any confirmatory run, and not judged:", "",
@@ -436,19 +472,21 @@ def _summary(paper_rows, families, checks, failed, figures, verdicts):
              "are after Holm's adjustment within each family ([how](#how-the-verdicts-are-"
              "reached)); ids (P: paper claims, E: our extensions, S: sanity checks, A: the "
              "confirmatory run's claims) point to the "
-             "tables below.", ""]
+             "tables below.", "", GLOSSARY, ""]
     ids = {r.claim["text"]: f"{r.id}: {r.adjusted or r.claim['verdict']}"
            for _, rows in paper_rows for r in rows}
     named = {key: ids.get(text, f'"{text}"') for key, text in _NAMED.items()}
-    named["cost_parts"] = _cost_parts(by_topic["cost"])
     named["confirmatory_cost"] = _confirmatory_cost(verdicts)
     named.update(_baselines(figures))
     for key, title in _TOPICS:
         if key == "accuracy":
-            lines.append("- **Accuracy, confirmatory (declared before its runs, powered).** "
-                         + _confirmatory_summary(verdicts))
+            size = (f" at {verdicts['train_sequences']:,} training sequences"
+                    if verdicts and verdicts.get("train_sequences") else "")
+            lines.append(f"- **Accuracy{size}, confirmatory (claims and seeds fixed in advance; "
+                         f"powered).** " + _confirmatory_summary(verdicts))
         if by_topic[key]:
-            lines.append(f"- **{title}.** {_topic_line(by_topic[key])}. "
+            lines.append(f"- **{title}.** {_FULL_RUN if key == 'cost' else ''}"
+                         f"{_topic_line(by_topic[key])}. "
                          f"{SUMMARY_NOTES[key].format(**named)}")
     lines += ["", "Counts by family, after Holm's adjustment:", ""] + families
     lines += [f"- Sanity and regime checks: {len(checks) - len(failed)} of {len(checks)} pass"
