@@ -161,15 +161,21 @@ def _claim_table(groups, kind, heading_level="###"):
     _, column, label = _KINDS[kind]
     lines = []
     for f, rows in groups:
-        lines += [f"{heading_level} {f.get('title', f['name'])} (`{f['name']}`)", "",
-                  "| id | claim | verdict |", "|---|---|---|"]
-        lines += [f"| {r.id} | {_cell(r.claim['text'])} | "
-                  f"{_verdict_cell(r.claim['verdict'], r.adjusted)} |" for r in rows]
-        lines.append("")
-        lines += [f"- **{r.id}.** {label}: {r.claim['paper'] or 'none'}. Ours: {r.claim['ours']}."
-                  for r in rows]
-        lines.append("")
+        lines += [f"{heading_level} {f.get('title', f['name'])} (`{f['name']}`)", ""]
+        lines += _rows_table(rows, label) + [""]
     return lines
+
+
+def _rows_table(rows, label, ours=lambda claim: claim["ours"]):
+    """A table of id, claim and verdict (Holm's, raw beside it where they differ), then a
+    note per row: ``label`` (the paper's words, or the source, or what is expected) and
+    ``ours(claim)``."""
+    lines = ["| id | claim | verdict |", "|---|---|---|"]
+    lines += [f"| {r.id} | {_cell(r.claim['text'])} | "
+              f"{_verdict_cell(r.claim['verdict'], r.adjusted)} |" for r in rows]
+    lines.append("")
+    return lines + [f"- **{r.id}.** {label}: {r.claim['paper'] or 'none'}. Ours: {ours(r.claim)}."
+                    for r in rows]
 
 
 def _adjusted(groups, kind):
@@ -444,15 +450,10 @@ def confirmatory_markdown(verdicts, heading="##"):
              f"with Holm's adjustment over the protocol's family of {len(rows)} claims.", "",
              f"- Confirmatory claims ({len(rows)}), after Holm's adjustment: "
              f"{_confirmatory_tally(rows)}.",
-             f"- Not judged: {_declared_counts(verdicts)}.", "",
-             "| id | claim | verdict |", "|---|---|---|"]
-    lines += [f"| {r.id} | {_cell(r.claim['text'])} | "
-              f"{_verdict_cell(r.claim['verdict'], r.adjusted)} |" for r in rows]
-    lines.append("")
-    lines += [f"- **{r.id}.** Paper: {r.claim['paper'] or 'none'}. Ours: {_measured(r.claim)}."
-              for r in rows]
+             f"- Not judged: {_declared_counts(verdicts)}.", ""]
+    lines += _rows_table(rows, "Paper", _measured)
     others = [r for r in verdicts["claims"] if r["status"] != "confirmatory"]
-    lines += ["", "Declared before any confirmatory run, and not judged:", "",
+    lines += ["", "Declared in the protocol before any verdict, and not judged:", "",
               "| id | claim | declared |", "|---|---|---|"]
     lines += [f"| {r['id']} | {_cell(r['text'])} | {r['status']} |" for r in others]
     lines.append("")
