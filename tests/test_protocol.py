@@ -159,3 +159,59 @@ def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
     assert proto.sha256 in text and "abc1234" in text and "A40" in text
     assert "| A01 | PreResNet: drop 0.5 at (a) raises the test error | holds |" in text
     assert f"- **A02.** {by_id_all['A02']['why']}" in text  # a claim awaiting its pilot, with why
+
+
+def test_the_reestimation_protocol_reruns_the_confirmatory_networks_with_two_more_estimates():
+    proto = protocol.load(protocol.REESTIMATION)
+    tasks = proto.tasks()
+    assert proto.task_options == {"reestimate": True} and len(tasks) == 46
+    assert {t.params["arch"] for t in tasks} == {"PreResNet", "DenseNet"}
+    assert all(t.params["reestimate"] and t.params["placement"] == "a" and t.params["rate"] == 0.5
+               for t in tasks)
+    assert sorted({t.params["seed"] for t in tasks}) == list(range(100, 123))
+    # without the option, the same seed and arm is the confirmatory run's task: same network
+    confirmatory = {t.key: t for t in protocol.load().tasks()}
+    for task in tasks:
+        p = {k: v for k, v in task.params.items() if k != "reestimate"}
+        twin = network_task(proto.settings, p["arch"], "a", 0.5, p["seed"])
+        assert twin.key in confirmatory and twin.params == p
+    assert [c.id for c in proto.confirmatory] == [f"R0{i}" for i in range(1, 7)]
+    assert proto.families == (tuple(f"R0{i}" for i in range(1, 7)),)
+
+
+def test_task_options_are_limited_to_what_train_network_takes(tmp_path):
+    doc = json.loads(protocol.REESTIMATION.read_text())
+    doc["task_options"] = {"widen": 2}
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="task_options may set only"):
+        protocol.load(bad)
+
+
+def test_reestimation_verdicts_need_the_same_networks_as_the_confirmatory_runs(tmp_path):
+    proto = protocol.load(protocol.REESTIMATION)
+    cache, twins = tmp_path / "cache", tmp_path / "twins"
+    rng = np.random.default_rng(1)
+    for task in proto.tasks():
+        p = task.params
+        error = 4.0 + rng.normal(0, 0.3)
+        result = {"test_error": error, "recalibrated": {"test_error": error + 1.0},
+                  "reestimated": {"dropout_on": error + 0.05, "unused": error + 0.9}}
+        _tasks._store(cache, task, result, 1.0)
+        twin = network_task(proto.settings, p["arch"], "a", 0.5, p["seed"])
+        _tasks._store(twins, twin, {k: result[k] for k in ("test_error", "recalibrated")}, 1.0)
+    rows = {r["id"]: r for r in confirm.judge(proto, cache, twins=twins)}
+    assert rows["R01"]["holm"] == "holds"  # Dropout on: +0.05 against Adjust's +1.0
+    assert rows["R03"]["holm"] == "holds" and rows["R05"]["holm"] == "holds"  # 0.9 vs 1.0
+    # a twin whose numbers differ is not the same network: no verdict
+    twin = network_task(proto.settings, "DenseNet", "a", 0.5, 100)
+    _tasks._store(twins, twin, {"test_error": 0.0, "recalibrated": {"test_error": 1.0}}, 1.0)
+    with pytest.raises(RuntimeError, match="not the same"):
+        confirm.judge(proto, cache, twins=twins)
+
+
+def test_power_reads_the_other_reestimates():
+    result = {"test_error": 3.0, "recalibrated": {"test_error": 4.0},
+              "reestimated": {"dropout_on": 3.1, "unused": 3.9}}
+    assert [power.accuracy(result, q) for q in
+            ("test", "adjusted", "adjusted_dropout_on", "adjusted_unused")] == [3.0, 4.0, 3.1, 3.9]

@@ -117,3 +117,20 @@ def test_a_dask_cluster_gives_the_serial_results(serial):
             distributed.Client(cluster) as client:
         results, _ = tasks.run(TASKS, client=client)
     assert results == serial
+
+
+def test_reestimate_adds_two_estimates_and_changes_nothing_else():
+    from varshift._json import json_ready
+    from varshift.reproduce.experiments import UNUSED, train_network
+
+    args = {"arch": "PreResNet", "placement": "a", "rate": 0.5, "seed": 3, "epochs": 1,
+            "num_samples": 3000, "n_train": 200}
+    plain = train_network(**args)
+    more = train_network(**args, reestimate=True)
+    extra = more.pop("reestimated")
+    assert (json.dumps(json_ready(more), sort_keys=True)
+            == json.dumps(json_ready(plain), sort_keys=True))
+    assert set(extra) == {"dropout_on", "unused"}
+    assert all(0.0 <= v <= 100.0 for v in extra.values())
+    with pytest.raises(ValueError, match="reestimate needs n_train"):
+        train_network(**{**args, "n_train": 3000 * 4 // 5 - UNUSED + 1}, reestimate=True)

@@ -1,6 +1,7 @@
 """The confirmatory run of issue 24: the locked protocol's claims on fresh seeds.
 
-Run it from the repository root with ``python -m varshift.reproduce.confirm`` (``--jobs``):
+Run it from the repository root with ``python -m varshift.reproduce.confirm`` (``--jobs``;
+``--protocol reestimation`` runs the other protocol of the same format, :data:`PROTOCOLS`):
 it locks :mod:`varshift.reproduce.protocol`'s file on its first run, then trains every
 declared run into :data:`CACHE` (resumable: finished runs are skipped). ``--report``
 computes nothing: until every declared run exists it only says how many are done (no
@@ -22,9 +23,10 @@ from .._files import atomic_write
 from .._json import json_ready
 from ..verdicts import Claim, holm
 from . import power, protocol
-from .results import CONFIRMATORY, confirmatory_markdown
+from .plan import network_task
+from .results import CONFIRMATORY, CONFIRMATORY_TITLE, confirmatory_markdown
 
-__all__ = ["CACHE", "REPORT", "progress", "judge", "document", "main"]
+__all__ = ["CACHE", "REPORT", "PROTOCOLS", "progress", "judge", "document", "main"]
 
 CACHE = Path("figures/confirmatory/tasks")
 """Where the confirmatory runs are cached (relative to the repository root)."""
@@ -50,8 +52,19 @@ def _runs(proto, cache):
     return runs
 
 
-def judge(proto, cache=CACHE, sizing=SIZING):
+def judge(proto, cache=CACHE, sizing=SIZING, twins=CACHE):
     """Every claim of ``proto`` with its verdict, from the finished runs.
+
+    Parameters
+    ----------
+    proto : protocol.Protocol
+    cache : path
+        The protocol's runs.
+    sizing : path
+        The pilot's power table (``sized_for``).
+    twins : path
+        The confirmatory run's cache, whose runs must equal those of a protocol with
+        ``task_options`` where they train the same network (:func:`_check_twins`).
 
     Returns
     -------
@@ -68,12 +81,15 @@ def judge(proto, cache=CACHE, sizing=SIZING):
         If a declared run is missing (verdicts wait for every declared seed).
     ProtocolChanged
         If the file changed after its runs were locked.
+    RuntimeError
+        If a run differs from its twin in ``twins``.
     """
     protocol.check(proto, cache)
     done, declared = progress(proto, cache)
     if done < declared:
         raise FileNotFoundError(f"{done} of {declared} declared runs are in {cache}: verdicts wait "
                                 "for all of them")
+    _check_twins(proto, cache, twins)
     runs = _runs(proto, cache)
     judged, sds = [], {}
     for c in proto.confirmatory:
@@ -102,6 +118,32 @@ def judge(proto, cache=CACHE, sizing=SIZING):
     return rows
 
 
+def _check_twins(proto, cache, twins):
+    """A protocol whose runs take ``task_options`` trains the same networks as the runs
+    without them (same seed, same arm): where such a twin is in ``twins``, its test error
+    and its error after Adjust must equal this run's exactly.
+
+    Raises
+    ------
+    RuntimeError
+        Naming the run and both values, if any differs.
+    """
+    if not proto.task_options:
+        return
+    for task in proto.tasks():
+        p = {k: v for k, v in task.params.items() if k not in proto.task_options}
+        twin = network_task(proto.settings, p["arch"], p["placement"], p["rate"], p["seed"],
+                            p["noise"])
+        mine, theirs = (_tasks.cached([t], c).get(t.key) for t, c in ((task, cache), (twin, twins)))
+        if mine is None or theirs is None:
+            continue
+        for quantity in ("test", "adjusted"):
+            a, b = (power.accuracy(r["result"], quantity) for r in (mine, theirs))
+            if a != b:
+                raise RuntimeError(f"{task.key}: {quantity} error {a} differs from {b} of the same "
+                                   f"network in {twins} ({twin.key}); the runs are not the same")
+
+
 def _sized_for(sizing):
     """Claim text -> the effect the pilot table ``sizing`` sized it for (the paper's,
     scaled to the pilot's error level; points), from its ``'pilot'`` rows; empty where
@@ -121,32 +163,46 @@ def document(proto, record, rows) -> dict:
                        "first_seed": proto.first_seed, "claims": rows})
 
 
+PROTOCOLS = {
+    "confirmatory": (protocol.PATH, CACHE, CONFIRMATORY_TITLE),
+    "reestimation": (protocol.REESTIMATION, Path("figures/reestimation/tasks"),
+                     "Re-estimating the statistics three ways (an extension)"),
+}
+"""``--protocol`` name -> (protocol file, default cache, title of its verdicts)."""
+
+
 def main(argv=None):
     """Command line: lock the protocol, then run (or report on) its declared runs."""
-    args = protocol.runner_arguments(
-        "confirm", __doc__.splitlines()[0], CACHE,
-        f"write {REPORT} once every declared run exists, else say how many do").parse_args(argv)
-    proto = protocol.load()
+    parser = protocol.runner_arguments(
+        "confirm", __doc__.splitlines()[0], None,
+        "write verdicts.json (and .md) beside the cache once every declared run exists, else "
+        "say how many do")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="confirmatory",
+                        help="which protocol file (default: confirmatory)")
+    args = parser.parse_args(argv)
+    path, cache, title = PROTOCOLS[args.protocol]
+    cache = args.cache or cache
+    proto = protocol.load(path)
     if args.report:
-        record = protocol.check(proto, args.cache)
-        done, declared = progress(proto, args.cache)
+        record = protocol.check(proto, cache)
+        done, declared = progress(proto, cache)
         if record is None or done < declared:
             print(f"{done} of {declared} declared runs done; verdicts wait for all of them")
             return
-        rows = judge(proto, args.cache)
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
+        rows = judge(proto, cache)
+        report = cache.parent / REPORT.name
         verdicts = document(proto, record, rows)
-        with atomic_write(REPORT, "w", owner="confirm.report") as f:
+        with atomic_write(report, "w", owner="confirm.report") as f:
             f.write(json.dumps(verdicts, indent=1) + "\n")
-        text = "\n".join(confirmatory_markdown(verdicts, "#")) + "\n"
-        with atomic_write(REPORT.with_suffix(".md"), "w", owner="confirm.report") as f:
+        text = "\n".join(confirmatory_markdown(verdicts, "#", title)) + "\n"
+        with atomic_write(report.with_suffix(".md"), "w", owner="confirm.report") as f:
             f.write(text)
         print(text)
         return
-    record = protocol.lock(proto, args.cache)
+    record = protocol.lock(proto, cache)
     print(f"protocol version {proto.version} (sha256 {proto.sha256[:12]}, commit "
           f"{record['commit']}): {len(proto.tasks())} runs", flush=True)
-    _tasks.run(proto.tasks(), args.cache, jobs=args.jobs, progress=True)
+    _tasks.run(proto.tasks(), cache, jobs=args.jobs, progress=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ with the same seed are paired.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -22,9 +23,12 @@ from ..nn.layer import modes, preserved
 from ..theory import test_variance, train_variance, weight_cos2
 from .networks import ARCHITECTURES, mlp, preresnet, seeded
 
-__all__ = ["network", "train_network", "initial_weights", "train_mlp", "train_stale", "mnist1d", "cosine_lr"]
+__all__ = ["UNUSED", "network", "train_network", "initial_weights", "train_mlp", "train_stale", "mnist1d", "cosine_lr"]
 
 TRACKED = 2000  # training samples evaluated after every epoch (train vs eval mode)
+UNUSED = 2000
+"""Training sequences after the first ``n_train`` that ``train_network(reestimate=True)``
+re-estimates the statistics on."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -223,7 +227,7 @@ def initial_weights(arch, seed, widen=None):
 
 def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dropout",
                   lr=3e-3, batch_size=100, track=False, momentum=None, n_train=None,
-                  widen=None):
+                  widen=None, reestimate=False):
     """Train one 1-D network on MNIST-1D and measure it (one task of the sweep).
 
     Parameters
@@ -254,6 +258,13 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
         PreResNet's width factor at fixed depth (:func:`network`). Default: the
         architecture's own width; tasks leave it out then, so that their keys are
         those of the runs computed before it existed.
+    reestimate : bool, default False
+        Also re-estimate the statistics two other ways than Adjust, each on a copy of
+        the trained network (so every other number is that of the same run without
+        it): with Dropout *on*, on the training sequences; and with Dropout off, on the
+        :data:`UNUSED` training sequences that follow the first ``n_train`` (never
+        trained on). Their test errors go to ``reestimated`` (``dropout_on``,
+        ``unused``). Needs ``n_train``.
 
     Returns
     -------
@@ -263,9 +274,20 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
         shift, mean shift, attribution, after_noise), ``recalibrated`` (test error and
         largest shift after :func:`varshift.recalibrate` on the training data),
         ``theory`` (per noise layer: measured c, v, rho, d cos^2, predicted and
-        measured ratio), ``weights`` (per weight layer: d, cos^2, d cos^2), ``flips``.
+        measured ratio), ``weights`` (per weight layer: d, cos^2, d cos^2), ``flips``,
+        and ``reestimated`` if ``reestimate``.
+
+    Raises
+    ------
+    ValueError
+        If ``reestimate`` is set without ``n_train``, or fewer than :data:`UNUSED`
+        training sequences follow the first ``n_train``.
     """
     x, y, x_test, y_test = mnist1d(num_samples)
+    if reestimate and (n_train is None or len(x) - n_train < UNUSED):
+        raise ValueError(f"train_network: reestimate needs n_train with at least {UNUSED} of the "
+                         f"{len(x)} training sequences after it, got n_train={n_train!r}")
+    x_unused = x[n_train:n_train + UNUSED] if reestimate else None
     x, y = x[:n_train], y[:n_train]  # n_train None: all
     model = network(arch, placement, rate, noise=noise, widen=widen)
     if momentum is not None:
@@ -295,6 +317,12 @@ def train_network(*, arch, placement, rate, seed, epochs, num_samples, noise="dr
            "flips": _flips(model, x, y, seed)}
     if track:
         out["history"] = history
+    if reestimate:
+        out["reestimated"] = {}
+        for name, data, dropout in (("dropout_on", x, "on"), ("unused", x_unused, "off")):
+            copied = copy.deepcopy(model)
+            recalibrate(copied, data, dropout=dropout, seed=seed, reports=False)
+            out["reestimated"][name] = _error(copied, x_test, y_test)
     recalibrate(model, x, seed=seed, reports=False)  # its "before" report would be `report`
     out["recalibrated"] = {"test_error": _error(model, x_test, y_test),
                            "max_shift": max(b.shift for b in measure(model, x, seed=seed).bn)}

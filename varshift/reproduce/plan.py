@@ -145,8 +145,10 @@ def _case_settings(case, options) -> dict:
     return case.settings(seeds, case._params(True, own), own)
 
 
-def network_task(settings, arch, placement, rate, seed, noise="dropout"):
-    """The task training one 1-D network (rate 0: the no-noise baseline)."""
+def network_task(settings, arch, placement, rate, seed, noise="dropout", options=None):
+    """The task training one 1-D network (rate 0: the no-noise baseline); ``options``:
+    more keyword arguments of ``train_network`` (in the task's parameters only when
+    given, so that other tasks keep their keys)."""
     if rate == 0:
         placement, noise = "a", "dropout"  # one baseline network serves every arm
     label = f"network/{arch}/{'base' if rate == 0 else f'{noise}-{placement}-{rate:g}'}/seed{seed}"
@@ -155,7 +157,7 @@ def network_task(settings, arch, placement, rate, seed, noise="dropout"):
     return Task(label, f"{_EXPERIMENTS}:train_network", {
         "arch": arch, "placement": placement, "rate": rate, "noise": noise, "seed": seed,
         "epochs": settings.epochs, "num_samples": settings.num_samples,
-        "track": (rate, placement) in TRACKED and noise == "dropout", **subset})
+        "track": (rate, placement) in TRACKED and noise == "dropout", **subset, **(options or {})})
 
 
 def network_tasks(settings):

@@ -86,7 +86,9 @@ class Term:
 
     ``quantity`` is ``'test'`` (test error, %), ``'adjusted'`` (test error after
     recalibration), ``'train_mode'`` or ``'eval_mode'`` (final training accuracy, %,
-    in train or inference mode)."""
+    in train or inference mode), ``'adjusted_dropout_on'`` or ``'adjusted_unused'``
+    (test error after re-estimating with Dropout on, or on unused sequences:
+    ``train_network(reestimate=True)``)."""
 
     sign: int
     arch: str
@@ -320,11 +322,14 @@ def sd_upper(sd, n, confidence=0.8):
 # ------------------------------------------------------------------ claims from a pilot
 def accuracy(result, quantity):
     """One run's accuracy ``quantity`` (:class:`Term`): test error, test error after
-    recalibration, or final training accuracy in train or inference mode (%)."""
+    recalibration (or after another re-estimation), or final training accuracy in train
+    or inference mode (%)."""
     if quantity == "test":
         return result["test_error"]
     if quantity == "adjusted":
         return result["recalibrated"]["test_error"]
+    if quantity.startswith("adjusted_"):
+        return result["reestimated"][quantity[len("adjusted_"):]]
     return result["history"][quantity][-1]
 
 

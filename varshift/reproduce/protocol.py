@@ -27,25 +27,30 @@ import argparse
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._files import atomic_write
 from .plan import Settings, network_task
 from .power import AccuracyClaim, Term
 
-__all__ = ["FOLDER", "PATH", "STATUSES", "Protocol", "ProtocolChanged", "require", "read", "load", "digest",
+__all__ = ["FOLDER", "PATH", "REESTIMATION", "STATUSES", "Protocol", "ProtocolChanged", "require", "read", "load", "digest",
            "lock", "check"]
 
 FOLDER = Path(__file__).with_name("protocols")
 """Where the declared protocols are (package data)."""
 PATH = FOLDER / "confirmatory.json"
 """The confirmatory run's protocol."""
+REESTIMATION = FOLDER / "reestimation.json"
+"""The protocol comparing three re-estimations of the statistics (same format)."""
 STATUSES = ("confirmatory", "not testable at this regime", "awaiting its pilot")
 LOCK = "protocol-lock.json"
 """Name of the lock record in a run's cache folder."""
 _ARCHS = ("PreResNet", "WRN", "DenseNet")
-_QUANTITIES = ("test", "adjusted", "train_mode", "eval_mode")
+_QUANTITIES = ("test", "adjusted", "train_mode", "eval_mode", "adjusted_dropout_on",
+               "adjusted_unused")
+_TASK_OPTIONS = ("reestimate",)
+"""Keyword arguments of ``train_network`` a protocol's ``task_options`` may set."""
 
 
 class ProtocolChanged(RuntimeError):
@@ -78,6 +83,9 @@ class Protocol:
     """Holm families: tuples of confirmatory claim ids, each adjusted on its own."""
     sha256: str
     path: Path
+    task_options: dict = field(default_factory=dict)
+    """More keyword arguments of every run's ``train_network`` (the file's optional
+    ``task_options``)."""
 
     @property
     def confirmatory(self):
@@ -97,7 +105,8 @@ class Protocol:
         every arm before seed ``first_seed + i + 1``), so a stopped run has whole seeds."""
         seeds = self.seeds()
         most = max(seeds.values(), default=0)
-        return [network_task(self.settings, arch, arm[0], arm[1], self.first_seed + i, arm[2])
+        return [network_task(self.settings, arch, arm[0], arm[1], self.first_seed + i, arm[2],
+                             self.task_options or None)
                 for i in range(most) for (arch, arm), n in sorted(seeds.items()) if i < n]
 
 
@@ -169,7 +178,8 @@ def read(path):
 
 
 def load(path=PATH) -> Protocol:
-    """Read and validate the confirmatory protocol file.
+    """Read and validate a protocol file of the confirmatory format (:data:`PATH`,
+    :data:`REESTIMATION`).
 
     Raises
     ------
@@ -187,8 +197,11 @@ def load(path=PATH) -> Protocol:
     require(sorted(in_families) == sorted(confirmatory), path,
              f"holm_families must hold every confirmatory claim exactly once: families "
              f"{sorted(in_families)}, confirmatory {sorted(confirmatory)}")
+    options = doc.get("task_options", {})
+    require(isinstance(options, dict) and set(options) <= set(_TASK_OPTIONS), path,
+             f"task_options may set only {_TASK_OPTIONS}, got {options!r}")
     return Protocol(doc["version"], settings, int(doc["first_seed"]), claims, families,
-                    digest(path), path)
+                    digest(path), path, dict(options))
 
 
 def _git(*args, cwd):

@@ -436,13 +436,13 @@ def _confirmatory_tally(rows):
     return adjusted if adjusted == raw else f"{adjusted} (without the adjustment: {raw})"
 
 
-def confirmatory_markdown(verdicts, heading="##"):
+def confirmatory_markdown(verdicts, heading="##", title=CONFIRMATORY_TITLE):
     """The confirmatory run's section (lines of Markdown) from its ``verdicts`` document
     (:func:`varshift.reproduce.confirm.document`): the protocol, the counts after Holm's
     adjustment, the judged claims as REPORT's other tables (notes below), and the claims
     declared untestable or awaiting their pilot, with the reason declared for each."""
     rows = _confirmatory_rows(verdicts)
-    lines = [f"{heading} {CONFIRMATORY_TITLE}", "",
+    lines = [f"{heading} {title}", "",
              f"Protocol `confirmatory.json` version {verdicts['version']}, sha256 "
              f"`{verdicts['sha256']}`, locked in commit {verdicts['commit']}; "
              f"{verdicts['regime']}; seeds from {verdicts['first_seed']}, each claim on its "
