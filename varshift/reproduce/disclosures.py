@@ -589,6 +589,22 @@ DISCLOSURES = (
                "+0.93 (n = 13). (A worker keeps the code it imported when it started, so a "
                "split by commit time is approximate; the retrained runs are the exact check.)",
         unchanged="the protocol, every task key, every seed."),
+    Disclosure(
+        commit="71a7afd", date="2026-12-07 07:13:17",
+        title="a follow-up protocol declared after the confirmatory verdicts",
+        after="the confirmatory verdicts (A08, A34: Adjust raises the (a) 0.5 test error), and a "
+              "cold reader's retraining of three hand-picked seeds re-estimated three ways.",
+        what="`varshift/reproduce/protocols/reestimation.json` (version 1): six claims, one Holm "
+             "family, on whether Adjust's harm comes from removing Dropout's variance or from "
+             "the data it uses (re-estimating with Dropout on; on 2,000 unused training "
+             "sequences), on the confirmatory seeds' networks; declared before any of its "
+             "runs, its direction informed by the three seeds.",
+        reason="commit message: \"Declare a follow-up: three re-estimations of BatchNorm's "
+               "statistics\"; a cold review of the confirmatory reading found its first "
+               "explanation argued against by the proposed check.",
+        effect="none on any count of this report: the follow-up's verdicts are not part of it "
+               "until its 46 runs exist.",
+        unchanged="every claim, run and verdict of the full and confirmatory runs."),
 )
 """Every change after results, oldest first."""
 
