@@ -130,8 +130,7 @@ def test_the_counts_before_each_change_are_those_of_its_parent_commit(d, rendere
     else:
         expected = f"{len(paper)} paper claims, {tally(paper)}"
     assert d.counts_before == expected
-    summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
-    assert f"| {d.commit} | {d.counts_before} |" in summary.splitlines()
+    assert f"| {d.commit} | {d.counts_before} |" in section(rendered).splitlines()
 
 
 def test_summary_counts_the_current_rows_after_holm(rendered):

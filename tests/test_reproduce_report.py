@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from varshift.reproduce.results import CONFIRMATORY, WIDTH, write_report
+from varshift.reproduce.results import CONFIRMATORY, CONFIRMATORY_READING, WIDTH, write_report
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 
@@ -42,12 +42,15 @@ def test_the_summary_comes_first_and_fits_a_page(rendered):
     assert headings[:3] == ["Summary", "How the verdicts are reached", "Paper claims"]
     assert headings.index("Changes after results") > headings.index("Sanity and regime checks (not evidence)")
     summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
-    assert len(summary.split()) < 900  # about a page of prose, with its glossary
+    assert len(summary.split()) < 950  # about a page of prose, with its glossary
     for topic in ("Mechanism", "Accuracy", "Width", "Paper claims (", "Our extensions",
                   "Changes after results"):
         assert topic in summary, topic
     if (FIGURES / CONFIRMATORY).exists():
         assert "Confirmatory accuracy claims (13)" in summary and "## Confirmatory run" in rendered
+        reading = (FIGURES / CONFIRMATORY).with_name(CONFIRMATORY_READING)
+        first = reading.read_text().splitlines()[0]
+        assert f"\n  {first}\n" in summary  # the maintainers' reading, nested in its bullet
     else:
         assert "its verdicts are not part of this report" in summary
 
@@ -111,7 +114,7 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     assert "**Accuracy at 1,000 training sequences, confirmatory" in summary
     assert ("1 of 3 hold after Holm's adjustment (A01), 2 without it; 1 contradicted (A08); "
             "1 undecided; 1 declared not testable at this regime and 1 awaiting their pilot") in summary
-    assert "net: claim A08 (A08: -0.90 [-1.30, -0.50])" in summary  # what was measured
+    assert "the paper's effect being the other way): A08 -0.90 [-1.30, -0.50]." in summary
     # A05's interval [0.05, 0.75] excludes the 2.0 it was sized for: smaller than sized for
     assert "excludes the effect the claim was sized for: A05." in summary
     assert ("- Confirmatory accuracy claims (3): 1 hold, 1 contradicted, 1 undecided (without the "
@@ -121,8 +124,9 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     assert "| A08 | net: claim A08 | **contradicted** |" in section
     assert ("- **A08.** Paper: paper A08. Ours: mean paired difference -0.90 points (95 % CI -1.30 "
             "to -0.50; sd across seeds 0.50; n = 11), against the paper's direction; sized to "
-            "detect +1.50") in section
-    assert "which the interval includes" in section and "which the interval excludes" in section
+            "detect +1.50: the interval lies wholly below it") in section
+    assert "+1.20: the interval includes it" in section  # A01
+    assert "+2.00: the interval lies wholly below it" in section  # A05
     assert "| A03 | claim A03 | not testable at this regime |" in section
     assert "- **A02.** its arm was not piloted" in section
 
@@ -142,6 +146,6 @@ def test_the_cost_question_is_answered_per_network_from_its_confirmatory_parts()
         part("A5", f"Net3: {below}", "undecided", 0.1)]}
     text = _confirmatory_cost(verdicts)
     assert text.startswith(" Confirmatory at 1,000 sequences: Net1: yes (")
-    assert "Net2: no (" in text and "Net3: not settled (" in text
+    assert "Net2: not shown (" in text and "Net3: not settled (" in text
     assert "+0.80 points, A3: contradicted" in text
     assert _confirmatory_cost(None) == ""

@@ -71,9 +71,10 @@ def judge(proto, cache=CACHE, sizing=SIZING, twins=CACHE):
     list of dict
         Per claim: ``id``, ``status``, the :class:`~varshift.verdicts.Claim` fields
         (``verdict`` unadjusted), ``holm`` (the adjusted verdict), ``sd`` (of the
-        per-seed differences), ``direction`` (the paper's sign) and ``sized_for`` (the
-        effect the pilot table ``sizing`` sized the claim for; None where it gives
-        none): the last five for confirmatory claims only.
+        per-seed differences), ``direction`` (the paper's sign), ``paper_effect`` (the
+        paper's difference, points, as declared) and ``sized_for`` (the effect the pilot
+        table ``sizing`` sized the claim for; None where it gives none): the last six for
+        confirmatory claims only.
 
     Raises
     ------
@@ -113,7 +114,8 @@ def judge(proto, cache=CACHE, sizing=SIZING, twins=CACHE):
         row = {"id": c.id, "status": c.status, "text": c.claim.text, "why": c.why}
         if c.status == "confirmatory":
             row.update(by_id[c.id].__dict__, holm=adjusted[c.id], sd=sds[c.id],
-                       direction=c.claim.direction, sized_for=sized_for.get(c.claim.text))
+                       direction=c.claim.direction, sized_for=sized_for.get(c.claim.text),
+                       paper_effect=c.paper_effect)
         rows.append(row)
     return rows
 

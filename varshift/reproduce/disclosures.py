@@ -600,8 +600,9 @@ DISCLOSURES = (
              "sequences), on the confirmatory seeds' networks; declared before any of its "
              "runs, its direction informed by the three seeds.",
         reason="commit message: \"Declare a follow-up: three re-estimations of BatchNorm's "
-               "statistics\"; a cold review of the confirmatory reading found its first "
-               "explanation argued against by the proposed check.",
+               "statistics\"; a cold review found that the three-seed check argued against "
+               "the confirmatory reading's first explanation (statistics re-estimated on the "
+               "training data do not fit the test data).",
         effect="none on any count of this report: the follow-up's verdicts are not part of it "
                "until its 46 runs exist.",
         unchanged="every claim, run and verdict of the full and confirmatory runs."),
@@ -630,7 +631,13 @@ def markdown(disclosures=DISCLOSURES) -> list:
              "what it changed, the reason given at the time and its effect on the counts "
              "(source: `varshift/reproduce/disclosures.py`). Apart from these, every claim row "
              "(text, kind, paper column, rule) is the same as in the first full-run render "
-             "(b30cc43).", ""]
+             "(b30cc43). Entries are in the order they were disclosed, so a later entry may "
+             "carry an earlier date.", ""]
+    rows = [f"| {d.commit} | {d.counts_before} |" for d in disclosures if d.counts_before]
+    if rows:
+        lines += ["Paper claims as counted just before each change that moved them (counts "
+                  "without \"Holm-adjusted\" are from before the adjustment existed):", "",
+                  "| before | paper claims as then counted |", "|---|---|", *rows, ""]
     for i, d in enumerate(disclosures, 1):
         lines += [f"### {i}. {d.commit} ({d.date} UTC): {d.title}", "",
                   f"- **After:** {d.after}", *_what(d.what),

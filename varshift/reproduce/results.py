@@ -198,7 +198,8 @@ PROTOCOL = (
     "(or the margin) in the paper's direction, **contradicted** if it excludes 0 the other way, "
     "**undecided** otherwise; with fewer than 3 seeds a claim is undecided whatever its "
     "interval.\n\n**Multiplicity:** the paper claims, our extensions and the case-study "
-    "statements are three families; in each, Holm's step-down procedure adjusts the "
+    "statements are three families (a protocol run, such as the confirmatory one, has its "
+    "own, fixed in its file); in each, Holm's step-down procedure adjusts the "
     "one-sided tests behind the verdicts (level 0.025 each, the level of a 95 % interval's "
     "bound), for \"holds\" and for \"contradicted\" apart. The tables show the adjusted "
     "verdict and, where it differs, the unadjusted one (\"raw\"); the summary counts the "
@@ -210,24 +211,14 @@ PROTOCOL = (
     "them.")
 
 
-def _counted_before() -> list:
-    """The paper claims as counted just before each change after results that moved them,
-    a table of commit and counts (no lines when none did)."""
-    rows = [f"| {d.commit} | {d.counts_before} |" for d in DISCLOSURES if d.counts_before]
-    if not rows:
-        return []
-    return ["", "Paper claims as counted just before each change that moved them:", "", "| before | paper claims as then counted |",
-            "|---|---|", *rows]
-
-
 GLOSSARY = (
     "*Terms.* (a): Dropout right before a BatchNorm; (b): Dropout before a block's last "
-    "convolution, so a weight layer lies between it and the next BatchNorm. Shift: how far a "
-    "BatchNorm's moving variance is from the variance it meets in inference mode (Dropout "
-    "off). Adjust: re-estimating BatchNorm's statistics on the training data with Dropout "
+    "convolution, so a weight layer lies between it and the next BatchNorm. Shift: the "
+    "paper's max(moving/real, real/moving) of a BatchNorm's variance, the moving one from "
+    "training and the real one met in inference mode (Dropout off); 1 is none. Adjust: re-estimating BatchNorm's statistics on the training data with Dropout "
     "off (the paper's Table 3). Holm: the correction for testing many claims at once; raw: "
     "without it. Powered: seeds chosen in advance to give 80 % power for the paper's effect "
-    "scaled to our error level.")
+    "scaled to our error level (which assumes effects scale with the baseline error).")
 """The summary's definitions, for a reader who starts there."""
 _FULL_RUN = "Full run (exploratory): "
 
@@ -274,23 +265,23 @@ def _topic_line(rows):
 
 
 SUMMARY_NOTES = {
-    "mechanism": "The shift grows with the drop rate at (a), (a) shifts far more than (b), the "
-                 "shift and a mean shift reach later BatchNorm layers (the chain reaction), and "
-                 "Uout shifts less than Dropout. The growth "
+    "mechanism": "The shift grows with the drop rate at (a), (a) shifts far more than (b), a "
+                 "variance and a mean shift also appear at BatchNorm layers with no Dropout "
+                 "right before them (the paper's chain reaction; growth layer by layer is not "
+                 "tested), and Uout shifts less than Dropout. The growth "
                  "with the drop rate ({grow_dense}, {grow_pre}, {grow_wrn}) follows almost "
                  "directly from Eq. 8: low-risk tests.",
-    "cost": "Both parts must hold: Adjust (re-estimating BatchNorm's statistics with Dropout "
-            "off, the paper's Table 3) lowers the error, and inference-mode training accuracy "
-            "falls below train mode.{confirmatory_cost}",
+    "cost": "Both parts must hold: Adjust lowers the error, and inference-mode training "
+            "accuracy falls below train mode.{confirmatory_cost}",
     "accuracy": "**Underpowered at this regime**: the no-Dropout networks reach {baselines} "
-                "test error (fig16, against the paper's 4-5 %), so the paper's effects scale "
-                "down {scale}, below what 5 seeds detect with 80 % power for nearly every "
-                "accuracy claim (docs/power-analysis.md, section 2). Undecided here mostly "
-                "means untested, not absent: the confirmatory run (above) is the powered test.",
-    "width": "**Confounded by depth in this run**: WRN is 2 blocks of 48 channels and PreResNet "
-             "3 blocks of 16 (the smaller shift comes from PreResNet's third block). A sweep of "
-             "the widen factor (1, 2, 4, 8) at fixed depth is declared "
-             "(`varshift/reproduce/protocols/width.json`) and running. The paper's two WRN "
+                "test error (fig16; the paper's: 4-5 %), so the paper's effects scale down "
+                "{scale}, below what 5 seeds detect for nearly every accuracy claim "
+                "(docs/power-analysis.md, section 2). The confirmatory run is the powered test.",
+    "width": "**Confounded by depth in this run** for the conv nets (the MLP rows vary the "
+             "width alone): WRN is 2 blocks of 48 channels and PreResNet 3 blocks of 16, and "
+             "PreResNet's larger (b) shift comes mostly from its third block. A sweep of the "
+             "widen factor (1, 2, 4, 8) at fixed depth is declared "
+             "(`varshift/reproduce/protocols/width.json`); no results yet. The paper's two WRN "
              "claims: a smaller shift ({wide_shift}) and a smaller cost ({wide_cost}).",
 }
 
@@ -326,6 +317,9 @@ def _baselines(figures):
 CONFIRMATORY = Path("confirmatory/verdicts.json")
 """The confirmatory run's verdicts (:mod:`varshift.reproduce.confirm`), relative to the
 figures' folder."""
+CONFIRMATORY_READING = "reading.md"
+"""The maintainers' reading of the confirmatory verdicts (Markdown bullets), beside them;
+REPORT's summary nests it under the confirmatory run's bullet."""
 CONFIRMATORY_TITLE = "Confirmatory run: the accuracy claims at a powered regime"
 _CONFIRMATORY_ANCHOR = "#confirmatory-run-the-accuracy-claims-at-a-powered-regime"
 _NOT_YET = ("A confirmatory run at a harder regime (1,000 training sequences, fresh seeds, "
@@ -365,10 +359,13 @@ def _measured(row):
             f"{_direction(row)}")
     sized = row.get("sized_for")
     if sized is not None:
-        inside = row["low"] <= sized <= row["high"]
-        text += (f"; sized to detect {sized:+.2f} (the paper's effect scaled to the pilot's error "
-                 f"level), which the interval {'includes' if inside else 'excludes'} (a "
-                 f"description, not a declared test)")
+        side = ("includes it" if row["low"] <= sized <= row["high"] else
+                "lies wholly above it" if row["low"] > sized else "lies wholly below it")
+        paper = row.get("paper_effect")
+        text += (f"; sized to detect {sized:+.2f}"
+                 + (f" (the paper's {paper:+.2f} scaled to the pilot's error level)"
+                    if paper is not None else "")
+                 + f": the interval {side} (a description, not a declared test)")
     return text
 
 
@@ -378,19 +375,17 @@ def _confirmatory_summary(verdicts):
     if verdicts is None:
         return _NOT_YET.format(path=Path("figures") / CONFIRMATORY)
     rows = _confirmatory_rows(verdicts)
-    against = "; ".join(f"{r.claim['text']} ({r.id}: {r.claim['estimate']:+.2f} "
-                        f"[{r.claim['low']:+.2f}, {r.claim['high']:+.2f}])"
-                        for r in rows if r.adjusted == "contradicted")
+    against = "; ".join(f"{r.id} {r.claim['estimate']:+.2f} [{r.claim['low']:+.2f}, "
+                        f"{r.claim['high']:+.2f}]" for r in rows if r.adjusted == "contradicted")
     small = [r.id for r in rows if r.adjusted == "undecided" and r.claim.get("sized_for") is not None
              and not r.claim["low"] <= r.claim["sized_for"] <= r.claim["high"]]
     return (f"{_topic_line(rows)}; {_declared_counts(verdicts)}. "
-            + (f"**Contradicted** (the paper's statement; our mean paired difference in points "
-               f"and its 95 % interval, against the paper's direction): {against}. "
-               if against else "")
+            + (f"**Contradicted** (our mean paired difference in points and its 95 % interval, "
+               f"the paper's effect being the other way): {against}. " if against else "")
             + (f"Undecided, with an interval that excludes the effect the claim was sized for: "
                f"{', '.join(small)}. " if small else "")
-            + f"Protocol version {verdicts['version']}, locked in commit {verdicts['commit']}; "
-            f"regime and numbers: [its section]({_CONFIRMATORY_ANCHOR}).")
+            + f"Protocol version {verdicts['version']} (commit {verdicts['commit']}): "
+            f"[its section]({_CONFIRMATORY_ANCHOR}).")
 
 
 _COST_PARTS = {"re-estimating the statistics lowers the test error at (a) 0.5":
@@ -403,8 +398,8 @@ how each part's number reads."""
 
 def _confirmatory_cost(verdicts):
     """The cost bullet's answer per network from the confirmatory rows that test its parts
-    (empty without ``verdicts``): no where a part is contradicted, yes where every part
-    holds, not settled otherwise."""
+    (empty without ``verdicts``): yes where every part holds; where Adjust raised the error
+    (its part contradicted), the test cannot attribute the cost; not settled otherwise."""
     by_arch = {}
     for r in _confirmatory_rows(verdicts or {"claims": []}):
         for text, reads in _COST_PARTS.items():
@@ -413,7 +408,7 @@ def _confirmatory_cost(verdicts):
     answers = []
     for arch, parts in by_arch.items():
         found = [r.adjusted for _, r in parts]
-        answer = ("no" if "contradicted" in found else "yes" if len(parts) == len(_COST_PARTS)
+        answer = ("not shown" if "contradicted" in found else "yes" if len(parts) == len(_COST_PARTS)
                   and set(found) == {"holds"} else "not settled")
         answers.append(f"{arch}: {answer} (" + "; ".join(
             f"{reads} {r.claim['estimate']:+.2f} points, {r.id}: {r.adjusted}" for reads, r in parts)
@@ -421,7 +416,8 @@ def _confirmatory_cost(verdicts):
     if not answers:
         return ""
     size = f" at {verdicts['train_sequences']:,} sequences" if verdicts.get("train_sequences") else ""
-    return f" Confirmatory{size}: " + "; ".join(answers) + "."
+    return (f" Confirmatory{size}: " + "; ".join(answers) + ". Where Adjust raises the error "
+            "(a contradicted part), it cannot show whether the cost is the shift's.")
 
 
 def _confirmatory_tally(rows):
@@ -461,11 +457,11 @@ def confirmatory_markdown(verdicts, heading="##", title=CONFIRMATORY_TITLE):
     return lines + [""]
 
 
-def _summary(paper_rows, families, checks, failed, figures, verdicts):
+def _summary(paper_rows, families, checks, failed, figures, verdicts, reading=""):
     """REPORT's first section, a page: the paper claims by topic, then each family's
     counts, all after Holm's adjustment (``families``: its count lines; ``figures``: the
     figures' JSON, for the regime's numbers; ``verdicts``: the confirmatory run's, or
-    None)."""
+    None; ``reading``: the maintainers' bullets on them, nested under their topic)."""
     by_topic = {key: [r for _, rows in paper_rows for r in rows if _topic(r.claim["text"]) == key]
                 for key, _ in _TOPICS}
     lines = ["## Summary", "",
@@ -485,6 +481,7 @@ def _summary(paper_rows, families, checks, failed, figures, verdicts):
                     if verdicts and verdicts.get("train_sequences") else "")
             lines.append(f"- **Accuracy{size}, confirmatory (claims and seeds fixed in advance; "
                          f"powered).** " + _confirmatory_summary(verdicts))
+            lines += [f"  {line}" for line in reading.strip().splitlines() if line.strip()]
         if by_topic[key]:
             lines.append(f"- **{title}.** {_FULL_RUN if key == 'cost' else ''}"
                          f"{_topic_line(by_topic[key])}. "
@@ -495,7 +492,7 @@ def _summary(paper_rows, families, checks, failed, figures, verdicts):
               + " (true by construction or checks of the regime, not evidence).",
               f"- Changes after results: {len(DISCLOSURES)} changes were made after the numbers "
               f"they concern existed; each is listed with its reason and its effect on the "
-              f"counts under [{SECTION}]({ANCHOR}).", *_counted_before(), ""]
+              f"counts under [{SECTION}]({ANCHOR}).", ""]
     return lines
 
 
@@ -523,7 +520,7 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     extension_rows = _numbered(figures, "extension", extension)
     sanity_rows = _numbered(figures + [{**k, "title": k["title"]} for k in cases], "sanity")
     families = [f"- Paper claims ({len(paper_claims)}): {adjusted_tally(paper_claims)}"
-                + ("; as counted before earlier changes: the table below" if any(
+                + (f"; as counted before each change: [{SECTION}]({ANCHOR})" if any(
                     d.counts_before for d in DISCLOSURES) else "") + ".",
                 f"- Our extensions, comparisons the paper does not make "
                 f"({len(extension_claims)}): {adjusted_tally(extension_claims, 'extension')}.",
@@ -534,11 +531,13 @@ def write_report(out: Path, skipped, settings: str) -> Path:
              f"its caption (`.caption.md`); wall times are in `timings.json`.", ""]
     verdicts_path = out / CONFIRMATORY
     verdicts = json.loads(verdicts_path.read_text()) if verdicts_path.exists() else None
+    reading_path = verdicts_path.with_name(CONFIRMATORY_READING)
+    reading = reading_path.read_text() if verdicts and reading_path.exists() else ""
     if verdicts is not None:
         rows = _confirmatory_rows(verdicts)
         families.insert(0, f"- Confirmatory accuracy claims ({len(rows)}): "
                            f"{_confirmatory_tally(rows)} ([table]({_CONFIRMATORY_ANCHOR})).")
-    lines += _summary(paper_rows, families, checks, failed, figures, verdicts)
+    lines += _summary(paper_rows, families, checks, failed, figures, verdicts, reading)
     lines += ["## How the verdicts are reached", "", PROTOCOL, "",
               "## Paper claims", "",
               "Each table: the claim and its verdict (after Holm's adjustment; raw: without it). "
