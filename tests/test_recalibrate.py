@@ -413,6 +413,51 @@ def test_torch_an_early_layer_reaching_a_late_batchnorm_is_found_among_many():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_torch_recent_live_layers_of_a_long_frontier_are_found_copying_only_them():
+    """More frontier layers than probe samples, the live one among the latest: one run
+    tests the latest alone and replays the others with one-sample stand-ins, so only
+    the latest are copied at the probe's size (the test above is the case where a
+    stand-in reaches the BatchNorm, and the groups are tested)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn as tnn
+
+    from varshift.backends import session_for
+    from varshift.backends.modes import EVAL
+    from varshift.backends.replay import PROBE_SAMPLES, plan_passes
+
+    class LongChain(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.chain = tnn.ModuleList(tnn.Conv2d(3, 3, 1) for _ in range(2 * PROBE_SAMPLES))
+            self.bn0, self.after, self.bn1 = tnn.BatchNorm2d(3), tnn.Conv2d(3, 3, 1), \
+                tnn.BatchNorm2d(3)
+
+        def forward(self, x):
+            for conv in self.chain:
+                x = conv(x)
+            return self.bn1(self.after(torch.relu(self.bn0(x))))
+
+    torch.manual_seed(0)
+    model = _damaged_torch(LongChain().eval())
+    x = torch.randn(100, 3, 6, 6)
+    session = session_for(copy.deepcopy(model), "recalibrate")
+    taken = []
+    take = session.adapter.take
+    session.adapter.take = lambda tensor, index: taken.append(len(index)) or take(tensor, index)
+    with session.preserved(0):
+        session.trace(x)
+        plan = plan_passes(session, ["bn0", "bn1"], x, EVAL)
+    last = f"chain.{2 * PROBE_SAMPLES - 1}"
+    assert plan.live[1] == (last,)
+    assert len(plan.dead[1]) == 2 * PROBE_SAMPLES - 1
+    assert taken == [PROBE_SAMPLES] * (PROBE_SAMPLES - 1)  # the latest, in one run
+    twin = copy.deepcopy(model)
+    recalibrate(model, x, batch_size=32, reports=False)
+    recalibrate(twin, x, batch_size=32, reports=False, cache_bytes=0)
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_keras_graph_calls_no_replayed_layer(monkeypatch):
     """In a functional model's replayed pass, the layers before the frontier are not
     called (their stand-ins are), and the statistics equal plain passes' bit for bit."""
