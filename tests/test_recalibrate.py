@@ -491,3 +491,41 @@ def test_keras_graph_calls_no_replayed_layer(monkeypatch):
     assert calls["first"] == plain - 2 * 3 + 2
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_keras_graph_that_cannot_be_walked_replays_through_the_layers(monkeypatch):
+    """Where a graph lacks the Keras internals that varshift's walk reads, the
+    replayed layers are called and their wrapped calls replay them without computing:
+    the statistics are those of plain passes, bit for bit."""
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+    from varshift.backends import keras as keras_backend
+
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, padding="same", name="first")(inputs)
+    skip = keras.layers.BatchNormalization(name="bn_a")(h)
+    h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(3, 1)(skip))
+    h = keras.layers.Add()([keras.layers.Conv2D(3, 1)(h), skip])
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_c")(h))
+    x = np.random.default_rng(0).standard_normal((90, 6, 6, 2)).astype(np.float32)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    walked, computed = [], {"first": 0}
+    walkable = keras_backend._walkable
+    monkeypatch.setattr(keras_backend, "_walkable",
+                        lambda graph: walked.append(walkable(graph)) and False)
+    conv_call = keras.layers.Conv2D.call
+
+    def counting(self, *args, **kwargs):
+        computed["first"] += self.name == "first"
+        return conv_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Conv2D, "call", counting)
+    recalibrate(twin, x, batch_size=30, reports=False, cache_bytes=0)
+    plain, computed["first"] = computed["first"], 0
+    recalibrate(model, x, batch_size=30, reports=False)
+    assert walked and all(walked)  # this Keras could have been walked
+    assert computed["first"] == plain - 2 * 3 + 2  # as in the test above
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -52,6 +52,7 @@ State
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from contextlib import contextmanager, nullcontext
@@ -109,6 +110,48 @@ def _walk(model):
         stack.extend((f"{path}/{sub.name}" if path else sub.name, sub)
                      for sub in reversed(_sublayers(layer)))
     return out
+
+
+#: What :func:`_run_replaying` reads of a functional graph (Keras 3's ``Function``).
+_GRAPH_ATTRIBUTES = ("_nodes_by_depth", "_outputs_struct", "inputs", "outputs")
+
+
+def _walkable(graph) -> bool:
+    """Whether :func:`_run_replaying` can run ``graph`` (it has Keras 3's internals,
+    and nothing of its own shadows ``_run_through_graph``)."""
+    return (all(hasattr(graph, name) for name in _GRAPH_ATTRIBUTES)
+            and "_run_through_graph" not in vars(graph))
+
+
+def _run_replaying(graph, stand_ins, inputs, operation_fn=lambda op: op, call_fn=None):
+    """Keras' ``Function._run_through_graph`` (3.x), except that a node whose layer has
+    a stand-in in ``stand_ins`` (layer id -> function of no argument returning the
+    layer's output) takes its output from the stand-in: its arguments are not mapped
+    and the layer is not called. Symbolic runs (``call_fn``) are Keras' own."""
+    if call_fn is not None:
+        return type(graph)._run_through_graph(graph, inputs, operation_fn, call_fn)
+    tensors = {id(x): y for x, y in zip(graph.inputs, keras.tree.flatten(inputs))}
+    by_depth = graph._nodes_by_depth
+    operation_for = getattr(graph, "_get_operation_for_node", lambda node: node.operation)
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
+            if not node.operation or node.is_input:
+                continue  # the inputs are there already
+            if any(id(x) not in tensors for x in node.input_tensors):
+                continue  # not computable (as Keras skips it)
+            stand_in = stand_ins.get(id(node.operation))
+            if stand_in is None:
+                args, kwargs = node.arguments.fill_in(tensors)
+                outputs = keras.tree.flatten(operation_fn(operation_for(node))(*args, **kwargs))
+            else:
+                outputs = [stand_in()]  # a replayed output is one tensor
+            for x, y in zip(node.outputs, outputs):
+                tensors[id(x)] = y
+    missing = [i for i, x in enumerate(graph.outputs) if id(x) not in tensors]
+    if missing:
+        raise ValueError(f"output {missing[0]} of {graph.name!r} is not connected to its inputs")
+    return keras.tree.pack_sequence_as(graph._outputs_struct,
+                                       [tensors[id(x)] for x in graph.outputs])
 
 
 def _kind(layer) -> Kind:
@@ -362,14 +405,16 @@ class KerasAdapter(Adapter):
 
     @contextmanager
     def _graph_replay(self):
-        """While inside, a functional model's graph calls a replayed layer's stand-in
-        directly, not the layer: Keras' ``Layer.__call__`` costs about 0.4 ms a call,
-        and a replayed pass goes through every layer before its frontier.
+        """While inside, a functional model's graph gives a replayed layer's node its
+        replayed output without calling the layer or mapping its arguments: Keras'
+        ``Layer.__call__`` costs about 0.4 ms a call, its per-node argument mapping
+        tens of microseconds, and a replayed pass goes through every node before its
+        frontier.
 
-        The stand-in goes through the graph's own per-node lookup
-        (``Function._get_operation_for_node``, Keras' table of replacement operations,
-        ``_nnx_op_mapping``, a private attribute): where a Keras version does not
-        consult it, the layer is called and its wrapped ``call`` replays it, as for
+        The graph runs through :func:`_run_replaying`, set as an attribute of the
+        graph that shadows Keras' ``Function._run_through_graph`` (private) while
+        inside. A graph without what it reads (a Keras version with other internals)
+        runs as before: the layer is called and its wrapped ``call`` replays it, as for
         a layer of a subclassed model. Either way the interceptor sees the same calls.
         """
         if not self._replay or not self._graphs:
@@ -381,25 +426,21 @@ class KerasAdapter(Adapter):
                 if name not in self._stand_ins:
                     self._stand_ins[name] = self._replayed(name)
                 stand_ins[id(self._layers[name])] = self._stand_ins[name]
-        saved = []
-        for graph in self._graphs:
-            own = vars(graph).get("_nnx_op_mapping")
-            saved.append((graph, own))
-            object.__setattr__(graph, "_nnx_op_mapping", {**(own or {}), **stand_ins})
+        patched = [graph for graph in self._graphs if _walkable(graph)]
+        for graph in patched:
+            object.__setattr__(graph, "_run_through_graph",
+                               functools.partial(_run_replaying, graph, stand_ins))
         try:
             yield
         finally:
-            for graph, own in saved:
-                if own is None:
-                    object.__delattr__(graph, "_nnx_op_mapping")
-                else:
-                    object.__setattr__(graph, "_nnx_op_mapping", own)
+            for graph in patched:
+                object.__delattr__(graph, "_run_through_graph")
 
     def _replayed(self, name):
         """What a replayed layer's call does, without the layer: report the call and
         return the replayed output."""
 
-        def replayed(*args, **kwargs):
+        def replayed():
             key = self._interceptor.on_enter(name)
             out = self._replay[name]
             self._interceptor.on_exit(key, out)
@@ -445,6 +486,9 @@ class KerasAdapter(Adapter):
         return [t for t in keras.tree.flatten(output) if keras.ops.is_tensor(t)]
 
     def copy(self, tensor):
+        torch = _torch_rng()
+        if torch is not None and isinstance(tensor, torch.Tensor):
+            return tensor.clone()  # what keras.ops.copy does, without its conversion
         return keras.ops.copy(tensor)
 
     def take(self, tensor, index):
