@@ -485,10 +485,23 @@ def test_keras_graph_calls_no_replayed_layer(monkeypatch):
     monkeypatch.setattr(keras.layers.Conv2D, "__call__", counting)
     recalibrate(twin, x, batch_size=30, reports=False, cache_bytes=0)
     plain, calls["first"] = calls["first"], 0
+    stand_ins = []  # (the BatchNorm of the pass, the replayed layer)
+    from varshift.backends.keras import KerasAdapter as adapter_class
+
+    replayed = adapter_class._replayed
+
+    def reporting(self, name):
+        stand_in = replayed(self, name)
+        return lambda: stand_ins.append((self._interceptor._target, name)) or stand_in()
+
+    monkeypatch.setattr(adapter_class, "_replayed", reporting)
     recalibrate(model, x, batch_size=30, reports=False)
     # plain: the trace and 3 passes x 3 batches; replayed: the trace, the first pass's
     # 3 batches, and the probe's full run and first pass (the later passes call none)
     assert calls["first"] == plain - 2 * 3 + 2
+    # in the last passes, 'first' is read only by replayed layers: not even its
+    # stand-in is called (the probe's two runs and 3 batches of bn_b's passes call it)
+    assert [target for target, name in stand_ins if name == "first"] == ["bn_b"] * 5
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
 

@@ -123,11 +123,25 @@ def _walkable(graph) -> bool:
             and "_run_through_graph" not in vars(graph))
 
 
-def _run_replaying(graph, stand_ins, inputs, operation_fn=lambda op: op, call_fn=None):
+def _readers(graph) -> dict:
+    """Tensor id -> the ids of the operations of ``graph``'s nodes that take it (None
+    for an output of the graph)."""
+    readers = {id(x): [None] for x in graph.outputs}
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            for x in node.input_tensors:
+                readers.setdefault(id(x), []).append(id(node.operation))
+    return readers
+
+
+def _run_replaying(graph, stand_ins, readers, inputs, operation_fn=lambda op: op,
+                   call_fn=None):
     """Keras' ``Function._run_through_graph`` (3.x), except that a node whose layer has
     a stand-in in ``stand_ins`` (layer id -> function of no argument returning the
-    layer's output) takes its output from the stand-in: its arguments are not mapped
-    and the layer is not called. Symbolic runs (``call_fn``) are Keras' own."""
+    layer's output) takes its output from the stand-in, without mapping its arguments
+    or calling the layer, and only where a node that is not a stand-in reads it (or
+    it is an output of the graph: ``readers`` is :func:`_readers`). Symbolic runs
+    (``call_fn``) are Keras' own."""
     if call_fn is not None:
         return type(graph)._run_through_graph(graph, inputs, operation_fn, call_fn)
     tensors = {id(x): y for x, y in zip(graph.inputs, keras.tree.flatten(inputs))}
@@ -137,14 +151,17 @@ def _run_replaying(graph, stand_ins, inputs, operation_fn=lambda op: op, call_fn
         for node in by_depth[depth]:
             if not node.operation or node.is_input:
                 continue  # the inputs are there already
-            if any(id(x) not in tensors for x in node.input_tensors):
-                continue  # not computable (as Keras skips it)
             stand_in = stand_ins.get(id(node.operation))
-            if stand_in is None:
+            if stand_in is not None:
+                if all(reader in stand_ins for x in node.outputs
+                       for reader in readers.get(id(x), ())):
+                    continue  # read by stand-ins only (or by nothing): not needed
+                outputs = [stand_in()]  # a replayed output is one tensor
+            elif any(id(x) not in tensors for x in node.input_tensors):
+                continue  # not computable (as Keras skips it)
+            else:
                 args, kwargs = node.arguments.fill_in(tensors)
                 outputs = keras.tree.flatten(operation_fn(operation_for(node))(*args, **kwargs))
-            else:
-                outputs = [stand_in()]  # a replayed output is one tensor
             for x, y in zip(node.outputs, outputs):
                 tensors[id(x)] = y
     missing = [i for i, x in enumerate(graph.outputs) if id(x) not in tensors]
@@ -330,6 +347,7 @@ class KerasAdapter(Adapter):
         # the graphs (functional models) a replayed layer can be a node of
         self._graphs = [layer for _, layer in walked if isinstance(layer, keras.Function)]
         self._stand_ins = {}  # layer name -> its stand-in in a graph (see _graph_replay)
+        self._readers = {}    # graph id -> its _readers
 
     # ------------------------------------------------------------------ structure
     def layers(self):
@@ -406,16 +424,18 @@ class KerasAdapter(Adapter):
     @contextmanager
     def _graph_replay(self):
         """While inside, a functional model's graph gives a replayed layer's node its
-        replayed output without calling the layer or mapping its arguments: Keras'
-        ``Layer.__call__`` costs about 0.4 ms a call, its per-node argument mapping
-        tens of microseconds, and a replayed pass goes through every node before its
-        frontier.
+        replayed output without calling the layer or mapping its arguments, and skips
+        the replayed layers that only replayed layers read: Keras' ``Layer.__call__``
+        costs about 0.4 ms a call, its per-node argument mapping tens of microseconds,
+        and a replayed pass goes through every node before its frontier.
 
         The graph runs through :func:`_run_replaying`, set as an attribute of the
         graph that shadows Keras' ``Function._run_through_graph`` (private) while
-        inside. A graph without what it reads (a Keras version with other internals)
+        inside; the interceptor sees the calls of the replayed layers that are read
+        (no replayed layer is called twice, so the keys of the others' calls are the
+        same). A graph without what it reads (a Keras version with other internals)
         runs as before: the layer is called and its wrapped ``call`` replays it, as for
-        a layer of a subclassed model. Either way the interceptor sees the same calls.
+        a layer of a subclassed model.
         """
         if not self._replay or not self._graphs:
             yield
@@ -428,8 +448,10 @@ class KerasAdapter(Adapter):
                 stand_ins[id(self._layers[name])] = self._stand_ins[name]
         patched = [graph for graph in self._graphs if _walkable(graph)]
         for graph in patched:
-            object.__setattr__(graph, "_run_through_graph",
-                               functools.partial(_run_replaying, graph, stand_ins))
+            if id(graph) not in self._readers:
+                self._readers[id(graph)] = _readers(graph)
+            object.__setattr__(graph, "_run_through_graph", functools.partial(
+                _run_replaying, graph, stand_ins, self._readers[id(graph)]))
         try:
             yield
         finally:
