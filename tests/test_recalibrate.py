@@ -525,9 +525,9 @@ def test_keras_graph_that_cannot_be_walked_replays_through_the_layers(monkeypatc
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
     walked, computed = [], {"first": 0}
-    walkable = keras_backend._walkable
-    monkeypatch.setattr(keras_backend, "_walkable",
-                        lambda graph: walked.append(walkable(graph)) and False)
+    readers = keras_backend._readers
+    monkeypatch.setattr(keras_backend, "_readers",
+                        lambda graph: walked.append(readers(graph) is not None) and None)
     conv_call = keras.layers.Conv2D.call
 
     def counting(self, *args, **kwargs):

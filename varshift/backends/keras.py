@@ -112,23 +112,25 @@ def _walk(model):
     return out
 
 
-#: What :func:`_run_replaying` reads of a functional graph (Keras 3's ``Function``).
-_GRAPH_ATTRIBUTES = ("_nodes_by_depth", "_outputs_struct", "inputs", "outputs")
+#: What :func:`_run_replaying` reads of a functional graph (Keras 3's ``Function``)
+#: and of its nodes.
+_GRAPH_ATTRIBUTES = ("_nodes_by_depth", "_outputs_struct", "inputs", "outputs", "name")
+_NODE_ATTRIBUTES = ("operation", "is_input", "input_tensors", "outputs", "arguments")
 
 
-def _walkable(graph) -> bool:
-    """Whether :func:`_run_replaying` can run ``graph`` (it has Keras 3's internals,
-    and nothing of its own shadows ``_run_through_graph``)."""
-    return (all(hasattr(graph, name) for name in _GRAPH_ATTRIBUTES)
-            and "_run_through_graph" not in vars(graph))
-
-
-def _readers(graph) -> dict:
+def _readers(graph):
     """Tensor id -> the ids of the operations of ``graph``'s nodes that take it (None
-    for an output of the graph)."""
+    for an output of the graph); None where :func:`_run_replaying` cannot run
+    ``graph`` (a Keras version with other internals, or something of the graph's own
+    shadows ``_run_through_graph``)."""
+    if (not all(hasattr(graph, name) for name in _GRAPH_ATTRIBUTES)
+            or "_run_through_graph" in vars(graph)):
+        return None
     readers = {id(x): [None] for x in graph.outputs}
     for nodes in graph._nodes_by_depth.values():
         for node in nodes:
+            if not all(hasattr(node, name) for name in _NODE_ATTRIBUTES):
+                return None
             for x in node.input_tensors:
                 readers.setdefault(id(x), []).append(id(node.operation))
     return readers
@@ -347,7 +349,7 @@ class KerasAdapter(Adapter):
         # the graphs (functional models) a replayed layer can be a node of
         self._graphs = [layer for _, layer in walked if isinstance(layer, keras.Function)]
         self._stand_ins = {}  # layer name -> its stand-in in a graph (see _graph_replay)
-        self._readers = {}    # graph id -> its _readers
+        self._readers = {}    # graph id -> its _readers (None: not walked)
 
     # ------------------------------------------------------------------ structure
     def layers(self):
@@ -446,10 +448,11 @@ class KerasAdapter(Adapter):
                 if name not in self._stand_ins:
                     self._stand_ins[name] = self._replayed(name)
                 stand_ins[id(self._layers[name])] = self._stand_ins[name]
-        patched = [graph for graph in self._graphs if _walkable(graph)]
-        for graph in patched:
+        for graph in self._graphs:
             if id(graph) not in self._readers:
                 self._readers[id(graph)] = _readers(graph)
+        patched = [graph for graph in self._graphs if self._readers[id(graph)] is not None]
+        for graph in patched:
             object.__setattr__(graph, "_run_through_graph", functools.partial(
                 _run_replaying, graph, stand_ins, self._readers[id(graph)]))
         try:
