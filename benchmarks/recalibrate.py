@@ -2,7 +2,7 @@
 process: a ratio of varshift to itself (issue #25's target: at most 2x, goal 1.5x).
 
     python benchmarks/recalibrate.py [--rounds 3] [--models resnet18,densenet121,keras,engine]
-                                     [--sizes small|large|both] [--no-plain]
+                                     [--sizes small|large|both] [--no-plain] [--threads N]
 
 ``recalibrate`` runs with ``reports=False`` (the reports are two ``measure`` calls);
 ``recal plain`` is the same call with ``cache_bytes=0``, every pass from the input, which
@@ -12,7 +12,10 @@ narrow, from ``tests/torchvision_like.py``) on 32x32 images (128 and 512 for Res
 64 and 512 for DenseNet-121), Keras' DenseNet121 (``weights=None``, 32 and 256 images)
 on Keras' torch backend, and the engine's 1-D PreResNet and DenseNet
 (``varshift.reproduce.networks``). Each round times every call once, interleaved;
-medians over the rounds of wall and CPU time (all threads).
+medians over the rounds of wall and CPU time (all threads). ``--threads N`` sets torch's
+intra-op threads in this process: on a machine that other work keeps busy, torch's
+threads wait for each other at every operation, and the CPU time they spin measures
+the load more than the work (``--threads 1`` removes that; the default keeps torch's).
 """
 
 import argparse
@@ -88,7 +91,13 @@ def main():
     parser.add_argument("--no-plain", action="store_true",
                         help="skip 'recal plain' (one pass from the input per BatchNorm: "
                              "minutes at the large sizes)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch's intra-op threads in this process (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     import varshift
 
     def sizes(pair):
@@ -101,6 +110,8 @@ def main():
     if "engine" in names:
         models.update(_engine_models())
     print("\n".join(describe_machine()))
+    if args.threads is not None:
+        print(f"torch intra-op threads in this process: {args.threads} (--threads)")
     calls = {
         "measure": lambda m, x: varshift.measure(m, x, batch_size=32),
         "recalibrate": lambda m, x: varshift.recalibrate(m, x, batch_size=32, reports=False),

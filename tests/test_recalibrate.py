@@ -413,6 +413,51 @@ def test_torch_an_early_layer_reaching_a_late_batchnorm_is_found_among_many():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_torch_recent_live_layers_of_a_long_frontier_are_found_copying_only_them():
+    """More frontier layers than probe samples, the live one among the latest: one run
+    tests the latest alone and replays the others with one-sample stand-ins, so only
+    the latest are copied at the probe's size (the test above is the case where a
+    stand-in reaches the BatchNorm, and the groups are tested)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn as tnn
+
+    from varshift.backends import session_for
+    from varshift.backends.modes import EVAL
+    from varshift.backends.replay import PROBE_SAMPLES, plan_passes
+
+    class LongChain(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.chain = tnn.ModuleList(tnn.Conv2d(3, 3, 1) for _ in range(2 * PROBE_SAMPLES))
+            self.bn0, self.after, self.bn1 = tnn.BatchNorm2d(3), tnn.Conv2d(3, 3, 1), \
+                tnn.BatchNorm2d(3)
+
+        def forward(self, x):
+            for conv in self.chain:
+                x = conv(x)
+            return self.bn1(self.after(torch.relu(self.bn0(x))))
+
+    torch.manual_seed(0)
+    model = _damaged_torch(LongChain().eval())
+    x = torch.randn(100, 3, 6, 6)
+    session = session_for(copy.deepcopy(model), "recalibrate")
+    taken = []
+    take = session.adapter.take
+    session.adapter.take = lambda tensor, index: taken.append(len(index)) or take(tensor, index)
+    with session.preserved(0):
+        session.trace(x)
+        plan = plan_passes(session, ["bn0", "bn1"], x, EVAL)
+    last = f"chain.{2 * PROBE_SAMPLES - 1}"
+    assert plan.live[1] == (last,)
+    assert len(plan.dead[1]) == 2 * PROBE_SAMPLES - 1
+    assert taken == [PROBE_SAMPLES] * (PROBE_SAMPLES - 1)  # the latest, in one run
+    twin = copy.deepcopy(model)
+    recalibrate(model, x, batch_size=32, reports=False)
+    recalibrate(twin, x, batch_size=32, reports=False, cache_bytes=0)
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_keras_graph_calls_no_replayed_layer(monkeypatch):
     """In a functional model's replayed pass, the layers before the frontier are not
     called (their stand-ins are), and the statistics equal plain passes' bit for bit."""
@@ -440,9 +485,60 @@ def test_keras_graph_calls_no_replayed_layer(monkeypatch):
     monkeypatch.setattr(keras.layers.Conv2D, "__call__", counting)
     recalibrate(twin, x, batch_size=30, reports=False, cache_bytes=0)
     plain, calls["first"] = calls["first"], 0
+    stand_ins = []  # (the BatchNorm of the pass, the replayed layer)
+    from varshift.backends.keras import KerasAdapter as adapter_class
+
+    replayed = adapter_class._replayed
+
+    def reporting(self, name):
+        stand_in = replayed(self, name)
+        return lambda: stand_ins.append((self._interceptor._target, name)) or stand_in()
+
+    monkeypatch.setattr(adapter_class, "_replayed", reporting)
     recalibrate(model, x, batch_size=30, reports=False)
     # plain: the trace and 3 passes x 3 batches; replayed: the trace, the first pass's
     # 3 batches, and the probe's full run and first pass (the later passes call none)
     assert calls["first"] == plain - 2 * 3 + 2
+    # in the last passes, 'first' is read only by replayed layers: not even its
+    # stand-in is called (the probe's two runs and 3 batches of bn_b's passes call it)
+    assert [target for target, name in stand_ins if name == "first"] == ["bn_b"] * 5
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keras_graph_that_cannot_be_walked_replays_through_the_layers(monkeypatch):
+    """Where a graph lacks the Keras internals that varshift's walk reads, the
+    replayed layers are called and their wrapped calls replay them without computing:
+    the statistics are those of plain passes, bit for bit."""
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+    from varshift.backends import keras as keras_backend
+
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, padding="same", name="first")(inputs)
+    skip = keras.layers.BatchNormalization(name="bn_a")(h)
+    h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(3, 1)(skip))
+    h = keras.layers.Add()([keras.layers.Conv2D(3, 1)(h), skip])
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_c")(h))
+    x = np.random.default_rng(0).standard_normal((90, 6, 6, 2)).astype(np.float32)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    walked, computed = [], {"first": 0}
+    readers = keras_backend._readers
+    monkeypatch.setattr(keras_backend, "_readers",
+                        lambda graph: walked.append(readers(graph) is not None) and None)
+    conv_call = keras.layers.Conv2D.call
+
+    def counting(self, *args, **kwargs):
+        computed["first"] += self.name == "first"
+        return conv_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Conv2D, "call", counting)
+    recalibrate(twin, x, batch_size=30, reports=False, cache_bytes=0)
+    plain, computed["first"] = computed["first"], 0
+    recalibrate(model, x, batch_size=30, reports=False)
+    assert walked and all(walked)  # this Keras could have been walked
+    assert computed["first"] == plain - 2 * 3 + 2  # as in the test above
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)

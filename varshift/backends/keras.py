@@ -52,6 +52,7 @@ State
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from contextlib import contextmanager, nullcontext
@@ -109,6 +110,67 @@ def _walk(model):
         stack.extend((f"{path}/{sub.name}" if path else sub.name, sub)
                      for sub in reversed(_sublayers(layer)))
     return out
+
+
+#: What :func:`_run_replaying` reads of a functional graph (Keras 3's ``Function``)
+#: and of its nodes.
+_GRAPH_ATTRIBUTES = ("_nodes_by_depth", "_outputs_struct", "inputs", "outputs", "name")
+_NODE_ATTRIBUTES = ("operation", "is_input", "input_tensors", "outputs", "arguments")
+
+
+def _readers(graph):
+    """Tensor id -> the ids of the operations of ``graph``'s nodes that take it (None
+    for an output of the graph); None where :func:`_run_replaying` cannot run
+    ``graph`` (a Keras version with other internals, or something of the graph's own
+    shadows ``_run_through_graph``)."""
+    if (not all(hasattr(graph, name) for name in _GRAPH_ATTRIBUTES)
+            or "_run_through_graph" in vars(graph)):
+        return None
+    readers = {id(x): [None] for x in graph.outputs}
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            if not all(hasattr(node, name) for name in _NODE_ATTRIBUTES):
+                return None
+            for x in node.input_tensors:
+                readers.setdefault(id(x), []).append(id(node.operation))
+    return readers
+
+
+def _run_replaying(graph, stand_ins, readers, inputs, operation_fn=lambda op: op,
+                   call_fn=None):
+    """Keras' ``Function._run_through_graph`` (3.x), except that a node whose layer has
+    a stand-in in ``stand_ins`` (layer id -> function of no argument returning the
+    layer's output) takes its output from the stand-in, without mapping its arguments
+    or calling the layer, and only where a node that is not a stand-in reads it (or
+    it is an output of the graph: ``readers`` is :func:`_readers`). Symbolic runs
+    (``call_fn``) are Keras' own."""
+    if call_fn is not None:
+        return type(graph)._run_through_graph(graph, inputs, operation_fn, call_fn)
+    tensors = {id(x): y for x, y in zip(graph.inputs, keras.tree.flatten(inputs))}
+    by_depth = graph._nodes_by_depth
+    operation_for = getattr(graph, "_get_operation_for_node", lambda node: node.operation)
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
+            if not node.operation or node.is_input:
+                continue  # the inputs are there already
+            stand_in = stand_ins.get(id(node.operation))
+            if stand_in is not None:
+                if all(reader in stand_ins for x in node.outputs
+                       for reader in readers.get(id(x), ())):
+                    continue  # read by stand-ins only (or by nothing): not needed
+                outputs = [stand_in()]  # a replayed output is one tensor
+            elif any(id(x) not in tensors for x in node.input_tensors):
+                continue  # not computable (as Keras skips it)
+            else:
+                args, kwargs = node.arguments.fill_in(tensors)
+                outputs = keras.tree.flatten(operation_fn(operation_for(node))(*args, **kwargs))
+            for x, y in zip(node.outputs, outputs):
+                tensors[id(x)] = y
+    missing = [i for i, x in enumerate(graph.outputs) if id(x) not in tensors]
+    if missing:
+        raise ValueError(f"output {missing[0]} of {graph.name!r} is not connected to its inputs")
+    return keras.tree.pack_sequence_as(graph._outputs_struct,
+                                       [tensors[id(x)] for x in graph.outputs])
 
 
 def _kind(layer) -> Kind:
@@ -287,6 +349,7 @@ class KerasAdapter(Adapter):
         # the graphs (functional models) a replayed layer can be a node of
         self._graphs = [layer for _, layer in walked if isinstance(layer, keras.Function)]
         self._stand_ins = {}  # layer name -> its stand-in in a graph (see _graph_replay)
+        self._readers = {}    # graph id -> its _readers (None: not walked)
 
     # ------------------------------------------------------------------ structure
     def layers(self):
@@ -362,15 +425,19 @@ class KerasAdapter(Adapter):
 
     @contextmanager
     def _graph_replay(self):
-        """While inside, a functional model's graph calls a replayed layer's stand-in
-        directly, not the layer: Keras' ``Layer.__call__`` costs about 0.4 ms a call,
-        and a replayed pass goes through every layer before its frontier.
+        """While inside, a functional model's graph gives a replayed layer's node its
+        replayed output without calling the layer or mapping its arguments, and skips
+        the replayed layers that only replayed layers read: Keras' ``Layer.__call__``
+        costs about 0.4 ms a call, its per-node argument mapping tens of microseconds,
+        and a replayed pass goes through every node before its frontier.
 
-        The stand-in goes through the graph's own per-node lookup
-        (``Function._get_operation_for_node``, Keras' table of replacement operations,
-        ``_nnx_op_mapping``, a private attribute): where a Keras version does not
-        consult it, the layer is called and its wrapped ``call`` replays it, as for
-        a layer of a subclassed model. Either way the interceptor sees the same calls.
+        The graph runs through :func:`_run_replaying`, set as an attribute of the
+        graph that shadows Keras' ``Function._run_through_graph`` (private) while
+        inside; the interceptor sees the calls of the replayed layers that are read
+        (no replayed layer is called twice, so the keys of the others' calls are the
+        same). A graph without what it reads (a Keras version with other internals)
+        runs as before: the layer is called and its wrapped ``call`` replays it, as for
+        a layer of a subclassed model.
         """
         if not self._replay or not self._graphs:
             yield
@@ -381,25 +448,24 @@ class KerasAdapter(Adapter):
                 if name not in self._stand_ins:
                     self._stand_ins[name] = self._replayed(name)
                 stand_ins[id(self._layers[name])] = self._stand_ins[name]
-        saved = []
         for graph in self._graphs:
-            own = vars(graph).get("_nnx_op_mapping")
-            saved.append((graph, own))
-            object.__setattr__(graph, "_nnx_op_mapping", {**(own or {}), **stand_ins})
+            if id(graph) not in self._readers:
+                self._readers[id(graph)] = _readers(graph)
+        patched = [graph for graph in self._graphs if self._readers[id(graph)] is not None]
+        for graph in patched:
+            object.__setattr__(graph, "_run_through_graph", functools.partial(
+                _run_replaying, graph, stand_ins, self._readers[id(graph)]))
         try:
             yield
         finally:
-            for graph, own in saved:
-                if own is None:
-                    object.__delattr__(graph, "_nnx_op_mapping")
-                else:
-                    object.__setattr__(graph, "_nnx_op_mapping", own)
+            for graph in patched:
+                object.__delattr__(graph, "_run_through_graph")
 
     def _replayed(self, name):
         """What a replayed layer's call does, without the layer: report the call and
         return the replayed output."""
 
-        def replayed(*args, **kwargs):
+        def replayed():
             key = self._interceptor.on_enter(name)
             out = self._replay[name]
             self._interceptor.on_exit(key, out)
@@ -445,6 +511,9 @@ class KerasAdapter(Adapter):
         return [t for t in keras.tree.flatten(output) if keras.ops.is_tensor(t)]
 
     def copy(self, tensor):
+        torch = _torch_rng()
+        if torch is not None and isinstance(tensor, torch.Tensor):
+            return tensor.clone()  # what keras.ops.copy does, without its conversion
         return keras.ops.copy(tensor)
 
     def take(self, tensor, index):

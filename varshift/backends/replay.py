@@ -18,7 +18,9 @@ Nothing is assumed about the model's code. The plan is found on a probe (the fir
 :data:`PROBE_SAMPLES` samples of the first batch) by running every pass there as it
 will run on the data: a frontier layer is live if swapping one sample of its output for
 another changes that sample of BatchNorm k's input (layers are tested in groups, a
-sample per group, and the groups that change are split: :func:`_live`); then the pass with the live layers
+sample per group, and the groups that change are split: :func:`_live`; where the last
+pass's live layers were among its latest, a first run replays all but the latest with
+one-sample stand-ins, so that a long frontier is not copied); then the pass with the live layers
 replayed must give BatchNorm k the input of a full forward pass, bit for bit, or it
 runs the plain way (over all of the data from the input, as the passes of the first
 BatchNorm, of ``dropout='on'`` and of models whose BatchNorms are called twice do). A
@@ -152,11 +154,14 @@ def plan_passes(session, targets, x, modes) -> Plan:
         return Plan.plain(len(targets))  # a BatchNorm called twice, or not reached
     plan = Plan.plain(len(targets))
     kept, producer, sizes, tiny = {}, {}, {}, x[:1]
+    recent = True  # the last pass's live layers were among its latest len(x) - 1
     for k, name in enumerate(targets):
         recorder = None
         if k:
             frontier = _frontier(calls, targets[k - 1], kept)
-            live = _live(session, name, tiny, modes, full.inputs[name], kept, frontier)
+            live = _live(session, name, tiny, modes, full.inputs[name], kept, frontier,
+                         recent)
+            recent = set(live) <= set(frontier[max(len(frontier) - len(x) + 1, 0):])
             recorder = _replayed_pass(session, name, tiny, modes, full.inputs[name], kept,
                                       frontier, live, single)
         if recorder is None:  # plain
@@ -210,7 +215,7 @@ def _probe(session, name, tiny, modes, replay, keep):
     return recorder if name in recorder.inputs else None
 
 
-def _live(session, name, tiny, modes, expected, kept, frontier) -> list:
+def _live(session, name, tiny, modes, expected, kept, frontier, recent=False) -> list:
     """The frontier layers whose outputs reach BatchNorm ``name``, by group testing.
 
     Each run gives up to ``n - 1`` groups of layers (``n`` samples in the probe) a
@@ -219,35 +224,62 @@ def _live(session, name, tiny, modes, expected, kept, frontier) -> list:
     split for a later run, until single layers remain. The first run gives the latest
     layers (the likeliest to be live) groups of their own and puts the others in one
     group. The last sample is never swapped: if it changes, the model mixes samples,
-    and all of the frontier is live (as when the model fails)."""
-    n, live, shape = len(expected), [], expected.shape
-    expected = expected.reshape(n, -1)
+    and all of the frontier is live (as when the model fails).
+
+    With ``recent`` (the live layers are expected among the latest ``n - 1``), a run
+    before these tests the latest ``n - 1`` layers alone and replays the others with
+    one-sample stand-ins, as dead layers are replayed: where that run succeeds and
+    leaves the last sample as it was, the others are dead (the check of
+    :func:`_replayed_pass` replays them so), and the others are not copied at the
+    probe's size, which is most of the work on a long frontier."""
+    n = len(expected)
+    if recent and len(frontier) > n - 1:
+        latest, rest = frontier[len(frontier) - n + 1:], frontier[:len(frontier) - n + 1]
+        changed = _changed(session, name, tiny, modes, expected, kept,
+                           [[key] for key in latest], standins=rest)
+        if changed is not None:
+            return [latest[g] for g in changed]
+    live = []
     queue = _groups(frontier, n - 1, latest=True)
     while queue:
         groups, queue = queue[:n - 1], queue[n - 1:]
-        swapped = {key: g for g, group in enumerate(groups) for key in group}
-        replay = {}
-        for key in frontier:
-            if key in swapped:
-                index = np.arange(n)
-                index[swapped[key]] = swapped[key] + 1
-                replay[key] = session.adapter.take(kept[key], index)
-            else:
-                replay[key] = session.adapter.copy(kept[key])
-        recorder = _probe(session, name, tiny, modes, replay, frozenset())
-        if recorder is None or recorder.inputs[name].shape != shape:
+        tested = {key for group in groups for key in group}
+        changed = _changed(session, name, tiny, modes, expected, kept, groups,
+                           full=[key for key in frontier if key not in tested])
+        if changed is None:
             return list(frontier)
-        seen = recorder.inputs[name].reshape(n, -1)
-        if seen[n - 1].tobytes() != expected[n - 1].tobytes():
-            return list(frontier)  # the model mixes samples
-        for g, group in enumerate(groups):
-            if seen[g].tobytes() != expected[g].tobytes():
-                if len(group) == 1:
-                    live.append(group[0])
-                else:
-                    queue += _groups(group, n - 1)
+        for g in changed:
+            if len(groups[g]) == 1:
+                live.append(groups[g][0])
+            else:
+                queue += _groups(groups[g], n - 1)
     live = set(live)
     return [key for key in frontier if key in live]
+
+
+def _changed(session, name, tiny, modes, expected, kept, groups, full=(), standins=()):
+    """One run of :func:`_live`: pass ``name`` on ``tiny`` replaying the layers of
+    group ``g`` with sample ``g`` of their kept outputs swapped for the next one, the
+    layers ``full`` with their kept outputs and ``standins`` with one-sample
+    stand-ins. Returns the groups whose sample of BatchNorm ``name``'s input differs
+    from ``expected`` (indexes), or None if the model failed, the input's shape
+    differs or its last sample (never swapped) changed."""
+    n = len(expected)
+    replay = {}
+    for g, group in enumerate(groups):
+        index = np.arange(n)
+        index[g] = g + 1
+        for key in group:
+            replay[key] = session.adapter.take(kept[key], index)
+    replay.update({key: session.adapter.copy(kept[key]) for key in full})
+    replay.update({key: session.adapter.copy(kept[key][:1]) for key in standins})
+    recorder = _probe(session, name, tiny, modes, replay, frozenset())
+    if recorder is None or recorder.inputs[name].shape != expected.shape:
+        return None
+    seen, expected = recorder.inputs[name].reshape(n, -1), expected.reshape(n, -1)
+    if seen[n - 1].tobytes() != expected[n - 1].tobytes():
+        return None  # the model mixes samples, or a stand-in reached the BatchNorm
+    return [g for g in range(len(groups)) if seen[g].tobytes() != expected[g].tobytes()]
 
 
 def _groups(keys, n, latest=False) -> list:
