@@ -45,13 +45,19 @@ def rendered_report(tmp_path_factory):
     import shutil
 
     from varshift.reproduce.plan import Settings
-    from varshift.reproduce.results import CONFIRMATORY, CONFIRMATORY_READING, write_report
+    from varshift.reproduce.results import (
+        CONFIRMATORY,
+        CONFIRMATORY_READING,
+        REESTIMATION,
+        write_report,
+    )
 
     if not (FIGURES / "REPORT.md").exists():
         pytest.skip("no committed figures")
     out = tmp_path_factory.mktemp("report")
     for path in [*FIGURES.glob("fig*.json"), *FIGURES.glob("case-*.json"), FIGURES / "NOTES.md",
-                 FIGURES / CONFIRMATORY, (FIGURES / CONFIRMATORY).with_name(CONFIRMATORY_READING)]:
+                 FIGURES / CONFIRMATORY, (FIGURES / CONFIRMATORY).with_name(CONFIRMATORY_READING),
+                 FIGURES / REESTIMATION]:
         if path.exists():
             (out / path.relative_to(FIGURES)).parent.mkdir(exist_ok=True)
             shutil.copy(path, out / path.relative_to(FIGURES))

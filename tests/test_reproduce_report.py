@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from varshift.reproduce.results import CONFIRMATORY, CONFIRMATORY_READING, WIDTH, write_report
+from varshift.reproduce.results import (
+    CONFIRMATORY,
+    CONFIRMATORY_READING,
+    REESTIMATION,
+    WIDTH,
+    write_report,
+)
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 
@@ -42,7 +48,7 @@ def test_the_summary_comes_first_and_fits_a_page(rendered):
     assert headings[:3] == ["Summary", "How the verdicts are reached", "Paper claims"]
     assert headings.index("Changes after results") > headings.index("Sanity and regime checks (not evidence)")
     summary = rendered[rendered.index("## Summary"):rendered.index("## How the verdicts")]
-    assert len(summary.split()) < 950  # about a page of prose, with its glossary
+    assert len(summary.split()) < 1000  # about a page of prose, with its glossary
     for topic in ("Mechanism", "Accuracy", "Width", "Paper claims (", "Our extensions",
                   "Changes after results"):
         assert topic in summary, topic
@@ -51,6 +57,9 @@ def test_the_summary_comes_first_and_fits_a_page(rendered):
         reading = (FIGURES / CONFIRMATORY).with_name(CONFIRMATORY_READING)
         first = reading.read_text().splitlines()[0]
         assert f"\n  {first}\n" in summary  # the maintainers' reading, nested in its bullet
+    if (FIGURES / REESTIMATION).exists():  # the follow-up: its own section and family line
+        assert "## Re-estimating the statistics three ways (an extension)" in rendered
+        assert "- The re-estimation follow-up, an extension (6):" in summary
     else:
         assert "its verdicts are not part of this report" in summary
 
@@ -96,7 +105,7 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
                 "paper": f"paper {i}", "ours": f"ours {i}", "verdict": raw, "kind": "claim",
                 "rule": "", "p_holds": 0.01, "p_against": 0.9, "n": 11, "holm": adjusted,
                 "estimate": estimate, "low": low, "high": high, "sd": 0.5, "direction": 1,
-                "sized_for": sized_for}
+                "margin": None, "sized_for": sized_for, "paper_effect": 2.0}
     verdicts = {"version": 2, "sha256": "f" * 64, "commit": "abc1234", "first_seed": 100,
                 "regime": "240 epochs on 1,000 sequences", "train_sequences": 1000,
                 "claims": [row("A01", "holds", "holds", 1.0, 0.5, 1.5, 1.2),
@@ -124,9 +133,10 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     assert "| A08 | net: claim A08 | **contradicted** |" in section
     assert ("- **A08.** Paper: paper A08. Ours: mean paired difference -0.90 points (95 % CI -1.30 "
             "to -0.50; sd across seeds 0.50; n = 11), against the paper's direction; sized to "
-            "detect +1.50: the interval lies wholly below it") in section
-    assert "+1.20: the interval includes it" in section  # A01
-    assert "+2.00: the interval lies wholly below it" in section  # A05
+            "detect +1.50 (the paper's +2.00 scaled to the pilot's error level): the interval lies "
+            "wholly below it") in section
+    assert "+1.20 (the paper's +2.00 scaled to the pilot's error level): the interval includes it" in section
+    assert "+2.00 (the paper's +2.00 scaled to the pilot's error level): the interval lies wholly below it" in section
     assert "| A03 | claim A03 | not testable at this regime |" in section
     assert "- **A02.** its arm was not piloted" in section
 

@@ -24,7 +24,13 @@ from .._json import json_ready
 from ..verdicts import Claim, holm
 from . import power, protocol
 from .plan import network_task
-from .results import CONFIRMATORY, CONFIRMATORY_TITLE, confirmatory_markdown
+from .results import (
+    CONFIRMATORY,
+    CONFIRMATORY_TITLE,
+    REESTIMATION,
+    REESTIMATION_TITLE,
+    confirmatory_markdown,
+)
 
 __all__ = ["CACHE", "REPORT", "PROTOCOLS", "progress", "judge", "document", "main"]
 
@@ -71,10 +77,10 @@ def judge(proto, cache=CACHE, sizing=SIZING, twins=CACHE):
     list of dict
         Per claim: ``id``, ``status``, the :class:`~varshift.verdicts.Claim` fields
         (``verdict`` unadjusted), ``holm`` (the adjusted verdict), ``sd`` (of the
-        per-seed differences), ``direction`` (the paper's sign), ``paper_effect`` (the
-        paper's difference, points, as declared) and ``sized_for`` (the effect the pilot
-        table ``sizing`` sized the claim for; None where it gives none): the last six for
-        confirmatory claims only.
+        per-seed differences), ``direction`` (the declared sign; 0: an equivalence claim
+        within ``margin``), ``paper_effect`` (the paper's difference, points, as declared)
+        and ``sized_for`` (the effect the pilot table ``sizing`` sized the claim for; None
+        where it gives none): the last seven for confirmatory claims only.
 
     Raises
     ------
@@ -114,8 +120,8 @@ def judge(proto, cache=CACHE, sizing=SIZING, twins=CACHE):
         row = {"id": c.id, "status": c.status, "text": c.claim.text, "why": c.why}
         if c.status == "confirmatory":
             row.update(by_id[c.id].__dict__, holm=adjusted[c.id], sd=sds[c.id],
-                       direction=c.claim.direction, sized_for=sized_for.get(c.claim.text),
-                       paper_effect=c.paper_effect)
+                       direction=c.claim.direction, margin=c.claim.margin,
+                       sized_for=sized_for.get(c.claim.text), paper_effect=c.paper_effect)
         rows.append(row)
     return rows
 
@@ -159,7 +165,8 @@ def _sized_for(sizing):
 def document(proto, record, rows) -> dict:
     """:data:`REPORT`'s JSON document: the protocol's version, hash and locking commit,
     its regime and first seed, and :func:`judge`'s ``rows``."""
-    return json_ready({"version": proto.version, "sha256": proto.sha256, "commit": record["commit"],
+    return json_ready({"file": proto.path.name, "version": proto.version, "sha256": proto.sha256,
+                       "commit": record["commit"],
                        "regime": proto.settings.describe().split("; ", 2)[-1],
                        "train_sequences": proto.settings.train_sequences,
                        "first_seed": proto.first_seed, "claims": rows})
@@ -167,8 +174,8 @@ def document(proto, record, rows) -> dict:
 
 PROTOCOLS = {
     "confirmatory": (protocol.PATH, CACHE, CONFIRMATORY_TITLE),
-    "reestimation": (protocol.REESTIMATION, Path("figures/reestimation/tasks"),
-                     "Re-estimating the statistics three ways (an extension)"),
+    "reestimation": (protocol.REESTIMATION, Path("figures") / REESTIMATION.parent / "tasks",
+                     REESTIMATION_TITLE),
 }
 """``--protocol`` name -> (protocol file, default cache, title of its verdicts)."""
 

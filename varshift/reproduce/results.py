@@ -13,7 +13,7 @@ from .._json import json_ready
 from .disclosures import ANCHOR, DECLARED, DISCLOSURES, SECTION
 from .disclosures import markdown as disclosures_markdown
 
-__all__ = ["CONFIRMATORY", "FigureResult", "confirmatory_markdown", "mean_sd", "new_figure",
+__all__ = ["CONFIRMATORY", "REESTIMATION", "FigureResult", "confirmatory_markdown", "mean_sd", "new_figure",
            "save_figure", "write_figure", "write_case", "write_report", "write_timings"]
 
 
@@ -317,6 +317,11 @@ def _baselines(figures):
 CONFIRMATORY = Path("confirmatory/verdicts.json")
 """The confirmatory run's verdicts (:mod:`varshift.reproduce.confirm`), relative to the
 figures' folder."""
+REESTIMATION = Path("reestimation/verdicts.json")
+"""The re-estimation follow-up's verdicts (``confirm --protocol reestimation``), relative
+to the figures' folder: an extension of the confirmatory run, rendered after it."""
+REESTIMATION_TITLE = "Re-estimating the statistics three ways (an extension)"
+_REESTIMATION_ANCHOR = "#re-estimating-the-statistics-three-ways-an-extension"
 CONFIRMATORY_READING = "reading.md"
 """The maintainers' reading of the confirmatory verdicts (Markdown bullets), beside them;
 REPORT's summary nests it under the confirmatory run's bullet."""
@@ -345,9 +350,16 @@ def _declared_counts(verdicts):
 
 
 def _direction(row):
-    """Whether a confirmatory row's mean difference lies in the paper's direction."""
+    """Where a confirmatory row's mean difference lies: in the declared direction (the
+    paper's, where it has one) or against it; for an equivalence claim, inside or
+    outside its margin."""
+    side = "the paper's direction" if row.get("paper_effect") is not None else "the declared direction"
+    if row["direction"] == 0:
+        margin = row.get("margin")
+        return ("an equivalence claim" + (f" (the interval must lie within +-{margin:g} points)"
+                                          if margin is not None else ""))
     sign = row["estimate"] * row["direction"]
-    return "in the paper's direction" if sign > 0 else "against the paper's direction" if sign < 0 else "zero"
+    return f"in {side}" if sign > 0 else f"against {side}" if sign < 0 else "zero"
 
 
 def _measured(row):
@@ -433,22 +445,26 @@ def _confirmatory_tally(rows):
 
 
 def confirmatory_markdown(verdicts, heading="##", title=CONFIRMATORY_TITLE):
-    """The confirmatory run's section (lines of Markdown) from its ``verdicts`` document
+    """A protocol run's section (lines of Markdown) from its ``verdicts`` document
     (:func:`varshift.reproduce.confirm.document`): the protocol, the counts after Holm's
     adjustment, the judged claims as REPORT's other tables (notes below), and the claims
     declared untestable or awaiting their pilot, with the reason declared for each."""
     rows = _confirmatory_rows(verdicts)
-    lines = [f"{heading} {title}", "",
-             f"Protocol `confirmatory.json` version {verdicts['version']}, sha256 "
-             f"`{verdicts['sha256']}`, locked in commit {verdicts['commit']}; "
-             f"{verdicts['regime']}; seeds from {verdicts['first_seed']}, each claim on its "
-             f"declared number of seeds (n below). Verdicts: the same paired rule as above, "
-             f"with Holm's adjustment over the protocol's family of {len(rows)} claims.", "",
-             f"- Confirmatory claims ({len(rows)}), after Holm's adjustment: "
-             f"{_confirmatory_tally(rows)}.",
-             f"- Not judged: {_declared_counts(verdicts)}.", ""]
-    lines += _rows_table(rows, "Paper", _measured)
     others = [r for r in verdicts["claims"] if r["status"] != "confirmatory"]
+    lines = [f"{heading} {title}", "",
+             f"Protocol `{verdicts.get('file', 'confirmatory.json')}` version "
+             f"{verdicts['version']}, sha256 `{verdicts['sha256']}`, locked in commit "
+             f"{verdicts['commit']}; {verdicts['regime']}; seeds from {verdicts['first_seed']}, "
+             f"each claim on its declared number of seeds (n below). Verdicts: the paired rule "
+             f"of the tables above, with Holm's adjustment over the protocol's family of "
+             f"{len(rows)} claims.", "",
+             f"- Claims judged ({len(rows)}), after Holm's adjustment: "
+             f"{_confirmatory_tally(rows)}."]
+    if others:
+        lines.append(f"- Not judged: {_declared_counts(verdicts)}.")
+    lines += [""] + _rows_table(rows, "Paper", _measured)
+    if not others:
+        return lines + [""]
     lines += ["", "Declared in the protocol before any verdict, and not judged:", "",
               "| id | claim | declared |", "|---|---|---|"]
     lines += [f"| {r['id']} | {_cell(r['text'])} | {r['status']} |" for r in others]
@@ -537,6 +553,12 @@ def write_report(out: Path, skipped, settings: str) -> Path:
         rows = _confirmatory_rows(verdicts)
         families.insert(0, f"- Confirmatory accuracy claims ({len(rows)}): "
                            f"{_confirmatory_tally(rows)} ([table]({_CONFIRMATORY_ANCHOR})).")
+    followup_path = out / REESTIMATION
+    followup = json.loads(followup_path.read_text()) if followup_path.exists() else None
+    if followup is not None:
+        rows = _confirmatory_rows(followup)
+        families.insert(1, f"- The re-estimation follow-up, an extension ({len(rows)}): "
+                           f"{_confirmatory_tally(rows)} ([table]({_REESTIMATION_ANCHOR})).")
     lines += _summary(paper_rows, families, checks, failed, figures, verdicts, reading)
     lines += ["## How the verdicts are reached", "", PROTOCOL, "",
               "## Paper claims", "",
@@ -547,6 +569,8 @@ def write_report(out: Path, skipped, settings: str) -> Path:
     lines += _claim_table(paper_rows, "claim")
     if verdicts is not None:
         lines += confirmatory_markdown(verdicts)
+    if followup is not None:
+        lines += confirmatory_markdown(followup, title=REESTIMATION_TITLE)
     lines += ["## Our extensions (not claims of the paper; same rule, counted apart)", ""]
     lines += _claim_table(extension_rows, "extension")
     lines += ["## Sanity and regime checks (not evidence)", ""]
