@@ -16,7 +16,9 @@ OpenBLAS is a separate instance that is loaded only at the first product, by
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
+from numba.np.linalg import _BLAS  # Numba's BLAS signatures (private, stable since 0.2x)
 
 from . import threads
 from .jit import njit
@@ -60,21 +62,54 @@ def matmul_blas(a, b):
 
 
 def _product(a, b, blocks):
-    """``a @ b`` (C-contiguous) in one BLAS call, or in ``blocks`` blocks of rows (if
-    ``a`` is C-contiguous) or of columns (if ``b`` is Fortran-contiguous), so that no
-    operand is copied where one of the two is laid out that way."""
+    """``a @ b`` (C-contiguous) in one BLAS call, or in ``blocks`` blocks of the longer
+    side of the result on Numba's threads, each block one BLAS call on the operands as
+    they lie in memory (C- or Fortran-contiguous; any other layout is copied first)."""
     if blocks == 1:
         first, trans_first = _fortran_operand(b)
         second, trans_second = _fortran_operand(a)
         return _GEMM[a.dtype.char](1.0, first, second, trans_a=trans_first,
                                    trans_b=trans_second).T
-    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
-    if not a.flags.c_contiguous and b.flags.f_contiguous:
-        _column_blocks(a if a.flags.f_contiguous else np.ascontiguousarray(a), b.T, out, blocks)
-    else:
-        b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)
-        _row_blocks(np.ascontiguousarray(a), b, out, blocks)
+    (m, k), n = a.shape, b.shape[1]
+    out = np.empty((m, n), a.dtype)
+    a_memory, a_fortran = _memory(a)
+    b_memory, b_fortran = _memory(b)
+    _split_product(a_memory, a_fortran, b_memory, b_fortran, out.reshape(-1), m, n, k,
+                   blocks, n > m)
     return out
+
+
+def _memory(x):
+    """``(flat view of x's memory, whether x is Fortran-ordered)``: copied to C order
+    only if ``x`` is neither C- nor Fortran-contiguous."""
+    if x.flags.c_contiguous:
+        return x.reshape(-1), False
+    if x.flags.f_contiguous:
+        return x.T.reshape(-1), True
+    return np.ascontiguousarray(x).reshape(-1), False
+
+
+def _gemm(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+    """BLAS ``xgemm`` (column-major) on flat arrays that start at the operands' first
+    elements: ``c = op(a) op(b)``, with ``a`` ``m x k`` and ``b`` ``k x n`` after
+    ``op``. Compiled only, through :func:`_gemm_overload`."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_gemm)
+def _gemm_overload(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+    """Numba's own BLAS entry point, the one its ``np.dot`` calls, which takes leading
+    dimensions, so that a block of a matrix needs no copy."""
+    xxgemm = _BLAS().numba_xxgemm(a.dtype)
+    kind = ord("s" if a.dtype == types.float32 else "d")
+
+    def call(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+        one = np.ones(1, c.dtype)
+        zero = np.zeros(1, c.dtype)
+        xxgemm(kind, transa, transb, m, n, k, one.ctypes, a.ctypes, lda, b.ctypes, ldb,
+               zero.ctypes, c.ctypes, ldc)
+
+    return call
 
 
 @njit(cache=True)
@@ -87,23 +122,30 @@ def _block(size, blocks, block):
 
 
 @njit(parallel=True, cache=True)
-def _row_blocks(a, b, out, blocks):
-    """``out = a @ b`` for C-contiguous ``a`` and ``out``: ``blocks`` blocks of rows on
-    Numba's threads, each one BLAS call."""
-    for block in prange(blocks):
-        lo, hi = _block(a.shape[0], blocks, block)
-        if lo < hi:
-            np.dot(a[lo:hi], b, out[lo:hi])
+def _split_product(a, a_fortran, b, b_fortran, out, m, n, k, blocks, by_columns):
+    """``out = a @ b`` in ``blocks`` blocks of columns (``by_columns``) or of rows of
+    the C-contiguous ``out`` (flat, ``m * n``), on Numba's threads.
 
-
-@njit(parallel=True, cache=True)
-def _column_blocks(a, b_t, out, blocks):
-    """``out = a @ b_t.T`` for C-contiguous ``b_t`` and ``out``: ``blocks`` blocks of
-    columns on Numba's threads, each one BLAS call and a copy into ``out``."""
+    ``a`` (``m x k``) and ``b`` (``k x n``) are flat views of their memory, in
+    Fortran order where the flag says so. In BLAS's column-major terms ``out^T = b^T
+    a^T``: a C-ordered operand is already its transpose, a Fortran-ordered one is
+    transposed by BLAS. A block of columns of ``out`` starts ``lo`` values into
+    ``out`` and into a C ``b`` (``lo * k`` into a Fortran one); a block of rows starts
+    ``lo * n`` into ``out`` and ``lo * k`` into a C ``a`` (``lo`` into a Fortran one).
+    """
+    trans_b = ord("T") if b_fortran else ord("N")
+    trans_a = ord("T") if a_fortran else ord("N")
+    ld_b = k if b_fortran else n
+    ld_a = m if a_fortran else k
     for block in prange(blocks):
-        lo, hi = _block(b_t.shape[0], blocks, block)
+        lo, hi = _block(n if by_columns else m, blocks, block)
         if lo < hi:
-            out[:, lo:hi] = np.dot(b_t[lo:hi], a.T).T
+            if by_columns:
+                _gemm(trans_b, trans_a, hi - lo, m, k, b[lo * k if b_fortran else lo:], ld_b,
+                      a, ld_a, out[lo:], n)
+            else:
+                _gemm(trans_b, trans_a, n, hi - lo, k, b, ld_b,
+                      a[lo if a_fortran else lo * k:], ld_a, out[lo * n:], n)
 
 
 def add_bias_nchw_numpy(product, bias, out, channels_last=False):
