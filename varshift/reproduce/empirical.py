@@ -238,9 +238,9 @@ def shift_per_layer(ctx):
                                        mean_shift[("a", r0)], direction=1)
                           for r0, r1 in zip(RATES, RATES[1:])]),
             Claim.paired(f"{arch}: (a) shifts more than (b) at drop 0.5",
-                         "not stated by the paper; follows from Eq. 12 (needs rho > 0): (b)'s "
-                         "shift is below (a)'s (Eq. 8) once d cos^2 > 1; Fig. 4 draws (a) on a "
-                         "1-3 axis, (b) on 1-1.2 (axis ranges, not values)",
+                         "Fig. 4, by its axes (no values): (a)'s panels span 1-3, (b)'s "
+                         "1.00-1.20; the text gives no number; Eq. 12 puts (b)'s shift below "
+                         "(a)'s (Eq. 8) once d cos^2 > 1 (needs rho > 0)",
                          mean_shift[("a", 0.5)], mean_shift[("b", 0.5)], direction=1, digits=3,
                          names=("(a)", "(b)")),
             _error_claim(f"{arch}: drop 0.5 at (a) raises the test error",
