@@ -33,7 +33,7 @@ DECLARED = (
     "- which comparisons count as the paper's claims: f0579f2 (16 min 43 s after the 5-seed "
     "results), d3d182c, 05fac29 and 5ed1b5b;\n"
     "- what the paper column quotes: 12 rows in f0579f2 (6 that stayed paper claims and the 6 "
-    "fig14 rows it moved to the extensions), 30 in d3d182c, 26 in 05fac29, 10 in 5ed1b5b;\n"
+    "fig14 rows it moved to the extensions), 30 in d3d182c, 26 in 05fac29, 10 in 5ed1b5b, 3 in b5fada7;\n"
     "- Holm's adjustment: ded8da9;\n"
     "- also the seed rule (d5915dc), three claim texts (f03a506) and recomputed case-study "
     "runs (1e6b4d7);\n"
@@ -235,6 +235,9 @@ _LEADS_OLD = ("Sec. 3: (b)'s shift (Eq. 12) is below (a)'s (Eq. 8) once d cos^2 
 _LEADS_NEW = ("not stated by the paper; follows from Eq. 12 (needs rho > 0): (b)'s shift is below "
               "(a)'s (Eq. 8) once d cos^2 > 1; Fig. 4 draws (a) on a 1-3 axis, (b) on 1-1.2 (axis "
               "ranges, not values)")
+_LEADS_FIG4 = ("Fig. 4, by its axes (no values): (a)'s panels span 1-3, (b)'s 1.00-1.20; the text "
+               "gives no number; Eq. 12 puts (b)'s shift below (a)'s (Eq. 8) once d cos^2 > 1 "
+               "(needs rho > 0)")
 _EQ15_OLD = "Eq. 15: 3/(3+beta^2) vs p (0.92 vs 0.5)"
 _EQ15_NEW = ("our evaluation of Eq. 15 at beta 0.5: 3/(3+beta^2) = 0.92 vs p = 0.5 (the paper's "
              "example: beta 0.1, 0.997, against 0.9 for drop 0.1)")
@@ -606,6 +609,30 @@ DISCLOSURES = (
         effect="adds the follow-up's own family of 6 claims (an extension, counted apart: 5 "
                "hold, 1 undecided after Holm's adjustment); no other count changes.",
         unchanged="every claim, run and verdict of the full and confirmatory runs."),
+    Disclosure(
+        commit="b5fada7", date="2026-12-07 12:34:45",
+        title="the paper column of \"(a) shifts more than (b)\" cites Fig. 4 again",
+        after="every result of this report, with every verdict known; a cold reader of "
+              "REPORT had found the cell unfair to the paper.",
+        what="the paper column of fig5's three rows \"(a) shifts more than (b) at drop 0.5\" "
+             "said \"not stated by the paper\" (5ed1b5b). Fig. 4 does show the ordering, by "
+             "its axes: (a)'s panels span 1-3, (b)'s 1.00-1.20, with no value in the text. "
+             "The cell now cites that first and keeps Eq. 12's condition. It is the third "
+             "wording of these cells after results: \"Fig. 4: (a) 1-3, (b) 1-1.2\" became "
+             "a Sec. 3 citation in 05fac29, then 5ed1b5b's.",
+        reason="commit message: \"A cold reader found 'not stated by the paper' unfair to "
+               "Fig. 4\"; the cell should say where the paper shows the ordering and that it "
+               "gives no number for it.",
+        effect="none on the counts: the three rows stay paper claims that hold, adjusted and "
+               "not.",
+        unchanged="every number, direction, margin, verdict and claim text; every figure's "
+                  "PNG, SVG and caption.",
+        edits=tuple(RowEdit(f"fig5_shift_per_layer_{a.lower()}",
+                            f"{a}: (a) shifts more than (b) at drop 0.5", "paper", _LEADS_NEW,
+                            _LEADS_FIG4, f"{d}, holds")
+                    for a, d in zip(_ARCHS, ("+0.592 [+0.478, +0.706]",
+                                             "+0.630 [+0.571, +0.690]",
+                                             "+0.751 [+0.698, +0.805]")))),
 )
 """Every change after results, oldest first."""
 
