@@ -161,6 +161,57 @@ def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
     assert f"- **A02.** {by_id_all['A02']['why']}" in text  # a claim awaiting its pilot, with why
 
 
+def _fake_results_of(proto, cache, ids):
+    """Store made-up results for the runs of the claims ``ids`` (as :func:`_fake_results`)."""
+    rng = np.random.default_rng(1)
+    for task in proto.tasks(ids):
+        p = task.params
+        error = 3.0 + 2.0 * (p["rate"] > 0) * (p["placement"] == "a") + rng.normal(0, 0.3)
+        result = {"test_error": error, "recalibrated": {"test_error": error - 0.5 * (p["rate"] > 0)},
+                  "history": {"train_mode": [99.0], "eval_mode": [99.0 - (p["rate"] > 0)]}}
+        _tasks._store(cache, task, result, 1.0)
+
+
+def test_each_holm_family_is_judged_once_all_its_runs_exist(tmp_path):
+    """A later version adds a family of its own: the first family's verdicts are judged
+    (and adjusted over that family alone) while the second's runs are missing."""
+    doc = json.loads(protocol.PATH.read_text())
+    second = []
+    for entry in doc["claims"]:
+        if entry["id"] in ("A02", "A13"):  # (a) 0.1 within 0.5 points; Uout 0.2 lowers the error
+            entry.update(status="confirmatory", seeds=4, why="made up for the test")
+            second.append(entry["id"])
+    doc["holm_families"].append(second)
+    path = tmp_path / "confirmatory.json"
+    path.write_text(json.dumps(doc))
+    proto = protocol.load(path)
+    first = proto.families[0]
+    cache = tmp_path / "cache"
+    with pytest.raises(FileNotFoundError, match="all of a family's runs"):
+        confirm.judge(proto, cache)
+    _fake_results_of(proto, cache, first)
+    assert [p[1:] for p in confirm.family_progress(proto, cache)] == [
+        (len(proto.tasks(first)), len(proto.tasks(first))),
+        (len({t.key for t in proto.tasks(second)} & {t.key for t in proto.tasks(first)}),
+         len(proto.tasks(second)))]  # the baselines the first family ran
+    rows = {r["id"]: r for r in confirm.judge(proto, cache)}
+    alone = {r["id"]: r for r in confirm.judge(protocol.load(), cache)}  # version 2's family alone
+    for i in first:
+        assert rows[i]["family"] == 1 and rows[i]["holm"] == alone[i]["holm"]
+        assert rows[i]["estimate"] == alone[i]["estimate"]
+    done, declared = rows["A02"]["runs"]
+    assert "holm" not in rows["A02"] and rows["A02"]["family"] == 2 and done < declared
+    verdicts = json.loads(json.dumps(confirm.document(proto, {"commit": "abc1234"}, list(rows.values()))))
+    text = "\n".join(confirmatory_markdown(verdicts))
+    assert "within each of the protocol's 2 Holm families" in text and "family 1, 13 claims" in text
+    assert f"| A02 | {rows['A02']['text']} | confirmatory (family 2): {done} of its family's " \
+           f"{declared} runs done |" in text
+    assert "2 confirmatory, awaiting their runs; " in text
+    _fake_results_of(proto, cache, second)
+    rows = {r["id"]: r for r in confirm.judge(proto, cache)}
+    assert rows["A02"]["family"] == 2 and rows["A02"]["n"] == 4 and rows["A13"]["holm"] in VERDICTS
+
+
 def test_the_reestimation_protocol_reruns_the_confirmatory_networks_with_two_more_estimates():
     proto = protocol.load(protocol.REESTIMATION)
     tasks = proto.tasks()

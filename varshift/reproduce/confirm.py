@@ -4,10 +4,11 @@ Run it from the repository root with ``python -m varshift.reproduce.confirm`` (`
 ``--protocol reestimation`` runs the other protocol of the same format, :data:`PROTOCOLS`):
 it locks :mod:`varshift.reproduce.protocol`'s file on its first run, then trains every
 declared run into :data:`CACHE` (resumable: finished runs are skipped). ``--report``
-computes nothing: until every declared run exists it only says how many are done (no
-verdict is looked at before the declared number of seeds); then it judges each
-confirmatory claim, adjusts the family with Holm's procedure, and writes
-:data:`REPORT` (JSON) and its Markdown beside it; REPORT.md's summary and its section
+computes nothing: until every declared run of a Holm family exists it only says how many
+are done (no verdict is looked at before the declared number of seeds); then it judges
+each confirmatory claim of every complete family, adjusts each family with Holm's
+procedure, and writes :data:`REPORT` (JSON) and its Markdown beside it, the claims of
+incomplete families listed with their runs done; REPORT.md's summary and its section
 "Confirmatory run" are rendered from that JSON.
 """
 
@@ -32,7 +33,8 @@ from .results import (
     confirmatory_markdown,
 )
 
-__all__ = ["CACHE", "REPORT", "PROTOCOLS", "progress", "judge", "document", "main"]
+__all__ = ["CACHE", "REPORT", "PROTOCOLS", "progress", "family_progress", "judge", "document",
+           "main"]
 
 CACHE = Path("figures/confirmatory/tasks")
 """Where the confirmatory runs are cached (relative to the repository root)."""
@@ -41,10 +43,16 @@ SIZING = Path("figures/power/power.json")
 """The pilot's power table, whose ``'pilot'`` rows sized the confirmatory claims."""
 
 
-def progress(proto, cache=CACHE):
-    """``(done, declared)``: how many of the protocol's runs are in ``cache``."""
-    runs = proto.tasks()
+def progress(proto, cache=CACHE, ids=None):
+    """``(done, declared)``: how many of the protocol's runs (those of the claims ``ids``,
+    default all) are in ``cache``."""
+    runs = proto.tasks(ids)
     return len(_tasks.cached(runs, cache)), len(runs)
+
+
+def family_progress(proto, cache=CACHE):
+    """``[(family, done, declared)]``: each Holm family's runs in ``cache``."""
+    return [(family, *progress(proto, cache, family)) for family in proto.families]
 
 
 def _runs(proto, cache):
@@ -75,31 +83,38 @@ def judge(proto, cache=CACHE, sizing=SIZING, twins=CACHE):
     Returns
     -------
     list of dict
-        Per claim: ``id``, ``status``, the :class:`~varshift.verdicts.Claim` fields
-        (``verdict`` unadjusted), ``holm`` (the adjusted verdict), ``sd`` (of the
-        per-seed differences), ``direction`` (the declared sign; 0: an equivalence claim
-        within ``margin``), ``paper_effect`` (the paper's difference, points, as declared)
-        and ``sized_for`` (the effect the pilot table ``sizing`` sized the claim for; None
-        where it gives none): the last seven for confirmatory claims only.
+        Per claim: ``id``, ``status``, ``text`` and ``why``. A confirmatory claim also has
+        ``family`` (its Holm family's number, from 1) and, where every run of its family
+        exists, the :class:`~varshift.verdicts.Claim` fields (``verdict`` unadjusted),
+        ``holm`` (the verdict adjusted within its family), ``sd`` (of the per-seed
+        differences), ``direction`` (the declared sign; 0: an equivalence claim within
+        ``margin``), ``paper_effect`` (the paper's difference, points, as declared) and
+        ``sized_for`` (the effect the pilot table ``sizing`` sized the claim for; None
+        where it gives none); else ``runs``, ``[done, declared]`` of its family.
 
     Raises
     ------
     FileNotFoundError
-        If a declared run is missing (verdicts wait for every declared seed).
+        If no family has all its declared runs (verdicts wait for every declared seed of
+        a family).
     ProtocolChanged
         If the file changed after its runs were locked.
     RuntimeError
         If a run differs from its twin in ``twins``.
     """
     protocol.check(proto, cache)
-    done, declared = progress(proto, cache)
-    if done < declared:
-        raise FileNotFoundError(f"{done} of {declared} declared runs are in {cache}: verdicts wait "
-                                "for all of them")
+    families = family_progress(proto, cache)
+    complete = [ids for ids, done, declared in families if done == declared]
+    if not complete:
+        counts = "; ".join(f"{done} of {declared}" for _, done, declared in families)
+        raise FileNotFoundError(f"{counts} declared runs (per Holm family) are in {cache}: "
+                                "verdicts wait for all of a family's runs")
     _check_twins(proto, cache, twins)
     runs = _runs(proto, cache)
     judged, sds = [], {}
     for c in proto.confirmatory:
+        if not any(c.id in ids for ids in complete):
+            continue
         wanted = range(proto.first_seed, proto.first_seed + c.seeds)
         mine = {arm: {s: r for s, r in runs[arm].items() if s in wanted} for arm in c.claim.arms}
         seeds, d = power.differences(c.claim, mine)
@@ -110,18 +125,22 @@ def judge(proto, cache=CACHE, sizing=SIZING, twins=CACHE):
         judged.append(Claim.paired(c.claim.text, c.paper_source, d, 0.0, direction=c.claim.direction,
                                    min_effect=c.claim.margin or 0.0, unit=" points",
                                    names=("difference", "0")))
-    by_id = dict(zip((c.id for c in proto.confirmatory), judged))
+    by_id = dict(zip(sds, judged))
     adjusted = {}
-    for family in proto.families:  # each family adjusted on its own
+    for family in complete:  # each family adjusted on its own
         adjusted.update(zip(family, holm([by_id[i] for i in family])))
+    number = {i: n for n, (ids, _, _) in enumerate(families, 1) for i in ids}
+    progress_of = {i: [done, declared] for ids, done, declared in families for i in ids}
     sized_for = _sized_for(sizing)
     rows = []
     for c in proto.claims:
         row = {"id": c.id, "status": c.status, "text": c.claim.text, "why": c.why}
-        if c.status == "confirmatory":
-            row.update(by_id[c.id].__dict__, holm=adjusted[c.id], sd=sds[c.id],
-                       direction=c.claim.direction, margin=c.claim.margin,
+        if c.id in by_id:
+            row.update(by_id[c.id].__dict__, family=number[c.id], holm=adjusted[c.id],
+                       sd=sds[c.id], direction=c.claim.direction, margin=c.claim.margin,
                        sized_for=sized_for.get(c.claim.text), paper_effect=c.paper_effect)
+        elif c.status == "confirmatory":
+            row.update(family=number[c.id], runs=progress_of[c.id])
         rows.append(row)
     return rows
 
@@ -194,9 +213,11 @@ def main(argv=None):
     proto = protocol.load(path)
     if args.report:
         record = protocol.check(proto, cache)
-        done, declared = progress(proto, cache)
-        if record is None or done < declared:
-            print(f"{done} of {declared} declared runs done; verdicts wait for all of them")
+        families = family_progress(proto, cache)
+        if record is None or all(done < declared for _, done, declared in families):
+            counts = "; ".join(f"{done} of {declared}" for _, done, declared in families)
+            print(f"{counts} declared runs (per Holm family) done; verdicts wait for all of a "
+                  "family's runs")
             return
         rows = judge(proto, cache)
         report = cache.parent / REPORT.name

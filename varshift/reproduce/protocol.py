@@ -92,18 +92,21 @@ class Protocol:
         """The claims the confirmatory run judges."""
         return [c for c in self.claims if c.status == "confirmatory"]
 
-    def seeds(self):
-        """``(arch, arm) -> number of seeds``: the most any confirmatory claim needs."""
+    def seeds(self, ids=None):
+        """``(arch, arm) -> number of seeds``: the most any confirmatory claim needs (of
+        the claims ``ids``, default all)."""
         out = {}
         for c in self.confirmatory:
-            for arm in c.claim.arms:
-                out[arm] = max(out.get(arm, 0), c.seeds)
+            if ids is None or c.id in ids:
+                for arm in c.claim.arms:
+                    out[arm] = max(out.get(arm, 0), c.seeds)
         return out
 
-    def tasks(self):
-        """Every run of the confirmatory claims, seed-major (seed ``first_seed + i`` of
-        every arm before seed ``first_seed + i + 1``), so a stopped run has whole seeds."""
-        seeds = self.seeds()
+    def tasks(self, ids=None):
+        """Every run of the confirmatory claims (of the claims ``ids``, default all),
+        seed-major (seed ``first_seed + i`` of every arm before seed
+        ``first_seed + i + 1``), so a stopped run has whole seeds."""
+        seeds = self.seeds(ids)
         most = max(seeds.values(), default=0)
         return [network_task(self.settings, arch, arm[0], arm[1], self.first_seed + i, arm[2],
                              self.task_options or None)

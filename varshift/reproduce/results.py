@@ -338,15 +338,23 @@ def _confirmatory_rows(verdicts):
     """The judged rows of a confirmatory ``verdicts`` document as :class:`_Row`\\ s (the
     protocol's ids, Holm's verdict as the adjusted one)."""
     return [_Row(r["id"], "confirmatory", r, r["holm"]) for r in verdicts["claims"]
-            if r["status"] == "confirmatory"]
+            if "holm" in r]
+
+
+def _awaiting_runs(verdicts):
+    """The confirmatory rows of families whose runs are not all done (not judged)."""
+    return [r for r in verdicts["claims"] if r["status"] == "confirmatory" and "holm" not in r]
 
 
 def _declared_counts(verdicts):
-    """``'N declared not testable at this regime and M awaiting their pilot'``."""
+    """``'N declared not testable at this regime and M awaiting their pilot'``, after
+    ``'K confirmatory, awaiting their runs; '`` where a family is not complete."""
     statuses = [r["status"] for r in verdicts["claims"]]
-    return (f"{statuses.count('not testable at this regime')} declared not testable at this "
-            f"regime and {statuses.count('awaiting its pilot')} awaiting their pilot, both "
-            f"in the protocol before any verdict was computed")
+    waiting = len(_awaiting_runs(verdicts))
+    return ((f"{waiting} confirmatory, awaiting their runs; " if waiting else "")
+            + f"{statuses.count('not testable at this regime')} declared not testable at this "
+            f"regime and {statuses.count('awaiting its pilot')} awaiting their pilot, each "
+            f"declared in the protocol before any verdict on it")
 
 
 def _direction(row):
@@ -450,14 +458,22 @@ def confirmatory_markdown(verdicts, heading="##", title=CONFIRMATORY_TITLE):
     adjustment, the judged claims as REPORT's other tables (notes below), and the claims
     declared untestable or awaiting their pilot, with the reason declared for each."""
     rows = _confirmatory_rows(verdicts)
-    others = [r for r in verdicts["claims"] if r["status"] != "confirmatory"]
+    others = [r for r in verdicts["claims"] if "holm" not in r]
+    families = sorted({r["family"] for r in verdicts["claims"] if "family" in r})
+    if len(families) > 1:
+        judged = sorted({r.claim["family"] for r in rows})
+        adjustment = (f"within each of the protocol's {len(families)} Holm families, judged once "
+                      f"all of a family's runs exist (judged: "
+                      + ", ".join(f"family {f}, {sum(r.claim['family'] == f for r in rows)} claims"
+                                  for f in judged) + ")")
+    else:
+        adjustment = f"over the protocol's family of {len(rows)} claims"
     lines = [f"{heading} {title}", "",
              f"Protocol `{verdicts.get('file', 'confirmatory.json')}` version "
              f"{verdicts['version']}, sha256 `{verdicts['sha256']}`, locked in commit "
              f"{verdicts['commit']}; {verdicts['regime']}; seeds from {verdicts['first_seed']}, "
              f"each claim on its declared number of seeds (n below). Verdicts: the paired rule "
-             f"of the tables above, with Holm's adjustment over the protocol's family of "
-             f"{len(rows)} claims.", "",
+             f"of the tables above, with Holm's adjustment {adjustment}.", "",
              f"- Claims judged ({len(rows)}), after Holm's adjustment: "
              f"{_confirmatory_tally(rows)}."]
     if others:
@@ -465,12 +481,21 @@ def confirmatory_markdown(verdicts, heading="##", title=CONFIRMATORY_TITLE):
     lines += [""] + _rows_table(rows, "Paper", _measured)
     if not others:
         return lines + [""]
-    lines += ["", "Declared in the protocol before any verdict, and not judged:", "",
+    lines += ["", "Declared in the protocol, each before any verdict on it, and not judged:", "",
               "| id | claim | declared |", "|---|---|---|"]
-    lines += [f"| {r['id']} | {_cell(r['text'])} | {r['status']} |" for r in others]
+    lines += [f"| {r['id']} | {_cell(r['text'])} | {_not_judged(r)} |" for r in others]
     lines.append("")
     lines += [f"- **{r['id']}.** {r['why']}" for r in others]
     return lines + [""]
+
+
+def _not_judged(row):
+    """The declared column of a claim not judged: its status, and for a confirmatory
+    claim its family's runs done."""
+    if "runs" not in row:
+        return row["status"]
+    done, declared = row["runs"]
+    return f"confirmatory (family {row['family']}): {done} of its family's {declared} runs done"
 
 
 def _summary(paper_rows, families, checks, failed, figures, verdicts, reading=""):
