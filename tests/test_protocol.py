@@ -125,10 +125,11 @@ def test_lock_needs_the_file_committed_and_refuses_a_later_change(repo, tmp_path
     assert len(json.loads((cache / protocol.LOCK).read_text())) == 2
 
 
-def _fake_results(proto, cache, missing=0):
-    """Store made-up results for every declared run (the last ``missing`` left out)."""
+def _fake_results(proto, cache, missing=0, ids=None):
+    """Store made-up results for every declared run (of the claims ``ids``, default all;
+    the last ``missing`` left out)."""
     rng = np.random.default_rng(0)
-    runs = proto.tasks()
+    runs = proto.tasks(ids)
     for task in runs[:len(runs) - missing]:
         p = task.params
         error = 3.0 + 2.0 * (p["rate"] > 0) * (p["placement"] == "a") + rng.normal(0, 0.3)
@@ -161,17 +162,6 @@ def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
     assert f"- **A02.** {by_id_all['A02']['why']}" in text  # a claim awaiting its pilot, with why
 
 
-def _fake_results_of(proto, cache, ids):
-    """Store made-up results for the runs of the claims ``ids`` (as :func:`_fake_results`)."""
-    rng = np.random.default_rng(1)
-    for task in proto.tasks(ids):
-        p = task.params
-        error = 3.0 + 2.0 * (p["rate"] > 0) * (p["placement"] == "a") + rng.normal(0, 0.3)
-        result = {"test_error": error, "recalibrated": {"test_error": error - 0.5 * (p["rate"] > 0)},
-                  "history": {"train_mode": [99.0], "eval_mode": [99.0 - (p["rate"] > 0)]}}
-        _tasks._store(cache, task, result, 1.0)
-
-
 def test_each_holm_family_is_judged_once_all_its_runs_exist(tmp_path):
     """A later version adds a family of its own: the first family's verdicts are judged
     (and adjusted over that family alone) while the second's runs are missing."""
@@ -189,7 +179,7 @@ def test_each_holm_family_is_judged_once_all_its_runs_exist(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(FileNotFoundError, match="all of a family's runs"):
         confirm.judge(proto, cache)
-    _fake_results_of(proto, cache, first)
+    _fake_results(proto, cache, ids=first)
     assert [p[1:] for p in confirm.family_progress(proto, cache)] == [
         (len(proto.tasks(first)), len(proto.tasks(first))),
         (len({t.key for t in proto.tasks(second)} & {t.key for t in proto.tasks(first)}),
@@ -207,7 +197,7 @@ def test_each_holm_family_is_judged_once_all_its_runs_exist(tmp_path):
     assert f"| A02 | {rows['A02']['text']} | confirmatory (family 2): {done} of its family's " \
            f"{declared} runs done |" in text
     assert "2 confirmatory, awaiting their runs; " in text
-    _fake_results_of(proto, cache, second)
+    _fake_results(proto, cache, ids=second)
     rows = {r["id"]: r for r in confirm.judge(proto, cache)}
     assert rows["A02"]["family"] == 2 and rows["A02"]["n"] == 4 and rows["A13"]["holm"] in VERDICTS
 

@@ -152,8 +152,10 @@ def col2im_numba(cols, x_shape, window: Window):
     Same contract as :func:`col2im_numpy`.
     """
     oh, ow = window.output_size(*x_shape[2:])
+    dx = np.zeros(x_shape, dtype=cols.dtype)
     kernel = _col2im_runs if window.stride[1] == 1 else _col2im_gather
-    return kernel(np.ascontiguousarray(cols), *x_shape, *window.args, oh, ow)
+    kernel(np.ascontiguousarray(cols).reshape(-1), dx.reshape(-1), *x_shape, *window.args, oh, ow)
+    return dx
 
 
 @njit(inline="always")
@@ -226,15 +228,12 @@ def _im2col_gather(src, dst, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh,
 
 
 @njit(parallel=True, cache=True)
-def _col2im_runs(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+def _col2im_runs(src, dst, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     """col2im for width stride 1: each output row adds a contiguous run into the flat
     input gradient, taps in order as :func:`_col2im_gather`. The indices are unsigned
     (see :func:`_row2im`): the loop vectorises."""
     plane = oh * ow
     width = n_ * plane
-    dx = np.zeros((n_, c_, h_, w_), dtype=cols.dtype)
-    dst = dx.reshape(-1)
-    src = cols.reshape(-1)
     for c in prange(c_):  # a channel per task: no two tasks write the same dx element
         for i in range(kh):
             p0, p1 = _valid(oh, sh, i * dh - ph, h_)
@@ -248,18 +247,14 @@ def _col2im_runs(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
                         start = row + n * plane + p * ow
                         for q in range(q0, q1):
                             dst[np.uint64(x_row + q)] += src[np.uint64(start + q)]
-    return dx
 
 
 @njit(parallel=True, cache=True)
-def _col2im_gather(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+def _col2im_gather(src, dst, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     """col2im for any stride: a table of read offsets per tap, as
     :func:`_im2col_gather`."""
     plane = oh * ow
     width = n_ * plane
-    dx = np.zeros((n_, c_, h_, w_), dtype=cols.dtype)
-    dst = dx.reshape(-1)
-    src = cols.reshape(-1)
     for c in prange(c_):  # a channel per task: no two tasks write the same dx element
         offsets = np.empty(plane, np.int64)
         for i in range(kh):
@@ -273,7 +268,6 @@ def _col2im_gather(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
                         at = offsets[k]
                         if at >= 0:
                             dst[x_plane + at] += src[start + k]
-    return dx
 
 
 def im2row_numpy(x, window: Window):
