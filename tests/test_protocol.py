@@ -16,12 +16,16 @@ from varshift.reproduce.plan import network_task
 from varshift.reproduce.results import confirmatory_markdown
 from varshift.verdicts import VERDICTS
 
-PILOT = json.loads(open("figures/power/power.json").read())["pilot"]
+POWER = json.loads(open("figures/power/power.json").read())
+PILOT = POWER["pilot"]
+VERSION_2_FAMILY = ("A01", "A05", "A08", "A10", "A11", "A27", "A31", "A33", "A34", "A35", "A36",
+                    "A37", "A40")
 
 
 def test_the_committed_protocol_is_the_power_table_of_the_pilot():
     proto = protocol.load()
     rows = {r["text"]: r for r in PILOT["rows"]}
+    full_run = {r["text"]: r for r in POWER["full run"]["rows"]}
     declared = {c.claim.text: c for c in proto.claims}
     assert list(declared) == [c.text for c in power.CLAIMS]  # every accuracy claim, in order
     for claim in power.CLAIMS:
@@ -33,11 +37,15 @@ def test_the_committed_protocol_is_the_power_table_of_the_pilot():
         if c.status == "confirmatory":
             assert row["testable"] and c.seeds == min(power.BUDGET, row["seeds_upper"])
         elif c.status == "not testable at this regime":
-            assert row["testable"] is False or ruled_out
+            # the pilot's verdict, section 1's rule, or (not piloted) the full run's table
+            assert (row["testable"] is False or ruled_out
+                    or (row["testable"] is None and full_run[claim.text]["testable"] is False))
         else:  # awaiting its pilot: arms without pilot runs, and not ruled out in advance
             assert row["testable"] is None and not ruled_out
-    assert len(proto.confirmatory) == 13 and proto.first_seed == 100
-    assert proto.families == (tuple(c.id for c in proto.confirmatory),)  # one fixed family
+    assert len(proto.confirmatory) == 18 and proto.first_seed == 100
+    # version 2's family, fixed; version 3's claims in a family of their own
+    assert proto.families == (VERSION_2_FAMILY, ("A02", "A15", "A19", "A28", "A32"))
+    assert not [c for c in proto.claims if c.status == "awaiting its pilot"]
     assert proto.settings.train_sequences == 1000 and proto.settings.epochs == 240
 
 
@@ -141,15 +149,16 @@ def _fake_results(proto, cache, missing=0, ids=None):
 def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
     proto = protocol.load()
     cache = tmp_path / "cache"
-    _fake_results(proto, cache, missing=1)
-    assert confirm.progress(proto, cache) == (len(proto.tasks()) - 1, len(proto.tasks()))
+    first = proto.tasks(VERSION_2_FAMILY)
+    _fake_results(proto, cache, missing=1, ids=VERSION_2_FAMILY)  # no family complete
+    assert confirm.progress(proto, cache, VERSION_2_FAMILY) == (len(first) - 1, len(first))
     with pytest.raises(FileNotFoundError, match="wait"):
         confirm.judge(proto, cache)
     _fake_results(proto, cache)
     rows = confirm.judge(proto, cache)
     judged = [r for r in rows if r["status"] == "confirmatory"]
     by_id_all = {r["id"]: r for r in rows}
-    assert len(rows) == len(proto.claims) and len(judged) == 13
+    assert len(rows) == len(proto.claims) and len(judged) == 18 and all("holm" in r for r in judged)
     by_id = {r["id"]: r for r in judged}
     assert by_id["A01"]["verdict"] == by_id["A01"]["holm"] == "holds"  # (a) 0.5 is 2 points worse
     assert by_id["A01"]["n"] == 11 and by_id["A35"]["n"] == 27
@@ -159,16 +168,26 @@ def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
     text = "\n".join(confirmatory_markdown(verdicts))
     assert proto.sha256 in text and "abc1234" in text and "A40" in text
     assert "| A01 | PreResNet: drop 0.5 at (a) raises the test error | holds |" in text
-    assert f"- **A02.** {by_id_all['A02']['why']}" in text  # a claim awaiting its pilot, with why
+    assert f"- **A12.** {by_id_all['A12']['why']}" in text  # a claim not judged, with why
+
+
+def _version_2_family_only():
+    """The committed protocol with version 2's family as its only confirmatory claims."""
+    doc = json.loads(protocol.PATH.read_text())
+    doc["holm_families"] = [list(VERSION_2_FAMILY)]
+    for entry in doc["claims"]:
+        if entry["id"] not in VERSION_2_FAMILY and entry["status"] == "confirmatory":
+            entry.update(status="awaiting its pilot", seeds=None)
+    return doc
 
 
 def test_each_holm_family_is_judged_once_all_its_runs_exist(tmp_path):
     """A later version adds a family of its own: the first family's verdicts are judged
     (and adjusted over that family alone) while the second's runs are missing."""
-    doc = json.loads(protocol.PATH.read_text())
+    doc = _version_2_family_only()
     second = []
     for entry in doc["claims"]:
-        if entry["id"] in ("A02", "A13"):  # (a) 0.1 within 0.5 points; Uout 0.2 lowers the error
+        if entry["id"] in ("A02", "A13"):  # a made-up second family
             entry.update(status="confirmatory", seeds=4, why="made up for the test")
             second.append(entry["id"])
     doc["holm_families"].append(second)
@@ -185,7 +204,9 @@ def test_each_holm_family_is_judged_once_all_its_runs_exist(tmp_path):
         (len({t.key for t in proto.tasks(second)} & {t.key for t in proto.tasks(first)}),
          len(proto.tasks(second)))]  # the baselines the first family ran
     rows = {r["id"]: r for r in confirm.judge(proto, cache)}
-    alone = {r["id"]: r for r in confirm.judge(protocol.load(), cache)}  # version 2's family alone
+    alone_path = tmp_path / "family1.json"
+    alone_path.write_text(json.dumps(_version_2_family_only()))
+    alone = {r["id"]: r for r in confirm.judge(protocol.load(alone_path), cache)}  # family 1 alone
     for i in first:
         assert rows[i]["family"] == 1 and rows[i]["holm"] == alone[i]["holm"]
         assert rows[i]["estimate"] == alone[i]["estimate"]
