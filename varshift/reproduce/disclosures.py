@@ -633,6 +633,25 @@ DISCLOSURES = (
                     for a, d in zip(_ARCHS, ("+0.592 [+0.478, +0.706]",
                                              "+0.630 [+0.571, +0.690]",
                                              "+0.751 [+0.698, +0.805]")))),
+    Disclosure(
+        commit="43c6a80", date="2026-12-07 13:46:34",
+        title="the confirmatory protocol's version 3, after version 2's verdicts",
+        after="version 2's verdicts (its 13 claims, one Holm family) and the other arms' "
+              "pilot (240 runs); no run of the claims it sizes.",
+        what="`varshift/reproduce/protocols/confirmatory.json` version 2 -> 3 decides the ten "
+             "claims awaiting their pilot by version 1's rule: A02, A15, A19, A28 and A32 "
+             "become confirmatory (16-28 seeds) in a second Holm family of their own; A06, "
+             "A13, A26 and A39 are not testable at this regime (31-327 seeds); A12, whose "
+             "arm had no pilot, is not testable either (its scaled effect is 0.008 points, "
+             "a sixth of one test sequence; the full run's table needs more than 10,000 "
+             "seeds). Their runs reuse version 2's baselines, known when it was written.",
+        reason="commit message: \"Version 3 decides the ten claims awaiting their pilot by\"; "
+               "version 1 declared that these claims would be \"sized in a later version of "
+               "the file, after their pilot, and before their confirmatory runs\" "
+               "(docs/power-analysis.md, section 4).",
+        effect="none until its runs exist: the second family is judged once its 164 runs "
+               "are in, and counted apart from the first.",
+        unchanged="version 2's family: its claims, seeds, runs and verdicts."),
 )
 """Every change after results, oldest first."""
 
