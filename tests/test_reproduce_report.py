@@ -122,7 +122,8 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     summary = report[report.index("## Summary"):report.index("## How the verdicts")]
     assert "**Accuracy at 1,000 training sequences, confirmatory" in summary
     assert ("1 of 3 hold after Holm's adjustment (A01), 2 without it; 1 contradicted (A08); "
-            "1 undecided; 1 declared not testable at this regime and 1 awaiting their pilot") in summary
+            "1 undecided; 1 not testable at this regime and 1 awaiting their pilot, each declared "
+            "in the protocol before any verdict on it") in summary
     assert "the paper's effect being the other way): A08 -0.90 [-1.30, -0.50]." in summary
     # A05's interval [0.05, 0.75] excludes the 2.0 it was sized for: smaller than sized for
     assert "excludes the effect the claim was sized for: A05." in summary

@@ -347,14 +347,16 @@ def _awaiting_runs(verdicts):
 
 
 def _declared_counts(verdicts):
-    """``'N declared not testable at this regime and M awaiting their pilot'``, after
-    ``'K confirmatory, awaiting their runs; '`` where a family is not complete."""
+    """``'N not testable at this regime and M awaiting their pilot, each declared in the
+    protocol before any verdict on it'`` (a part whose count is 0 left out), after ``'K
+    confirmatory, awaiting their runs; '`` where a family is not complete."""
     statuses = [r["status"] for r in verdicts["claims"]]
     waiting = len(_awaiting_runs(verdicts))
+    declared = [f"{n} {what}" for n, what in (
+        (statuses.count("not testable at this regime"), "not testable at this regime"),
+        (statuses.count("awaiting its pilot"), "awaiting their pilot")) if n]
     return ((f"{waiting} confirmatory, awaiting their runs; " if waiting else "")
-            + f"{statuses.count('not testable at this regime')} declared not testable at this "
-            f"regime and {statuses.count('awaiting its pilot')} awaiting their pilot, each "
-            f"declared in the protocol before any verdict on it")
+            + " and ".join(declared) + ", each declared in the protocol before any verdict on it")
 
 
 def _direction(row):
