@@ -212,9 +212,14 @@ def test_each_holm_family_is_judged_once_all_its_runs_exist(tmp_path):
         assert rows[i]["estimate"] == alone[i]["estimate"]
     done, declared = rows["A02"]["runs"]
     assert "holm" not in rows["A02"] and rows["A02"]["family"] == 2 and done < declared
-    verdicts = json.loads(json.dumps(confirm.document(proto, {"commit": "abc1234"}, list(rows.values()))))
+    earlier = {"1": {"commit": "aaa1111", "sha256": "1"}, "2": {"commit": "bbb2222", "sha256": "2"},
+               str(proto.version): {"commit": "abc1234", "sha256": proto.sha256}}
+    verdicts = json.loads(json.dumps(confirm.document(proto, {"commit": "abc1234"},
+                                                      list(rows.values()), earlier)))
     text = "\n".join(confirmatory_markdown(verdicts))
     assert "within each of the protocol's 2 Holm families" in text and "family 1, 13 claims" in text
+    assert "locked in commit abc1234 (earlier versions locked in aaa1111 (version 1), bbb2222 " \
+           "(version 2);" in text  # each family's runs were locked by its own version
     assert f"| A02 | {rows['A02']['text']} | confirmatory (family 2): {done} of its family's " \
            f"{declared} runs done |" in text
     assert "2 confirmatory, awaiting their runs; " in text

@@ -181,11 +181,14 @@ def _sized_for(sizing):
     return {r["text"]: r["scaled"] for r in rows if r.get("scaled") is not None}
 
 
-def document(proto, record, rows) -> dict:
+def document(proto, record, rows, earlier=None) -> dict:
     """:data:`REPORT`'s JSON document: the protocol's version, hash and locking commit,
-    its regime and first seed, and :func:`judge`'s ``rows``."""
+    the earlier versions' locks (``earlier``: version -> lock record, from the cache's
+    lock file), its regime and first seed, and :func:`judge`'s ``rows``."""
+    locks = {v: r["commit"] for v, r in sorted((earlier or {}).items(), key=lambda i: int(i[0]))
+             if int(v) < proto.version}
     return json_ready({"file": proto.path.name, "version": proto.version, "sha256": proto.sha256,
-                       "commit": record["commit"],
+                       "commit": record["commit"], **({"earlier": locks} if locks else {}),
                        "regime": proto.settings.describe().split("; ", 2)[-1],
                        "train_sequences": proto.settings.train_sequences,
                        "first_seed": proto.first_seed, "claims": rows})
@@ -221,7 +224,7 @@ def main(argv=None):
             return
         rows = judge(proto, cache)
         report = cache.parent / REPORT.name
-        verdicts = document(proto, record, rows)
+        verdicts = document(proto, record, rows, protocol.locks(cache))
         with atomic_write(report, "w", owner="confirm.report") as f:
             f.write(json.dumps(verdicts, indent=1) + "\n")
         text = "\n".join(confirmatory_markdown(verdicts, "#", title)) + "\n"

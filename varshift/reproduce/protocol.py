@@ -35,7 +35,7 @@ from .plan import Settings, network_task
 from .power import AccuracyClaim, Term
 
 __all__ = ["FOLDER", "PATH", "REESTIMATION", "STATUSES", "Protocol", "ProtocolChanged", "require", "read", "load", "digest",
-           "lock", "check"]
+           "lock", "locks", "check"]
 
 FOLDER = Path(__file__).with_name("protocols")
 """Where the declared protocols are (package data)."""
@@ -212,7 +212,8 @@ def _git(*args, cwd):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _read_lock(cache):
+def locks(cache):
+    """The lock records in ``cache``: version (a string) -> ``{"sha256", "commit"}``."""
     path = Path(cache) / LOCK
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -233,7 +234,7 @@ def check(protocol, cache):
     ------
     ProtocolChanged
     """
-    record = _read_lock(cache).get(str(protocol.version))
+    record = locks(cache).get(str(protocol.version))
     if record is not None and record["sha256"] != protocol.sha256:
         raise ProtocolChanged(
             f"{protocol.path} changed after its runs were computed: version {protocol.version} "
@@ -268,7 +269,7 @@ def lock(protocol, cache):
     if status is None or status != "" or not commit:
         raise RuntimeError(f"{protocol.path} must be committed unchanged before its first run "
                            f"(git status: {status!r}); commit it, then run again")
-    records = _read_lock(cache)
+    records = locks(cache)
     records[str(protocol.version)] = {"sha256": protocol.sha256, "commit": commit}
     Path(cache).mkdir(parents=True, exist_ok=True)
     with atomic_write(Path(cache) / LOCK, "w", owner="protocol.lock") as f:

@@ -470,10 +470,16 @@ def confirmatory_markdown(verdicts, heading="##", title=CONFIRMATORY_TITLE):
                                   for f in judged) + ")")
     else:
         adjustment = f"over the protocol's family of {len(rows)} claims"
+    earlier = verdicts.get("earlier")
+    history = (" (earlier versions locked in " + ", ".join(
+        f"{commit} (version {v})" for v, commit in earlier.items())
+        + "; each family keeps the claims and seeds of the version that made it confirmatory)"
+        if earlier else "")
     lines = [f"{heading} {title}", "",
              f"Protocol `{verdicts.get('file', 'confirmatory.json')}` version "
              f"{verdicts['version']}, sha256 `{verdicts['sha256']}`, locked in commit "
-             f"{verdicts['commit']}; {verdicts['regime']}; seeds from {verdicts['first_seed']}, "
+             f"{verdicts['commit']}{history}; {verdicts['regime']}; seeds from "
+             f"{verdicts['first_seed']}, "
              f"each claim on its declared number of seeds (n below). Verdicts: the paired rule "
              f"of the tables above, with Holm's adjustment {adjustment}.", "",
              f"- Claims judged ({len(rows)}), after Holm's adjustment: "
