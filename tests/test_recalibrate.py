@@ -500,8 +500,9 @@ def test_keras_graph_calls_no_replayed_layer(monkeypatch):
     # 3 batches, and the probe's full run and first pass (the later passes call none)
     assert calls["first"] == plain - 2 * 3 + 2
     # in the last passes, 'first' is read only by replayed layers: not even its
-    # stand-in is called (the probe's two runs and 3 batches of bn_b's passes call it)
-    assert [target for target, name in stand_ins if name == "first"] == ["bn_b"] * 5
+    # stand-in is called (the probe's one run of bn_b's pass, which finds the plan and
+    # checks it, and its 3 batches call it)
+    assert [target for target, name in stand_ins if name == "first"] == ["bn_b"] * 4
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -542,3 +543,94 @@ def test_keras_graph_that_cannot_be_walked_replays_through_the_layers(monkeypatc
     assert computed["first"] == plain - 2 * 3 + 2  # as in the test above
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_replay_copies_an_output_when_asked_for_and_records_it():
+    """A replayed output is made when the model asks for it: a copy (a layer may
+    change its input in place), or the kept output's samples in a swapped order."""
+    from varshift.backends import session_for
+    from varshift.backends.replay import Replay
+
+    model = nn.Sequential(nn.Dense(3, 2), seed=0)
+    adapter = session_for(model, "recalibrate").adapter
+    a, b = np.arange(6.0).reshape(3, 2), np.ones((3, 2))
+    replay = Replay(adapter, {"a": a, "b": b}, swaps={"b": np.array([1, 1, 2])})
+    assert set(replay) == {"a", "b"} and len(replay) == 2 and "a" in replay
+    assert replay.read == set() and replay.get("c") is None and replay.read == set()
+    got = replay["a"]
+    np.testing.assert_array_equal(got, a)
+    got[0, 0] = 99.0  # the kept output is not changed
+    assert a[0, 0] == 0.0 and replay.read == {"a"}
+    b[1] = 2.0
+    np.testing.assert_array_equal(replay["b"], [[2, 2], [2, 2], [1, 1]])
+    assert replay.read == {"a", "b"}
+
+
+def _keras_plain_and_replayed(keras, model, x, batch_size):
+    """``model`` recalibrated (the plan's passes) and a clone recalibrated by plain
+    passes; asserts their statistics equal bit for bit; returns the plan."""
+    from varshift.backends import session_for
+    from varshift.backends.modes import EVAL
+    from varshift.backends.replay import plan_passes
+
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    session = session_for(model, "recalibrate")
+    with session.preserved(0):
+        session.trace(x)
+        plan = plan_passes(session, [bn.name for bn in session.batchnorms()], x, EVAL)
+    recalibrate(model, x, batch_size=batch_size, reports=False)
+    recalibrate(twin, x, batch_size=batch_size, reports=False, cache_bytes=0)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    return plan
+
+
+def test_keras_a_skip_from_the_input_fails_the_read_check_and_runs_plain():
+    """The run that replays every frontier layer is a check: where the model reads
+    its raw input after the frontier, it fails, and that pass runs plain."""
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.BatchNormalization(name="bn_a")(keras.layers.Conv2D(2, 3, padding="same")(
+        inputs))
+    h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(2, 1)(h))
+    h = keras.layers.Add()([keras.layers.Conv2D(2, 1)(h), inputs])
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_c")(h))
+    x = np.random.default_rng(0).standard_normal((70, 6, 6, 2)).astype(np.float32)
+    plan = _keras_plain_and_replayed(keras, model, x, 30)
+    assert [plan.replays(k) for k in range(3)] == [False, True, False]
+
+
+def test_keras_many_read_layers_are_tested_and_only_the_live_kept():
+    """More frontier layers read by the pass than probe samples: they are the
+    candidates of the group testing (the other frontier layers are not read), and
+    a layer read by a node that does not reach the BatchNorm is not kept."""
+    from conftest import keras_on_torch
+
+    from varshift.backends.replay import PROBE_SAMPLES
+
+    keras = keras_on_torch()
+
+    inputs = keras.Input((4, 4, 2))
+    a = keras.layers.BatchNormalization(name="bn_a")(keras.layers.Conv2D(2, 1)(inputs))
+    branches = [keras.layers.Conv2D(1, 1, name=f"branch{i}")(a)
+                for i in range(PROBE_SAMPLES + 4)]
+    deep = keras.layers.Concatenate(name="deep")(branches)
+    for i in range(3):  # the branches are called before bn_b: on the frontier of bn_c
+        deep = keras.layers.Conv2D(1, 1, name=f"deep{i}")(deep)
+    b = keras.layers.BatchNormalization(name="bn_b")(
+        keras.layers.Conv2D(2, 1, name="to_b")(branches[0]))
+    c = keras.layers.BatchNormalization(name="bn_c")(
+        keras.layers.Concatenate(name="cat")(branches[2:] + [b]))
+    # computed after bn_b (nearer the output), reading branch1, not reaching bn_c
+    side = keras.layers.Conv2D(1, 1, name="side_out")(
+        keras.layers.Conv2D(1, 1, name="side")(branches[1]))
+    model = keras.Model(inputs, [c, side, deep])
+    x = np.random.default_rng(0).standard_normal((50, 4, 4, 2)).astype(np.float32)
+    plan = _keras_plain_and_replayed(keras, model, x, 25)
+    live = set(plan.live[2])
+    assert live == {"to_b"} | {f"branch{i}" for i in range(2, PROBE_SAMPLES + 4)}
+    assert {"branch0", "branch1"} <= set(plan.dead[2])

@@ -17,7 +17,7 @@ from . import _validate
 from ._process import public
 from ._progress import progress_bar
 from .backends import Modes, session_for
-from .backends.replay import Plan, Recorder, plan_passes
+from .backends.replay import Plan, Recorder, Replay, plan_passes
 from .measurement import Report, measure_with
 from .stats import RunningMoments
 
@@ -242,9 +242,10 @@ def _recalibrate_layer(session, bn, batches, modes, progress, plan, k, kept,
     for i, x in enumerate(progress_bar(batches, progress, batches.num_batches,
                                        f"recalibrate {bn.name}")):
         replay = None
-        if plan.replays(k):
-            replay = {key: adapter.copy(kept[key][i]) for key in plan.live[k]}
-            replay.update({key: adapter.copy(plan.standins[key]) for key in plan.dead[k]})
+        if plan.replays(k):  # copied where the model asks for them
+            outputs = {key: kept[key][i] for key in plan.live[k]}
+            outputs.update({key: plan.standins[key] for key in plan.dead[k]})
+            replay = Replay(adapter, outputs)
         watch = Recorder(adapter, keep=keep, replayed=replay or ()) if keep else None
         # the pass also runs bn itself, with its old (maybe damaged) statistics: a
         # NaN there is no concern, and a non-finite result is refused when written
