@@ -634,3 +634,45 @@ def test_keras_many_read_layers_are_tested_and_only_the_live_kept():
     live = set(plan.live[2])
     assert live == {"to_b"} | {f"branch{i}" for i in range(2, PROBE_SAMPLES + 4)}
     assert {"branch0", "branch1"} <= set(plan.dead[2])
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_keras_replayed_passes_skip_the_models_own_layer_call_unless_dtypes_mix(
+        monkeypatch, policy):
+    """A replayed pass of a functional model runs its graph through the model's
+    ``call``, not ``Layer.__call__`` (which clears every layer's losses), unless its
+    dtypes are mixed (``Layer.__call__`` then opens an autocast scope); either way
+    the statistics are those of plain passes, bit for bit."""
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+    from keras.src.models.functional import Functional
+
+    global_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)  # a functional model takes the global one
+    try:
+        inputs = keras.Input((6, 6, 2))
+        h = keras.layers.BatchNormalization(name="bn_a")(
+            keras.layers.Conv2D(3, 3, padding="same")(inputs))
+        h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(3, 1)(h))
+        h = keras.layers.BatchNormalization(name="bn_c")(keras.layers.Conv2D(3, 1)(h))
+        model = keras.Model(inputs, h)
+    finally:
+        keras.config.set_dtype_policy(global_policy)
+    assert model.dtype_policy.name == policy
+    x = np.random.default_rng(0).standard_normal((90, 6, 6, 2)).astype(np.float32)
+    counts = {"__call__": 0, "call": 0}
+    for method in counts:
+        original = getattr(Functional, method)
+
+        def counting(self, *args, original=original, method=method, **kwargs):
+            counts[method] += self is model
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Functional, method, counting)
+    plan = _keras_plain_and_replayed(keras, model, x, 30)
+    assert [plan.replays(k) for k in range(3)] == [False, True, True]
+    skipped = counts["call"] - counts["__call__"]
+    # the replayed runs: the probe's one per replayed pass (of the plan returned and
+    # of recalibrate's own), and 3 batches per replayed pass
+    assert skipped == (2 * 2 + 2 * 3 if policy == "float32" else 0), counts
