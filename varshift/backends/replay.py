@@ -16,18 +16,24 @@ replayed with a one-sample stand-in, so that they are not computed.
 
 Nothing is assumed about the model's code. The plan is found on a probe (the first
 :data:`PROBE_SAMPLES` samples of the first batch) by running every pass there as it
-will run on the data: a frontier layer is live if swapping one sample of its output for
-another changes that sample of BatchNorm k's input (layers are tested in groups, a
-sample per group, and the groups that change are split: :func:`_live`; where the last
-pass's live layers were among its latest, a first run replays all but the latest with
-one-sample stand-ins, so that a long frontier is not copied); then the pass with the live layers
-replayed must give BatchNorm k the input of a full forward pass, bit for bit, or it
-runs the plain way (over all of the data from the input, as the passes of the first
-BatchNorm, of ``dropout='on'`` and of models whose BatchNorms are called twice do). A
-model that reads its raw input after the frontier (a skip from the input to a later
-layer), noise in inference mode or batch statistics fail the check. What is checked
-on the probe is assumed of every batch: a forward method whose control flow depends on
-the values of the data could differ on other batches.
+will run on the data, and the pass as planned must give BatchNorm k the input of a full
+forward pass, bit for bit, or it runs the plain way (over all of the data from the
+input, as the passes of the first BatchNorm, of ``dropout='on'`` and of models whose
+BatchNorms are called twice do). A model that reads its raw input after the frontier (a
+skip from the input to a later layer), noise in inference mode or batch statistics fail
+the check. What is checked on the probe is assumed of every batch: a forward method
+whose control flow depends on the values of the data could differ on other batches.
+
+Replayed outputs are made when the model asks for them (:class:`Replay`). A first run
+replays the whole frontier with its kept outputs and is checked; a model that asks only
+for the outputs it reads (a Keras functional graph, walked by varshift) tells which
+layers can be live, and where they are few this run is the pass's plan. Otherwise
+(torch modules are called, and ask for every output they replay) a frontier layer is
+live if swapping one sample of its output for another changes that sample of BatchNorm
+k's input (layers are tested in groups, a sample per group, and the groups that change
+are split: :func:`_live`; where the last pass's live layers were among its latest, a
+first run replays all but the latest with one-sample stand-ins, so that a long frontier
+is not copied), and the pass with the live layers replayed is checked.
 """
 
 from __future__ import annotations
@@ -197,15 +203,13 @@ def plan_passes(session, targets, x, modes) -> Plan:
         return Plan.plain(len(targets))  # a BatchNorm called twice, or not reached
     plan = Plan.plain(len(targets))
     kept, producer, sizes, tiny = {}, {}, {}, x[:1]
-    recent = True  # the last pass's live layers were among its latest len(x) - 1
-    reads = True  # the model asks only for the replayed outputs it reads
+    hints = _Hints()
     for k, name in enumerate(targets):
         recorder = None
         if k:
             frontier = _frontier(calls, targets[k - 1], kept)
-            recorder, reads, recent = _replayed(session, name, tiny, modes,
-                                                full.inputs[name], kept, frontier, single,
-                                                reads, recent)
+            recorder = _replayed(session, name, tiny, modes, full.inputs[name], kept,
+                                 frontier, single, hints)
         if recorder is None:  # plain
             recorder = Recorder(adapter, keep=single)
             session.watched(x, modes, recorder, stop=name)
@@ -246,39 +250,52 @@ def _frontier(calls, batchnorm, kept) -> list:
             and call.exit is not None and call.exit < start]
 
 
-def _replayed(session, name, tiny, modes, expected, kept, frontier, single, reads,
-              recent):
-    """The probe's run of pass ``name`` that replays the ``frontier`` (see
-    :func:`_replayed_pass`), or None for a plain pass; and ``reads`` and ``recent`` for
-    the next pass (see below and :func:`_live`).
+@dataclass
+class _Hints:
+    """What the passes planned so far suggest of the next one."""
 
-    While ``reads`` holds, a first run replays every frontier layer with its kept
-    outputs (:func:`_read_pass`). It is a check: where it fails, a plan with fewer
-    kept outputs would fail too (the unread layers cannot change what the model
+    reads: bool = True  # the model asks only for the replayed outputs it reads
+    recent: bool = True  # the last live layers were among the latest n - 1 of the frontier
+
+
+def _replayed(session, name, tiny, modes, expected, kept, frontier, single, hints):
+    """The probe's run of pass ``name`` that replays the ``frontier`` (see
+    :func:`_replayed_pass`), or None for a plain pass; updates ``hints`` (a
+    :class:`_Hints`) for the next pass.
+
+    While ``hints.reads`` holds, a first run replays every frontier layer with its
+    kept outputs (:func:`_read_pass`). It is a check: where it fails, a plan with
+    fewer kept outputs would fail too (the unread layers cannot change what the model
     computes), and the pass is plain. Where it passes and the model asked for only
     some of the outputs it had (a Keras functional graph asks for those that a
     computed node reads), the layers asked for are the candidates; fewer than the
     probe's samples, they are the live ones, and this run is the plan's. Where the
     model asked for every output (it calls its replayed layers, as torch modules are
-    called), the run says nothing of the data flow, and ``reads`` stops: the live
-    layers are found among the frontier by group testing (:func:`_live`), and
+    called), the run says nothing of the data flow, and ``reads`` stops. Then the
+    live layers are found among the candidates by group testing (:func:`_live`), and
     checked."""
     n = len(expected)
     candidates, checked = frontier, None
-    if reads:
+    if hints.reads:
         checked = _read_pass(session, name, tiny, modes, expected, kept, frontier, single)
         if checked is None:
-            return None, reads, recent
+            return None
         if len(checked.live) == len(frontier) > 1:
-            reads = False
+            hints.reads = False
         else:
             candidates = list(checked.live)
             if len(candidates) < n:
-                return checked, reads, _latest(candidates, frontier, n)
-    live = _live(session, name, tiny, modes, expected, kept, frontier, candidates, recent)
-    recorder = _replayed_pass(session, name, tiny, modes, expected, kept, frontier, live,
-                              single, checked)
-    return recorder, reads, _latest(live, frontier, n)
+                hints.recent = _latest(candidates, frontier, n)
+                return checked
+    live = _live(session, name, tiny, modes, expected, kept, frontier, candidates,
+                 hints.recent)
+    if checked is not None:
+        tries = [live] if len(live) < len(checked.live) else []
+    else:
+        tries = [live, frontier] if len(live) < len(frontier) else [frontier]
+    hints.recent = _latest(live, frontier, n)
+    return _replayed_pass(session, name, tiny, modes, expected, kept, frontier, tries,
+                          single) or checked
 
 
 def _latest(live, frontier, n) -> bool:
@@ -404,18 +421,11 @@ def _groups(keys, n, latest=False) -> list:
     return out
 
 
-def _replayed_pass(session, name, tiny, modes, expected, kept, frontier, live, single,
-                   checked=None):
-    """The probe's run of pass ``name`` replaying ``live`` with the kept outputs and
-    the rest of the ``frontier`` with stand-ins, if it gives BatchNorm ``name``
-    exactly ``expected``; else ``checked`` (the run of :func:`_read_pass`, already
-    checked) or, without it, the run replaying every frontier layer with its kept
-    outputs if that one passes; else None. It keeps the outputs of the layers in
-    ``single`` (called once per forward pass)."""
-    if checked is not None:
-        tries = [live] if len(live) < len(checked.live) else []
-    else:
-        tries = [live, frontier] if len(live) < len(frontier) else [frontier]
+def _replayed_pass(session, name, tiny, modes, expected, kept, frontier, tries, single):
+    """The first probe's run of pass ``name`` that gives BatchNorm ``name`` exactly
+    ``expected``, replaying the layers of one of ``tries`` with the kept outputs and
+    the rest of the ``frontier`` with stand-ins; else None. It keeps the outputs of
+    the layers in ``single`` (called once per forward pass)."""
     for chosen in tries:
         outputs = {key: kept[key] for key in chosen}
         dead = [key for key in frontier if key not in outputs]
@@ -425,7 +435,7 @@ def _replayed_pass(session, name, tiny, modes, expected, kept, frontier, live, s
         if recorder is not None and _same(recorder.inputs[name], expected):
             recorder.live, recorder.dead = tuple(chosen), tuple(dead)
             return recorder
-    return checked
+    return None
 
 
 def _same(a, b) -> bool:
