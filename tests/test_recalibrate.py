@@ -246,6 +246,8 @@ def test_torch_each_convolution_computes_the_data_once():
     torch = pytest.importorskip("torch")
     from torchvision_like import resnet18
 
+    from varshift.backends.replay import PROBE_SAMPLES
+
     computed = {}
 
     class Counting(torch.nn.Conv2d):
@@ -269,13 +271,16 @@ def test_torch_each_convolution_computes_the_data_once():
     recalibrate(model, x, batch_size=batch, reports=False)
     bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     convs = [id(m) for m in model.modules() if isinstance(m, Counting)]
-    # the data once, the trace (3 x 64 samples), the probe (at most 16 samples) a few
-    # times, one sample per batch and pass
-    bound = n + 3 * 64 + 4 * 16 + bns * (n // batch)
+    # the data once, the trace (3 x the probe's samples), the probe a few times, one
+    # sample per batch and pass
+    bound = n + 3 * PROBE_SAMPLES + 4 * PROBE_SAMPLES + bns * (n // batch)
     assert all(computed.get(c, 0) <= bound for c in convs), computed
+    # the first convolution: the data once, the trace (its inference-mode pass is the
+    # probe's full pass) and the probe's plain first pass; replayed afterwards
+    assert computed[id(model.conv1)] == n + 3 * PROBE_SAMPLES + PROBE_SAMPLES
     computed.clear()
     recalibrate(twin, x, batch_size=batch, reports=False, cache_bytes=0)  # plain passes
-    assert computed[id(twin.conv1)] == n * bns + 3 * 64
+    assert computed[id(twin.conv1)] == n * bns + 3 * PROBE_SAMPLES
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -496,9 +501,10 @@ def test_keras_graph_calls_no_replayed_layer(monkeypatch):
 
     monkeypatch.setattr(adapter_class, "_replayed", reporting)
     recalibrate(model, x, batch_size=30, reports=False)
-    # plain: the trace and 3 passes x 3 batches; replayed: the trace, the first pass's
-    # 3 batches, and the probe's full run and first pass (the later passes call none)
-    assert calls["first"] == plain - 2 * 3 + 2
+    # plain: the trace and 3 passes x 3 batches; replayed: the trace (whose inference
+    # pass is the probe's full run), the first pass's 3 batches and the probe's first
+    # pass (the later passes call none)
+    assert calls["first"] == plain - 2 * 3 + 1
     # in the last passes, 'first' is read only by replayed layers: not even its
     # stand-in is called (the probe's one run of bn_b's pass, which finds the plan and
     # checks it, and its 3 batches call it)
@@ -540,7 +546,7 @@ def test_keras_graph_that_cannot_be_walked_replays_through_the_layers(monkeypatc
     plain, computed["first"] = computed["first"], 0
     recalibrate(model, x, batch_size=30, reports=False)
     assert walked and all(walked)  # this Keras could have been walked
-    assert computed["first"] == plain - 2 * 3 + 2  # as in the test above
+    assert computed["first"] == plain - 2 * 3 + 1  # as in the test above
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
 

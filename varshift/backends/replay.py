@@ -69,15 +69,16 @@ class Recorder:
     adapter : Adapter
     keep : set of str or None
         Call keys whose outputs are kept (None: every call's with a tensor output).
-    inputs : iterable of str
-        BatchNorm keys whose inputs are kept (as NumPy arrays).
+    inputs : iterable of str, or None
+        BatchNorm keys whose inputs are kept (as NumPy arrays; None: every one's).
     replayed : iterable of str
         Replayed keys (their outputs are not kept).
     """
 
     def __init__(self, adapter, keep=None, inputs=(), replayed=()):
         self.adapter = adapter
-        self.keep, self.want, self.replayed = keep, set(inputs), set(replayed)
+        self.keep, self.replayed = keep, set(replayed)
+        self.want = None if inputs is None else set(inputs)
         self.calls, self.outputs, self.inputs = {}, {}, {}
         self._stack, self._clock = [], 0
 
@@ -87,7 +88,7 @@ class Recorder:
         self._stack.append(key)
 
     def batchnorm(self, key, x):
-        if key in self.want:
+        if self.want is None or key in self.want:
             self.inputs[key] = np.array(self.adapter.to_numpy(x), copy=True)
 
     def exit(self, key, output, reportable):
@@ -177,7 +178,7 @@ class Plan:
         return bool(self.live[k] or self.dead[k])
 
 
-def plan_passes(session, targets, x, modes) -> Plan:
+def plan_passes(session, targets, x, modes, full=None) -> Plan:
     """The passes that recalibrate BatchNorms ``targets`` (names, in forward order),
     found and checked on batch ``x`` (see the module docstring).
 
@@ -190,16 +191,22 @@ def plan_passes(session, targets, x, modes) -> Plan:
         Its first :data:`PROBE_SAMPLES` samples are used.
     modes : Modes
         The recalibration's modes (inference, Dropout off).
+    full : Recorder, optional
+        What a pass of those samples in ``modes`` was told, with the inputs of the
+        ``targets`` at least (as :meth:`Session.trace
+        <varshift.backends.session.Session.trace>` can record it); by default that
+        pass runs here.
     """
     x = x[:PROBE_SAMPLES]
     if len(x) < 2 or not targets:
         return Plan.plain(len(targets))
     adapter = session.adapter
-    full = Recorder(adapter, keep=set(), inputs=targets)
-    session.watched(x, modes, full)
+    if full is None:
+        full = Recorder(adapter, keep=set(), inputs=targets)
+        session.watched(x, modes, full)
     calls = full.calls
     single = {key for key in calls if "#" not in key and f"{key}#2" not in calls}
-    if any(name not in single for name in targets) or len(full.inputs) != len(targets):
+    if any(name not in single or name not in full.inputs for name in targets):
         return Plan.plain(len(targets))  # a BatchNorm called twice, or not reached
     plan = Plan.plain(len(targets))
     kept, producer, sizes, tiny = {}, {}, {}, x[:1]
