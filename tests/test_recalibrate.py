@@ -563,6 +563,8 @@ def test_replay_copies_an_output_when_asked_for_and_records_it():
     replay = Replay(adapter, {"a": a, "b": b}, swaps={"b": np.array([1, 1, 2])})
     assert set(replay) == {"a", "b"} and len(replay) == 2 and "a" in replay
     assert replay.read == set() and replay.get("c") is None and replay.read == set()
+    np.testing.assert_array_equal(replay.get("a"), a)
+    assert replay.read == {"a"}
     got = replay["a"]
     np.testing.assert_array_equal(got, a)
     got[0, 0] = 99.0  # the kept output is not changed

@@ -192,7 +192,7 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     def report():
         return measure_with(session, report_data, seed, progress) if reports else None
 
-    planned = dropout == "off" and cache_bytes  # else every pass is plain
+    planned = dropout == "off" and cache_bytes > 0  # else every pass is plain
     with session.preserved(seed, keep_buffers=True):
         first = next(iter(batches))  # the order is learned, and the plan found, on it
         # with Dropout off, the trace's inference-mode pass is the plan's full pass

@@ -132,6 +132,11 @@ class Replay(Mapping):
         index = self._swaps.get(key)
         return self._adapter.copy(output) if index is None else self._adapter.take(output, index)
 
+    def get(self, key, default=None):
+        """The output of ``key`` if it is replayed (the adapters ask every layer
+        called), else ``default``."""
+        return self[key] if key in self._outputs else default
+
     def __contains__(self, key):
         return key in self._outputs
 
