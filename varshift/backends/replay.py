@@ -129,8 +129,9 @@ class Replay(Mapping):
     def __getitem__(self, key):
         output = self._outputs[key]
         self.read.add(key)
-        index = self._swaps.get(key)
-        return self._adapter.copy(output) if index is None else self._adapter.take(output, index)
+        if self._swaps and key in self._swaps:
+            return self._adapter.take(output, self._swaps[key])
+        return self._adapter.copy(output)
 
     def get(self, key, default=None):
         """The output of ``key`` if it is replayed (the adapters ask every layer
