@@ -246,6 +246,8 @@ def test_torch_each_convolution_computes_the_data_once():
     torch = pytest.importorskip("torch")
     from torchvision_like import resnet18
 
+    from varshift.backends.replay import PROBE_SAMPLES
+
     computed = {}
 
     class Counting(torch.nn.Conv2d):
@@ -269,13 +271,16 @@ def test_torch_each_convolution_computes_the_data_once():
     recalibrate(model, x, batch_size=batch, reports=False)
     bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     convs = [id(m) for m in model.modules() if isinstance(m, Counting)]
-    # the data once, the trace (3 x 64 samples), the probe (at most 16 samples) a few
-    # times, one sample per batch and pass
-    bound = n + 3 * 64 + 4 * 16 + bns * (n // batch)
+    # the data once, the trace (3 x the probe's samples), the probe a few times, one
+    # sample per batch and pass
+    bound = n + 3 * PROBE_SAMPLES + 4 * PROBE_SAMPLES + bns * (n // batch)
     assert all(computed.get(c, 0) <= bound for c in convs), computed
+    # the first convolution: the data once, the trace (its inference-mode pass is the
+    # probe's full pass) and the probe's plain first pass; replayed afterwards
+    assert computed[id(model.conv1)] == n + 3 * PROBE_SAMPLES + PROBE_SAMPLES
     computed.clear()
     recalibrate(twin, x, batch_size=batch, reports=False, cache_bytes=0)  # plain passes
-    assert computed[id(twin.conv1)] == n * bns + 3 * 64
+    assert computed[id(twin.conv1)] == n * bns + 3 * PROBE_SAMPLES
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -496,12 +501,14 @@ def test_keras_graph_calls_no_replayed_layer(monkeypatch):
 
     monkeypatch.setattr(adapter_class, "_replayed", reporting)
     recalibrate(model, x, batch_size=30, reports=False)
-    # plain: the trace and 3 passes x 3 batches; replayed: the trace, the first pass's
-    # 3 batches, and the probe's full run and first pass (the later passes call none)
-    assert calls["first"] == plain - 2 * 3 + 2
+    # plain: the trace and 3 passes x 3 batches; replayed: the trace (whose inference
+    # pass is the probe's full run), the first pass's 3 batches and the probe's first
+    # pass (the later passes call none)
+    assert calls["first"] == plain - 2 * 3 + 1
     # in the last passes, 'first' is read only by replayed layers: not even its
-    # stand-in is called (the probe's two runs and 3 batches of bn_b's passes call it)
-    assert [target for target, name in stand_ins if name == "first"] == ["bn_b"] * 5
+    # stand-in is called (the probe's one run of bn_b's pass, which finds the plan and
+    # checks it, and its 3 batches call it)
+    assert [target for target, name in stand_ins if name == "first"] == ["bn_b"] * 4
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -539,6 +546,141 @@ def test_keras_graph_that_cannot_be_walked_replays_through_the_layers(monkeypatc
     plain, computed["first"] = computed["first"], 0
     recalibrate(model, x, batch_size=30, reports=False)
     assert walked and all(walked)  # this Keras could have been walked
-    assert computed["first"] == plain - 2 * 3 + 2  # as in the test above
+    assert computed["first"] == plain - 2 * 3 + 1  # as in the test above
     for a, b in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_replay_copies_an_output_when_asked_for_and_records_it():
+    """A replayed output is made when the model asks for it: a copy (a layer may
+    change its input in place), or the kept output's samples in a swapped order."""
+    from varshift.backends import session_for
+    from varshift.backends.replay import Replay
+
+    model = nn.Sequential(nn.Dense(3, 2), seed=0)
+    adapter = session_for(model, "recalibrate").adapter
+    a, b = np.arange(6.0).reshape(3, 2), np.ones((3, 2))
+    replay = Replay(adapter, {"a": a, "b": b}, swaps={"b": np.array([1, 1, 2])})
+    assert set(replay) == {"a", "b"} and len(replay) == 2 and "a" in replay
+    assert replay.read == set() and replay.get("c") is None and replay.read == set()
+    np.testing.assert_array_equal(replay.get("a"), a)
+    assert replay.read == {"a"}
+    got = replay["a"]
+    np.testing.assert_array_equal(got, a)
+    got[0, 0] = 99.0  # the kept output is not changed
+    assert a[0, 0] == 0.0 and replay.read == {"a"}
+    b[1] = 2.0
+    np.testing.assert_array_equal(replay["b"], [[2, 2], [2, 2], [1, 1]])
+    assert replay.read == {"a", "b"}
+
+
+def _keras_plain_and_replayed(keras, model, x, batch_size):
+    """``model`` recalibrated (the plan's passes) and a clone recalibrated by plain
+    passes; asserts their statistics equal bit for bit; returns the plan."""
+    from varshift.backends import session_for
+    from varshift.backends.modes import EVAL
+    from varshift.backends.replay import plan_passes
+
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    session = session_for(model, "recalibrate")
+    with session.preserved(0):
+        session.trace(x)
+        plan = plan_passes(session, [bn.name for bn in session.batchnorms()], x, EVAL)
+    recalibrate(model, x, batch_size=batch_size, reports=False)
+    recalibrate(twin, x, batch_size=batch_size, reports=False, cache_bytes=0)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    return plan
+
+
+def test_keras_a_skip_from_the_input_fails_the_read_check_and_runs_plain():
+    """The run that replays every frontier layer is a check: where the model reads
+    its raw input after the frontier, it fails, and that pass runs plain."""
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.BatchNormalization(name="bn_a")(keras.layers.Conv2D(2, 3, padding="same")(
+        inputs))
+    h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(2, 1)(h))
+    h = keras.layers.Add()([keras.layers.Conv2D(2, 1)(h), inputs])
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_c")(h))
+    x = np.random.default_rng(0).standard_normal((70, 6, 6, 2)).astype(np.float32)
+    plan = _keras_plain_and_replayed(keras, model, x, 30)
+    assert [plan.replays(k) for k in range(3)] == [False, True, False]
+
+
+def test_keras_many_read_layers_are_tested_and_only_the_live_kept():
+    """More frontier layers read by the pass than probe samples: they are the
+    candidates of the group testing (the other frontier layers are not read), and
+    a layer read by a node that does not reach the BatchNorm is not kept."""
+    from conftest import keras_on_torch
+
+    from varshift.backends.replay import PROBE_SAMPLES
+
+    keras = keras_on_torch()
+
+    inputs = keras.Input((4, 4, 2))
+    a = keras.layers.BatchNormalization(name="bn_a")(keras.layers.Conv2D(2, 1)(inputs))
+    branches = [keras.layers.Conv2D(1, 1, name=f"branch{i}")(a)
+                for i in range(PROBE_SAMPLES + 4)]
+    deep = keras.layers.Concatenate(name="deep")(branches)
+    for i in range(3):  # the branches are called before bn_b: on the frontier of bn_c
+        deep = keras.layers.Conv2D(1, 1, name=f"deep{i}")(deep)
+    b = keras.layers.BatchNormalization(name="bn_b")(
+        keras.layers.Conv2D(2, 1, name="to_b")(branches[0]))
+    c = keras.layers.BatchNormalization(name="bn_c")(
+        keras.layers.Concatenate(name="cat")(branches[2:] + [b]))
+    # computed after bn_b (nearer the output), reading branch1, not reaching bn_c
+    side = keras.layers.Conv2D(1, 1, name="side_out")(
+        keras.layers.Conv2D(1, 1, name="side")(branches[1]))
+    model = keras.Model(inputs, [c, side, deep])
+    x = np.random.default_rng(0).standard_normal((50, 4, 4, 2)).astype(np.float32)
+    plan = _keras_plain_and_replayed(keras, model, x, 25)
+    live = set(plan.live[2])
+    assert live == {"to_b"} | {f"branch{i}" for i in range(2, PROBE_SAMPLES + 4)}
+    assert {"branch0", "branch1"} <= set(plan.dead[2])
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_keras_replayed_passes_skip_the_models_own_layer_call_unless_dtypes_mix(
+        monkeypatch, policy):
+    """A replayed pass of a functional model runs its graph through the model's
+    ``call``, not ``Layer.__call__`` (which clears every layer's losses), unless its
+    dtypes are mixed (``Layer.__call__`` then opens an autocast scope); either way
+    the statistics are those of plain passes, bit for bit."""
+    from conftest import keras_on_torch
+
+    keras = keras_on_torch()
+    from keras.src.models.functional import Functional
+
+    global_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)  # a functional model takes the global one
+    try:
+        inputs = keras.Input((6, 6, 2))
+        h = keras.layers.BatchNormalization(name="bn_a")(
+            keras.layers.Conv2D(3, 3, padding="same")(inputs))
+        h = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(3, 1)(h))
+        h = keras.layers.BatchNormalization(name="bn_c")(keras.layers.Conv2D(3, 1)(h))
+        model = keras.Model(inputs, h)
+    finally:
+        keras.config.set_dtype_policy(global_policy)
+    assert model.dtype_policy.name == policy
+    x = np.random.default_rng(0).standard_normal((90, 6, 6, 2)).astype(np.float32)
+    counts = {"__call__": 0, "call": 0}
+    for method in counts:
+        original = getattr(Functional, method)
+
+        def counting(self, *args, original=original, method=method, **kwargs):
+            counts[method] += self is model
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Functional, method, counting)
+    plan = _keras_plain_and_replayed(keras, model, x, 30)
+    assert [plan.replays(k) for k in range(3)] == [False, True, True]
+    skipped = counts["call"] - counts["__call__"]
+    # the replayed runs: the probe's one per replayed pass (of the plan returned and
+    # of recalibrate's own), and 3 batches per replayed pass
+    assert skipped == (2 * 2 + 2 * 3 if policy == "float32" else 0), counts

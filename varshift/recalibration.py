@@ -17,7 +17,7 @@ from . import _validate
 from ._process import public
 from ._progress import progress_bar
 from .backends import Modes, session_for
-from .backends.replay import Plan, Recorder, plan_passes
+from .backends.replay import PROBE_SAMPLES, Plan, Recorder, Replay, plan_passes
 from .measurement import Report, measure_with
 from .stats import RunningMoments
 
@@ -192,8 +192,13 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
     def report():
         return measure_with(session, report_data, seed, progress) if reports else None
 
+    planned = dropout == "off" and cache_bytes > 0  # else every pass is plain
     with session.preserved(seed, keep_buffers=True):
-        session.trace(next(iter(batches)))
+        first = next(iter(batches))  # the order is learned, and the plan found, on it
+        # with Dropout off, the trace's inference-mode pass is the plan's full pass
+        full = Recorder(session.adapter, keep=set(), inputs=None) if planned else None
+        if not session.trace(first[:PROBE_SAMPLES], watch=full):
+            full = None
         tracking = [bn for bn in session.batchnorms() if bn.track_running_stats]
         targets = [bn for bn in tracking if include_frozen or not bn.frozen]
         for bn in targets:
@@ -202,12 +207,12 @@ def recalibrate(model, data, *, batch_size=256, dropout="off", holdout=None, see
         before = report()
         modes = Modes(batchnorm=False, dropout=dropout == "on", other=dropout == "on")
         plan = Plan.plain(len(targets))
-        if dropout == "off" and cache_bytes:
-            first = next(iter(batches))  # the plan is found on its first samples
+        if planned:
             with _validate.reraise_with_context(f"recalibrate: data batch 0 of shape "
                                                 f"{tuple(first.shape)}"), \
                     np.errstate(over="ignore", invalid="ignore"):
-                plan = plan_passes(session, [bn.name for bn in targets], first, modes)
+                plan = plan_passes(session, [bn.name for bn in targets], first, modes,
+                                   full)
         kept = {}
         for k, bn in enumerate(targets):
             # the first pass counts the samples: beyond the budget, every pass is plain
@@ -242,9 +247,10 @@ def _recalibrate_layer(session, bn, batches, modes, progress, plan, k, kept,
     for i, x in enumerate(progress_bar(batches, progress, batches.num_batches,
                                        f"recalibrate {bn.name}")):
         replay = None
-        if plan.replays(k):
-            replay = {key: adapter.copy(kept[key][i]) for key in plan.live[k]}
-            replay.update({key: adapter.copy(plan.standins[key]) for key in plan.dead[k]})
+        if plan.replays(k):  # copied where the model asks for them
+            outputs = {key: kept[key][i] for key in plan.live[k]}
+            outputs.update({key: plan.standins[key] for key in plan.dead[k]})
+            replay = Replay(adapter, outputs)
         watch = Recorder(adapter, keep=keep, replayed=replay or ()) if keep else None
         # the pass also runs bn itself, with its old (maybe damaged) statistics: a
         # NaN there is no concern, and a non-finite result is refused when written

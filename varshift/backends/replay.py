@@ -16,27 +16,34 @@ replayed with a one-sample stand-in, so that they are not computed.
 
 Nothing is assumed about the model's code. The plan is found on a probe (the first
 :data:`PROBE_SAMPLES` samples of the first batch) by running every pass there as it
-will run on the data: a frontier layer is live if swapping one sample of its output for
-another changes that sample of BatchNorm k's input (layers are tested in groups, a
-sample per group, and the groups that change are split: :func:`_live`; where the last
-pass's live layers were among its latest, a first run replays all but the latest with
-one-sample stand-ins, so that a long frontier is not copied); then the pass with the live layers
-replayed must give BatchNorm k the input of a full forward pass, bit for bit, or it
-runs the plain way (over all of the data from the input, as the passes of the first
-BatchNorm, of ``dropout='on'`` and of models whose BatchNorms are called twice do). A
-model that reads its raw input after the frontier (a skip from the input to a later
-layer), noise in inference mode or batch statistics fail the check. What is checked
-on the probe is assumed of every batch: a forward method whose control flow depends on
-the values of the data could differ on other batches.
+will run on the data, and the pass as planned must give BatchNorm k the input of a full
+forward pass, bit for bit, or it runs the plain way (over all of the data from the
+input, as the passes of the first BatchNorm, of ``dropout='on'`` and of models whose
+BatchNorms are called twice do). A model that reads its raw input after the frontier (a
+skip from the input to a later layer), noise in inference mode or batch statistics fail
+the check. What is checked on the probe is assumed of every batch: a forward method
+whose control flow depends on the values of the data could differ on other batches.
+
+Replayed outputs are made when the model asks for them (:class:`Replay`). A first run
+replays the whole frontier with its kept outputs and is checked; a model that asks only
+for the outputs it reads (a Keras functional graph, walked by varshift) tells which
+layers can be live, and where they are few this run is the pass's plan. Otherwise
+(torch modules are called, and ask for every output they replay) a frontier layer is
+live if swapping one sample of its output for another changes that sample of BatchNorm
+k's input (layers are tested in groups, a sample per group, and the groups that change
+are split: :func:`_live`; where the last pass's live layers were among its latest, a
+first run replays all but the latest with one-sample stand-ins, so that a long frontier
+is not copied), and the pass with the live layers replayed is checked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Plan", "Recorder", "PROBE_SAMPLES", "plan_passes"]
+__all__ = ["Plan", "Recorder", "Replay", "PROBE_SAMPLES", "plan_passes"]
 
 #: Samples of the first batch the plan is found and checked on.
 PROBE_SAMPLES = 16
@@ -62,15 +69,16 @@ class Recorder:
     adapter : Adapter
     keep : set of str or None
         Call keys whose outputs are kept (None: every call's with a tensor output).
-    inputs : iterable of str
-        BatchNorm keys whose inputs are kept (as NumPy arrays).
+    inputs : iterable of str, or None
+        BatchNorm keys whose inputs are kept (as NumPy arrays; None: every one's).
     replayed : iterable of str
         Replayed keys (their outputs are not kept).
     """
 
     def __init__(self, adapter, keep=None, inputs=(), replayed=()):
         self.adapter = adapter
-        self.keep, self.want, self.replayed = keep, set(inputs), set(replayed)
+        self.keep, self.replayed = keep, set(replayed)
+        self.want = None if inputs is None else set(inputs)
         self.calls, self.outputs, self.inputs = {}, {}, {}
         self._stack, self._clock = [], 0
 
@@ -80,7 +88,7 @@ class Recorder:
         self._stack.append(key)
 
     def batchnorm(self, key, x):
-        if key in self.want:
+        if self.want is None or key in self.want:
             self.inputs[key] = np.array(self.adapter.to_numpy(x), copy=True)
 
     def exit(self, key, output, reportable):
@@ -90,6 +98,54 @@ class Recorder:
         if (reportable and key not in self.replayed
                 and (self.keep is None or key in self.keep)):
             self.outputs[key] = self.adapter.copy(output)
+
+
+class Replay(Mapping):
+    """The replayed layers of a run and their outputs (the ``replay`` of
+    :meth:`Session.batchnorm_input <varshift.backends.session.Session.batchnorm_input>`):
+    an output is made when the model asks for it, as a copy of the kept output (a
+    layer may change its input in place, and a kept output serves several runs), and
+    the layers asked for are recorded.
+
+    Parameters
+    ----------
+    adapter : Adapter
+    outputs : dict of str to tensor
+        Layer key -> its kept output (not copied here).
+    swaps : dict of str to ndarray, optional
+        Layer key -> sample indexes: that layer's output is these samples of its kept
+        output.
+
+    Attributes
+    ----------
+    read : set of str
+        The layers whose outputs the model asked for.
+    """
+
+    def __init__(self, adapter, outputs, swaps=None):
+        self._adapter, self._outputs, self._swaps = adapter, outputs, swaps or {}
+        self.read = set()
+
+    def __getitem__(self, key):
+        output = self._outputs[key]
+        self.read.add(key)
+        if self._swaps and key in self._swaps:
+            return self._adapter.take(output, self._swaps[key])
+        return self._adapter.copy(output)
+
+    def get(self, key, default=None):
+        """The output of ``key`` if it is replayed (the adapters ask every layer
+        called), else ``default``."""
+        return self[key] if key in self._outputs else default
+
+    def __contains__(self, key):
+        return key in self._outputs
+
+    def __iter__(self):
+        return iter(self._outputs)
+
+    def __len__(self):
+        return len(self._outputs)
 
 
 @dataclass
@@ -128,7 +184,7 @@ class Plan:
         return bool(self.live[k] or self.dead[k])
 
 
-def plan_passes(session, targets, x, modes) -> Plan:
+def plan_passes(session, targets, x, modes, full=None) -> Plan:
     """The passes that recalibrate BatchNorms ``targets`` (names, in forward order),
     found and checked on batch ``x`` (see the module docstring).
 
@@ -141,29 +197,32 @@ def plan_passes(session, targets, x, modes) -> Plan:
         Its first :data:`PROBE_SAMPLES` samples are used.
     modes : Modes
         The recalibration's modes (inference, Dropout off).
+    full : Recorder, optional
+        What a pass of those samples in ``modes`` was told, with the inputs of the
+        ``targets`` at least (as :meth:`Session.trace
+        <varshift.backends.session.Session.trace>` can record it); by default that
+        pass runs here.
     """
     x = x[:PROBE_SAMPLES]
     if len(x) < 2 or not targets:
         return Plan.plain(len(targets))
     adapter = session.adapter
-    full = Recorder(adapter, keep=set(), inputs=targets)
-    session.watched(x, modes, full)
+    if full is None:
+        full = Recorder(adapter, keep=set(), inputs=targets)
+        session.watched(x, modes, full)
     calls = full.calls
     single = {key for key in calls if "#" not in key and f"{key}#2" not in calls}
-    if any(name not in single for name in targets) or len(full.inputs) != len(targets):
+    if any(name not in single or name not in full.inputs for name in targets):
         return Plan.plain(len(targets))  # a BatchNorm called twice, or not reached
     plan = Plan.plain(len(targets))
     kept, producer, sizes, tiny = {}, {}, {}, x[:1]
-    recent = True  # the last pass's live layers were among its latest len(x) - 1
+    hints = _Hints()
     for k, name in enumerate(targets):
         recorder = None
         if k:
             frontier = _frontier(calls, targets[k - 1], kept)
-            live = _live(session, name, tiny, modes, full.inputs[name], kept, frontier,
-                         recent)
-            recent = set(live) <= set(frontier[max(len(frontier) - len(x) + 1, 0):])
-            recorder = _replayed_pass(session, name, tiny, modes, full.inputs[name], kept,
-                                      frontier, live, single)
+            recorder = _replayed(session, name, tiny, modes, full.inputs[name], kept,
+                                 frontier, single, hints)
         if recorder is None:  # plain
             recorder = Recorder(adapter, keep=single)
             session.watched(x, modes, recorder, stop=name)
@@ -204,9 +263,63 @@ def _frontier(calls, batchnorm, kept) -> list:
             and call.exit is not None and call.exit < start]
 
 
+@dataclass
+class _Hints:
+    """What the passes planned so far suggest of the next one."""
+
+    reads: bool = True  # the model asks only for the replayed outputs it reads
+    recent: bool = True  # the last live layers were among the latest n - 1 of the frontier
+
+
+def _replayed(session, name, tiny, modes, expected, kept, frontier, single, hints):
+    """The probe's run of pass ``name`` that replays the ``frontier`` (see
+    :func:`_replayed_pass`), or None for a plain pass; updates ``hints`` (a
+    :class:`_Hints`) for the next pass.
+
+    While ``hints.reads`` holds, a first run replays every frontier layer with its
+    kept outputs (:func:`_read_pass`). It is a check: where it fails, a plan with
+    fewer kept outputs would fail too (the unread layers cannot change what the model
+    computes), and the pass is plain. Where it passes and the model asked for only
+    some of the outputs it had (a Keras functional graph asks for those that a
+    computed node reads), the layers asked for are the candidates; fewer than the
+    probe's samples, they are the live ones, and this run is the plan's. Where the
+    model asked for every output (it calls its replayed layers, as torch modules are
+    called), the run says nothing of the data flow, and ``reads`` stops. Then the
+    live layers are found among the candidates by group testing (:func:`_live`), and
+    checked."""
+    n = len(expected)
+    candidates, checked = frontier, None
+    if hints.reads:
+        checked = _read_pass(session, name, tiny, modes, expected, kept, frontier, single)
+        if checked is None:
+            return None
+        if len(checked.live) == len(frontier) > 1:
+            hints.reads = False
+        else:
+            candidates = list(checked.live)
+            if len(candidates) < n:
+                hints.recent = _latest(candidates, frontier, n)
+                return checked
+    live = _live(session, name, tiny, modes, expected, kept, frontier, candidates,
+                 hints.recent)
+    if checked is not None:
+        tries = [live] if len(live) < len(checked.live) else []
+    else:
+        tries = [live, frontier] if len(live) < len(frontier) else [frontier]
+    hints.recent = _latest(live, frontier, n)
+    return _replayed_pass(session, name, tiny, modes, expected, kept, frontier, tries,
+                          single) or checked
+
+
+def _latest(live, frontier, n) -> bool:
+    """Whether the ``live`` layers are among the latest ``n - 1`` of the ``frontier``."""
+    return set(live) <= set(frontier[max(len(frontier) - n + 1, 0):])
+
+
 def _probe(session, name, tiny, modes, replay, keep):
-    """Run pass ``name`` on ``tiny`` with ``replay``: the Recorder (with BatchNorm
-    ``name``'s input), or None if the model failed (it cannot run this way)."""
+    """Run pass ``name`` on ``tiny`` with ``replay`` (a :class:`Replay`): the Recorder
+    (with BatchNorm ``name``'s input), or None if the model failed (it cannot run this
+    way)."""
     recorder = Recorder(session.adapter, keep=keep, inputs=[name], replayed=replay)
     try:
         session.watched(tiny, modes, recorder, replay=replay, stop=name)
@@ -215,8 +328,26 @@ def _probe(session, name, tiny, modes, replay, keep):
     return recorder if name in recorder.inputs else None
 
 
-def _live(session, name, tiny, modes, expected, kept, frontier, recent=False) -> list:
-    """The frontier layers whose outputs reach BatchNorm ``name``, by group testing.
+def _read_pass(session, name, tiny, modes, expected, kept, frontier, single):
+    """The probe's run of pass ``name`` replaying every ``frontier`` layer with its
+    kept outputs, if it gives BatchNorm ``name`` exactly ``expected``; else None. Its
+    ``live`` layers are those whose outputs the model asked for, ``dead`` the others
+    (the passes replay them with stand-ins, which the model does not ask for either:
+    which outputs it asks for does not depend on their values). It keeps the outputs
+    of the layers in ``single`` (called once per forward pass)."""
+    replay = Replay(session.adapter, {key: kept[key] for key in frontier})
+    recorder = _probe(session, name, tiny, modes, replay, single)
+    if recorder is None or not _same(recorder.inputs[name], expected):
+        return None
+    recorder.live = tuple(key for key in frontier if key in replay.read)
+    recorder.dead = tuple(key for key in frontier if key not in replay.read)
+    return recorder
+
+
+def _live(session, name, tiny, modes, expected, kept, frontier, candidates,
+          recent=False) -> list:
+    """The ``candidates`` (frontier layers; the others are not read, and get
+    one-sample stand-ins) whose outputs reach BatchNorm ``name``, by group testing.
 
     Each run gives up to ``n - 1`` groups of layers (``n`` samples in the probe) a
     sample of their own, ``g``, swapped for the next one in all of their outputs; a
@@ -224,37 +355,41 @@ def _live(session, name, tiny, modes, expected, kept, frontier, recent=False) ->
     split for a later run, until single layers remain. The first run gives the latest
     layers (the likeliest to be live) groups of their own and puts the others in one
     group. The last sample is never swapped: if it changes, the model mixes samples,
-    and all of the frontier is live (as when the model fails).
+    and all of the candidates are live (as when the model fails).
 
     With ``recent`` (the live layers are expected among the latest ``n - 1``), a run
-    before these tests the latest ``n - 1`` layers alone and replays the others with
-    one-sample stand-ins, as dead layers are replayed: where that run succeeds and
-    leaves the last sample as it was, the others are dead (the check of
+    before these tests the latest ``n - 1`` candidates alone and replays the others
+    with one-sample stand-ins, as dead layers are replayed: where that run succeeds
+    and leaves the last sample as it was, the others are dead (the check of
     :func:`_replayed_pass` replays them so), and the others are not copied at the
     probe's size, which is most of the work on a long frontier."""
     n = len(expected)
-    if recent and len(frontier) > n - 1:
-        latest, rest = frontier[len(frontier) - n + 1:], frontier[:len(frontier) - n + 1]
+    chosen = set(candidates)
+    unread = [key for key in frontier if key not in chosen]
+    if recent and len(candidates) > n - 1:
+        latest = candidates[len(candidates) - n + 1:]
+        rest = candidates[:len(candidates) - n + 1]
         changed = _changed(session, name, tiny, modes, expected, kept,
-                           [[key] for key in latest], standins=rest)
+                           [[key] for key in latest], standins=rest + unread)
         if changed is not None:
             return [latest[g] for g in changed]
     live = []
-    queue = _groups(frontier, n - 1, latest=True)
+    queue = _groups(candidates, n - 1, latest=True)
     while queue:
         groups, queue = queue[:n - 1], queue[n - 1:]
         tested = {key for group in groups for key in group}
         changed = _changed(session, name, tiny, modes, expected, kept, groups,
-                           full=[key for key in frontier if key not in tested])
+                           full=[key for key in candidates if key not in tested],
+                           standins=unread)
         if changed is None:
-            return list(frontier)
+            return list(candidates)
         for g in changed:
             if len(groups[g]) == 1:
                 live.append(groups[g][0])
             else:
                 queue += _groups(groups[g], n - 1)
     live = set(live)
-    return [key for key in frontier if key in live]
+    return [key for key in candidates if key in live]
 
 
 def _changed(session, name, tiny, modes, expected, kept, groups, full=(), standins=()):
@@ -265,15 +400,16 @@ def _changed(session, name, tiny, modes, expected, kept, groups, full=(), standi
     from ``expected`` (indexes), or None if the model failed, the input's shape
     differs or its last sample (never swapped) changed."""
     n = len(expected)
-    replay = {}
+    outputs, swaps = {}, {}
     for g, group in enumerate(groups):
         index = np.arange(n)
         index[g] = g + 1
         for key in group:
-            replay[key] = session.adapter.take(kept[key], index)
-    replay.update({key: session.adapter.copy(kept[key]) for key in full})
-    replay.update({key: session.adapter.copy(kept[key][:1]) for key in standins})
-    recorder = _probe(session, name, tiny, modes, replay, frozenset())
+            outputs[key], swaps[key] = kept[key], index
+    outputs.update({key: kept[key] for key in full})
+    outputs.update({key: kept[key][:1] for key in standins})
+    recorder = _probe(session, name, tiny, modes, Replay(session.adapter, outputs, swaps),
+                      frozenset())
     if recorder is None or recorder.inputs[name].shape != expected.shape:
         return None
     seen, expected = recorder.inputs[name].reshape(n, -1), expected.reshape(n, -1)
@@ -298,17 +434,17 @@ def _groups(keys, n, latest=False) -> list:
     return out
 
 
-def _replayed_pass(session, name, tiny, modes, expected, kept, frontier, live, single):
-    """The probe's run of pass ``name`` replaying ``live`` with the kept outputs and
-    the rest of the ``frontier`` with stand-ins (else every frontier layer with its
-    kept outputs), if it gives BatchNorm ``name`` exactly ``expected``; else None. It
-    keeps the outputs of the layers in ``single`` (called once per forward pass)."""
-    tries = [live, frontier] if len(live) < len(frontier) else [frontier]
+def _replayed_pass(session, name, tiny, modes, expected, kept, frontier, tries, single):
+    """The first probe's run of pass ``name`` that gives BatchNorm ``name`` exactly
+    ``expected``, replaying the layers of one of ``tries`` with the kept outputs and
+    the rest of the ``frontier`` with stand-ins; else None. It keeps the outputs of
+    the layers in ``single`` (called once per forward pass)."""
     for chosen in tries:
-        dead = [key for key in frontier if key not in chosen]
-        replay = {key: session.adapter.copy(kept[key]) for key in chosen}
-        replay.update({key: session.adapter.copy(kept[key][:1]) for key in dead})
-        recorder = _probe(session, name, tiny, modes, replay, single)
+        outputs = {key: kept[key] for key in chosen}
+        dead = [key for key in frontier if key not in outputs]
+        outputs.update({key: kept[key][:1] for key in dead})
+        recorder = _probe(session, name, tiny, modes, Replay(session.adapter, outputs),
+                          single)
         if recorder is not None and _same(recorder.inputs[name], expected):
             recorder.live, recorder.dead = tuple(chosen), tuple(dead)
             return recorder

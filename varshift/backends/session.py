@@ -295,13 +295,32 @@ class Session:
                 output, self._info(key).channel_axis), shape)
 
     # ------------------------------------------------------------------ computing
-    def trace(self, x):
+    def trace(self, x, watch=None) -> bool:
         """Learn the layers and their forward order from batch ``x`` (inside
-        :meth:`preserved`); nothing to learn where the structure gives the order."""
+        :meth:`preserved`); nothing to learn where the structure gives the order.
+
+        Parameters
+        ----------
+        x : batch
+            Its first :data:`PROBE_SAMPLES` samples are run in each mode.
+        watch : object, optional
+            Told of every call of the inference-mode pass (see
+            :meth:`batchnorm_input`).
+
+        Returns
+        -------
+        bool
+            Whether the model ran (and ``watch`` was told).
+        """
         if self.adapter.forward_order() is not None:
-            return
+            return False
         for modes in (EVAL, TRAIN, NODROP):
-            self._forward(x[:PROBE_SAMPLES], modes)
+            self._watch = watch if modes is EVAL else None
+            try:
+                self._forward(x[:PROBE_SAMPLES], modes)
+            finally:
+                self._watch = None
+        return True
 
     def _reseed(self, start=False):
         """Seed the model's noise for the next batch from the session's next child

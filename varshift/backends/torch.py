@@ -111,10 +111,11 @@ def _moments(t) -> RunningMoments:
                                      "mean": mean.cpu().numpy(), "m2": m2.cpu().numpy()})
 
 
-def _returning(output):
-    """A forward method that returns ``output`` whatever it is called with."""
+def _returning(replay, name):
+    """A forward method that returns ``replay[name]`` whatever it is called with (read
+    when called: a :class:`~varshift.backends.replay.Replay` makes it then)."""
     def forward(*args, **kwargs):
-        return output
+        return replay[name]
     return forward
 
 
@@ -385,8 +386,8 @@ class TorchAdapter(Adapter):
         self._replay = replay or {}
         own = [(self._modules[name], vars(self._modules[name]).get("forward"))
                for name in self._replay]
-        for name, output in self._replay.items():
-            self._modules[name].forward = _returning(output)
+        for name in self._replay:
+            self._modules[name].forward = _returning(self._replay, name)
         try:
             with torch.no_grad():
                 return self.model(x)
