@@ -321,7 +321,7 @@ def test_frozen_batchnorm_stays_in_inference_mode(trained_mlp, x):
     assert np.abs({r.name: r for r in report.layers}["layers.2"].train.mean).max() < 1e-5
 
 
-@pytest.mark.parametrize("run, fail_at", [(measure, 3), (recalibrate, 4)])
+@pytest.mark.parametrize("run, fail_at", [(measure, 3), (recalibrate, 5)])
 def test_a_failure_mid_pass_names_the_module_and_restores_everything(run, fail_at):
     rngs = nnx.Rngs(0, dropout=1)
     model = nnx.Sequential(linear(4, 4, rngs), nnx.BatchNorm(4, rngs=rngs), Flaky(fail_at),
@@ -330,8 +330,10 @@ def test_a_failure_mid_pass_names_the_module_and_restores_everything(run, fail_a
     trained(randomised(model), data((64, 4)))
     Flaky.total[0] = 0
     before = fingerprint(model)
-    # measure: call 3 is the nodrop pass of batch 0; recalibrate: calls 1-3 trace, call
-    # 4 is the first pass reaching layers.4, after layers.1's statistics were written
+    # measure: call 3 is the nodrop pass of batch 0; recalibrate: calls 1-3 trace (its
+    # inference pass is the plan's full pass), call 4 the probe's run of layers.4's pass,
+    # call 5 the first pass over the data reaching layers.4, after layers.1's statistics
+    # were written
     kwargs = {"reports": False} if run is recalibrate else {}
     with pytest.raises(ValueError, match=r"data batch 0 of shape \(32, 4\): module 'layers.2' "
                                          r"\(Flaky\(\)\): flaky failed"):
