@@ -240,6 +240,19 @@ def test_conv_batch_chunks_change_nothing(make, shape, chunk_bytes):
     check(chunked, x)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_keeps_its_input_not_its_patches(channels_last):
+    """Backward rebuilds the patches; between forward and backward the layer holds its
+    input (a view of it), not the 25x larger patches of a 5x5 kernel."""
+    conv = nn.Conv2D(2, 3, 5, stride=(1, 2) if channels_last else 1, padding=2).initialize(0)
+    assert conv.channels_last == channels_last
+    x = normal(6, (4, 2, 8, 8)).astype(np.float32)
+    conv(x)
+    kept = [a for a in conv._cache if isinstance(a, np.ndarray)]
+    assert sum(a.nbytes for a in kept) == x.nbytes
+    assert all(np.shares_memory(a, x) for a in kept)
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda: nn.Sequential(nn.Conv1D(1, 4, 3, padding="same"), nn.BatchNorm(4), nn.ReLU(),
                            nn.Residual(nn.Sequential(nn.Conv1D(4, 4, 3, padding="same"))),
