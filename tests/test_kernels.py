@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from varshift import nn
-from varshift.kernels import Window, batchnorm, optim, window
+from varshift.kernels import Window, batchnorm, optim, window, workspace
 
 
 @st.composite
@@ -59,6 +59,41 @@ def test_im2row_is_im2col_channels_last_and_numba_matches_numpy(geom, dtype):
     got = window.im2row_numba(x, win)
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, rows)
+
+
+@pytest.mark.parametrize("name", ["im2col", "im2row"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_patches_written_into_out(name, backend):
+    win = Window((3, 2), (2, 1), ((1, 1), (0, 1)), (1, 1))
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    build = getattr(window, f"{name}_{backend}")
+    expected = build(x, win)
+    out = np.full(expected.shape, np.nan, np.float32)
+    got = build(x, win, out) if name == "im2row" else build(x, win, 0.0, out)
+    assert got is out
+    np.testing.assert_array_equal(out, expected)
+    wrong = np.empty((expected.shape[0] + 1, expected.shape[1]), np.float32)
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous float32 array of shape"):
+        build(x, win, wrong) if name == "im2row" else build(x, win, 0.0, wrong)
+
+
+def test_scratch_is_reused_per_slot_and_per_thread():
+    import threading
+
+    a = workspace.scratch("test-a", (4, 5), np.float32)
+    again = workspace.scratch("test-a", (2, 3), np.float64)
+    other = workspace.scratch("test-b", (4, 5), np.float32)
+    assert a.shape == (4, 5) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert again.shape == (2, 3) and again.dtype == np.float64
+    assert np.shares_memory(a, again) and not np.shares_memory(a, other)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(workspace.scratch("test-a", (4, 5), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(seen[0], a)
+    big = (workspace.MAX_BYTES // 4 + 1,)
+    first, second = workspace.scratch("test-a", big, np.float32), workspace.scratch("test-a", big, np.float32)
+    assert not np.shares_memory(first, second)  # too large to keep: new each time
 
 
 @given(geometries(), st.sampled_from([np.float32, np.float64]))

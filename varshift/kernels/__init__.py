@@ -38,7 +38,7 @@ matmul = gemm.matmul_numpy if BACKEND == "numpy" else gemm.matmul_blas
 add_bias_nchw = _pick(gemm, "add_bias_nchw")
 im2col = _pick(window, "im2col", lambda x, window, *_: x.size * window.kernel[0] * window.kernel[1])
 col2im = _pick(window, "col2im")
-im2row = _pick(window, "im2row", lambda x, window: x.size * window.kernel[0] * window.kernel[1])
+im2row = _pick(window, "im2row", lambda x, window, *_: x.size * window.kernel[0] * window.kernel[1])
 row2im = _pick(window, "row2im")
 bn_moments = _pick(batchnorm, "moments")
 bn_normalize = _pick(batchnorm, "normalize")
