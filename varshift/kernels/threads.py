@@ -50,9 +50,11 @@ from .. import _runtimes
 __all__ = ["PARALLEL_MIN_ITEMS", "PARALLEL_MIN_FLOPS", "limit", "sized", "product",
            "batched", "load_runtimes", "single_threaded_worker"]
 
-PARALLEL_MIN_ITEMS = 1 << 18
+PARALLEL_MIN_ITEMS = 1 << 16
 """Values (of the largest array a Numba kernel reads or writes) below which it runs
-serially: ~0.1 ms of work for the element-wise kernels."""
+serially: ~25 us of work for the element-wise kernels. At 2^16 the BatchNorms and
+convolutions of the 1-D DenseNet (batch 100, length 40, 16-64 channels) run on both
+threads, and its two-thread step was 14% faster on an Intel Xeon than at 2^18."""
 
 PARALLEL_MIN_FLOPS = 1 << 24
 """Multiply-adds ``m * n * k`` below which a product is one BLAS call on the calling
