@@ -12,6 +12,7 @@ kernel's scratch never overwrites its caller's.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -44,7 +45,7 @@ def scratch(slot, shape, dtype):
     ndarray of ``shape`` and ``dtype``, C-contiguous
     """
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > MAX_BYTES:
         return np.empty(shape, dtype)
     buffers = _KEPT.__dict__.setdefault("buffers", {})

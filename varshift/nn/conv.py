@@ -3,6 +3,8 @@ GEMM per group of channels."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import kernels
@@ -118,8 +120,8 @@ class _Conv(Layer):
     def _chunks(self, shape4, itemsize):
         """Slices of a batch of 4-D shape ``shape4``, each with about ``chunk_bytes``
         of columns."""
-        taps = self.in_channels * int(np.prod(self.kernel_size))
-        per_sample = taps * int(np.prod(self.window.output_size(*shape4[2:]))) * itemsize
+        taps = self.in_channels * math.prod(self.kernel_size)
+        per_sample = taps * math.prod(self.window.output_size(*shape4[2:])) * itemsize
         step = max(1, self.chunk_bytes // per_sample)
         return [slice(start, start + step) for start in range(0, shape4[0], step)]
 
@@ -185,8 +187,8 @@ class _Conv(Layer):
     def _patches(self, x4):
         """A chunk's ``rows`` (:attr:`channels_last`) or ``cols`` (see Notes), in this
         thread's scratch memory: valid until the next chunk's."""
-        taps = self.in_channels * int(np.prod(self.kernel_size))
-        length = int(np.prod(self.window.output_size(*x4.shape[2:]))) * x4.shape[0]
+        taps = self.in_channels * math.prod(self.kernel_size)
+        length = math.prod(self.window.output_size(*x4.shape[2:])) * x4.shape[0]
         if self.channels_last:
             out = scratch("patches", (length, taps), x4.dtype)
             return kernels.im2row(x4, self.window, out)

@@ -7,6 +7,8 @@ window columns with the same im2col as convolution, and reduce over the window.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import kernels
@@ -142,7 +144,7 @@ class GlobalAvgPool(Layer):
         return x.mean(axis=tuple(range(2, x.ndim))), x.shape
 
     def _backward(self, dout, shape):
-        size = int(np.prod(shape[2:]))
+        size = math.prod(shape[2:])
         return np.broadcast_to((dout / size).reshape(*dout.shape, *(1,) * (len(shape) - 2)),
                                shape).copy(), {}
 
