@@ -169,6 +169,11 @@ def test_verdicts_wait_for_every_declared_run_then_come_holm_adjusted(tmp_path):
     assert proto.sha256 in text and "abc1234" in text and "A40" in text
     assert "| A01 | PreResNet: drop 0.5 at (a) raises the test error | holds |" in text
     assert f"- **A12.** {by_id_all['A12']['why']}" in text  # a claim not judged, with why
+    a01, a02 = (next(line for line in text.splitlines() if line.startswith(f"- **{i}.**"))
+                for i in ("A01", "A02"))
+    assert "; sized to detect " in a01  # a directional claim: the effect it was sized for
+    assert "an equivalence claim (the interval must lie within +-0.5 points)" in a02
+    assert "sized to detect" not in a02  # sized for a zero difference: nothing to detect
 
 
 def _version_2_family_only():

@@ -100,17 +100,20 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     """With a confirmatory ``verdicts.json`` beside the figures, the summary counts its
     Holm-adjusted verdicts (ids named), states what the contradicted claims measured, and
     its section lists every declared claim."""
-    def row(i, raw, adjusted, estimate, low, high, sized_for):
+    def row(i, raw, adjusted, estimate, low, high, sized_for, direction=1, margin=None):
         return {"id": i, "status": "confirmatory", "text": f"net: claim {i}", "why": "sized",
                 "paper": f"paper {i}", "ours": f"ours {i}", "verdict": raw, "kind": "claim",
                 "rule": "", "p_holds": 0.01, "p_against": 0.9, "n": 11, "holm": adjusted,
-                "estimate": estimate, "low": low, "high": high, "sd": 0.5, "direction": 1,
-                "margin": None, "sized_for": sized_for, "paper_effect": 2.0}
+                "estimate": estimate, "low": low, "high": high, "sd": 0.5, "direction": direction,
+                "margin": margin, "sized_for": sized_for, "paper_effect": 2.0}
     verdicts = {"version": 2, "sha256": "f" * 64, "commit": "abc1234", "first_seed": 100,
                 "regime": "240 epochs on 1,000 sequences", "train_sequences": 1000,
                 "claims": [row("A01", "holds", "holds", 1.0, 0.5, 1.5, 1.2),
                            row("A05", "holds", "undecided", 0.4, 0.05, 0.75, 2.0),
                            row("A08", "contradicted", "contradicted", -0.9, -1.3, -0.5, 1.5),
+                           # equivalence claims, sized for a zero difference within +-0.5
+                           row("A12", "contradicted", "contradicted", -1.1, -1.3, -0.9, 0.0, 0, 0.5),
+                           row("A13", "undecided", "undecided", -0.6, -0.9, -0.3, 0.0, 0, 0.5),
                            {"id": "A02", "status": "awaiting its pilot", "text": "claim A02",
                             "why": "its arm was not piloted"},
                            {"id": "A03", "status": "not testable at this regime",
@@ -121,14 +124,17 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     report = (tmp_path / "REPORT.md").read_text()
     summary = report[report.index("## Summary"):report.index("## How the verdicts")]
     assert "**Accuracy at 1,000 training sequences, confirmatory" in summary
-    assert ("1 of 3 hold after Holm's adjustment (A01), 2 without it; 1 contradicted (A08); "
-            "1 undecided; 1 not testable at this regime and 1 awaiting their pilot, each declared "
+    assert ("1 of 5 hold after Holm's adjustment (A01), 2 without it; 2 contradicted (A08, A12); "
+            "2 undecided; 1 not testable at this regime and 1 awaiting their pilot, each declared "
             "in the protocol before any verdict on it") in summary
-    assert "the paper's effect being the other way): A08 -0.90 [-1.30, -0.50]." in summary
-    # A05's interval [0.05, 0.75] excludes the 2.0 it was sized for: smaller than sized for
+    assert ("the paper's effect being the other way unless said): A08 -0.90 [-1.30, -0.50]; "
+            "A12 -1.10 [-1.30, -0.90] (an equivalence claim, outside its margin of +-0.5 "
+            "points).") in summary
+    # A05's interval [0.05, 0.75] excludes the 2.0 it was sized for: smaller than sized for;
+    # A13, an equivalence claim, was sized for no effect to detect
     assert "excludes the effect the claim was sized for: A05." in summary
-    assert ("- Confirmatory accuracy claims (3): 1 hold, 1 contradicted, 1 undecided (without the "
-            "adjustment: 2 hold, 1 contradicted, 0 undecided)") in summary
+    assert ("- Confirmatory accuracy claims (5): 1 hold, 2 contradicted, 2 undecided (without the "
+            "adjustment: 2 hold, 2 contradicted, 1 undecided)") in summary
     section = report[report.index("## Confirmatory run"):]
     assert "| A05 | net: claim A05 | undecided (raw: holds) |" in section
     assert "| A08 | net: claim A08 | **contradicted** |" in section

@@ -374,13 +374,15 @@ def _direction(row):
 
 def _measured(row):
     """A confirmatory row's numbers in words: the mean paired difference with its 95 %
-    interval, the sd across seeds and n, which way it points, and the effect the claim
-    was sized for (with whether the interval excludes it: a description, not a test)."""
+    interval, the sd across seeds and n, which way it points, and the effect a directional
+    claim was sized for (with whether the interval excludes it: a description, not a
+    test). An equivalence claim names its margin instead: it was sized to show a zero
+    difference inside it."""
     text = (f"mean paired difference {row['estimate']:+.2f} points (95 % CI {row['low']:+.2f} to "
             f"{row['high']:+.2f}; sd across seeds {row['sd']:.2f}; n = {row['n']}), "
             f"{_direction(row)}")
     sized = row.get("sized_for")
-    if sized is not None:
+    if sized is not None and row["direction"] != 0:
         side = ("includes it" if row["low"] <= sized <= row["high"] else
                 "lies wholly above it" if row["low"] > sized else "lies wholly below it")
         paper = row.get("paper_effect")
@@ -391,6 +393,15 @@ def _measured(row):
     return text
 
 
+def _outside_margin(row):
+    """For a contradicted equivalence claim, which has no direction: its margin."""
+    if row["direction"] != 0:
+        return ""
+    margin = row.get("margin")
+    return " (an equivalence claim, outside its margin" + (
+        f" of +-{margin:g} points)" if margin is not None else ")")
+
+
 def _confirmatory_summary(verdicts):
     """The summary's sentences on the confirmatory run (or, without ``verdicts``, where
     its verdicts will be)."""
@@ -398,12 +409,15 @@ def _confirmatory_summary(verdicts):
         return _NOT_YET.format(path=Path("figures") / CONFIRMATORY)
     rows = _confirmatory_rows(verdicts)
     against = "; ".join(f"{r.id} {r.claim['estimate']:+.2f} [{r.claim['low']:+.2f}, "
-                        f"{r.claim['high']:+.2f}]" for r in rows if r.adjusted == "contradicted")
+                        f"{r.claim['high']:+.2f}]" + _outside_margin(r.claim)
+                        for r in rows if r.adjusted == "contradicted")
     small = [r.id for r in rows if r.adjusted == "undecided" and r.claim.get("sized_for") is not None
+             and r.claim["direction"] != 0
              and not r.claim["low"] <= r.claim["sized_for"] <= r.claim["high"]]
     return (f"{_topic_line(rows)}; {_declared_counts(verdicts)}. "
             + (f"**Contradicted** (our mean paired difference in points and its 95 % interval, "
-               f"the paper's effect being the other way): {against}. " if against else "")
+               f"the paper's effect being the other way unless said): {against}. "
+               if against else "")
             + (f"Undecided, with an interval that excludes the effect the claim was sized for: "
                f"{', '.join(small)}. " if small else "")
             + f"Protocol version {verdicts['version']} (commit {verdicts['commit']}): "
