@@ -652,6 +652,30 @@ DISCLOSURES = (
         effect="none until its runs exist: the second family is judged once its 164 runs "
                "are in, and counted apart from the first.",
         unchanged="version 2's family: its claims, seeds, runs and verdicts."),
+    Disclosure(
+        commit="4f60e88", date="2026-12-07 17:51:48",
+        title="the equivalence claims are no longer described by an effect to detect",
+        after="version 3's family 2 verdicts (A02 contradicted; A15 and A28 undecided; A19 "
+              "and A32 hold), rendered once into `figures/confirmatory/verdicts.md` and "
+              "`figures/REPORT.md` with the old text and not committed.",
+        what=("the text about the equivalence claims (A02, A15, A28; the first equivalence "
+              "claims judged), in three places:",
+              "their bullets ended \"sized to detect +0.00 (the paper's +0.00 scaled to the "
+              "pilot's error level): the interval lies wholly below it (a description, not a "
+              "declared test)\"; they now end with their margin (\"the interval must lie "
+              "within +-0.5 points\"), which the verdict uses;",
+              "the summary listed A15 and A28 among the undecided claims \"with an interval "
+              "that excludes the effect the claim was sized for\"; it now leaves them out;",
+              "the summary's contradicted claims were all \"the paper's effect being the "
+              "other way\"; it now says \"unless said\" and marks A02 \"an equivalence "
+              "claim, outside its margin of +-0.5 points\"."),
+        reason="commit message: \"Verdict text: equivalence claims are not told of an effect "
+               "to detect\"; such a claim was sized to show a zero difference inside its "
+               "margin, so there was no effect to detect and the sentences read as if there "
+               "were.",
+        effect="none on the counts.",
+        unchanged="every number, interval, verdict and claim text; the directional claims' "
+                  "text."),
 )
 """Every change after results, oldest first."""
 
