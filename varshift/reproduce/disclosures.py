@@ -644,7 +644,12 @@ DISCLOSURES = (
              "A13, A26 and A39 are not testable at this regime (31-327 seeds); A12, whose "
              "arm had no pilot, is not testable either (its scaled effect is 0.008 points, "
              "a sixth of one test sequence; the full run's table needs more than 10,000 "
-             "seeds). Their runs reuse version 2's baselines, known when it was written.",
+             "seeds). Their runs reuse version 2's baselines, known when it was written, "
+             "and the pilot's means of the claims it sized were known too: the three "
+             "\"drop 0.1 at (a) stays within 0.5 points\" claims at -1.17 (PreResNet, "
+             "outside the margin already), -0.28 (WRN) and -0.69 points (DenseNet). Version "
+             "1's rule, not these means, chose the claims; it sized equivalence claims for a "
+             "zero difference.",
         reason="commit message: \"Version 3 decides the ten claims awaiting their pilot by\"; "
                "version 1 declared that these claims would be \"sized in a later version of "
                "the file, after their pilot, and before their confirmatory runs\" "
@@ -657,7 +662,10 @@ DISCLOSURES = (
         title="the equivalence claims are no longer described by an effect to detect",
         after="version 3's family 2 verdicts (A02 contradicted; A15 and A28 undecided; A19 "
               "and A32 hold), rendered once into `figures/confirmatory/verdicts.md` and "
-              "`figures/REPORT.md` with the old text and not committed.",
+              "`figures/REPORT.md` with the old text (uncommitted) after the last run "
+              "finished at 17:50 UTC. The verdicts were committed after this change, in "
+              "cf9ba1d (17:54:58 UTC), with a new bullet on family 2 in the maintainers' "
+              "reading, written after the verdicts.",
         what=("the text about the equivalence claims (A02, A15, A28; the first equivalence "
               "claims judged), in three places:",
               "their bullets ended \"sized to detect +0.00 (the paper's +0.00 scaled to the "
