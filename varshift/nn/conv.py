@@ -117,11 +117,16 @@ class _Conv(Layer):
                 f"than the dilated kernel {self.kernel_size} with padding {self.padding}"
             )
 
+    def _patch_size(self, shape4):
+        """``(taps, positions)``: a patch's values and the patches of one sample of
+        4-D shape ``shape4``."""
+        return (self.in_channels * math.prod(self.kernel_size),
+                math.prod(self.window.output_size(*shape4[2:])))
+
     def _chunks(self, shape4, itemsize):
         """Slices of a batch of 4-D shape ``shape4``, each with about ``chunk_bytes``
         of columns."""
-        taps = self.in_channels * math.prod(self.kernel_size)
-        per_sample = taps * math.prod(self.window.output_size(*shape4[2:])) * itemsize
+        per_sample = math.prod(self._patch_size(shape4)) * itemsize
         step = max(1, self.chunk_bytes // per_sample)
         return [slice(start, start + step) for start in range(0, shape4[0], step)]
 
@@ -187,8 +192,8 @@ class _Conv(Layer):
     def _patches(self, x4):
         """A chunk's ``rows`` (:attr:`channels_last`) or ``cols`` (see Notes), in this
         thread's scratch memory: valid until the next chunk's."""
-        taps = self.in_channels * math.prod(self.kernel_size)
-        length = math.prod(self.window.output_size(*x4.shape[2:])) * x4.shape[0]
+        taps, positions = self._patch_size(x4.shape)
+        length = positions * x4.shape[0]
         if self.channels_last:
             out = scratch("patches", (length, taps), x4.dtype)
             return kernels.im2row(x4, self.window, out)
