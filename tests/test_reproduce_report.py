@@ -108,6 +108,7 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
                 "margin": margin, "sized_for": sized_for, "paper_effect": 2.0}
     verdicts = {"version": 2, "sha256": "f" * 64, "commit": "abc1234", "first_seed": 100,
                 "regime": "240 epochs on 1,000 sequences", "train_sequences": 1000,
+                "earlier": {"1": "0123abc"},
                 "claims": [row("A01", "holds", "holds", 1.0, 0.5, 1.5, 1.2),
                            row("A05", "holds", "undecided", 0.4, 0.05, 0.75, 2.0),
                            row("A08", "contradicted", "contradicted", -0.9, -1.3, -0.5, 1.5),
@@ -124,7 +125,7 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     report = (tmp_path / "REPORT.md").read_text()
     summary = report[report.index("## Summary"):report.index("## How the verdicts")]
     assert "**Accuracy at 1,000 training sequences, confirmatory" in summary
-    assert ("1 of 5 hold after Holm's adjustment (A01), 2 without it; 2 contradicted (A08, A12); "
+    assert ("1 of 5 hold after Holm's adjustment (A01), 2 without it (A05 too); 2 contradicted (A08, A12); "
             "2 undecided; 1 not testable at this regime and 1 awaiting their pilot, each declared "
             "in the protocol before any verdict on it") in summary
     assert ("the paper's effect being the other way unless said): A08 -0.90 [-1.30, -0.50]; "
@@ -132,7 +133,8 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
             "points).") in summary
     # A05's interval [0.05, 0.75] excludes the 2.0 it was sized for: smaller than sized for;
     # A13, an equivalence claim, was sized for no effect to detect
-    assert "excludes the effect the claim was sized for: A05." in summary
+    assert "excluding the effect the claim was sized for: A05." in summary
+    assert "Protocol version 2 (commit abc1234; earlier families unchanged): [its section]" in summary
     assert ("- Confirmatory accuracy claims (5): 1 hold, 2 contradicted, 2 undecided (without the "
             "adjustment: 2 hold, 2 contradicted, 1 undecided)") in summary
     section = report[report.index("## Confirmatory run"):]
@@ -146,6 +148,22 @@ def test_the_confirmatory_verdicts_lead_the_accuracy_summary(tmp_path):
     assert "+2.00 (the paper's +2.00 scaled to the pilot's error level): the interval lies wholly below it" in section
     assert "| A03 | claim A03 | not testable at this regime |" in section
     assert "- **A02.** its arm was not piloted" in section
+
+
+def test_the_summary_names_claims_that_hold_before_the_adjustment_only_when_few():
+    from types import SimpleNamespace
+
+    from varshift.reproduce.results import RAW_ONLY_NAMED, _topic_line
+
+    def rows(raw_only):
+        held = [SimpleNamespace(id="P1", adjusted="holds", claim={"verdict": "holds"})]
+        return held + [SimpleNamespace(id=f"P{i + 2}", adjusted="undecided",
+                                       claim={"verdict": "holds"}) for i in range(raw_only)]
+    assert _topic_line(rows(0)) == "1 of 1 hold after Holm's adjustment (P1); 0 undecided"
+    assert _topic_line(rows(2)).startswith("1 of 3 hold after Holm's adjustment (P1), 3 without "
+                                           "it (P2, P3 too); 2 undecided")
+    many = _topic_line(rows(RAW_ONLY_NAMED + 1))
+    assert f", {RAW_ONLY_NAMED + 2} without it; " in many and "too" not in many
 
 
 def test_the_cost_question_is_answered_per_network_from_its_confirmatory_parts():

@@ -214,11 +214,12 @@ PROTOCOL = (
 GLOSSARY = (
     "*Terms.* (a): Dropout right before a BatchNorm; (b): Dropout before a block's last "
     "convolution, so a weight layer lies between it and the next BatchNorm. Shift: the "
-    "paper's max(moving/real, real/moving) of a BatchNorm's variance, the moving one from "
-    "training and the real one met in inference mode (Dropout off); 1 is none. Adjust: re-estimating BatchNorm's statistics on the training data with Dropout "
+    "paper's max(moving/real, real/moving) of a BatchNorm's variance (moving: from training; "
+    "real: met in inference mode, Dropout off); 1 is none. Adjust: re-estimating "
+    "BatchNorm's statistics on the training data with Dropout "
     "off (the paper's Table 3). Holm: the correction for testing many claims at once; raw: "
     "without it. Powered: seeds chosen in advance to give 80 % power for the paper's effect "
-    "scaled to our error level (which assumes effects scale with the baseline error).")
+    "scaled to our error level (assuming effects scale with the baseline error).")
 """The summary's definitions, for a reader who starts there."""
 _FULL_RUN = "Full run (exploratory): "
 
@@ -246,14 +247,21 @@ def _ids(rows, verdict):
     return ", ".join(r.id for r in rows if (r.adjusted or r.claim["verdict"]) == verdict)
 
 
+RAW_ONLY_NAMED = 3
+"""The summary names the claims that hold before Holm's adjustment only when there are at
+most so many of them (else it gives their number alone)."""
+
+
 def _topic_line(rows):
-    """``'H of N hold after Holm's adjustment (P1, P2), R without it; C contradicted (P5);
-    U undecided'``."""
+    """``'H of N hold after Holm's adjustment (P1, P2), R without it (P3 too); C
+    contradicted (P5); U undecided'``."""
     verdicts = [r.adjusted or r.claim["verdict"] for r in rows]
     held, raw = verdicts.count("holds"), sum(r.claim["verdict"] == "holds" for r in rows)
+    raw_only = [r.id for r, v in zip(rows, verdicts) if r.claim["verdict"] == "holds" != v]
     line = (f"{held} of {len(rows)} hold after Holm's adjustment"
             + (f" ({_ids(rows, 'holds')})" if held else "")
-            + (f", {raw} without it" if raw != held else ""))
+            + (f", {raw} without it" if raw != held else "")
+            + (f" ({', '.join(raw_only)} too)" if 0 < len(raw_only) <= RAW_ONLY_NAMED else ""))
     if "contradicted" in verdicts:
         line += f"; {verdicts.count('contradicted')} contradicted ({_ids(rows, 'contradicted')})"
     raw_only = [r for r in rows if r.claim["verdict"] == "contradicted"
@@ -279,8 +287,8 @@ SUMMARY_NOTES = {
                 "(docs/power-analysis.md, section 2). The confirmatory run is the powered test.",
     "width": "**Confounded by depth in this run** for the conv nets (the MLP rows vary the "
              "width alone): WRN is 2 blocks of 48 channels and PreResNet 3 blocks of 16, and "
-             "PreResNet's larger (b) shift comes mostly from its third block. A sweep of the "
-             "widen factor (1, 2, 4, 8) at fixed depth is declared "
+             "PreResNet's larger (b) shift comes mostly from its third block. A widen-factor "
+             "sweep (1, 2, 4, 8) at fixed depth is declared "
              "(`varshift/reproduce/protocols/width.json`); no results yet. The paper's two WRN "
              "claims: a smaller shift ({wide_shift}) and a smaller cost ({wide_cost}).",
 }
@@ -418,10 +426,11 @@ def _confirmatory_summary(verdicts):
             + (f"**Contradicted** (our mean paired difference in points and its 95 % interval, "
                f"the paper's effect being the other way unless said): {against}. "
                if against else "")
-            + (f"Undecided, with an interval that excludes the effect the claim was sized for: "
+            + (f"Undecided, with an interval excluding the effect the claim was sized for: "
                f"{', '.join(small)}. " if small else "")
-            + f"Protocol version {verdicts['version']} (commit {verdicts['commit']}): "
-            f"[its section]({_CONFIRMATORY_ANCHOR}).")
+            + f"Protocol version {verdicts['version']} (commit {verdicts['commit']}"
+            + ("; earlier families unchanged" if verdicts.get("earlier") else "")
+            + f"): [its section]({_CONFIRMATORY_ANCHOR}).")
 
 
 _COST_PARTS = {"re-estimating the statistics lowers the test error at (a) 0.5":
@@ -530,9 +539,8 @@ def _summary(paper_rows, families, checks, failed, figures, verdicts, reading=""
     lines = ["## Summary", "",
              "Li et al.'s claims tested on small 1-D analogs of their networks (MNIST-1D). Counts "
              "are after Holm's adjustment within each family ([how](#how-the-verdicts-are-"
-             "reached)); ids (P: paper claims, E: our extensions, S: sanity checks, A: the "
-             "confirmatory run's claims) point to the "
-             "tables below.", "", GLOSSARY, ""]
+             "reached)); ids (P: paper claims, E: our extensions, S: sanity checks, A: "
+             "confirmatory claims) point to the tables below.", "", GLOSSARY, ""]
     ids = {r.claim["text"]: f"{r.id}: {r.adjusted or r.claim['verdict']}"
            for _, rows in paper_rows for r in rows}
     named = {key: ids.get(text, f'"{text}"') for key, text in _NAMED.items()}
@@ -552,10 +560,10 @@ def _summary(paper_rows, families, checks, failed, figures, verdicts, reading=""
     lines += ["", "Counts by family, after Holm's adjustment:", ""] + families
     lines += [f"- Sanity and regime checks: {len(checks) - len(failed)} of {len(checks)} pass"
               + (f"; failing: {'; '.join(c.text for c in failed)}" if failed else "")
-              + " (true by construction or checks of the regime, not evidence).",
-              f"- Changes after results: {len(DISCLOSURES)} changes were made after the numbers "
-              f"they concern existed; each is listed with its reason and its effect on the "
-              f"counts under [{SECTION}]({ANCHOR}).", ""]
+              + " (not evidence: true by construction, or regime checks).",
+              f"- Changes after results: {len(DISCLOSURES)} changes made after their numbers "
+              f"existed, each with its reason and effect on the counts: "
+              f"[{SECTION}]({ANCHOR}).", ""]
     return lines
 
 
