@@ -299,3 +299,21 @@ def test_a_report_json_with_wrong_typed_fields_names_the_field(edit, message):
 def test_hostile_report_texts_are_value_errors_not_file_names(text):
     with pytest.raises(ValueError, match="Report.from_json: text is not a varshift report's"):
         Report.from_json(text)
+
+
+def test_the_inference_pass_alone_gives_the_same_shifts():
+    """``measure_with(..., passes=('eval',))`` (the reproduction's check after
+    recalibration) gives every shift of a full ``measure`` bit for bit, and leaves the
+    other passes' moments empty."""
+    from varshift.backends import session_for
+    from varshift.measurement import measure_with
+
+    x, y = blobs(600)
+    model = trained(dropout_before_bn(), (x, y))
+    session = session_for(model, "measure")
+    fast = measure_with(session, session.batches(x, 128, "measure"), None, False,
+                        passes=("eval",))
+    full = measure(model, x, batch_size=128)
+    assert [b.shift for b in fast.bn] == [b.shift for b in full.bn]
+    assert max(b.shift for b in fast.bn) > 1.05  # a real shift, not a trivial 1
+    assert all(b.train.count == 0 and b.nodrop.count == 0 for b in fast.bn)

@@ -513,8 +513,12 @@ class UncontrolledNoiseWarning(UserWarning):
     not follow the modes varshift sets (e.g. ``F.dropout(x, p, training=True)``)."""
 
 
+BATCH_SIZE = 256
+""":func:`measure`'s default batch size."""
+
+
 @public()
-def measure(model, data, *, batch_size=256, seed=0, progress=False, input_key=None) -> Report:
+def measure(model, data, *, batch_size=BATCH_SIZE, seed=0, progress=False, input_key=None) -> Report:
     """Measure train-mode and inference-mode statistics of every layer, and the
     variance shift of every BatchNorm layer.
 
@@ -573,7 +577,7 @@ def measure(model, data, *, batch_size=256, seed=0, progress=False, input_key=No
     return measure_with(session, batches, seed, progress)
 
 
-def measure_with(session, batches, seed, progress, warn=True) -> Report:
+def measure_with(session, batches, seed, progress, warn=True, passes=tuple(PASSES)) -> Report:
     """:func:`measure` on checked arguments, through the model's backend.
 
     Parameters
@@ -584,6 +588,10 @@ def measure_with(session, batches, seed, progress, warn=True) -> Report:
     progress : bool
     warn : bool, default True
         Warn if inference is random (for backends where noise can escape the modes).
+    passes : tuple of str, default all of ``PASSES``
+        The passes to run. ``('eval',)`` is enough for the shifts (:attr:`BatchNormStats.shift`
+        reads the inference-mode moments and the running statistics only), at a third of the
+        work; the moments of the passes left out are empty.
 
     Returns
     -------
@@ -595,7 +603,7 @@ def measure_with(session, batches, seed, progress, warn=True) -> Report:
         for i, x in enumerate(progress_bar(batches, progress, batches.num_batches, "measure")):
             with _validate.reraise_with_context(f"measure: {batches.name} batch {i} of "
                                                f"shape {tuple(x.shape)}"):
-                session.run_passes(x, PASSES, stats)
+                session.run_passes(x, {p: PASSES[p] for p in passes}, stats)
             num_samples += len(x)
             seen_batch_size = seen_batch_size or len(x)
         if warn and session.hidden_noise_possible:
@@ -628,10 +636,12 @@ def measure_with(session, batches, seed, progress, warn=True) -> Report:
     # that damage (diagnose reports it, recalibrate replaces it), not by divergence
     damaged = any(_validate.damaged_stats(b.moving_mean, b.moving_var)
                   for b in bn if b.moving_var is not None)
+    checked = [p for p in (("train",) if damaged else ("train", "eval")) if p in passes]
     for record in layers:
-        _check_finite(record, ("train",) if damaged else ("train", "eval"))
+        _check_finite(record, checked)
     for b, info in zip(bn, infos):
-        _check_in_range(b, info)
+        if "train" in passes:
+            _check_in_range(b, info)
     return Report(layers, bn, num_samples, seen_batch_size, seed)
 
 
