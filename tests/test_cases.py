@@ -633,8 +633,9 @@ def test_the_quick_report_says_how_it_trims_the_cases():
 
     quick = plan.Settings(quick=True).describe_cases()
     assert quick.startswith("case studies in their quick mode, trimmed for a preview: ")
-    assert "bn-dropout-mnist-convnet with seeds 3 (not 5), train images 4,000 (not 6,000);" in quick
-    assert "layer-orderings with train images 1,500 (not 6,000), test images 500 (not 1,000);" \
-        in quick
+    assert ("bn-dropout-mnist-convnet with seeds 3 (not 5), train images 4,000 (not 6,000), "
+            "stats images 500 (not 2,000);") in quick
+    assert ("layer-orderings with train images 1,500 (not 6,000), test images 500 (not 1,000), "
+            "stats images 500 (not 1,000);") in quick
     assert quick.endswith("; stale-running-stats with question steps 200 (not 600)")
     assert plan.Settings(quick=False).describe_cases() == "case studies in their quick mode"
