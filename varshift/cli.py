@@ -757,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
              "progress into a log"),
         ]) + "\n\nexit codes: 0 success; 1 failure while running; 2 bad usage or data.")
     rp.add_argument("--quick", action="store_true",
-                    help="PreResNet only, 3 seeds, 5 epochs, three case studies trimmed "
+                    help="PreResNet only, 3 seeds, 4 epochs, three case studies trimmed "
                          "(REPORT says how): minutes instead of hours")
     rp.add_argument("--only", nargs="+", metavar="NAME",
                     help="figures and case studies to make (default: all)")

@@ -102,7 +102,7 @@ def run(out=None, *, quick=False, only=None, seeds=None, data_dir=None, seed=0, 
     out : str or Path, optional
         Output folder; default :func:`default_out` (``figures/quick`` when ``quick``).
     quick : bool, default False
-        PreResNet only, 3 seeds, 5 epochs, and two case studies trimmed further
+        PreResNet only, 3 seeds, 4 epochs, and three case studies trimmed further
         (minutes; :data:`plan.QUICK_CASES <varshift.reproduce.plan.QUICK_CASES>`)
         instead of three architectures, 5 seeds and 30 epochs (hours of CPU; use
         ``jobs`` or ``client``).
