@@ -120,6 +120,10 @@ def test_the_sweep_drives_every_network_figure_and_files_are_reproducible(tmp_pa
         if c.kind == "claim" and c.estimate is not None:
             assert c.n == 2 and c.low <= c.estimate <= c.high
     assert all(c.verdict == "passes" for c in claims if c.kind == "sanity" and regime not in c.text)
+    # one epoch leaves errors far above the full run's 10 % axis: every curve's end is in view
+    fig16 = next(r for r in results if r.name == "fig16_training").figure.axes[0]
+    ends = [line.get_ydata()[-1] for line in fig16.get_lines()]
+    assert len(ends) == 6 and max(ends) > 10 and fig16.get_ylim()[1] > max(ends)
     theory = json.loads((tmp_path / "fig13_theory_vs_measurement.json").read_text())
     assert {p["case"] for p in theory["numbers"]["points"]} == {"a", "b"}
     # re-rendering from the cache writes byte-identical figures, JSON and report

@@ -274,6 +274,9 @@ def shift_per_layer(ctx):
 PLATEAU = 0.5
 """Plateau criterion: the no-Dropout network's training accuracy (inference mode) moves
 by less than this many points over the last fifth of the epochs, in every seed."""
+ERROR_AXIS_TOP = 10
+"""Top of fig16's error axis (%), raised to 1.2 times the highest final mean where a
+curve ends above it (a short quick run), so that every curve's end is in view."""
 
 
 def training(ctx):
@@ -285,14 +288,17 @@ def training(ctx):
     arms = [("no Dropout", "a", 0.0, "C0"), ("(a) 0.5", "a", 0.5, PLACEMENT_COLORS["a"]),
             ("(b) 0.5", "b", 0.5, PLACEMENT_COLORS["b"])]
     for ax, arch in zip(axes[0], archs):
+        ends = []
         for name, pl, r, color in arms:
             runs = ctx.network(arch, pl, r)
             epochs = np.arange(1, len(runs[0]["history"]["eval_mode"]) + 1)
-            _band(ax, epochs, [100 - np.array(h["history"]["eval_mode"]) for h in runs],
-                  f"{name}: training", color=color)
-            _band(ax, epochs, [h["history"]["test_error"] for h in runs], f"{name}: test",
-                  color=color, ls="--")
-        ax.set(ylim=(0, 10), xlabel="epoch", ylabel="error (%), inference mode",
+            for curve, label, ls in (
+                    ([100 - np.array(h["history"]["eval_mode"]) for h in runs], "training", "-"),
+                    ([h["history"]["test_error"] for h in runs], "test", "--")):
+                _band(ax, epochs, curve, f"{name}: {label}", color=color, ls=ls)
+                ends.append(float(np.mean([c[-1] for c in curve])))
+        top = ERROR_AXIS_TOP if max(ends) < ERROR_AXIS_TOP else 1.2 * max(ends)
+        ax.set(ylim=(0, top), xlabel="epoch", ylabel="error (%), inference mode",
                title=f"{arch}: learning curves, 95 % CI")
         base = ctx.network(arch, "a", 0.0)
         tail = max(2, len(base[0]["history"]["eval_mode"]) // 5)
