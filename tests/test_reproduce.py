@@ -124,6 +124,9 @@ def test_the_sweep_drives_every_network_figure_and_files_are_reproducible(tmp_pa
     fig16 = next(r for r in results if r.name == "fig16_training").figure.axes[0]
     ends = [line.get_ydata()[-1] for line in fig16.get_lines()]
     assert len(ends) == 6 and max(ends) > 10 and fig16.get_ylim()[1] > max(ends)
+    assert "the error axis ends at 1.2 times" in (tmp_path / "fig16_training.caption.md").read_text()
+    # the quick sweep has two momenta: no sentence comparing the middle one with the fastest
+    assert "curve lies under" not in (tmp_path / "fig11_batch_size_momentum.caption.md").read_text()
     theory = json.loads((tmp_path / "fig13_theory_vs_measurement.json").read_text())
     assert {p["case"] for p in theory["numbers"]["points"]} == {"a", "b"}
     # re-rendering from the cache writes byte-identical figures, JSON and report
