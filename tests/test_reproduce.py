@@ -168,3 +168,16 @@ def test_quick_reproduction_makes_every_figure_and_case(tmp_path, mnist_dir):
     assert "16 figure(s) and 4 case studies" in out.stdout and "skipped" not in out.stdout
     report = (tmp_path / "REPORT.md").read_text()
     assert report.count("![") == 20 and report.count("**Conclusion.**") == 4
+
+
+def test_only_the_placements_are_drawn_in_their_colours():
+    """(a) is red and (b) green in every figure; the other series' palette and the
+    reference bands take neither (issue 24's figures)."""
+    from matplotlib.colors import same_color
+
+    from varshift.reproduce.empirical import PLACEMENT_COLORS, REFERENCE_COLOR, SERIES_COLORS
+
+    placements = list(PLACEMENT_COLORS.values())
+    assert not same_color(*placements)
+    for color in (*SERIES_COLORS, REFERENCE_COLOR):
+        assert not any(same_color(color, p) for p in placements), color

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
 from .. import tasks as _tasks
@@ -30,6 +31,11 @@ CLOSE = 0.5
 """Equivalence margin (test-error points) of the paper's "close to the baseline"."""
 PLACEMENT_COLORS = {"a": "C3", "b": "C2"}
 """Colour of each Dropout placement, the same in every figure: (a) red, (b) green."""
+SERIES_COLORS = ("C0", "C1", "C4", "C5", "C6", "C9")
+"""Colours of the series that are not placements (drop rates, architectures, layers,
+momenta), in order: never (a)'s red or (b)'s green."""
+REFERENCE_COLOR = "0.5"
+"""Colour of a reference range (the paper's): grey, not a placement's colour."""
 
 
 class DataMissing(Exception):
@@ -210,7 +216,7 @@ def shift_per_layer(ctx):
         for ax, pl in zip(axes[0, :2], "ab"):
             for i, r in enumerate(RATES):
                 shifts = [[b["shift"] for b in run["bn"]] for run in runs[(pl, r)]]
-                _band(ax, np.arange(len(shifts[0])), shifts, f"drop {r:g}", color=f"C{i}",
+                _band(ax, np.arange(len(shifts[0])), shifts, f"drop {r:g}", color=SERIES_COLORS[i],
                       marker="o", ms=3)
                 numbers[f"{pl}/{r:g}"] = {"shift_per_layer": shifts,
                                           "test_error": _get(runs[(pl, r)], "test_error"),
@@ -614,7 +620,7 @@ def after_bn_and_uout(ctx):
             (axes[0, 1], "uout", UOUT_BETAS, r"Uout $\beta$", r"Uout at the (b) positions (Table 6)")):
         labels = ["0", *(f"{a:g}" for a in amounts)]
         _bars(ax, labels, [(arch, [numbers[arch]["baseline"], *numbers[arch][key].values()])
-                           for arch in archs], [f"C{i}" for i in range(len(archs))])
+                           for arch in archs], SERIES_COLORS[:len(archs)])
         ax.set(xlabel=xlabel, ylabel="test error (%)", title=title)
         ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend above the bars
         ax.legend(fontsize="x-small", ncol=len(archs), loc="upper center")
@@ -665,12 +671,17 @@ def equal_variance(ctx):
     labels = [f"{a} ({pl})" for a in archs for pl in "ab"]
     for ax, key, ylabel in ((axes[0, 0], "mean_shift", "mean shift over BatchNorm layers"),
                             (axes[0, 1], "test_error", "test error (%)")):
+        shades = [[_lighter(PLACEMENT_COLORS[pl]) for _ in archs for pl in "ab"],
+                  [PLACEMENT_COLORS[pl] for _ in archs for pl in "ab"]]
         _bars(ax, labels, [(name, [numbers[a][f"{n}/{pl}"][key] for a in archs for pl in "ab"])
                            for n, name in ((uout_name, rf"Uout $\beta$={beta:g}"),
-                                           ("dropout", f"Dropout {rate:g}"))], ["C4", "C3"])
+                                           ("dropout", f"Dropout {rate:g}"))], shades)
         ax.set(ylabel=ylabel, title=f"Equal noise variance 1/3: {ylabel.split(' (')[0]}")
         ax.tick_params(axis="x", labelrotation=20)
-        ax.legend(fontsize="x-small")
+    fig.legend(handles=[Patch(color=shade, label=f"{name} at ({pl})") for pl in "ab"
+                        for shade, name in ((_lighter(PLACEMENT_COLORS[pl]), rf"Uout $\beta$={beta:g}"),
+                                            (PLACEMENT_COLORS[pl], f"Dropout {rate:g}"))],
+               loc="outside upper center", ncol=4, fontsize="x-small")
     # the bars start at 0 (from 1 they made differences of 0.04 look large); 1 is no shift
     axes[0, 0].axhline(1, color="0.5", lw=0.8, ls="--")
     return FigureResult("fig14_equal_variance", "Uout against Dropout at equal noise variance",
@@ -702,12 +713,14 @@ def theory_vs_measurement(ctx):
                         point["predicted"] - point["measured"])
     for ax, case in zip(axes[0], "ab"):
         points = [p for p in numbers["points"] if p["case"] == case]
+        color = PLACEMENT_COLORS[case]
         for arch in archs:
-            for noise, color in (("dropout", "C3"), ("uout", "C4")):
+            for noise, face in (("dropout", color), ("uout", "none")):  # Uout: hollow
                 sel = [p for p in points if p["arch"] == arch and p["noise"] == noise]
                 if sel:
                     ax.scatter([p["measured"] for p in sel], [p["predicted"] for p in sel], s=10,
-                               marker=markers[arch], color=color, alpha=0.6, label=f"{arch}, {noise}")
+                               marker=markers[arch], facecolors=face, edgecolors=color, alpha=0.6,
+                               label=f"{arch}, {noise}")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="identity")
         ax.set(xlim=(0, 1.02), ylim=(0, 1.02), aspect="equal",
                xlabel=r"measured $\Delta$ = Var$_{test}$ / Var$_{train}$",
@@ -776,8 +789,8 @@ def width(ctx):
                          (2, "output layer (d = width)")):
         _band(ax, widths, np.array([[numbers[w]["cos2_per_layer"][s][layer] for w in widths]
                                     for s in range(ctx.settings.n_seeds)]), label, marker="o",
-              log=True)
-    ax.axhspan(0.01, 0.10, color="C2", alpha=0.12, lw=0, label="paper: 0.01-0.10")
+              color=SERIES_COLORS[layer], log=True)
+    ax.axhspan(0.01, 0.10, color=REFERENCE_COLOR, alpha=0.15, lw=0, label="paper: 0.01-0.10")
     ax.set(xscale="log", yscale="log", xlabel="hidden width", ylabel=r"mean $\cos^2\theta$",
            title=r"$\cos^2\theta$ per layer (no Dropout)")
     ax.legend(fontsize="x-small")
@@ -785,8 +798,8 @@ def width(ctx):
     _band(ax, widths, np.array([numbers[w]["d_cos2"] for w in widths]).T, "trained, hidden layer",
           marker="o", color="C1", log=True)
     ax.plot(widths, [1.0] * len(widths), "k--", lw=1, label=r"zero-mean random weights ($\approx$1)")
-    ax.fill_between(widths, [0.01 * w for w in widths], [0.10 * w for w in widths], color="C2",
-                    alpha=0.12, lw=0, label=r"paper's premise: $\cos^2\theta$ in 0.01-0.10")
+    ax.fill_between(widths, [0.01 * w for w in widths], [0.10 * w for w in widths],
+                    color=REFERENCE_COLOR, alpha=0.15, lw=0, label=r"paper's premise: $\cos^2\theta$ in 0.01-0.10")
     ax.set(xscale="log", yscale="log", xlabel="fan-in d (hidden width)",
            ylabel=r"mean $d\,\cos^2\theta$", title=r"$d\,\cos^2\theta$ of the hidden layer")
     ax.legend(fontsize="x-small")
@@ -834,9 +847,10 @@ def conv_angles(ctx):
         cos2 = np.array([[r["weights"][j]["cos2"] for j in convs] for r in runs])
         d_cos2 = np.array([[r["weights"][j]["d_cos2"] for j in convs] for r in runs])
         d = [runs[0]["weights"][j]["d"] for j in convs]
-        _band(axes[0, 0], np.arange(len(convs)), cos2, arch, color=f"C{i}", marker="o", ms=3, log=True)
+        _band(axes[0, 0], np.arange(len(convs)), cos2, arch, color=SERIES_COLORS[i], marker="o",
+              ms=3, log=True)
         axes[0, 1].scatter(np.repeat([d], len(runs), 0).ravel(), d_cos2.ravel(), s=12,
-                           color=f"C{i}", alpha=0.6, label=arch)
+                           color=SERIES_COLORS[i], alpha=0.6, label=arch)
         initial = np.array([[a["cos2"] for a in initial_weights(arch, s)[:-1]]
                             for s in ctx.settings.seed_list])
         numbers[arch] = {"d": d, "cos2": cos2, "d_cos2": d_cos2, "cos2_initial": initial}
@@ -874,7 +888,7 @@ def conv_angles(ctx):
                          "5.02 %", cost(wide), cost(thin), direction=-1, unit=" pts",
                          names=("WRN", "PreResNet")),
         ]
-    axes[0, 0].axhspan(0.01, 0.10, color="C2", alpha=0.12, lw=0, label="paper: 0.01-0.10")
+    axes[0, 0].axhspan(0.01, 0.10, color=REFERENCE_COLOR, alpha=0.15, lw=0, label="paper: 0.01-0.10")
     axes[0, 0].set(yscale="log", xlabel="convolution index", ylabel=r"mean $\cos^2\theta$",
                    title=r"$\cos^2\theta$ per convolution (no Dropout)")
     axes[0, 1].axhline(1, color="k", ls="--", lw=1, label="zero-mean random weights")
@@ -906,9 +920,9 @@ def batch_size_and_momentum(ctx):
                                                           "steps")} for bs in sizes for m in momenta}
     for i, m in enumerate(momenta):
         _band(axes[0, 0], sizes, np.array([get(bs, m, "shift") for bs in sizes]).T, f"momentum {m:g}",
-              color=f"C{i}", marker="o")
+              color=SERIES_COLORS[i], marker="o")
         _band(axes[0, 1], sizes, np.array([get(bs, m, "error_ema") for bs in sizes]).T,
-              f"running averages, momentum {m:g}", color=f"C{i}", marker="o")
+              f"running averages, momentum {m:g}", color=SERIES_COLORS[i], marker="o")
     _band(axes[0, 1], sizes, np.array([get(bs, momenta[0], "error_recalibrated") for bs in sizes]).T,
           "recalibrated (any momentum)", color="k", marker="s", ls=":")
     axes[0, 0].axhline(1, color="0.5", lw=0.8, ls="--")
