@@ -287,10 +287,10 @@ SUMMARY_NOTES = {
                 "(docs/power-analysis.md, section 2). The confirmatory run is the powered test.",
     "width": "**Confounded by depth in this run** for the conv nets (the MLP rows vary the "
              "width alone): WRN is 2 blocks of 48 channels and PreResNet 3 blocks of 16, and "
-             "PreResNet's larger (b) shift comes mostly from its third block. A widen-factor "
-             "sweep (1, 2, 4, 8) at fixed depth is declared "
-             "(`varshift/reproduce/protocols/width.json`); no results yet. The paper's two WRN "
-             "claims: a smaller shift ({wide_shift}) and a smaller cost ({wide_cost}).",
+             "PreResNet's larger (b) shift comes mostly from its third block. A declared "
+             "widen-factor sweep (1, 2, 4, 8) at fixed depth "
+             "(`varshift/reproduce/protocols/width.json`) is running; no verdict yet. The "
+             "paper's WRN claims: a smaller shift ({wide_shift}) and a smaller cost ({wide_cost}).",
 }
 
 
