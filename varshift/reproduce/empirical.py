@@ -892,7 +892,7 @@ def conv_angles(ctx):
     axes[0, 0].set(yscale="log", xlabel="convolution index", ylabel=r"mean $\cos^2\theta$",
                    title=r"$\cos^2\theta$ per convolution (no Dropout)")
     axes[0, 1].axhline(1, color="k", ls="--", lw=1, label="zero-mean random weights")
-    axes[0, 1].set(xscale="log", yscale="log", xlabel="fan-in d = C_in k",
+    axes[0, 1].set(xscale="log", yscale="log", xlabel=r"fan-in $d = C_{in}\,k$",
                    ylabel=r"mean $d\,\cos^2\theta$", title=r"$d\,\cos^2\theta$ against fan-in")
     for ax in axes[0]:
         ax.legend(fontsize="x-small")
