@@ -281,8 +281,10 @@ PLATEAU = 0.5
 """Plateau criterion: the no-Dropout network's training accuracy (inference mode) moves
 by less than this many points over the last fifth of the epochs, in every seed."""
 ERROR_AXIS_TOP = 10
-"""Top of fig16's error axis (%), raised to 1.2 times the highest final mean where a
-curve ends above it (a short quick run), so that every curve's end is in view."""
+"""Top of fig16's error axis (%), raised to :data:`ERROR_AXIS_HEADROOM` times the highest
+final mean where a curve ends above it (a short quick run), so that every curve's end is
+in view."""
+ERROR_AXIS_HEADROOM = 1.2
 
 
 def training(ctx):
@@ -304,7 +306,7 @@ def training(ctx):
                     ([h["history"]["test_error"] for h in runs], "test", "--")):
                 _band(ax, epochs, curve, f"{name}: {label}", color=color, ls=ls)
                 ends.append(float(np.mean([c[-1] for c in curve])))
-        top = ERROR_AXIS_TOP if max(ends) < ERROR_AXIS_TOP else 1.2 * max(ends)
+        top = ERROR_AXIS_TOP if max(ends) < ERROR_AXIS_TOP else ERROR_AXIS_HEADROOM * max(ends)
         tops.append(top)
         ax.set(ylim=(0, top), xlabel="epoch", ylabel="error (%), inference mode",
                title=f"{arch}: learning curves, 95 % CI")
@@ -347,7 +349,7 @@ def _axis_note(tops):
     the axis was raised where a curve ends above it (:data:`ERROR_AXIS_TOP`)."""
     if max(tops) == ERROR_AXIS_TOP:
         return f"the first epochs are above the {ERROR_AXIS_TOP} % shown"
-    return (f"the error axis ends at 1.2 times the highest final mean where a curve ends "
+    return (f"the error axis ends at {ERROR_AXIS_HEADROOM:g} times the highest final mean where a curve ends "
             f"above {ERROR_AXIS_TOP} %, here up to {max(tops):.0f} %; earlier epochs may lie "
             f"above it")
 
@@ -669,18 +671,18 @@ def equal_variance(ctx):
         numbers[arch] = {f"{n}/{pl}": {"test_error": _get(v, "test_error"), "mean_shift": _mean_shift(v)}
                          for (n, pl), v in runs.items()}
     labels = [f"{a} ({pl})" for a in archs for pl in "ab"]
+    series = ((uout_name, rf"Uout $\beta$={beta:g}"), ("dropout", f"Dropout {rate:g}"))
+    shade = {(uout_name, pl): _lighter(PLACEMENT_COLORS[pl]) for pl in "ab"}  # Uout lighter
+    shade.update({("dropout", pl): PLACEMENT_COLORS[pl] for pl in "ab"})
     for ax, key, ylabel in ((axes[0, 0], "mean_shift", "mean shift over BatchNorm layers"),
                             (axes[0, 1], "test_error", "test error (%)")):
-        shades = [[_lighter(PLACEMENT_COLORS[pl]) for _ in archs for pl in "ab"],
-                  [PLACEMENT_COLORS[pl] for _ in archs for pl in "ab"]]
         _bars(ax, labels, [(name, [numbers[a][f"{n}/{pl}"][key] for a in archs for pl in "ab"])
-                           for n, name in ((uout_name, rf"Uout $\beta$={beta:g}"),
-                                           ("dropout", f"Dropout {rate:g}"))], shades)
+                           for n, name in series],
+              [[shade[(n, pl)] for _ in archs for pl in "ab"] for n, _ in series])
         ax.set(ylabel=ylabel, title=f"Equal noise variance 1/3: {ylabel.split(' (')[0]}")
         ax.tick_params(axis="x", labelrotation=20)
-    fig.legend(handles=[Patch(color=shade, label=f"{name} at ({pl})") for pl in "ab"
-                        for shade, name in ((_lighter(PLACEMENT_COLORS[pl]), rf"Uout $\beta$={beta:g}"),
-                                            (PLACEMENT_COLORS[pl], f"Dropout {rate:g}"))],
+    fig.legend(handles=[Patch(color=shade[(n, pl)], label=f"{name} at ({pl})")
+                        for pl in "ab" for n, name in series],
                loc="outside upper center", ncol=4, fontsize="x-small")
     # the bars start at 0 (from 1 they made differences of 0.04 look large); 1 is no shift
     axes[0, 0].axhline(1, color="0.5", lw=0.8, ls="--")

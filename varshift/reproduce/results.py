@@ -257,11 +257,13 @@ def _topic_line(rows):
     contradicted (P5); U undecided'``."""
     verdicts = [r.adjusted or r.claim["verdict"] for r in rows]
     held, raw = verdicts.count("holds"), sum(r.claim["verdict"] == "holds" for r in rows)
-    raw_only = [r.id for r, v in zip(rows, verdicts) if r.claim["verdict"] == "holds" != v]
+    held_raw_only = [r.id for r, v in zip(rows, verdicts)
+                     if r.claim["verdict"] == "holds" and v != "holds"]
     line = (f"{held} of {len(rows)} hold after Holm's adjustment"
             + (f" ({_ids(rows, 'holds')})" if held else "")
             + (f", {raw} without it" if raw != held else "")
-            + (f" ({', '.join(raw_only)} too)" if 0 < len(raw_only) <= RAW_ONLY_NAMED else ""))
+            + (f" ({', '.join(held_raw_only)} too)"
+               if 0 < len(held_raw_only) <= RAW_ONLY_NAMED else ""))
     if "contradicted" in verdicts:
         line += f"; {verdicts.count('contradicted')} contradicted ({_ids(rows, 'contradicted')})"
     raw_only = [r for r in rows if r.claim["verdict"] == "contradicted"
